@@ -1,0 +1,22 @@
+"""npresnet: ResNets from scratch in NumPy (CuPy on the GPU), every backward pass by hand.
+
+Quick start::
+
+    import numpy as np, npresnet
+    from npresnet import nn
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    y = conv(x)                              # forward, keeps a cache
+    dx = conv.backward(np.ones_like(y))      # backward, conv.weight.grad now holds dL/dW
+"""
+
+from . import backend, functional, nn, testing
+from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
+from .grad_mode import is_grad_enabled, no_grad
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GradcheckError", "GradcheckReport", "NondifferentiableError", "backend", "functional", "gradcheck",
+    "is_grad_enabled", "nn", "no_grad", "testing",
+]

@@ -1,0 +1,70 @@
+"""``BatchNorm2d`` with PyTorch's exact semantics (see ``npresnet.functional.batchnorm``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .. import functional as F
+from ..checks import check_like, check_nchw
+from .module import Module, new_buffer, new_parameter
+
+
+class BatchNorm2d(Module):
+    """Like ``torch.nn.BatchNorm2d``. Input and output (N, C, H, W).
+
+    Parameters ``weight`` (gamma, ones) and ``bias`` (beta, zeros) if ``affine``; buffers
+    ``running_mean`` (zeros), ``running_var`` (ones) and ``num_batches_tracked`` (int64, 0) if
+    ``track_running_stats``. ``momentum=None`` makes the running statistics a cumulative average.
+    Training normalises with batch statistics; evaluation uses the running ones (or batch
+    statistics when they are not tracked).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = new_parameter(np.ones(num_features)) if affine else None
+        self.bias = new_parameter(np.zeros(num_features)) if affine else None
+        if track_running_stats:
+            self.register_buffer("running_mean", new_buffer(np.zeros(num_features, dtype=np.float32)))
+            self.register_buffer("running_var", new_buffer(np.ones(num_features, dtype=np.float32)))
+            self.register_buffer("num_batches_tracked", new_buffer(np.array(0, dtype=np.int64)))
+        else:
+            self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def forward(self, x: Any) -> Any:
+        check_nchw(x, self.num_features, "input", "BatchNorm2d")
+        reference = self.weight.data if self.affine else self.running_mean
+        if reference is not None:
+            check_like(x, reference, "input", "BatchNorm2d parameters")
+        update_running = self.training and self.track_running_stats
+        momentum = self.momentum
+        if update_running and momentum is None:             # cumulative moving average
+            momentum = 1.0 / (int(self.num_batches_tracked) + 1)
+        y, cache = F.batchnorm2d_forward(
+            x,
+            self.weight.data if self.affine else None,
+            self.bias.data if self.affine else None,
+            self.running_mean, self.running_var,
+            training=self.training or not self.track_running_stats,
+            momentum=momentum if momentum is not None else 0.0,
+            eps=self.eps,
+        )
+        if update_running:
+            self.num_batches_tracked += 1
+        self._save_for_backward(cache)
+        return y
+
+    def backward(self, dout: Any) -> Any:
+        dx, dweight, dbias = F.batchnorm2d_backward(dout, self._pop_cache())
+        if self.affine:
+            self.weight.accumulate_grad(dweight)
+            self.bias.accumulate_grad(dbias)
+        return dx
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"track_running_stats={self.track_running_stats}")

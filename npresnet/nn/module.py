@@ -1,0 +1,301 @@
+"""``Module``: the stateful shell around the functional ops, shaped like ``torch.nn.Module``.
+
+A module owns parameters (``Parameter``: ``.data`` and ``.grad``), buffers (plain arrays such as
+BatchNorm's running statistics) and child modules, each registered simply by assigning it to an
+attribute. Names are kept in insertion order, so ``named_parameters()`` and ``state_dict()`` are
+deterministic and their dotted keys (``layer1.0.conv1.weight``) are PyTorch's.
+
+There is no autograd. Each layer implements::
+
+    y  = layer(x)            # forward: computes y and keeps a cache for backward
+    dx = layer.backward(dy)  # consumes the cache, accumulates param.grad += ..., returns dL/dx
+
+A container's backward simply calls its children's backward in reverse order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..backend import BACKENDS, backend_name, get_default, to_backend, to_numpy
+from ..grad_mode import is_grad_enabled
+from .parameter import Parameter
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+class Module:
+    """Base class of every layer, block and model."""
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+        object.__setattr__(self, "_cache", None)
+
+    # ------------------------------------------------------------------ registration
+    def __setattr__(self, name: str, value: Any) -> None:
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"call Module.__init__() in {type(self).__name__}.__init__ before assigning {name}")
+        if isinstance(value, (Parameter, Module)):
+            self._unregister(name)
+            registry = self._parameters if isinstance(value, Parameter) else self._modules
+            registry[name] = value
+        elif name in self._parameters:          # e.g. self.bias = None
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r}; wrap it in Parameter")
+            self._parameters[name] = None
+        elif name in self._buffers:
+            self._buffers[name] = value
+        else:
+            self._unregister(name)
+            object.__setattr__(self, name, value)
+
+    def _unregister(self, name: str) -> None:
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name: str) -> Any:
+        for registry in ("_parameters", "_buffers", "_modules"):
+            entries = self.__dict__.get(registry)
+            if entries is not None and name in entries:
+                return entries[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        for registry in (self._parameters, self._buffers, self._modules):
+            if name in registry:
+                del registry[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, value: Any) -> None:
+        """A non-trainable array that belongs in the state_dict (e.g. ``running_mean``)."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = value
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        self.__dict__.pop(name, None)
+        self._parameters[name] = param
+
+    # ------------------------------------------------------------------ forward / backward
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
+
+    def backward(self, dout: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not implement backward()")
+
+    def _save_for_backward(self, cache: Any) -> None:
+        """Keep ``cache`` for the next backward, unless gradients are off (``no_grad``)."""
+        object.__setattr__(self, "_cache", cache if is_grad_enabled() else None)
+
+    def _pop_cache(self) -> Any:
+        """Hand the cache to backward exactly once; a missing cache is a clear error."""
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called without a matching forward(): run forward first "
+                "(outside no_grad()), and call backward once per forward"
+            )
+        object.__setattr__(self, "_cache", None)
+        return cache
+
+    # ------------------------------------------------------------------ traversal
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        yield from self._modules.items()
+
+    def children(self) -> Iterator[Module]:
+        for _, module in self.named_children():
+            yield module
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and all below it, depth first, in registration order."""
+        yield prefix, self
+        for name, child in self._modules.items():
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator[Module]:
+        for _, module in self.named_modules():
+            yield module
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+        seen: set[int] = set()
+        owners = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for owner, module in owners:
+            for name, param in module._parameters.items():
+                if param is not None and id(param) not in seen:
+                    seen.add(id(param))
+                    yield (f"{owner}.{name}" if owner else name), param
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, param in self.named_parameters(recurse=recurse):
+            yield param
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Any]]:
+        owners = self.named_modules(prefix) if recurse else iter([(prefix, self)])
+        for owner, module in owners:
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    yield (f"{owner}.{name}" if owner else name), buf
+
+    def buffers(self, recurse: bool = True) -> Iterator[Any]:
+        for _, buf in self.named_buffers(recurse=recurse):
+            yield buf
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Total number of parameter elements (``requires_grad`` ones only, if asked)."""
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ------------------------------------------------------------------ modes and gradients
+    def train(self, mode: bool = True) -> Module:
+        """Set the ``training`` flag of this module and every descendant (no global mode)."""
+        for module in self.modules():
+            object.__setattr__(module, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Reset every parameter's gradient to ``None`` (PyTorch's ``set_to_none=True``)."""
+        for param in self.parameters():
+            param.grad = None
+
+    def requires_grad_(self, requires_grad: bool = True) -> Module:
+        """Freeze (False) or unfreeze (True) every parameter of this module."""
+        for param in self.parameters():
+            param.requires_grad = requires_grad
+        return self
+
+    # ------------------------------------------------------------------ backend and dtype
+    def to(self, target: Any) -> Module:
+        """Move to a backend (``"numpy"``/``"cupy"``) or cast to a floating dtype (``np.float64``).
+
+        Parameters, their gradients and floating-point buffers are converted; integer buffers such
+        as ``num_batches_tracked`` keep their dtype. Cached activations are dropped.
+        """
+        if isinstance(target, str) and target.lower() in BACKENDS:
+            name = target.lower()
+
+            def convert(a: Any) -> Any:
+                return to_backend(a, name)
+        else:
+            try:
+                dtype = np.dtype(target)
+            except TypeError:
+                raise TypeError(f"Module.to() expects a backend {BACKENDS} or a floating dtype, got {target!r}")
+            if dtype.kind != "f":
+                raise TypeError(f"Module.to() can only cast to a floating dtype, got {dtype}")
+
+            def convert(a: Any) -> Any:
+                return a.astype(dtype) if a.dtype.kind == "f" and a.dtype != dtype else a
+
+        for module in self.modules():
+            for param in module._parameters.values():
+                if param is not None:
+                    param.data = convert(param.data)
+                    if param.grad is not None:
+                        param.grad = convert(param.grad)
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    module._buffers[name] = convert(buf)
+            object.__setattr__(module, "_cache", None)
+        return self
+
+    # ------------------------------------------------------------------ state_dict
+    def _state_entries(self) -> Iterator[tuple[str, Module, str, bool]]:
+        """(dotted key, owning module, attribute name, is_parameter) in PyTorch's order."""
+        for owner, module in self.named_modules():
+            base = f"{owner}." if owner else ""
+            for name, param in module._parameters.items():
+                if param is not None:
+                    yield base + name, module, name, True
+            for name, buf in module._buffers.items():
+                if buf is not None:
+                    yield base + name, module, name, False
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{dotted name: array}`` for every parameter and buffer (references, not copies)."""
+        return {
+            key: (module._parameters[name].data if is_param else module._buffers[name])
+            for key, module, name, is_param in self._state_entries()
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays (NumPy, CuPy or torch tensors) into this module's parameters and buffers.
+
+        Values are converted to each parameter's backend and dtype. A missing or unexpected
+        ``num_batches_tracked`` is tolerated (old checkpoints lack it). With ``strict`` any other
+        missing or unexpected key is an error; a wrongly shaped value always is. All problems are
+        listed at once.
+        """
+        entries = {key: (module, name, is_param) for key, module, name, is_param in self._state_entries()}
+
+        def tolerated(key: str) -> bool:
+            return key.split(".")[-1] == "num_batches_tracked"
+
+        missing = [k for k in entries if k not in state_dict and not tolerated(k)]
+        unexpected = [k for k in state_dict if k not in entries and not tolerated(k)]
+        mismatched = []
+        for key, value in state_dict.items():
+            if key in entries:
+                module, name, is_param = entries[key]
+                current = module._parameters[name].data if is_param else module._buffers[name]
+                if tuple(np.shape(value) if not hasattr(value, "shape") else value.shape) != tuple(current.shape):
+                    mismatched.append(f"{key}: expected {tuple(current.shape)}, got {tuple(value.shape)}")
+        errors = []
+        if missing and strict:
+            errors.append("missing keys: " + ", ".join(missing))
+        if unexpected and strict:
+            errors.append("unexpected keys: " + ", ".join(unexpected))
+        if mismatched:
+            errors.append("wrong shapes: " + "; ".join(mismatched))
+        if errors:
+            raise RuntimeError(f"error(s) loading state_dict into {type(self).__name__}:\n  " + "\n  ".join(errors))
+
+        for key, value in state_dict.items():
+            if key not in entries:
+                continue
+            module, name, is_param = entries[key]
+            current = module._parameters[name].data if is_param else module._buffers[name]
+            array = np.array(to_numpy(value), dtype=current.dtype, copy=True)
+            array = to_backend(array, backend_name(current))
+            if is_param:
+                module._parameters[name].data = array
+            else:
+                module._buffers[name] = array
+        return IncompatibleKeys(missing, unexpected)
+
+    # ------------------------------------------------------------------ printing
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = [f"({name}): " + repr(child).replace("\n", "\n  ") for name, child in self._modules.items()]
+        extra = self.extra_repr()
+        if not lines:
+            return f"{type(self).__name__}({extra})"
+        body = "\n  ".join(([extra] if extra else []) + lines)
+        return f"{type(self).__name__}(\n  {body}\n)"
+
+
+def new_parameter(array: np.ndarray, dtype: Any = np.float32) -> Parameter:
+    """A Parameter from a freshly initialised NumPy array, on the default backend."""
+    return Parameter(to_backend(np.asarray(array, dtype=dtype), get_default()))
+
+
+def new_buffer(array: np.ndarray) -> Any:
+    """A buffer array on the default backend."""
+    return to_backend(np.asarray(array), get_default())

@@ -1,0 +1,31 @@
+"""Tools for building gradient-check test suites on npresnet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, compare, gradcheck, rel_error
+
+__all__ = ["GradcheckError", "GradcheckReport", "NondifferentiableError", "compare", "gradcheck", "kink_free",
+           "rel_error", "tie_free"]
+
+
+def tie_free(shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.float64) -> np.ndarray:
+    """Distinct values in [-1, 1], well apart (a shuffled ``arange``), so max-pool has no ties and
+    no value sits within ~1/size of another: Chainer's recipe for pooling gradient checks."""
+    size = int(np.prod(shape))
+    values = rng.permutation(size).astype(np.float64)
+    values = 2.0 * values / max(size - 1, 1) - 1.0
+    values += 0.5 / max(size - 1, 1)     # keep every value off exactly 0 (a ReLU kink)
+    return values.reshape(shape).astype(dtype)
+
+
+def kink_free(shape: tuple[int, ...], rng: np.random.Generator, margin: float = 1e-2,
+              dtype: Any = np.float64) -> np.ndarray:
+    """Standard normal values with none closer than ``margin`` to 0 (ReLU's kink)."""
+    x = rng.standard_normal(shape)
+    near = np.abs(x) < margin
+    x[near] = np.copysign(margin + np.abs(x[near]), x[near] + (x[near] == 0))
+    return x.astype(dtype)
