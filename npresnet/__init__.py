@@ -11,8 +11,8 @@ Quick start::
 """
 
 from . import backend, functional, nn, testing
-from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
 from .grad_mode import is_grad_enabled, no_grad
+from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
 
 __version__ = "0.1.0"
 

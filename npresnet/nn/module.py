@@ -15,7 +15,7 @@ A container's backward simply calls its children's backward in reverse order.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -23,6 +23,24 @@ import numpy as np
 from ..backend import BACKENDS, backend_name, get_default, to_backend, to_numpy
 from ..grad_mode import is_grad_enabled
 from .parameter import Parameter
+
+
+class HookHandle:
+    """Returned by ``register_*_hook``; ``handle.remove()`` unregisters the hook."""
+
+    _next_id = 0
+
+    def __init__(self, hooks: dict[int, Callable], key: int) -> None:
+        self._hooks, self._key = hooks, key
+
+    @classmethod
+    def add(cls, hooks: dict[int, Callable], hook: Callable) -> HookHandle:
+        cls._next_id += 1
+        hooks[cls._next_id] = hook
+        return cls(hooks, cls._next_id)
+
+    def remove(self) -> None:
+        self._hooks.pop(self._key, None)
 
 
 class IncompatibleKeys(NamedTuple):
@@ -39,6 +57,7 @@ class Module:
         object.__setattr__(self, "_modules", {})
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_cache", None)
+        object.__setattr__(self, "_forward_hooks", {})
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name: str, value: Any) -> None:
@@ -88,7 +107,17 @@ class Module:
 
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        out = self.forward(*args, **kwargs)
+        for hook in list(self._forward_hooks.values()):
+            replaced = hook(self, args, out)
+            if replaced is not None:
+                out = replaced
+        return out
+
+    def register_forward_hook(self, hook: Callable[[Module, tuple, Any], Any]) -> HookHandle:
+        """Call ``hook(module, inputs, output)`` after every forward; a non-None result replaces the
+        output. Returns a handle whose ``remove()`` unregisters the hook."""
+        return HookHandle.add(self._forward_hooks, hook)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")
@@ -194,8 +223,8 @@ class Module:
         else:
             try:
                 dtype = np.dtype(target)
-            except TypeError:
-                raise TypeError(f"Module.to() expects a backend {BACKENDS} or a floating dtype, got {target!r}")
+            except TypeError as exc:
+                raise TypeError(f"Module.to() expects a backend {BACKENDS} or a floating dtype, got {target!r}") from exc
             if dtype.kind != "f":
                 raise TypeError(f"Module.to() can only cast to a floating dtype, got {dtype}")
 
@@ -253,8 +282,9 @@ class Module:
             if key in entries:
                 module, name, is_param = entries[key]
                 current = module._parameters[name].data if is_param else module._buffers[name]
-                if tuple(np.shape(value) if not hasattr(value, "shape") else value.shape) != tuple(current.shape):
-                    mismatched.append(f"{key}: expected {tuple(current.shape)}, got {tuple(value.shape)}")
+                shape = tuple(np.shape(value))
+                if shape != tuple(current.shape):
+                    mismatched.append(f"{key}: expected {tuple(current.shape)}, got {shape}")
         errors = []
         if missing and strict:
             errors.append("missing keys: " + ", ".join(missing))
