@@ -224,7 +224,8 @@ class Module:
             try:
                 dtype = np.dtype(target)
             except TypeError as exc:
-                raise TypeError(f"Module.to() expects a backend {BACKENDS} or a floating dtype, got {target!r}") from exc
+                message = f"Module.to() expects a backend {BACKENDS} or a floating dtype, got {target!r}"
+                raise TypeError(message) from exc
             if dtype.kind != "f":
                 raise TypeError(f"Module.to() can only cast to a floating dtype, got {dtype}")
 
