@@ -10,13 +10,16 @@ Quick start::
     dx = conv.backward(np.ones_like(y))      # backward, conv.weight.grad now holds dL/dW
 """
 
-from . import backend, functional, nn, testing
+from . import backend, functional, io, models, nn, testing
 from .grad_mode import is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
+from .io import load, save
+from .summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GradcheckError", "GradcheckReport", "NondifferentiableError", "backend", "functional", "gradcheck",
-    "is_grad_enabled", "nn", "no_grad", "testing",
+    "is_grad_enabled", "models", "nn", "no_grad", "testing",
+    "io", "load", "save", "summary",
 ]

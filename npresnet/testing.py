@@ -13,12 +13,11 @@ __all__ = ["GradcheckError", "GradcheckReport", "NondifferentiableError", "compa
 
 
 def tie_free(shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.float64) -> np.ndarray:
-    """Distinct values in [-1, 1], well apart (a shuffled ``arange``), so max-pool has no ties and
-    no value sits within ~1/size of another: Chainer's recipe for pooling gradient checks."""
+    """Distinct values in (-1, 1), a shuffled ``arange`` (Chainer's recipe for pooling gradient checks):
+    neighbours are 2/size apart, so max-pool has no ties, and no value is closer than 0.5/size to 0
+    (a ReLU kink). Both gaps are far wider than gradcheck's eps."""
     size = int(np.prod(shape))
-    values = rng.permutation(size).astype(np.float64)
-    values = 2.0 * values / max(size - 1, 1) - 1.0
-    values += 0.5 / max(size - 1, 1)     # keep every value off exactly 0 (a ReLU kink)
+    values = (2.0 * rng.permutation(size) + 0.5) / max(size, 1) - 1.0
     return values.reshape(shape).astype(dtype)
 
 

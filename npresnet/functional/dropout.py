@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..backend import get_array_module
-from ..checks import check_floating
+from ..checks import check_floating, check_grad_like
 
 
 def dropout_forward(x: Any, p: float, training: bool, rng: Any) -> tuple[Any, Any]:
@@ -30,4 +30,7 @@ def dropout_forward(x: Any, p: float, training: bool, rng: Any) -> tuple[Any, An
 
 def dropout_backward(dout: Any, mask: Any) -> Any:
     """dx = dout * mask (identity when the forward dropped nothing)."""
-    return dout if mask is None else dout * mask
+    if mask is None:
+        return dout
+    check_grad_like(dout, mask.shape, mask, "dropout")
+    return dout * mask

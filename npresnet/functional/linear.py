@@ -54,13 +54,16 @@ def linear_backward(dout: Any, cache: LinearCache, need_input_grad: bool = True,
     return dx, dweight, dbias
 
 
-def flatten_forward(x: Any, start_dim: int = 1) -> tuple[Any, tuple[int, ...]]:
-    """(N, C, H, W) -> (N, C*H*W) for start_dim=1. The cache is the input shape."""
+def flatten_forward(x: Any, start_dim: int = 1) -> tuple[Any, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(N, C, H, W) -> (N, C*H*W) for start_dim=1. The cache is (input shape, output shape)."""
     get_array_module(x)
     start = start_dim % x.ndim if x.ndim else 0
-    return x.reshape(*x.shape[:start], -1), tuple(x.shape)
+    y = x.reshape(*x.shape[:start], -1)
+    return y, (tuple(x.shape), tuple(y.shape))
 
 
-def flatten_backward(dout: Any, x_shape: tuple[int, ...]) -> Any:
+def flatten_backward(dout: Any, cache: tuple[tuple[int, ...], tuple[int, ...]]) -> Any:
     """Un-flatten: the gradient just takes the input's shape back."""
+    x_shape, y_shape = cache
+    check_grad_like(dout, y_shape, dout, "flatten")
     return dout.reshape(x_shape)

@@ -73,6 +73,11 @@ def cross_entropy_backward(dout: Any, cache: CrossEntropyCache) -> Any:
     xp = get_array_module(probs)
     N, K = probs.shape
     eps = cache.label_smoothing
+    expected = (N,) if cache.reduction == "none" else ()
+    got = tuple(getattr(dout, "shape", ()))
+    if got != expected:
+        raise ValueError(f"cross_entropy.backward expects dout of shape {expected} (the loss's, reduction="
+                         f"{cache.reduction!r}), got {got}")
     dlogits = probs - eps / K
     dlogits[xp.arange(N), target] -= 1.0 - eps
     if cache.reduction == "none":

@@ -172,30 +172,39 @@ def _adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
     return [((o * size) // out, math.ceil((o + 1) * size / out)) for o in range(out)]
 
 
-def adaptive_avgpool2d_forward(x: Any, output_size: Any = 1) -> tuple[Any, tuple[int, ...]]:
+class AdaptivePoolCache(NamedTuple):
+    x_shape: tuple[int, int, int, int]
+    out: tuple[int, int]   # (OH, OW)
+    dtype: Any
+
+
+def adaptive_avgpool2d_forward(x: Any, output_size: Any = 1) -> tuple[Any, AdaptivePoolCache]:
     """Like ``torch.nn.functional.adaptive_avg_pool2d``. (N, C, H, W) -> (N, C, OH, OW).
 
-    The cache is the input shape (the windows follow from it).
+    The cache holds the input and output shapes (the windows follow from them).
     """
     check_nchw(x, None, "input", "adaptive_avg_pool2d")
     OH, OW = pair(output_size, "output_size")
     if OH < 1 or OW < 1:
         raise ValueError(f"adaptive_avg_pool2d output_size must be >= 1, got {(OH, OW)}")
+    cache = AdaptivePoolCache(tuple(x.shape), (OH, OW), x.dtype)
     if (OH, OW) == (1, 1):
-        return x.mean(axis=(2, 3), keepdims=True), tuple(x.shape)
+        return x.mean(axis=(2, 3), keepdims=True), cache
     xp = get_array_module(x)
     y = xp.empty((*x.shape[:2], OH, OW), dtype=x.dtype)
     for oh, (h0, h1) in enumerate(_adaptive_windows(x.shape[2], OH)):
         for ow, (w0, w1) in enumerate(_adaptive_windows(x.shape[3], OW)):
             y[:, :, oh, ow] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
-    return y, tuple(x.shape)
+    return y, cache
 
 
-def adaptive_avgpool2d_backward(dout: Any, x_shape: tuple[int, ...]) -> Any:
+def adaptive_avgpool2d_backward(dout: Any, cache: AdaptivePoolCache) -> Any:
     """Spread each dy evenly over its window. Returns dx (N, C, H, W)."""
-    xp = get_array_module(dout)
+    x_shape = cache.x_shape
     N, C, H, W = x_shape
-    OH, OW = dout.shape[2:]
+    OH, OW = cache.out
+    check_grad_like(dout, (N, C, OH, OW), dout, "adaptive_avg_pool2d", dtype=cache.dtype)
+    xp = get_array_module(dout)
     if (OH, OW) == (1, 1):
         return xp.broadcast_to(dout / (H * W), x_shape).copy()
     dx = xp.zeros(x_shape, dtype=dout.dtype)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .. import functional as F
-from ..checks import check_like
+from ..checks import check_floating, check_like
 from .module import Module, new_parameter
 
 
@@ -28,6 +28,7 @@ class Linear(Module):
         self.bias = new_parameter(rng.uniform(-bound, bound, out_features)) if bias else None
 
     def forward(self, x: Any) -> Any:
+        check_floating(x, "Linear input")
         check_like(x, self.weight.data, "input", "Linear parameters")
         bias = self.bias.data if self.bias is not None else None
         y, cache = F.linear_forward(x, self.weight.data, bias)

@@ -216,10 +216,10 @@ class Module:
         as ``num_batches_tracked`` keep their dtype. Cached activations are dropped.
         """
         if isinstance(target, str) and target.lower() in BACKENDS:
-            name = target.lower()
+            backend = target.lower()
 
             def convert(a: Any) -> Any:
-                return to_backend(a, name)
+                return to_backend(a, backend)
         else:
             try:
                 dtype = np.dtype(target)
