@@ -1,0 +1,70 @@
+"""Shared Numba settings and row helpers for the CPU kernels (imported only once a kernel is used).
+
+``NPRESNET_NUMBA_CACHE=0`` turns off Numba's on-disk cache (``kernels/__pycache__``), e.g. when several
+processes might write it at once or a stale cache is suspected; ``NUMBA_CACHE_DIR`` moves it.
+Every kernel is compiled lazily, on its first call, once per dtype (float32 / float64).
+``fastmath`` stays off: the kernels must reproduce the NumPy references to the last bit.
+"""
+
+from __future__ import annotations
+
+import os
+
+from numba import njit, prange  # noqa: F401  (prange is re-exported for the kernel modules)
+
+#: Write compiled kernels to disk so later processes skip the compile (seconds per kernel).
+CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0"
+
+
+def require_shape(name, array, expected):
+    """The kernels index without bounds checks: a wrong shape must be an error before the call."""
+    if tuple(array.shape) != tuple(expected):
+        raise ValueError(f"npresnet.kernels: {name} must have shape {tuple(expected)}, got {tuple(array.shape)}")
+
+
+def require_same_dtype(what, a, b):
+    if a.dtype != b.dtype:
+        raise TypeError(f"npresnet.kernels: {what} must share a dtype, got {a.dtype} and {b.dtype}")
+
+
+def parallel_kernel(function):
+    """``@njit(parallel=True)`` with NumPy's float semantics (x/0 -> inf, no ZeroDivisionError), cached.
+
+    No fastmath: results must match the NumPy references exactly.
+    """
+    return njit(parallel=True, cache=CACHE, error_model="numpy")(function)
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def valid_range(offset, stride, size, out_size):
+    """The outputs o in [lo, hi) whose input position ``o*stride + offset`` lies inside [0, size).
+
+    ``offset`` is ``i*dilation - padding`` for kernel offset i; positions outside are padding.
+    """
+    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    last = size - 1 - offset                      # o*stride <= last
+    hi = 0 if last < 0 else min(out_size, last // stride + 1)
+    return lo, max(lo, hi)
+
+
+# Row helpers. The kernels hand them 1-D *views* (a row of an image, of a column block, ...) and
+# they loop from 0: LLVM vectorises these loops (SIMD), while the same loop written with 4-D
+# indices and offsets, x[n, c, h, ow*SW + off], stays scalar and runs 2-3x slower. A view with
+# stride 1 (sliced ``a:b``, no step) is the fast case, so callers branch on ``stride == 1``.
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def fill_row(dst, value):
+    for t in range(dst.shape[0]):
+        dst[t] = value
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def copy_row(dst, src):
+    for t in range(dst.shape[0]):
+        dst[t] = src[t]
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def add_row(dst, src):
+    for t in range(dst.shape[0]):
+        dst[t] += src[t]

@@ -1,0 +1,506 @@
+"""The Numba kernels of npresnet.kernels equal their NumPy references in npresnet.functional.
+
+im2col/col2im and the pooling kernels are compared bit for bit (their loops add the same numbers in
+the same order as the references). Batch norm sums in float64, so it matches the float64
+reference to ~1e-13 and is at least as accurate as the float32 reference. The references always
+run inside ``kernels.reference_only()``, so these comparisons stay honest once functional/ calls
+the kernels itself. Subprocess tests cover NPRESNET_KERNELS=numpy, lazy import, and a missing Numba.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from npresnet import kernels
+from npresnet.functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
+from npresnet.functional.im2col import col2im, conv_output_size, im2col
+from npresnet.functional.pooling import (
+    avgpool2d_backward,
+    avgpool2d_forward,
+    maxpool2d_backward,
+    maxpool2d_forward,
+)
+
+needs_numba = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
+DTYPES = [np.float64, np.float32]
+
+
+def kernel(name: str, x: np.ndarray):
+    fast = kernels.get(name, x)
+    assert fast is not None, f"kernels.get({name!r}) returned None for a {x.dtype} NumPy array"
+    return fast
+
+
+def assert_bitwise(got: np.ndarray, want: np.ndarray) -> None:
+    """Same shape, dtype and bytes (so also the same NaNs and signs of zero)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
+    np.testing.assert_array_equal(got, want, strict=True)              # readable report of the values
+    same_bytes = np.ascontiguousarray(got).view(np.uint8) == np.ascontiguousarray(want).view(np.uint8)
+    assert same_bytes.all(), "equal values but different bits (a -0.0 or a NaN payload)"
+
+
+def rel_to_max(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max |want|, in float64."""
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(want, np.float64))
+    return float(diff.max() / max(np.abs(want).max(), 1e-300))
+
+
+# ---------------------------------------------------------------------------------------------
+# im2col / col2im
+
+# (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW): non-square kernels, H != W, stride > 1,
+# padding, dilation, uneven sizes, batch 1, C = 1, and windows that read only padding.
+CONV_CASES = [
+    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 2), (1, 2)),
+    ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),
+    ((3, 4, 11, 6), (5, 3), (3, 2), (2, 1), (2, 1)),
+    ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),   # ResNet stem, small
+    ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),     # padding wider than the kernel reaches
+    ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),    # stride larger than the kernel
+]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape, ksize, stride, padding, dilation", CONV_CASES)
+def test_im2col_col2im_bitwise(shape, ksize, stride, padding, dilation, dtype):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    with kernels.reference_only():
+        cols_ref = im2col(x, ksize, stride, padding, dilation)
+    cols = kernel("im2col", x)(x, ksize, stride, padding, dilation)
+    assert_bitwise(cols, cols_ref)
+    assert cols.flags.c_contiguous
+
+    dcols = rng.standard_normal(cols.shape).astype(dtype)
+    with kernels.reference_only():
+        dx_ref = col2im(dcols, shape, stride, padding, dilation)
+    dx = kernel("col2im", dcols)(dcols, shape, stride, padding, dilation)
+    assert_bitwise(dx, np.ascontiguousarray(dx_ref))
+
+
+@needs_numba
+def test_im2col_col2im_non_contiguous_inputs():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5, 3, 9, 8)).transpose(1, 0, 3, 2)[:, ::2]      # (3, 3, 8, 9), strided
+    args = ((3, 2), (2, 1), (1, 1), (1, 1))
+    with kernels.reference_only():
+        cols_ref = im2col(x, *args)
+    assert_bitwise(kernel("im2col", x)(x, *args), cols_ref)
+    dcols = rng.standard_normal(cols_ref.shape[::-1]).T                        # Fortran-ordered
+    with kernels.reference_only():
+        dx_ref = col2im(dcols, x.shape, *args[1:])
+    assert_bitwise(kernel("col2im", dcols)(dcols, x.shape, *args[1:]), np.ascontiguousarray(dx_ref))
+
+
+@st.composite
+def conv_configs(draw):
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    PH, PW = draw(st.integers(0, 3)), draw(st.integers(0, 3))
+    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W)
+    if conv_output_size(H, KH, SH, PH, DH) < 1 or conv_output_size(W, KW, SW, PW, DW) < 1:
+        # make the input just large enough for one window
+        H, W = max(H, DH * (KH - 1) + 1), max(W, DW * (KW - 1) + 1)
+        shape = (*shape[:2], H, W)
+    dtype = draw(st.sampled_from(DTYPES))
+    return shape, (KH, KW), (SH, SW), (PH, PW), (DH, DW), dtype, draw(st.integers(0, 2**32 - 1))
+
+
+@needs_numba
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_configs())
+def test_im2col_col2im_random_configurations(config):
+    shape, ksize, stride, padding, dilation, dtype, seed = config
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(dtype)
+    with kernels.reference_only():
+        cols_ref = im2col(x, ksize, stride, padding, dilation)
+    assert_bitwise(kernel("im2col", x)(x, ksize, stride, padding, dilation), cols_ref)
+    dcols = rng.standard_normal(cols_ref.shape).astype(dtype)
+    with kernels.reference_only():
+        dx_ref = col2im(dcols, shape, stride, padding, dilation)
+    assert_bitwise(kernel("col2im", dcols)(dcols, shape, stride, padding, dilation), np.ascontiguousarray(dx_ref))
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling
+
+# (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
+POOL_CASES = [
+    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
+    ((1, 1, 5, 5), 2, 2, 0, 1, False),
+    ((3, 4, 11, 6), 3, 2, 1, 1, True),                 # ceil_mode: the last window hangs over the edge
+    ((2, 2, 8, 8), 3, 1, 1, 1, False),                 # stride 1: a pixel is in up to 9 windows
+    ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
+    ((2, 3, 10, 10), 3, 2, 1, 1, False),               # ResNet stem max pool, small
+]
+
+
+def _pool_input(shape, dtype, rng):
+    """Small integers (many ties, +0.0 tied with -0.0), plus a NaN, a -inf and an all -inf row."""
+    x = rng.integers(-3, 4, size=shape).astype(dtype)
+    x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
+    x[0, 0, 1, 1] = np.nan
+    x[-1, -1, 0, 0] = -np.inf
+    x[0, -1, -1, :] = -np.inf
+    return x
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape, ksize, stride, padding, dilation, ceil_mode", POOL_CASES)
+def test_maxpool_bitwise(shape, ksize, stride, padding, dilation, ceil_mode, dtype):
+    rng = np.random.default_rng(2)
+    x = _pool_input(shape, dtype, rng)
+    with kernels.reference_only():
+        y_ref, cache = maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
+    y, argmax = kernel("maxpool2d_forward", x)(x, cache.geometry)
+    assert_bitwise(y, y_ref)
+    assert_bitwise(argmax, cache.argmax)
+    assert np.isnan(y).any() and (argmax > 0).any()    # the NaN and the tie rule were exercised
+
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    with kernels.reference_only():
+        dx_ref = maxpool2d_backward(dy, cache)
+    dx = kernel("maxpool2d_backward", dy)(dy, argmax, shape, cache.geometry)
+    assert_bitwise(dx, np.ascontiguousarray(dx_ref))
+
+
+@st.composite
+def pool_configs(draw):
+    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    PH = draw(st.integers(0, (DH * (KH - 1) + 1) // 2))
+    PW = draw(st.integers(0, (DW * (KW - 1) + 1) // 2))
+    H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 12))
+    W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 12))
+    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W)
+    return (shape, (KH, KW), (SH, SW), (PH, PW), (DH, DW), draw(st.booleans()), draw(st.sampled_from(DTYPES)),
+            draw(st.integers(0, 2**32 - 1)))
+
+
+@needs_numba
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pool_configs())
+def test_maxpool_random_configurations(config):
+    shape, ksize, stride, padding, dilation, ceil_mode, dtype, seed = config
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, size=shape).astype(dtype)          # ties everywhere
+    x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
+    x[rng.random(shape) < 0.05] = np.nan
+    x[rng.random(shape) < 0.05] = -np.inf
+    with kernels.reference_only():
+        y_ref, cache = maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
+    y, argmax = kernel("maxpool2d_forward", x)(x, cache.geometry)
+    assert_bitwise(y, y_ref)
+    assert_bitwise(argmax, cache.argmax)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    with kernels.reference_only():
+        dx_ref = maxpool2d_backward(dy, cache)
+    assert_bitwise(kernel("maxpool2d_backward", dy)(dy, argmax, shape, cache.geometry), np.ascontiguousarray(dx_ref))
+
+
+AVG_CASES = [
+    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True),
+    ((1, 1, 5, 5), 2, 2, 0, False),
+    ((3, 4, 11, 6), 3, 2, 1, True),
+    ((2, 2, 8, 8), 3, 1, 1, False),
+    ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), True),
+]
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("divisor_mode", ["include_pad", "exclude_pad", "override"])
+@pytest.mark.parametrize("shape, ksize, stride, padding, ceil_mode", AVG_CASES)
+def test_avgpool_bitwise(shape, ksize, stride, padding, ceil_mode, divisor_mode, dtype):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    options = {"count_include_pad": divisor_mode != "exclude_pad",
+               "divisor_override": 5 if divisor_mode == "override" else None}
+    with kernels.reference_only():
+        y_ref, cache = avgpool2d_forward(x, ksize, stride, padding, ceil_mode, **options)
+    y = kernel("avgpool2d_forward", x)(x, cache.divisor, cache.geometry)
+    assert_bitwise(y, y_ref)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    with kernels.reference_only():
+        dx_ref = avgpool2d_backward(dy, cache)
+    dx = kernel("avgpool2d_backward", dy)(dy, cache.divisor, shape, cache.geometry)
+    assert_bitwise(dx, np.ascontiguousarray(dx_ref))
+
+
+# ---------------------------------------------------------------------------------------------
+# batch norm (training mode)
+
+BN_SHAPES = [(8, 3, 32, 32), (2, 5, 7, 3), (1, 1, 6, 5), (16, 4, 9, 1)]
+
+
+def _bn_inputs(shape, affine, rng):
+    C = shape[1]
+    x = rng.standard_normal(shape) * 2.0 + 5.0          # an offset mean makes the sums work
+    weight = rng.standard_normal(C) if affine in ("both", "weight") else None
+    bias = rng.standard_normal(C) if affine in ("both", "bias") else None
+    return x, weight, bias, rng.standard_normal(shape)
+
+
+def _bn_reference(x, weight, bias, dy):
+    with kernels.reference_only():
+        y, cache = batchnorm2d_forward(x, weight, bias, None, None, True, eps=1e-5)
+        dx, dweight, dbias = batchnorm2d_backward(dy, cache)
+    return y, cache, dx, dweight, dbias
+
+
+@needs_numba
+@pytest.mark.parametrize("affine", ["both", "weight", "bias", "none"])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_batchnorm_float64_matches_reference(shape, affine):
+    x, weight, bias, dy = _bn_inputs(shape, affine, np.random.default_rng(4))
+    y_ref, cache, dx_ref, dweight_ref, dbias_ref = _bn_reference(x, weight, bias, dy)
+    y, x_hat, mean, var, invstd = kernel("batchnorm2d_train_forward", x)(x, weight, bias, 1e-5)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-13)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2, 3)), rtol=1e-12)
+    for got, want in ((y, y_ref), (x_hat, cache.x_hat), (invstd, cache.invstd)):
+        assert got.dtype == np.float64 and got.shape == want.shape
+        assert rel_to_max(got, want) < 1e-13
+    # y is computed from x_hat exactly as the reference does (no fused multiply-add sneaking in)
+    expected_y = x_hat * weight.reshape(1, -1, 1, 1) if weight is not None else x_hat.copy()
+    if bias is not None:
+        expected_y += bias.reshape(1, -1, 1, 1)
+    assert_bitwise(y, expected_y)
+
+    dx, dweight, dbias = kernel("batchnorm2d_train_backward", dy)(dy, cache.x_hat, cache.invstd, weight)
+    assert rel_to_max(dx, dx_ref) < 1e-12
+    assert rel_to_max(dweight, dweight_ref) < 1e-12
+    assert rel_to_max(dbias, dbias_ref) < 1e-12
+
+
+@needs_numba
+@pytest.mark.parametrize("shape", [(8, 3, 32, 32), (16, 4, 9, 1)])
+def test_batchnorm_float32_accumulates_in_float64(shape):
+    """float32 results agree with the float32 reference to ~1e-6 and are at least as close as it
+    to the float64 truth (the kernel sums in float64, the reference in float32)."""
+    x, weight, bias, dy = (None if a is None else a.astype(np.float32)
+                           for a in _bn_inputs(shape, "both", np.random.default_rng(5)))
+    truth = _bn_reference(*(a.astype(np.float64) for a in (x, weight, bias, dy)))
+    ref32 = _bn_reference(x, weight, bias, dy)
+
+    y, x_hat, mean, var, invstd = kernel("batchnorm2d_train_forward", x)(x, weight, bias, 1e-5)
+    assert all(a.dtype == np.float32 for a in (y, x_hat, mean, var, invstd))
+    dx, dweight, dbias = kernel("batchnorm2d_train_backward", dy)(dy, ref32[1].x_hat, ref32[1].invstd, weight)
+    assert all(a.dtype == np.float32 for a in (dx, dweight, dbias))
+
+    pairs = {"y": (y, ref32[0], truth[0]), "x_hat": (x_hat, ref32[1].x_hat, truth[1].x_hat),
+             "dx": (dx, ref32[2], truth[2]), "dweight": (dweight, ref32[3], truth[3]),
+             "dbias": (dbias, ref32[4], truth[4])}
+    for name, (got, ref, exact) in pairs.items():
+        assert rel_to_max(got, ref) < 1e-6, name
+        assert rel_to_max(got, exact) <= max(rel_to_max(ref, exact), 1e-7), name
+
+
+# ---------------------------------------------------------------------------------------------
+# the dispatch API
+
+def test_get_rejects_unknown_names_in_every_mode():
+    with pytest.raises(ValueError, match="unknown kernel 'im2colx'"):
+        kernels.get("im2colx", np.zeros((1, 1, 1, 1)))
+    with kernels.reference_only(), pytest.raises(ValueError, match="expected one of"):
+        kernels.get("conv", np.zeros(1))
+
+
+@needs_numba
+def test_get_only_serves_numpy_float_arrays():
+    x32 = np.zeros((1, 1, 2, 2), np.float32)
+    for name in kernels.KERNELS:
+        assert callable(kernels.get(name, x32))
+        assert callable(kernels.get(name, x32.astype(np.float64)))
+        assert kernels.get(name, x32.astype(np.float16)) is None
+        assert kernels.get(name, x32.astype(np.int64)) is None
+        assert kernels.get(name, x32.tolist()) is None
+
+    class FakeCupyArray:          # what a CuPy array looks like to get(): not a numpy.ndarray
+        dtype = np.dtype(np.float32)
+        shape = (1, 1, 2, 2)
+
+    assert kernels.get("im2col", FakeCupyArray()) is None
+    with kernels.reference_only():
+        assert kernels.active() == "numpy"
+        assert kernels.get("im2col", x32) is None
+        with kernels.reference_only():
+            pass
+        assert kernels.get("im2col", x32) is None       # still inside the outer block
+    assert kernels.active() == "numba"
+
+
+@needs_numba
+def test_kernels_reject_inconsistent_shapes():
+    """The kernels index without bounds checks, so their wrappers refuse shapes that do not fit."""
+    x = np.zeros((2, 3, 6, 5))
+    with kernels.reference_only():
+        _, pool_cache = maxpool2d_forward(x, 2)
+        _, avg_cache = avgpool2d_forward(x, 2)
+    geom = pool_cache.geometry
+    dy = np.zeros((2, 3, 3, 2))
+    with pytest.raises(ValueError, match=r"max_pool2d dout must have shape \(4, 3, 3, 2\), got \(2, 3, 3, 2\)"):
+        kernel("maxpool2d_backward", dy)(dy, pool_cache.argmax, (4, 3, 6, 5), geom)
+    with pytest.raises(ValueError, match="max_pool2d argmax must have shape"):
+        kernel("maxpool2d_backward", dy)(dy, pool_cache.argmax[:1], x.shape, geom)
+    with pytest.raises(ValueError, match="avg_pool2d divisor must have shape"):
+        kernel("avgpool2d_forward", x)(x, avg_cache.divisor[:1], avg_cache.geometry)
+    with pytest.raises(ValueError, match=r"col2im cols must have shape \(3, 3, 3, 2, 4, 3\)"):
+        cols = np.zeros((3, 3, 3, 2, 4, 4))
+        kernel("col2im", cols)(cols, x.shape, (1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match="im2col expects an"):
+        kernel("im2col", x[0])(x[0], (1, 1), (1, 1), (0, 0), (1, 1))
+    with pytest.raises(ValueError, match=r"batch_norm weight must have shape \(3,\)"):
+        kernel("batchnorm2d_train_forward", x)(x, np.ones(4), None, 1e-5)
+    with pytest.raises(ValueError, match="batch_norm x_hat must have shape"):
+        kernel("batchnorm2d_train_backward", x)(x, x[:1], np.ones(3), None)
+    with pytest.raises(TypeError, match="must share a dtype, got float64 and float32"):
+        kernel("batchnorm2d_train_backward", x)(x, x.astype(np.float32), np.ones(3), None)
+
+
+def _run_python(*snippets: str, **env: str) -> subprocess.CompletedProcess:
+    """Run the snippets (each dedented, then joined) in a fresh interpreter with extra environment variables."""
+    code = "\n".join(textwrap.dedent(snippet) for snippet in snippets)
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+_CONV_CHECK = """
+    import numpy as np
+    from npresnet.functional import conv2d_backward, conv2d_forward, maxpool2d_backward, maxpool2d_forward
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 2))
+    y, cache = conv2d_forward(x, w, None, stride=(2, 1), padding=1)
+    # y by direct summation over the window
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    direct = np.zeros_like(y)
+    for oh in range(y.shape[2]):
+        for ow in range(y.shape[3]):
+            window = xp[:, :, 2 * oh:2 * oh + 3, ow:ow + 2]
+            direct[:, :, oh, ow] = np.einsum("nchw,ochw->no", window, w)
+    assert np.allclose(y, direct, rtol=1e-12, atol=1e-12), abs(y - direct).max()
+    # backward: the adjoint identity <dy, conv(x)> = <conv_backward(dy), x> (conv is linear in x)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, _ = conv2d_backward(dy, cache)
+    assert np.isclose(np.sum(dy * y), np.sum(dx * x), rtol=1e-12), (np.sum(dy * y), np.sum(dx * x))
+    assert np.isclose(np.sum(dy * y), np.sum(dw * w), rtol=1e-12)
+    yp, pcache = maxpool2d_forward(x, 3, 2, 1)
+    assert maxpool2d_backward(np.ones_like(yp), pcache).sum() == yp.size
+"""
+
+
+def test_numpy_mode_forces_the_reference():
+    result = _run_python("""
+        import sys
+        import numpy as np
+        from npresnet import kernels
+        assert kernels.REQUESTED == "numpy" and kernels.active() == "numpy", kernels.active()
+        assert kernels.get("im2col", np.zeros((1, 1, 2, 2))) is None
+    """, _CONV_CHECK, """
+        assert "numba" not in sys.modules, "NPRESNET_KERNELS=numpy imported numba"
+        print("ok")
+    """, NPRESNET_KERNELS="numpy")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_import_compiles_nothing():
+    result = _run_python("""
+        import sys
+        import npresnet, npresnet.kernels
+        assert "numba" not in sys.modules, "importing npresnet.kernels imported numba"
+        print(npresnet.kernels.active())
+    """, NPRESNET_KERNELS="auto")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("numba" if kernels.HAVE_NUMBA else "numpy")
+
+
+_BLOCK_NUMBA = """
+    import sys
+
+    class BlockNumba:                     # makes `import numba` fail, as if it were not installed
+        def find_spec(self, name, path=None, target=None):
+            if name == "numba" or name.startswith("numba."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, BlockNumba())
+"""
+
+
+def test_works_without_numba():
+    result = _run_python(_BLOCK_NUMBA, """
+        import numpy as np
+        from npresnet import kernels
+        assert not kernels.HAVE_NUMBA and kernels.active() == "numpy"
+        assert all(kernels.get(name, np.zeros((1, 1, 2, 2))) is None for name in kernels.KERNELS)
+    """, _CONV_CHECK, """
+        assert "numba" not in sys.modules
+        print("ok")
+    """, NPRESNET_KERNELS="auto")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+_BROKEN_NUMBA = """
+    import importlib.abc, importlib.machinery, sys
+
+    class BrokenLoader(importlib.abc.Loader):    # numba is found, but importing it fails
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            raise ImportError("Numba needs NumPy 2.3 or less")
+
+    class BrokenNumba(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            return importlib.machinery.ModuleSpec(name, BrokenLoader()) if name == "numba" else None
+
+    sys.meta_path.insert(0, BrokenNumba())
+"""
+
+
+def test_broken_numba_falls_back_with_a_warning():
+    result = _run_python(_BROKEN_NUMBA, """
+        import warnings
+        import numpy as np
+        from npresnet import kernels
+        assert kernels.HAVE_NUMBA and kernels.active() == "numba"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert kernels.get("im2col", np.zeros((1, 1, 2, 2))) is None
+        assert kernels.active() == "numpy"
+        assert len(caught) == 1 and "Numba needs NumPy 2.3 or less" in str(caught[0].message), caught
+    """, _CONV_CHECK, "print('ok')", NPRESNET_KERNELS="auto")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+    result = _run_python(_BROKEN_NUMBA, """
+        import numpy as np
+        from npresnet import kernels
+        kernels.get("im2col", np.zeros((1, 1, 2, 2)))
+    """, NPRESNET_KERNELS="numba")
+    assert result.returncode != 0 and "Numba needs NumPy 2.3 or less" in result.stderr
+
+
+def test_explicit_numba_request_without_numba_is_an_error():
+    result = _run_python(_BLOCK_NUMBA, "import npresnet.kernels", NPRESNET_KERNELS="numba")
+    assert result.returncode != 0
+    assert "NPRESNET_KERNELS=numba but numba is not installed" in result.stderr
+
+
+def test_bad_mode_is_an_error():
+    result = _run_python("import npresnet.kernels\n", NPRESNET_KERNELS="fast")
+    assert result.returncode != 0
+    assert "NPRESNET_KERNELS must be 'auto', 'numba' or 'numpy', got 'fast'" in result.stderr
