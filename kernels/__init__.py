@@ -30,11 +30,23 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``avgpool2d_backward``          (dout, divisor, x_shape, geometry) -> dx
 ``batchnorm2d_train_forward``   (x, weight|None, bias|None, eps) -> y, x_hat, mean, var (biased), invstd
 ``batchnorm2d_train_backward``  (dout, x_hat, invstd, weight|None) -> dx, dweight, dbias
+``relu_backward``               (dout, y) -> dx = dout where y > 0, else 0
 ==============================  ==========================================================================
 
 ``geometry`` is ``functional.pooling.PoolGeometry`` (its ``extra`` ceil_mode padding is handled by
 bounds checks). The batch-norm pair covers training mode only; the caller updates the running
 statistics from the returned mean and var.
+
+CuPy arrays. For a CuPy float32/float64 array ``get`` returns a Numba CUDA kernel (modules
+``cuda_im2col``, ``cuda_pool``; package numba-cuda) with the *same* signature and result, bit for
+bit, as the CPU kernel above, for every name except the batch-norm pair (CuPy's own reductions
+serve batch norm). The CUDA kernels take CuPy arrays through ``__cuda_array_interface__`` (no copy),
+run on CuPy's current stream, and write each output element from one thread (col2im and the pool
+backwards are gathers: no atomics, deterministic). ``get`` returns None, and the pure-CuPy reference
+runs, when numba-cuda is not installed, Numba sees no usable CUDA device, ``NPRESNET_KERNELS=numpy``,
+or inside ``reference_only()``. ``numba.cuda`` is imported on the first CuPy ``get`` only.
+``cuda_active()`` says which family CuPy arrays get. The tests run these kernels on NumPy arrays
+under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), where ``get`` serves them for CuPy arrays too.
 """
 
 from __future__ import annotations
@@ -77,9 +89,22 @@ KERNELS = {
     "avgpool2d_backward": ("pool_cpu", "avgpool2d_backward"),
     "batchnorm2d_train_forward": ("batchnorm_cpu", "batchnorm2d_train_forward"),
     "batchnorm2d_train_backward": ("batchnorm_cpu", "batchnorm2d_train_backward"),
+    "relu_backward": ("relu_cpu", "relu_backward"),
+}
+
+#: kernel name -> (module, function) of the Numba CUDA kernel served for CuPy arrays (no batch norm).
+CUDA_KERNELS = {
+    "im2col": ("cuda_im2col", "im2col"),
+    "col2im": ("cuda_im2col", "col2im"),
+    "maxpool2d_forward": ("cuda_pool", "maxpool2d_forward"),
+    "maxpool2d_backward": ("cuda_pool", "maxpool2d_backward"),
+    "avgpool2d_forward": ("cuda_pool", "avgpool2d_forward"),
+    "avgpool2d_backward": ("cuda_pool", "avgpool2d_backward"),
 }
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_cuda_problem: str | None = None                   # why the CUDA kernels are off; set by _cuda_usable()
+_cuda_checked = False
 _numba_import_error: BaseException | None = None   # set if Numba was found but failed to import
 _reference_depth = 0                               # > 0 inside ``with reference_only():``
 
@@ -106,11 +131,14 @@ def get(name: str, x: Any) -> Callable[..., Any] | None:
     """The Numba kernel ``name`` (see the module docstring) if it should process ``x``, else None.
 
     None means "run the NumPy reference": Numba is off or missing, or ``x`` is not a NumPy
-    float32/float64 array (CuPy arrays, integer arrays, ...). An unknown name is an error
-    whatever the backend, so typos show up in every configuration.
+    float32/float64 array (integer arrays, lists, ...). A CuPy float array gets the Numba CUDA
+    kernel when ``cuda_active() == "numba-cuda"``, else None (the CuPy reference runs). An unknown
+    name is an error whatever the backend, so typos show up in every configuration.
     """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; expected one of {sorted(KERNELS)}")
+    if _is_cupy_array(x):
+        return _get_cuda(name, x)
     if active() != "numba" or not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES:
         return None
     module_name, function_name = KERNELS[name]
@@ -129,3 +157,54 @@ def _disable_numba(exc: BaseException) -> None:
     _numba_import_error = exc
     warnings.warn(f"npresnet.kernels: numba failed to import ({exc}); using the NumPy reference kernels",
                   RuntimeWarning, stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------------
+# CuPy arrays: Numba CUDA kernels
+
+
+def _is_cupy_array(x: Any) -> bool:
+    """Recognise a CuPy array without importing CuPy (as ``npresnet.backend.is_cupy_array``)."""
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _cuda_usable() -> bool:
+    """Whether numba-cuda imports and sees a CUDA device (or its simulator); checked once, lazily."""
+    global _cuda_checked, _cuda_problem
+    if not _cuda_checked:
+        _cuda_checked = True
+        try:
+            from numba import cuda
+
+            if not cuda.is_available():
+                _cuda_problem = "numba.cuda.is_available() is False (no CUDA driver or device)"
+        except ImportError as exc:
+            _cuda_problem = f"numba-cuda is not installed ({exc})"
+        except Exception as exc:                    # installed but broken: say so once, then use CuPy
+            _cuda_problem = f"numba.cuda failed to import ({type(exc).__name__}: {exc})"
+            warnings.warn(f"npresnet.kernels: {_cuda_problem}; CuPy arrays use the pure-CuPy references",
+                          RuntimeWarning, stacklevel=3)
+    return _cuda_problem is None
+
+
+def cuda_active() -> str:
+    """Which kernel family CuPy arrays get: 'numba-cuda' or 'cupy' (the references). Imports numba.cuda."""
+    if REQUESTED == "numpy" or _reference_depth > 0 or not _cuda_usable():
+        return "cupy"
+    return "numba-cuda"
+
+
+def cuda_problem() -> str | None:
+    """Why the CUDA kernels are not used (after the first check), or None."""
+    _cuda_usable()
+    return _cuda_problem
+
+
+def _get_cuda(name: str, x: Any) -> Callable[..., Any] | None:
+    """The Numba CUDA kernel ``name`` for the CuPy array ``x``, or None (run the CuPy reference)."""
+    if name not in CUDA_KERNELS or getattr(x, "dtype", None) not in _FLOAT_DTYPES:
+        return None
+    if cuda_active() != "numba-cuda":
+        return None
+    module_name, function_name = CUDA_KERNELS[name]
+    return getattr(importlib.import_module(f"{__name__}.{module_name}"), function_name)

@@ -504,3 +504,34 @@ def test_bad_mode_is_an_error():
     result = _run_python("import npresnet.kernels\n", NPRESNET_KERNELS="fast")
     assert result.returncode != 0
     assert "NPRESNET_KERNELS must be 'auto', 'numba' or 'numpy', got 'fast'" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# ReLU backward
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 4, 33, 65), (3, 50000)])
+def test_relu_backward_bitwise(shape, dtype):
+    from npresnet.functional.activation import relu_backward, relu_forward
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[:: 7] = 0.0                                     # exact zeros: gradient 0, as torch
+    x.flat[1:: 11] = np.nan                                # NaN input: y is NaN, not > 0, gradient 0
+    y, cache = relu_forward(x)
+    dout = rng.standard_normal(shape).astype(dtype)
+    dout.flat[2:: 13] = -0.0                               # signs of zero must survive
+    with kernels.reference_only():
+        want = relu_backward(dout, cache)
+    got = kernel("relu_backward", dout)(dout, cache)
+    assert_bitwise(got, want)
+    assert_bitwise(relu_backward(dout, cache), want)       # the functional path dispatches to the kernel
+
+
+@needs_numba
+def test_relu_backward_kernel_rejects_mismatched_shapes():
+    y = np.ones((2, 3), np.float32)
+    with pytest.raises(ValueError, match=r"relu_backward dout must have shape \(2, 3\)"):
+        kernel("relu_backward", y)(np.ones((3, 2), np.float32), y)

@@ -1,20 +1,35 @@
-"""2-D convolution (cross-correlation, as in PyTorch) as im2col + one batched GEMM.
+"""2-D convolution (cross-correlation, as in PyTorch) as im2col + GEMM.
 
 Notation: N batch, C input channels, O output channels, G groups, Cg = C/G and Og = O/G channels
-per group, H x W input, KH x KW kernel, OH x OW output, L = N*OH*OW output pixels.
+per group, H x W input, KH x KW kernel, OH x OW output, K = Cg*KH*KW, L = N*OH*OW output pixels.
 
 Forward, per group g (weight is (O, Cg, KH, KW), PyTorch's OIHW layout, no kernel flip)::
 
-    cols = im2col(x)                                # (C, KH, KW, N, OH, OW)
-    Y[g] = W[g] @ cols[g]                           # (Og, Cg*KH*KW) @ (Cg*KH*KW, L) -> (Og, L)
+    cols = im2col(x)                                # (C, KH, KW, N, OH, OW), seen as (G, K, L)
+    Y[g] = W[g] @ cols[g]                           # (Og, K) @ (K, L) -> (Og, L)
     y[n, o, oh, ow] = Y[o, n*OH*OW + oh*OW + ow] + b[o]
 
 Backward, given dY = dL/dy regrouped to (G, Og, L)::
 
-    dW[g]    = dY[g] @ cols[g].T                    # (Og, L) @ (L, Cg*KH*KW)
-    dcols[g] = W[g].T @ dY[g]                       # (Cg*KH*KW, Og) @ (Og, L)
+    dW[g]    = dY[g] @ cols[g].T                    # (Og, L) @ (L, K)
+    dcols[g] = W[g].T @ dY[g]                       # (K, Og) @ (Og, L)
     dx       = col2im(dcols)                        # adjoint of im2col: accumulate overlaps
     db       = sum of dy over N, OH, OW
+
+Two choices keep memory and time down without changing the math:
+
+* The cache holds the input x, not its columns: cols is KH*KW times larger than x, and backward
+  rebuilds it with one more im2col (as cuDNN-style implementations do). x is usually alive anyway
+  (it is the previous ReLU's cached output), so a conv costs almost no memory of its own.
+* A 1x1 convolution without padding needs no im2col at all: its columns *are* the (strided)
+  input. Per sample n, with X[n] = x[n, :, ::SH, ::SW] seen as (C, OH*OW)::
+
+      y[n] = W @ X[n]        dX[n] = W.T @ dy[n]        dW = sum_n dy[n] @ X[n].T
+
+  and the output comes out in (N, O, OH, OW) order with no transpose.
+
+Every GEMM is a plain 2-D product of C-contiguous matrices (or their .T views), which BLAS runs at
+full speed; a batched matmul over a transposed 3-D view can fall off BLAS onto a slow loop.
 """
 
 from __future__ import annotations
@@ -27,7 +42,7 @@ from .im2col import col2im, conv_output_size, im2col
 
 
 class ConvCache(NamedTuple):
-    cols: Any                       # (C, KH, KW, N, OH, OW) im2col of the input
+    x: Any                          # (N, C, H, W) the input; for a 1x1 conv its strided samples (N, C, OH, OW)
     weight: Any                     # (O, Cg, KH, KW)
     x_shape: tuple[int, int, int, int]
     stride: tuple[int, int]
@@ -35,6 +50,21 @@ class ConvCache(NamedTuple):
     dilation: tuple[int, int]
     groups: int
     has_bias: bool
+    pointwise: bool                 # True: 1x1, no padding, one group -> no im2col (see module docstring)
+
+
+def _is_pointwise(kernel: tuple[int, int], padding: tuple[int, int], groups: int) -> bool:
+    return kernel == (1, 1) and padding == (0, 0) and groups == 1
+
+
+def _grouped_matmul(a: Any, b: Any, xp: Any, transpose_a: bool = False, transpose_b: bool = False) -> Any:
+    """out[g] = op(a[g]) @ op(b[g]) for each group g, each a 2-D BLAS GEMM. a, b: (G, ., .)."""
+    products = []
+    for g in range(a.shape[0]):
+        left = a[g].T if transpose_a else a[g]
+        right = b[g].T if transpose_b else b[g]
+        products.append(left @ right)
+    return products[0][None] if len(products) == 1 else xp.stack(products)
 
 
 def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | tuple[int, int] = 1,
@@ -79,14 +109,19 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
             raise ValueError(f"conv2d bias must have shape ({O},), got {tuple(bias.shape)}")
     xp = get_array_module(x)
 
-    cols = im2col(x, (KH, KW), stride, padding, dilation)            # (C, KH, KW, N, OH, OW)
-    cols_g = cols.reshape(G, Cg * KH * KW, N * OH * OW)
-    weight_g = weight.reshape(G, O // G, Cg * KH * KW)
-    y = xp.matmul(weight_g, cols_g)                                  # (G, Og, L)
-    y = xp.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))
+    if _is_pointwise((KH, KW), padding, G):
+        x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, ::stride[0], ::stride[1]])
+        y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
+    else:
+        x_used = x
+        cols = im2col(x, (KH, KW), stride, padding, dilation).reshape(G, Cg * KH * KW, N * OH * OW)
+        y = _grouped_matmul(weight.reshape(G, O // G, Cg * KH * KW), cols, xp)       # (G, Og, L)
+        y = xp.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
-    return y, ConvCache(cols, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None)
+    cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None,
+                      _is_pointwise((KH, KW), padding, G))
+    return y, cache
 
 
 def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
@@ -101,24 +136,57 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
     Returns:
         dx (N, C, H, W), dweight (O, C/G, KH, KW), dbias (O,) or None (for no bias / not needed).
     """
-    cols, weight, x_shape = cache.cols, cache.weight, cache.x_shape
-    C, KH, KW, N, OH, OW = cols.shape
-    O, Cg, _, _ = weight.shape
-    G = cache.groups
+    weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
+    N, C, H, W = x_shape
+    O, Cg, KH, KW = weight.shape
+    OH = conv_output_size(H, KH, cache.stride[0], cache.padding[0], cache.dilation[0])
+    OW = conv_output_size(W, KW, cache.stride[1], cache.padding[1], cache.dilation[1])
     check_grad_like(dout, (N, O, OH, OW), weight, "conv2d")
     xp = get_array_module(dout)
+    dbias = dout.sum(axis=(0, 2, 3)) if cache.has_bias and need_weight_grad else None
+    if cache.pointwise:
+        dx, dweight = _pointwise_backward(dout, cache, need_input_grad, need_weight_grad, xp)
+        return dx, dweight, dbias
 
     # dy regrouped like the forward GEMM's output: (N, O, OH, OW) -> (G, Og, N*OH*OW).
     dout_g = xp.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, O // G, N * OH * OW)
-    cols_g = cols.reshape(G, Cg * KH * KW, N * OH * OW)
     weight_g = weight.reshape(G, O // G, Cg * KH * KW)
-
-    dweight = dbias = dx = None
+    dweight = dx = None
     if need_weight_grad:
-        dweight = xp.matmul(dout_g, cols_g.transpose(0, 2, 1)).reshape(weight.shape)
-        if cache.has_bias:
-            dbias = dout.sum(axis=(0, 2, 3))
+        cols = im2col(cache.x, (KH, KW), cache.stride, cache.padding, cache.dilation)   # rebuilt, not cached
+        cols_g = cols.reshape(G, Cg * KH * KW, N * OH * OW)
+        dweight = _grouped_matmul(dout_g, cols_g, xp, transpose_b=True).reshape(weight.shape)
+        del cols, cols_g
     if need_input_grad:
-        dcols = xp.matmul(weight_g.transpose(0, 2, 1), dout_g)      # (G, Cg*KH*KW, L)
+        dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)               # (G, K, L)
         dx = col2im(dcols.reshape(C, KH, KW, N, OH, OW), x_shape, cache.stride, cache.padding, cache.dilation)
     return dx, dweight, dbias
+
+
+def _pointwise_backward(dout: Any, cache: ConvCache, need_input_grad: bool, need_weight_grad: bool,
+                        xp: Any) -> tuple[Any | None, Any | None]:
+    """Backward of a 1x1 convolution with X = the cached strided input (N, C, OH, OW)::
+
+        dX[n] = W.T @ dy[n]        dW = sum_n dy[n] @ X[n].T        (dx = dX scattered back at the stride)
+    """
+    N, C, H, W = cache.x_shape
+    O = cache.weight.shape[0]
+    x_used = cache.x
+    OH, OW = x_used.shape[2:]
+    dout3 = xp.ascontiguousarray(dout).reshape(N, O, OH * OW)
+    x3 = x_used.reshape(N, C, OH * OW)
+    dx = dweight = None
+    if need_weight_grad:
+        dweight = dout3[0] @ x3[0].T
+        for n in range(1, N):
+            dweight += dout3[n] @ x3[n].T
+        dweight = dweight.reshape(O, C, 1, 1)
+    if need_input_grad:
+        weight_t = xp.ascontiguousarray(cache.weight.reshape(O, C).T)                  # (C, O)
+        dx_used = xp.matmul(weight_t, dout3).reshape(N, C, OH, OW)
+        if cache.stride == (1, 1):
+            dx = dx_used
+        else:
+            dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
+            dx[:, :, ::cache.stride[0], ::cache.stride[1]] = dx_used
+    return dx, dweight

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import kernels
 from ..backend import get_array_module
 
 
@@ -74,6 +75,9 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], paddin
     Returns:
         cols: (C, KH, KW, N, OH, OW), C-contiguous.
     """
+    fast = kernels.get("im2col", x)              # the Numba kernel (same result, bitwise), or None
+    if fast is not None:
+        return fast(x, kernel_size, stride, padding, dilation)
     xp = get_array_module(x)
     N, C, H, W = x.shape
     (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
@@ -101,6 +105,9 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], stride: tuple[int, int
     Returns:
         (N, C, H, W) array: ``sum`` over all windows covering each pixel.
     """
+    fast = kernels.get("col2im", cols)
+    if fast is not None:
+        return fast(cols, x_shape, stride, padding, dilation)
     xp = get_array_module(cols)
     N, C, H, W = x_shape
     _, KH, KW, _, OH, OW = cols.shape

@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad_like, check_nchw, pair
 from .im2col import conv_output_size, pad_nchw, window_slice
@@ -89,6 +90,10 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     """Like ``torch.nn.functional.max_pool2d``. x: (N, C, H, W) -> y: (N, C, OH, OW)."""
     check_nchw(x, None, "input", "max_pool2d")
     geom = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+    fast = kernels.get("maxpool2d_forward", x)       # the Numba kernel (same result, bitwise), or None
+    if fast is not None:
+        y, argmax = fast(x, geom)
+        return y, MaxPoolCache(argmax, tuple(x.shape), x.dtype, geom)
     xp = get_array_module(x)
     x_padded = pad_nchw(x, geom.padding, -np.inf, geom.extra)
     N, C = x.shape[:2]
@@ -108,6 +113,9 @@ def maxpool2d_backward(dout: Any, cache: MaxPoolCache) -> Any:
     N, C, H, W = cache.x_shape
     xp = get_array_module(dout)
     check_grad_like(dout, (N, C, *geom.out), cache.argmax, "max_pool2d", dtype=cache.dtype)
+    fast = kernels.get("maxpool2d_backward", dout)
+    if fast is not None:
+        return fast(dout, cache.argmax, cache.x_shape, geom)
     (PH, PW), (EH, EW) = geom.padding, geom.extra
     dx_padded = xp.zeros((N, C, H + 2 * PH + EH, W + 2 * PW + EW), dtype=dout.dtype)
     zero = xp.zeros((), dtype=dout.dtype)
@@ -147,6 +155,9 @@ def avgpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     else:
         divisor = _avgpool_divisor(geom, x.shape[2], x.shape[3], count_include_pad)
     divisor = xp.asarray(divisor, dtype=x.dtype)
+    fast = kernels.get("avgpool2d_forward", x)
+    if fast is not None:
+        return fast(x, divisor, geom), AvgPoolCache(divisor, tuple(x.shape), x.dtype, geom)
     x_padded = pad_nchw(x, geom.padding, 0.0, geom.extra)
     total = xp.zeros((*x.shape[:2], *geom.out), dtype=x.dtype)
     for _, rows, cols in _offsets(geom):
@@ -159,6 +170,9 @@ def avgpool2d_backward(dout: Any, cache: AvgPoolCache) -> Any:
     geom = cache.geometry
     N, C, H, W = cache.x_shape
     check_grad_like(dout, (N, C, *geom.out), cache.divisor, "avg_pool2d")
+    fast = kernels.get("avgpool2d_backward", dout)
+    if fast is not None:
+        return fast(dout, cache.divisor, cache.x_shape, geom)
     xp = get_array_module(dout)
     (PH, PW), (EH, EW) = geom.padding, geom.extra
     share = dout / cache.divisor
