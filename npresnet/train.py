@@ -6,6 +6,7 @@
         --out runs/digits --plot runs/digits/curves.png
     python -m npresnet.train --resume runs/digits --epochs 40        # continue, bit-exactly
     python -m npresnet.train --preset cifar-paper --data-root ~/data/cifar-10-batches-bin
+    mpiexec -n 2 python -m npresnet.train --distributed --sync-bn --batch 64 ...   # 2 ranks, global batch 128
 
     from npresnet.train import TrainConfig, train
     result = train(TrainConfig(model="resnet20", data="digits", epochs=30, out_dir="runs/digits"))
@@ -24,6 +25,11 @@ where it stopped: two epochs straight and one + resume + one give identical weig
 
 A non-finite loss (or weights) stops training with ``TrainingDiverged``; the last good
 checkpoint (end of the previous epoch) and the metrics files are left as they were.
+
+``--distributed`` (under ``mpiexec``) trains data-parallel over MPI (``npresnet.distributed``):
+``--batch`` is per rank, each rank takes its shard of every epoch, gradients are averaged after
+backward, all ranks start from rank 0's state, evaluation is sharded and summed, and only rank 0
+prints and writes. ``--sync-bn`` makes BatchNorm use the statistics of the whole global batch.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from . import data as D
+from . import distributed as dist
 from .backend import get_array_module
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .functional.loss import cross_entropy_forward
@@ -92,6 +99,9 @@ class TrainConfig:
     out_dir: str | None = None           # default runs/<model>-<data>
     progress: str = "auto"               # auto | tqdm | plain | none
     plot: str | None = None              # a .png path for the loss/accuracy curves
+    distributed: bool = False            # data-parallel over MPI (run under mpiexec); batch_size is per rank
+    sync_bn: bool = False                # BatchNorm statistics over the global batch (SyncBatchNorm)
+    dist_timeout: float = dist.DEFAULT_TIMEOUT_S   # seconds a collective may wait before the job is aborted
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -125,7 +135,8 @@ class TrainConfig:
 
 
 # Fields that may change when a run is resumed: they do not alter the computation up to the stop.
-RESUMABLE_CHANGES = ("epochs", "max_steps", "out_dir", "progress", "plot", "prefetch", "eval_batch_size")
+RESUMABLE_CHANGES = ("epochs", "max_steps", "out_dir", "progress", "plot", "prefetch", "eval_batch_size",
+                     "distributed", "dist_timeout")     # the number of ranks itself must not change
 
 PRESETS: dict[str, dict[str, Any]] = {
     # He et al. 2015, section 4.2 (shared/reference/figures.md): SGD lr 0.1, momentum 0.9, weight
@@ -254,13 +265,18 @@ class Trainer:
     """Holds the model, data, optimizer and schedule of one run; ``fit()`` trains it.
 
     ``datasets`` (a (train, test) pair) and ``model`` replace the ones ``config`` names (for custom
-    data or networks); ``log`` receives one line per epoch.
+    data or networks); ``log`` receives one line per epoch. ``world`` (``npresnet.distributed``)
+    overrides the MPI world that ``config.distributed`` would initialise.
     """
 
     def __init__(self, config: TrainConfig, datasets: tuple[Any, Any] | None = None, model: Module | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, world: dist.World | None = None) -> None:
         self.config = config
+        self.world = world or (dist.init_distributed(config.dist_timeout) if config.distributed
+                               else dist.SINGLE_PROCESS)
         self.log = log or (lambda line: print(line, flush=True))
+        if not self.world.is_main:                  # only rank 0 prints
+            self.log = lambda line: None
         train_set, test_set = datasets if datasets is not None else load_datasets(config)
         if config.train_limit:
             train_set = train_set.subset(np.arange(min(config.train_limit, len(train_set))))
@@ -273,18 +289,22 @@ class Trainer:
         self.train_set, self.test_set = train_set, test_set
         train_transform, test_transform = build_transforms(config, train_set)
         dtype = np.dtype(config.dtype)
-        # A last batch of one image would break BatchNorm ("more than 1 value per channel"): drop it.
-        drop_last = len(train_set) % config.batch_size == 1
-        self.train_loader = D.DataLoader(train_set, config.batch_size, shuffle=True, drop_last=drop_last,
-                                         seed=config.seed, transform=train_transform, prefetch=config.prefetch,
-                                         backend=config.backend, dtype=dtype)
-        self.test_loader = D.DataLoader(test_set, config.eval_batch_size, transform=test_transform,
-                                        prefetch=config.prefetch, backend=config.backend, dtype=dtype)
+        # One process: plain DataLoaders; several: this rank's shard of each. A last training batch of one
+        # image would break BatchNorm ("more than 1 value per channel"): data_loader drops it.
+        self.train_loader = dist.data_loader(self.world, train_set, config.batch_size, train=True, shuffle=True,
+                                             seed=config.seed, transform=train_transform, prefetch=config.prefetch,
+                                             backend=config.backend, dtype=dtype)
+        self.test_loader = dist.data_loader(self.world, test_set, config.eval_batch_size, train=False,
+                                            transform=test_transform, prefetch=config.prefetch,
+                                            backend=config.backend, dtype=dtype)
 
         if model is None:
             from .models import get_model
             model = get_model(config.model, num_classes=train_set.num_classes, seed=config.seed)
         self.model = model.to(dtype).to(config.backend)
+        if config.sync_bn:
+            self.model = dist.convert_sync_batchnorm(self.model, self.world)
+        self.average_gradients = dist.GradientAverager(self.model.parameters(), self.world)   # no-op for 1 rank
         self.criterion = CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -333,7 +353,7 @@ class Trainer:
         model.train()
         self.train_loader.set_epoch(self.epoch)
         n_batches = min(self.steps_per_epoch, self.total_steps - self.step)
-        progress = _make_progress(self.config.progress, n_batches,
+        progress = _make_progress(self.config.progress if self.world.is_main else "none", n_batches,
                                   f"epoch {self.epoch + 1}/{self.config.epochs}")
         loss_sum, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
@@ -350,6 +370,7 @@ class Trainer:
                                    f"(epoch {self.epoch + 1}, lr {sched.get_last_lr()[0]:.4g})")
                 opt.zero_grad()
                 model.backward(criterion.backward())
+                self.average_gradients()
                 opt.step()
                 sched.step()
                 self.step += 1
@@ -363,6 +384,8 @@ class Trainer:
             batches.close()
             progress.close()
         elapsed = time.perf_counter() - start
+        loss_sum, correct, seen = self.world.sum(loss_sum, correct, seen)        # over all ranks (1 rank: as is)
+        elapsed, = self.world.max(elapsed)
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "epoch_time_s": elapsed,
                 "images_per_s": seen / elapsed}
 
@@ -381,6 +404,7 @@ class Trainer:
                     seen += x.shape[0]
         finally:
             self.model.train()
+        loss_sum, correct, seen = self.world.sum(loss_sum, correct, seen)        # each rank evaluated its shard
         return {"test_loss": loss_sum / seen, "test_acc": correct / seen}
 
     def _diverged(self, what: str) -> None:
@@ -405,9 +429,17 @@ class Trainer:
         self.log(f"{c.model} on {c.data}: {len(self.train_set)} train / {len(self.test_set)} test images of shape "
                  f"{tuple(self.train_set.image_shape)}, {self.steps_per_epoch} iterations per epoch, "
                  f"{self.model.num_parameters():,} parameters; writing to {self.out_dir}")
+        if self.world.size > 1:                     # every rank starts from rank 0's state
+            self.log(f"data-parallel over {self.world.size} MPI ranks: batch {c.batch_size} per rank, global batch "
+                     f"{c.batch_size * self.world.size}, {'SyncBatchNorm' if c.sync_bn else 'BatchNorm per rank'}")
+            dist.broadcast_module(self.model, self.world)
+            dist.broadcast_optimizer(self.optimizer, self.world, scheduler=self.scheduler)
+            self.epoch, self.step, self.history = self.world.broadcast_object((self.epoch, self.step, self.history))
         while self.epoch < c.epochs and self.step < self.total_steps:
             lr = self.scheduler.get_last_lr()[0]
             train_stats = self.train_epoch()
+            if self.world.size > 1 and not c.sync_bn:   # evaluate and save rank 0's running statistics
+                dist.broadcast_module(self.model, self.world)
             start = time.perf_counter()
             test_stats = self.evaluate()
             eval_time = time.perf_counter() - start
@@ -425,11 +457,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving and resuming
     def save(self) -> None:
-        """Checkpoint, metrics.csv, metrics.json (each written atomically) and the plot."""
+        """Checkpoint, metrics.csv, metrics.json (each written atomically) and the plot; rank 0 only."""
+        if not self.world.is_main:
+            return
         os.makedirs(self.out_dir, exist_ok=True)
         save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, model_name=self.config.model,
                         epoch=self.epoch, step=self.step, rng={"seed": self.config.seed, "next_epoch": self.epoch},
-                        extra={"config": self.config.to_dict(), "history": self.history})
+                        extra={"config": self.config.to_dict(), "history": self.history,
+                               "world_size": self.world.size})
         write_metrics(self.out_dir, self.history, self.config)
         if self.config.plot:
             plot_history(self.history, self.config.plot, title=f"{self.config.model} on {self.config.data}")
@@ -443,9 +478,16 @@ class Trainer:
         path = os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
         meta, _ = read_checkpoint(path)
         saved = meta.get("extra", {}).get("config")
+        saved_world = meta.get("extra", {}).get("world_size", 1)
+        if saved_world != self.world.size:
+            raise ValueError(f"cannot resume {path}: it was written by a run of {saved_world} rank(s), this run has "
+                             f"{self.world.size}; resume with mpiexec -n {saved_world} (the global batch and the "
+                             "data shards depend on it)")
         if saved is not None:
-            differences = [f"{k}: checkpoint {saved.get(k)!r}, now {v!r}" for k, v in self.config.to_dict().items()
-                           if k not in RESUMABLE_CHANGES and saved.get(k) != v]
+            defaults = TrainConfig(data="digits").to_dict()       # fields added after the checkpoint was written
+            differences = [f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {v!r}"
+                           for k, v in self.config.to_dict().items()
+                           if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]
             if differences:
                 allowed = ", ".join(RESUMABLE_CHANGES)
                 raise ValueError(f"cannot resume {path}: the run's settings differ from the checkpoint's (only "
@@ -563,6 +605,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", dest="out_dir", default=S, help="run folder (default runs/<model>-<data>)")
     p.add_argument("--progress", choices=["auto", "tqdm", "plain", "none"], default=S)
     p.add_argument("--plot", default=S, help="write loss/accuracy curves to this .png after every epoch")
+    p.add_argument("--distributed", action="store_true", default=S,
+                   help="data-parallel over MPI: mpiexec -n R python -m npresnet.train --distributed ... "
+                        "(--batch is per rank; needs pip install 'npresnet[mpi]')")
+    p.add_argument("--sync-bn", dest="sync_bn", action="store_true", default=S,
+                   help="with --distributed: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    p.add_argument("--dist-timeout", dest="dist_timeout", type=float, default=S,
+                   help="seconds a collective may wait for the other ranks before the job is aborted (default 300)")
     p.add_argument("--resume", nargs="?", const="", default=None,
                    help="continue from a checkpoint file or run folder (default: the --out folder)")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
@@ -596,13 +645,29 @@ def main(argv: list[str] | None = None) -> int:
         result = train(config, resume=resume, overwrite=overwrite)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _stop_other_ranks(2)
     except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"done: final test accuracy {100 * result.final_test_acc:.2f}% (best {100 * result.best_test_acc:.2f}%), "
-          f"{result.wall_time_s:.0f}s; checkpoint {result.checkpoint}")
+        return _stop_other_ranks(1)
+    except BaseException:
+        _stop_other_ranks(3, traceback=True)          # returns only without a multi-rank MPI world
+        raise
+    if not config.distributed or dist.current_world() is None or dist.current_world().is_main:
+        print(f"done: final test accuracy {100 * result.final_test_acc:.2f}% (best {100 * result.best_test_acc:.2f}%), "
+              f"{result.wall_time_s:.0f}s; checkpoint {result.checkpoint}")
     return 0
+
+
+def _stop_other_ranks(code: int, traceback: bool = False) -> int:
+    """After an error on this rank of a multi-rank MPI job, end every rank now (``MPI_Abort``) instead of
+    leaving the others waiting in a collective; otherwise return ``code``."""
+    world = dist.current_world()
+    if world is not None and world.size > 1:
+        if traceback:
+            import traceback as tb
+            tb.print_exc()
+        world.abort(f"stopping all {world.size} ranks after the error above on rank {world.rank}", code=code)
+    return code
 
 
 if __name__ == "__main__":
