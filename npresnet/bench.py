@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from . import functional, kernels, models, nn, no_grad
+from . import functional, kernels, models, nn, no_grad, runtime
 from .backend import get_array_module, to_numpy, xp_for
 from .optim import SGD
 
@@ -56,21 +56,8 @@ def default_batch(name: str) -> int:
 
 
 def set_threads(threads: int) -> Any:
-    """Limit BLAS (threadpoolctl), Numba and torch to ``threads`` together; returns the BLAS limiter."""
-    limiter = None
-    try:
-        from threadpoolctl import threadpool_limits
-
-        limiter = threadpool_limits(threads)
-    except ImportError:
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    if kernels.HAVE_NUMBA:
-        import numba
-
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(threads)
-    return limiter
+    """BLAS, Numba and torch threads together (``npresnet.runtime.set_num_threads``)."""
+    return runtime.set_num_threads(threads)
 
 
 def blas_info() -> list[dict[str, Any]]:
@@ -390,12 +377,14 @@ def check_same_logits(model: nn.Module, tmodel: Any, torch: Any, x: Any, device:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     xp = xp_for(args.backend)
+    allocator_tuned = runtime.tune_allocator() if not args.no_tune_allocator else False
     limiter = set_threads(args.threads)
     if args.compare == "torch":
         import torch  # noqa: F401  (imported now so set_threads and the versions see it)
 
         set_threads(args.threads)
     machine = machine_info(args.threads, args.backend)
+    machine["allocator_tuned"] = allocator_tuned
     peak = gemm_peak_gflops(args.dtype, xp)
     machine["gemm_peak_gflops"] = round(peak, 1)
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in machine["blas"])
@@ -510,6 +499,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--memory", action="store_true",
                    help="also measure each step's resident memory in a fresh process (npresnet, and torch with "
                         "--compare torch)")
+    p.add_argument("--no-tune-allocator", action="store_true",
+                   help="leave glibc malloc's thresholds alone (see npresnet.runtime.tune_allocator)")
     p.add_argument("--json", metavar="PATH", default=None, help="write machine info and results as JSON")
     return p.parse_args(argv)
 

@@ -59,3 +59,32 @@ def test_forward_macs_match_the_summary_figure():
 def test_bench_rejects_an_unknown_model():
     with pytest.raises(SystemExit, match="unknown model"):
         bench.build_npresnet("resnet19", "float32", "numpy")
+
+
+def test_runtime_sets_blas_and_numba_threads_together():
+    import numba
+    from threadpoolctl import threadpool_info
+
+    from npresnet import kernels, runtime
+
+    limiter = runtime.set_num_threads(1)
+    try:
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+        if kernels.active() == "numba":
+            assert numba.get_num_threads() == 1
+    finally:
+        limiter.restore_original_limits()
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        runtime.set_num_threads(0)
+
+
+def test_tune_allocator_applies_on_linux_and_changes_no_result():
+    from npresnet import runtime
+
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    model = models.resnet20(seed=0)
+    model.eval()
+    before = model(x)
+    applied = runtime.tune_allocator()
+    assert applied == sys.platform.startswith("linux")
+    np.testing.assert_array_equal(model(x), before)

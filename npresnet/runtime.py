@@ -1,0 +1,70 @@
+"""Process-wide performance settings: thread counts and the memory allocator.
+
+Nothing here changes a result; it only changes how fast the same arithmetic runs. The library never
+calls these by itself: ``python -m npresnet.bench`` and ``python -m npresnet.train`` do, and you
+may in your own scripts.
+
+``set_num_threads(n)``
+    BLAS (through threadpoolctl), Numba's parallel kernels and, if it is imported, torch, together:
+    setting only one of them lets the others oversubscribe the cores.
+
+``tune_allocator()``
+    A training step allocates and frees the same multi-MB activations every time. glibc's malloc
+    hands arrays above 32 MB (dynamic threshold) back to the OS when freed (``munmap``), and the next
+    step faults every page of them in again, zeroed by the kernel: hundreds of thousands of page
+    faults per ResNet-50 step. Raising ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` keeps freed
+    memory in the process for the next step (measured on a 2-core VM: ResNet-20 batch 128 training
+    step 2.28-2.36 s -> 1.96-2.07 s, 13% faster). The price: resident memory stays at its peak
+    between steps instead of dropping. glibc (Linux) only; elsewhere it does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+from typing import Any
+
+__all__ = ["set_num_threads", "tune_allocator"]
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1) -> bool:
+    """Keep freed large blocks inside the process (glibc ``mallopt``). Returns True if applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
+def set_num_threads(threads: int) -> Any:
+    """Use ``threads`` threads in BLAS, Numba and torch (if imported). Returns the threadpoolctl
+    limiter (call ``restore_original_limits()`` on it to undo the BLAS part), or None without
+    threadpoolctl (then only ``OMP_NUM_THREADS`` is set, which reaches BLAS libraries not yet loaded)."""
+    import os
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    limiter = None
+    try:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(threads)
+    except ImportError:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    from . import kernels
+
+    if kernels.active() == "numba":
+        import numba
+
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    return limiter
