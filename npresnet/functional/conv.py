@@ -28,6 +28,12 @@ Two choices keep memory and time down without changing the math:
 
   and the output comes out in (N, O, OH, OW) order with no transpose.
 
+* On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache
+  (``samples_per_chunk``): im2col writes a block, the GEMM reads it back while it is still in cache,
+  and the next chunk reuses the memory. One big im2col of the whole batch would stream KH*KW times
+  the input through main memory twice; chunking measured up to 2x faster on ResNet-20's 16-channel
+  layers and never slower. On a GPU the whole batch is one chunk (one big GEMM per launch).
+
 Every GEMM is a plain 2-D product of C-contiguous matrices (or their .T views), which BLAS runs at
 full speed; a batched matmul over a transposed 3-D view can fall off BLAS onto a slow loop.
 """
@@ -65,6 +71,18 @@ def _grouped_matmul(a: Any, b: Any, xp: Any, transpose_a: bool = False, transpos
         right = b[g].T if transpose_b else b[g]
         products.append(left @ right)
     return products[0][None] if len(products) == 1 else xp.stack(products)
+
+
+#: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache.
+CHUNK_BYTES = 1 << 20
+
+
+def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int) -> int:
+    """How many samples one im2col + GEMM round handles: all of them on a GPU, else as many as fit
+    in ``CHUNK_BYTES`` (at least one)."""
+    if xp.__name__ != "numpy":
+        return N
+    return max(1, min(N, CHUNK_BYTES // max(column_bytes_per_sample, 1)))
 
 
 def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | tuple[int, int] = 1,
@@ -114,9 +132,16 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
         y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
     else:
         x_used = x
-        cols = im2col(x, (KH, KW), stride, padding, dilation).reshape(G, Cg * KH * KW, N * OH * OW)
-        y = _grouped_matmul(weight.reshape(G, O // G, Cg * KH * KW), cols, xp)       # (G, Og, L)
-        y = xp.ascontiguousarray(y.reshape(O, N, OH, OW).transpose(1, 0, 2, 3))
+        K, L = Cg * KH * KW, OH * OW                                    # per group; per sample
+        weight_g = weight.reshape(G, O // G, K)
+        y = xp.empty((N, O, OH, OW), dtype=x.dtype)
+        chunk = samples_per_chunk(xp, N, C * KH * KW * L * x.dtype.itemsize)
+        for start in range(0, N, chunk):
+            x_chunk = x[start:start + chunk]
+            n = x_chunk.shape[0]
+            cols = im2col(x_chunk, (KH, KW), stride, padding, dilation).reshape(G, K, n * L)
+            y_chunk = _grouped_matmul(weight_g, cols, xp)                # (G, Og, n*L)
+            y[start:start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
     cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None,
@@ -148,18 +173,26 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
         dx, dweight = _pointwise_backward(dout, cache, need_input_grad, need_weight_grad, xp)
         return dx, dweight, dbias
 
-    # dy regrouped like the forward GEMM's output: (N, O, OH, OW) -> (G, Og, N*OH*OW).
-    dout_g = xp.ascontiguousarray(dout.transpose(1, 0, 2, 3)).reshape(G, O // G, N * OH * OW)
-    weight_g = weight.reshape(G, O // G, Cg * KH * KW)
-    dweight = dx = None
-    if need_weight_grad:
-        cols = im2col(cache.x, (KH, KW), cache.stride, cache.padding, cache.dilation)   # rebuilt, not cached
-        cols_g = cols.reshape(G, Cg * KH * KW, N * OH * OW)
-        dweight = _grouped_matmul(dout_g, cols_g, xp, transpose_b=True).reshape(weight.shape)
-        del cols, cols_g
-    if need_input_grad:
-        dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)               # (G, K, L)
-        dx = col2im(dcols.reshape(C, KH, KW, N, OH, OW), x_shape, cache.stride, cache.padding, cache.dilation)
+    # Per chunk of samples (see samples_per_chunk), with dY regrouped like the forward GEMM's
+    # output, (n, O, OH, OW) -> (G, Og, n*OH*OW), and the columns rebuilt from the cached x.
+    K, L = Cg * KH * KW, OH * OW
+    weight_g = weight.reshape(G, O // G, K)
+    dweight = xp.zeros((G, O // G, K), dtype=dout.dtype) if need_weight_grad else None
+    dx = xp.empty(x_shape, dtype=dout.dtype) if need_input_grad else None
+    chunk = samples_per_chunk(xp, N, C * KH * KW * L * dout.dtype.itemsize)
+    for start in range(0, N, chunk):
+        dout_chunk = dout[start:start + chunk]
+        n = dout_chunk.shape[0]
+        dout_g = xp.ascontiguousarray(dout_chunk.transpose(1, 0, 2, 3)).reshape(G, O // G, n * L)
+        if need_weight_grad:
+            cols = im2col(cache.x[start:start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
+            dweight += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
+        if need_input_grad:
+            dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)           # (G, K, n*L)
+            dx[start:start + n] = col2im(dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride,
+                                         cache.padding, cache.dilation)
+    if dweight is not None:
+        dweight = dweight.reshape(weight.shape)
     return dx, dweight, dbias
 
 
