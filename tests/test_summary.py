@@ -73,12 +73,16 @@ def test_activation_memory_counts_each_buffer_once(rng):
     assert summary(net, (2, 3, 4, 4), dtype=np.float64).activation_bytes == 2 * 2 * 48 * 8
 
 
-def test_activation_memory_of_a_conv_is_its_im2col_columns(rng):
-    # Conv2d keeps the columns (C, KH, KW, N, OH, OW) for dW = dY @ cols.T; its weight is a parameter.
-    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False, rng=rng))
+def test_activation_memory_of_a_conv_is_its_input_not_its_columns(rng):
+    # Conv2d keeps its input x (backward rebuilds the KH*KW times larger im2col columns), so a conv
+    # fed by a ReLU holds nothing of its own: the ReLU's output y is counted once, for both.
+    net = nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1, bias=False, rng=rng))
     s = summary(net, (2, 3, 5, 6))
-    assert s.activation_bytes == 3 * 3 * 3 * 2 * 5 * 6 * 4
+    assert s.activation_bytes == 2 * 3 * 5 * 6 * 4
     assert s.total_mb == pytest.approx((s.input_bytes + s.param_bytes + s.activation_bytes) / 2**20)
+    # A strided 1x1 conv keeps only the samples it reads: x[:, :, ::2, ::2], a copy of a quarter.
+    net = nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 1, stride=2, bias=False, rng=rng))
+    assert summary(net, (2, 3, 6, 8)).activation_bytes == 2 * 3 * 6 * 8 * 4 + 2 * 3 * 3 * 4 * 4
 
 
 def test_held_for_backward_dedupes_by_memory_block(rng):
@@ -228,17 +232,20 @@ def test_resnet50_measured_memory_and_state():
     running_var = model.layer1[0].bn1.running_var.copy()
     s = summary(model, (1, 3, 224, 224))
     assert s.weighted_layers == 50 and s.total_params == 25_557_032
-    # Every ReLU keeps its own output and every conv its im2col columns (C*KH*KW x N*OH*OW; a 1x1
-    # stride-1 conv's are a copy of its input): the measured total is at least these.
+    # Every ReLU keeps its own output and every BatchNorm its normalised input x_hat (the shape of the
+    # conv output before it); convs keep their input, which is a ReLU output or the image, except a
+    # strided 1x1 conv, which keeps the quarter of its input it reads. So the measured total is at
+    # least the ReLU and BN outputs and at most that plus a quarter of the downsample inputs, plus
+    # the max-pool's output (layer1's first convs keep it) and its int32 argmax of the same size.
     by_name = {r.name: r for r in s.rows}
     relu_bytes = sum(4 * int(np.prod(r.output_shape)) for r in s.rows if r.type == "ReLU")
-    conv_bytes = 0
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-            n, _, oh, ow = by_name[name].output_shape
-            conv_bytes += 4 * module.in_channels * module.kernel_size[0] * module.kernel_size[1] * n * oh * ow
-    assert s.activation_bytes >= relu_bytes + conv_bytes
-    assert s.activation_bytes < 3 * (relu_bytes + conv_bytes)
+    bn_bytes = sum(4 * int(np.prod(r.output_shape)) for r in s.rows if r.type == "BatchNorm2d")
+    strided_1x1 = sum(4 * int(np.prod(by_name[name].output_shape)) // m.out_channels * m.in_channels
+                      for name, m in model.named_modules()
+                      if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1))
+    assert s.activation_bytes >= relu_bytes + bn_bytes
+    pool_bytes = sum(2 * 4 * int(np.prod(r.output_shape)) for r in s.rows if r.type == "MaxPool2d")
+    assert s.activation_bytes <= relu_bytes + bn_bytes + strided_1x1 + pool_bytes + 4 * 30_000
     assert s.param_bytes == 4 * (25_557_032 + 2 * sum(m.num_features for m in model.modules()
                                                       if isinstance(m, nn.BatchNorm2d))) + 8 * 53
     np.testing.assert_array_equal(model.layer1[0].bn1.running_var, running_var)
