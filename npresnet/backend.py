@@ -11,6 +11,14 @@ seen or the CuPy backend is asked for: importing npresnet never requires CuPy.
 The *default* backend only decides where newly created modules put their parameters. It is
 NumPy unless the environment variable ``NPRESNET_BACKEND=cupy`` is set or
 :func:`set_default` is called.
+
+Asking for CuPy (``xp_for("cupy")``, ``set_default("cupy")``, ``to_backend(x, "cupy")``,
+``module.to("cupy")``) checks that a CUDA device is usable and otherwise raises a ``RuntimeError``
+that says why: CuPy imports fine on a machine without a GPU and would only fail later.
+
+Crossing to and from other libraries goes through DLPack, without copies where the data stays on
+its device: :func:`from_dlpack` (a CUDA torch tensor -> a CuPy array, a CPU tensor -> a NumPy
+array), :func:`to_torch` (the reverse), and :func:`to_numpy` (the one explicit device -> host copy).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ if _default_backend not in BACKENDS:
 
 
 def _import_cupy() -> ModuleType:
-    """Import CuPy and check that a CUDA device is usable; a clear error otherwise."""
+    """Import CuPy (a clear error if it is missing). Says nothing about a device: see :func:`require_cupy`."""
     try:
         import cupy
     except ImportError as exc:  # pragma: no cover - depends on the machine
@@ -39,12 +47,41 @@ def _import_cupy() -> ModuleType:
     return cupy
 
 
+def _cupy_device_problem(cupy: ModuleType) -> str | None:
+    """Why CuPy cannot run here (no driver, no device, ...), or None when a CUDA device is usable."""
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, ...
+        return f"{type(exc).__name__}: {exc}"
+    if count < 1:
+        return "the CUDA runtime found no device"
+    if not cupy.cuda.is_available():  # pragma: no cover - depends on the machine
+        return "cupy.cuda.is_available() is False"
+    return None
+
+
+def require_cupy() -> ModuleType:
+    """CuPy, checked to have a usable CUDA device; a ``RuntimeError`` naming the problem otherwise.
+
+    CuPy imports on machines without a GPU (or with a driver too old for its CUDA runtime) and only
+    fails at the first allocation, with an error that does not mention npresnet. Every place that
+    *asks* for the CuPy backend (``xp_for("cupy")``, ``set_default("cupy")``, ``to_backend(x, "cupy")``,
+    ``module.to("cupy")``, ``from_dlpack(..., backend="cupy")``) goes through here instead.
+    """
+    cupy = _import_cupy()
+    problem = _cupy_device_problem(cupy)
+    if problem is not None:
+        raise RuntimeError(f"the 'cupy' backend was requested: CuPy {cupy.__version__} is installed but no "
+                           f"CUDA device is usable ({problem})")
+    return cupy
+
+
 def cupy_available() -> bool:
     """True when CuPy imports *and* a CUDA device is usable (CuPy can import without a GPU)."""
     try:
         import cupy
 
-        return bool(cupy.cuda.is_available())
+        return _cupy_device_problem(cupy) is None
     except Exception:
         return False
 
@@ -69,10 +106,7 @@ def xp_for(name: str) -> ModuleType:
     if name == "numpy":
         return np
     if name == "cupy":
-        cupy = _import_cupy()
-        if not cupy.cuda.is_available():
-            raise RuntimeError("the 'cupy' backend was requested but no CUDA device is usable")
-        return cupy
+        return require_cupy()
     raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
 
 
@@ -115,6 +149,9 @@ def set_default(name: str) -> None:
 
 def to_backend(x: Any, name: str) -> Any:
     """Copy ``x`` to the backend ``name`` (no copy if it is already there)."""
+    name = name.lower()
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
     if backend_name(x) == name:
         return x
     if name == "numpy":
@@ -122,12 +159,76 @@ def to_backend(x: Any, name: str) -> Any:
     return xp_for(name).asarray(x)
 
 
+def _dlpack_device_type(x: Any) -> int | None:
+    """The DLPack device type of ``x`` (1 CPU, 2 CUDA, 3 CUDA host, 13 CUDA managed), None if it has none."""
+    if not hasattr(x, "__dlpack_device__"):
+        return None
+    return int(x.__dlpack_device__()[0])
+
+
+_DLPACK_CPU = (1, 3)           # kDLCPU, kDLCUDAHost (pinned host memory)
+_DLPACK_CUDA = (2, 13)         # kDLCUDA, kDLCUDAManaged
+
+
+def _is_torch_tensor(x: Any) -> bool:
+    """Recognise a torch tensor without importing torch."""
+    return type(x).__module__.split(".")[0] == "torch" and hasattr(x, "detach")
+
+
+def from_dlpack(x: Any, backend: str | None = None) -> Any:
+    """A NumPy or CuPy array sharing memory with ``x`` (any DLPack producer: torch, JAX, CuPy, ...).
+
+    Without ``backend`` the data stays where it is and nothing is copied: a CUDA torch tensor
+    becomes a CuPy array on the same device, a CPU tensor a NumPy array. With ``backend``
+    ('numpy' or 'cupy') the result is moved there, copying only if the data lives elsewhere.
+    A torch tensor that requires grad is detached first (DLPack cannot export it); the result
+    still shares its memory. NumPy and CuPy arrays are returned as they are (or moved).
+    """
+    if backend is not None and backend.lower() not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if isinstance(x, np.ndarray) or is_cupy_array(x):
+        return x if backend is None else to_backend(x, backend)
+    if _is_torch_tensor(x) and getattr(x, "requires_grad", False):
+        x = x.detach()
+    device = _dlpack_device_type(x)
+    if device in _DLPACK_CPU:
+        array = np.from_dlpack(x)
+    elif device in _DLPACK_CUDA:
+        array = require_cupy().from_dlpack(x)
+    elif device is None:
+        raise TypeError(f"from_dlpack expects an object with __dlpack__ / __dlpack_device__ (a torch tensor, "
+                        f"a CuPy or NumPy array, ...), got {type(x).__module__}.{type(x).__name__}")
+    else:
+        raise TypeError(f"from_dlpack: DLPack device type {device} is neither CPU (1, 3) nor CUDA (2, 13)")
+    return array if backend is None else to_backend(array, backend)
+
+
+def to_torch(x: Any) -> Any:
+    """A torch tensor sharing memory with the NumPy or CuPy array ``x`` (CPU or CUDA tensor), via DLPack.
+
+    Imports torch (only here). The tensor and the array alias: writes to one show in the other.
+    """
+    import torch
+
+    backend_name(x)  # a clear TypeError for anything that is not a NumPy/CuPy array
+    return torch.from_dlpack(x)
+
+
 def to_numpy(x: Any) -> np.ndarray:
-    """A NumPy array from a NumPy or CuPy array or a torch tensor (the one explicit device->host copy)."""
+    """A NumPy array from a NumPy or CuPy array, a torch tensor or another DLPack producer.
+
+    This is the one explicit device->host copy (for CuPy arrays and CUDA tensors); CPU data is
+    shared, not copied. Anything else (lists, scalars) goes through ``np.asarray``.
+    """
     if isinstance(x, np.ndarray):
         return x
     if is_cupy_array(x):
         return x.get()
-    if hasattr(x, "detach") and hasattr(x, "numpy"):  # a torch tensor, without importing torch
+    if _is_torch_tensor(x) and hasattr(x, "numpy"):  # without importing torch
         return x.detach().cpu().numpy()
+    device = _dlpack_device_type(x)
+    if device in _DLPACK_CPU:
+        return np.from_dlpack(x)
+    if device in _DLPACK_CUDA:
+        return require_cupy().from_dlpack(x).get()
     return np.asarray(x)
