@@ -1,4 +1,15 @@
-"""``ReLU``: y = max(x, 0); its gradient is 0 where x <= 0 (see ``npresnet.functional.activation``)."""
+"""``ReLU``: y = max(x, 0), elementwise (see ``npresnet.functional.activation``).
+
+Shapes: any; y has the shape of x.
+
+Backward: the Jacobian is diagonal, 1 where x > 0 and 0 elsewhere (0 at x == 0 exactly, as
+PyTorch), so with g = dL/dy::
+
+    dx = g * (x > 0)
+
+The cache is the boolean mask. Gradient checks need inputs away from 0 (``testing.kink_free``):
+a central difference across the kink gives 0.5 there.
+"""
 
 from __future__ import annotations
 

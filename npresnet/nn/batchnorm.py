@@ -1,4 +1,20 @@
-"""``BatchNorm2d`` with PyTorch's exact semantics (see ``npresnet.functional.batchnorm``)."""
+"""``BatchNorm2d`` with PyTorch's exact semantics (see ``npresnet.functional.batchnorm``).
+
+Shapes: x, y (N, C, H, W); weight gamma, bias beta, running_mean, running_var (C,). Statistics per
+channel over m = N*H*W values; training normalises with the biased batch variance::
+
+    x_hat = (x - mean) / sqrt(var + eps),    y = gamma * x_hat + beta
+
+Backward (training), g = dL/dy, means over N, H, W::
+
+    dbeta  = sum(g)             dgamma = sum(g * x_hat)
+    dx     = gamma / sqrt(var + eps) * (g - mean(g) - x_hat * mean(g * x_hat))
+
+The two subtracted terms are the paths through the batch mean and variance. For g = ones,
+g - mean(g) = 0 and mean(g * x_hat) = 0, so dx == 0 (and dgamma == 0): a ``sum(y)`` gradient
+check is vacuous; use a random g.
+In evaluation mode the statistics are constants and dx = gamma / sqrt(running_var + eps) * g.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""``Sequential`` and ``Identity``."""
+"""``Sequential`` and ``Identity``.
+
+Sequential: y = m_k(...m_1(m_0(x))); shapes are whatever the children map. Backward is the chain
+rule applied right to left: dx = m_0.backward(m_1.backward(... m_k.backward(g))).
+
+Identity: y = x, any shape; dx = g (the Jacobian is the identity). It is the shortcut of a
+residual block whose shape does not change: the (+) hands g to it unchanged.
+"""
 
 from __future__ import annotations
 

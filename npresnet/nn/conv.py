@@ -1,4 +1,16 @@
-"""``Conv2d``: a convolution layer (im2col + GEMM, see ``npresnet.functional.conv``)."""
+"""``Conv2d``: a convolution layer (im2col + GEMM, see ``npresnet.functional.conv``).
+
+Shapes: x (N, C, H, W), weight (O, C/G, KH, KW), bias (O,), y (N, O, OH, OW) with
+OH = (H + 2 PH - DH (KH - 1) - 1) // SH + 1 (and likewise OW). With cols = im2col(x), a
+(C*KH*KW, N*OH*OW) matrix of every window, the forward is one matrix product per group::
+
+    y_mat = W_mat @ cols + bias           W_mat (O, C*KH*KW), y_mat (O, N*OH*OW)
+
+Backward, g_mat = dL/dy as (O, N*OH*OW)::
+
+    dW_mat = g_mat @ cols^T               dbias = sum of g over N, OH, OW
+    dx     = col2im(W_mat^T @ g_mat)      col2im, the adjoint of im2col, adds overlapping windows
+"""
 
 from __future__ import annotations
 

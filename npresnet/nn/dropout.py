@@ -1,4 +1,12 @@
-"""``Dropout``: inverted dropout, seeded, the identity in evaluation mode."""
+"""``Dropout``: inverted dropout, seeded, the identity in evaluation mode.
+
+Shapes: any; y has the shape of x. Training: keep each element with probability 1 - p and scale
+the kept ones by 1 / (1 - p), so E[y] = x::
+
+    mask = (u >= p) / (1 - p),   y = x * mask
+
+Backward: dx = g * mask (the same mask; in evaluation mode, dx = g).
+"""
 
 from __future__ import annotations
 

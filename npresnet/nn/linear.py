@@ -1,4 +1,12 @@
-"""``Linear`` and ``Flatten`` (see ``npresnet.functional.linear``)."""
+"""``Linear`` and ``Flatten`` (see ``npresnet.functional.linear``).
+
+Linear: x (*, in), weight W (out, in), bias b (out,), y (*, out); y = x W^T + b. Backward with
+the leading dimensions flattened to a batch of n rows, g = dL/dy (n, out)::
+
+    dx = g W    (n, in)        dW = g^T x    (out, in)        db = sum over rows of g    (out,)
+
+Flatten: (N, C, H, W) -> (N, C*H*W), a reshape; backward reshapes g back to (N, C, H, W).
+"""
 
 from __future__ import annotations
 

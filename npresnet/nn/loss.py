@@ -1,4 +1,14 @@
-"""``CrossEntropyLoss`` from logits (see ``npresnet.functional.loss``)."""
+"""``CrossEntropyLoss`` from logits (see ``npresnet.functional.loss``).
+
+Shapes: logits z (N, K), target (N,) class indices; the loss is a scalar (``reduction="mean"``
+or ``"sum"``) or (N,) (``"none"``). With p = softmax(z) and the target distribution q (one-hot,
+or smoothed: (1 - s) one-hot + s / K)::
+
+    loss_n = -sum_k q[n, k] log p[n, k]
+
+Backward: dloss_n / dz[n] = p[n] - q[n]; divided by N for the mean, times the upstream
+gradient ``dout`` (1 by default).
+"""
 
 from __future__ import annotations
 

@@ -11,10 +11,31 @@ There is no autograd. Each layer implements::
     dx = layer.backward(dy)  # consumes the cache, accumulates param.grad += ..., returns dL/dx
 
 A container's backward simply calls its children's backward in reverse order.
+
+Hooks (PyTorch's, minus autograd) let you watch or change what flows through any module::
+
+    register_forward_pre_hook(fn)   fn(module, inputs)                       before forward
+    register_forward_hook(fn)       fn(module, inputs, output)               after forward
+    register_backward_pre_hook(fn)  fn(module, grad_output)                  before backward
+    register_backward_hook(fn)      fn(module, grad_input, grad_output)      after backward
+
+``grad_output`` is the tuple of arguments backward received (``(dL/dy,)``) and ``grad_input``
+the tuple of what it returned (``(dL/dx,)``). A hook that returns something other than None
+replaces that value (inputs, output, grad_output or grad_input). Each ``register_*`` returns a
+``HookHandle``; ``handle.remove()`` unregisters the hook.
+
+How backward hooks reach every module without changing any layer: ``Module.__init_subclass__``
+wraps the ``backward`` that each subclass defines in ``_hooked_backward``. Containers and blocks
+call ``child.backward(d)`` directly, so the call goes through the wrapper whoever makes it. A
+subclass whose ``backward`` calls ``super().backward(...)`` still fires its hooks once: only the
+outermost call on a module runs them. With no backward hooks registered the wrapper is a
+dictionary lookup and a direct call.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -43,6 +64,53 @@ class HookHandle:
         self._hooks.pop(self._key, None)
 
 
+def _as_tuple(value: Any) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a subclass's ``backward`` so that the module's backward (pre-)hooks fire around it.
+
+    The arguments of the call (bound to ``backward``'s signature, defaults filled in, e.g.
+    ``CrossEntropyLoss.backward()`` gets ``(1.0,)``) are ``grad_output``; the result, as a tuple,
+    is ``grad_input``. A backward that returns a single array returns a single array again after
+    a hook replaced ``grad_input``.
+    """
+    signature = inspect.signature(backward)
+
+    @functools.wraps(backward)
+    def wrapper(self: Module, *args: Any, **kwargs: Any) -> Any:
+        state = self.__dict__
+        pre_hooks, hooks = state.get("_backward_pre_hooks"), state.get("_backward_hooks")
+        if not (pre_hooks or hooks) or state.get("_in_backward"):
+            return backward(self, *args, **kwargs)     # no hooks, or a super().backward() inside the hooked call
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        grad_output = tuple(bound.arguments.values())[1:]
+        for hook in list(pre_hooks.values()):
+            replaced = hook(self, grad_output)
+            if replaced is not None:
+                grad_output = _as_tuple(replaced)
+        object.__setattr__(self, "_in_backward", True)
+        try:
+            result = backward(self, *grad_output)
+        finally:
+            object.__setattr__(self, "_in_backward", False)
+        grad_input = _as_tuple(result)
+        for hook in list(hooks.values()):
+            replaced = hook(self, grad_input, grad_output)
+            if replaced is not None:
+                replaced = _as_tuple(replaced)
+                if len(replaced) != len(grad_input):
+                    raise ValueError(f"a backward hook of {type(self).__name__} returned {len(replaced)} "
+                                     f"gradient(s), expected {len(grad_input)} (one per entry of grad_input)")
+                grad_input = replaced
+        return grad_input if isinstance(result, tuple) else grad_input[0]
+
+    wrapper._npresnet_hooked = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 class IncompatibleKeys(NamedTuple):
     missing_keys: list[str]
     unexpected_keys: list[str]
@@ -51,6 +119,12 @@ class IncompatibleKeys(NamedTuple):
 class Module:
     """Base class of every layer, block and model."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("backward")
+        if inspect.isfunction(own) and not getattr(own, "_npresnet_hooked", False):
+            cls.backward = _hooked_backward(own)
+
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_buffers", {})
@@ -58,6 +132,10 @@ class Module:
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_cache", None)
         object.__setattr__(self, "_forward_hooks", {})
+        object.__setattr__(self, "_forward_pre_hooks", {})
+        object.__setattr__(self, "_backward_hooks", {})
+        object.__setattr__(self, "_backward_pre_hooks", {})
+        object.__setattr__(self, "_in_backward", False)
 
     # ------------------------------------------------------------------ registration
     def __setattr__(self, name: str, value: Any) -> None:
@@ -107,6 +185,10 @@ class Module:
 
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        for hook in list(self.__dict__.get("_forward_pre_hooks", {}).values()):
+            replaced = hook(self, args)
+            if replaced is not None:
+                args = _as_tuple(replaced)
         out = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks.values()):
             replaced = hook(self, args, out)
@@ -118,6 +200,32 @@ class Module:
         """Call ``hook(module, inputs, output)`` after every forward; a non-None result replaces the
         output. Returns a handle whose ``remove()`` unregisters the hook."""
         return HookHandle.add(self._forward_hooks, hook)
+
+    def register_forward_pre_hook(self, hook: Callable[[Module, tuple], Any]) -> HookHandle:
+        """Call ``hook(module, inputs)`` before every forward; a non-None result (a tuple, or a single
+        input) replaces the positional inputs. Returns a removable handle."""
+        return HookHandle.add(self.__dict__.setdefault("_forward_pre_hooks", {}), hook)
+
+    def register_backward_pre_hook(self, hook: Callable[[Module, tuple], Any]) -> HookHandle:
+        """Call ``hook(module, grad_output)`` before every backward, with ``grad_output = (dL/dy,)``
+        the gradient arriving at the module's output. A non-None result (a tuple) replaces it.
+        PyTorch: ``register_full_backward_pre_hook``. Returns a removable handle."""
+        return HookHandle.add(self.__dict__.setdefault("_backward_pre_hooks", {}), hook)
+
+    def register_backward_hook(self, hook: Callable[[Module, tuple, tuple], Any]) -> HookHandle:
+        """Call ``hook(module, grad_input, grad_output)`` after every backward.
+
+        ``grad_output = (dL/dy,)`` is what backward received, ``grad_input = (dL/dx,)`` what it
+        returned (a tuple of several for a module with several inputs). Parameter gradients are
+        already accumulated into ``param.grad`` when the hook runs. A non-None result (a tuple of
+        the same length) replaces ``grad_input``, i.e. what the caller receives. For a container
+        or a block the hook fires after all of its children's hooks, since their backward runs
+        inside its own. PyTorch: ``register_full_backward_hook``. Returns a removable handle.
+        """
+        return HookHandle.add(self.__dict__.setdefault("_backward_hooks", {}), hook)
+
+    register_full_backward_hook = register_backward_hook
+    register_full_backward_pre_hook = register_backward_pre_hook
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not implement forward()")

@@ -1,4 +1,9 @@
-"""A trainable array and its gradient."""
+"""A trainable array and its gradient.
+
+``data`` has any shape; ``grad`` has the same shape. Backward passes *accumulate*
+(``grad += dL/dw``), because a parameter used in several places (a fork) receives the sum of
+the gradients from each use; ``zero_grad()`` resets ``grad`` to None between steps.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,17 @@
-"""Pooling layers (see ``npresnet.functional.pooling`` for the math and tie rules)."""
+"""Pooling layers (see ``npresnet.functional.pooling`` for the math and tie rules).
+
+Shapes: x (N, C, H, W) -> y (N, C, OH, OW), one window per output cell, per channel.
+
+MaxPool2d: y = max over the window (padding is -inf). Backward routes the whole gradient of each
+window to its argmax (the first maximum in scan order, as PyTorch): dx[argmax] += g; every other
+cell gets nothing from that window. Overlapping windows accumulate.
+
+AvgPool2d: y = sum over the window / divisor (k*k with ``count_include_pad``). Backward shares the
+gradient equally: each cell of the window gets g / divisor.
+
+AdaptiveAvgPool2d: windows chosen to give a fixed output size; (1, 1) is the global average of a
+ResNet's head, whose backward is dx = g / (H*W) broadcast over the map.
+"""
 
 from __future__ import annotations
 
