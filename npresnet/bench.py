@@ -56,7 +56,7 @@ def default_batch(name: str) -> int:
 
 
 def set_threads(threads: int) -> Any:
-    """BLAS, Numba and torch threads together (``npresnet.runtime.set_num_threads``)."""
+    """BLAS and torch at ``threads``, Numba at 1 (``npresnet.runtime.set_num_threads`` says why)."""
     return runtime.set_num_threads(threads)
 
 
@@ -489,7 +489,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 8 at 224x224, 64 at 32x32)")
     p.add_argument("--size", type=int, default=None, help="image size (default: 224, or 32 for CIFAR models)")
     p.add_argument("--mode", nargs="+", default=["forward", "train"], choices=["forward", "train"])
-    p.add_argument("--threads", type=int, default=1, help="BLAS, Numba and torch threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1; Numba stays at 1)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
