@@ -347,3 +347,20 @@ def test_pool_padding_above_half_the_kernel(x32):
         nn.MaxPool2d(3, padding=2)(x32)
     with pytest.raises(ValueError, match=esc("avg_pool2d: padding (2, 2) must be at most half")):
         nn.AvgPool2d(2, padding=2)(x32)
+
+
+def test_moving_a_parameterless_module_to_an_unusable_cupy_is_a_clear_error():
+    from npresnet import backend, nn
+
+    if backend.cupy_available():
+        pytest.skip("a CUDA device is usable here")
+    with pytest.raises(RuntimeError, match="cupy"):
+        nn.ReLU().to("cupy")
+
+
+def test_out_of_range_class_index_error_names_the_range_and_the_values():
+    from npresnet.functional.loss import cross_entropy_forward
+
+    logits = np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\), got min 0 and max 4"):
+        cross_entropy_forward(logits, np.array([0, 4, 1]))

@@ -49,7 +49,8 @@ def cross_entropy_forward(logits: Any, target: Any, label_smoothing: float = 0.0
         raise TypeError(f"cross_entropy expects integer class indices of shape ({N},), got dtype "
                         f"{target.dtype} and shape {tuple(target.shape)}")
     xp = get_array_module(logits)
-    if N and (int(target.min()) < 0 or int(target.max()) >= K):
+    # One device -> host read (CuPy would wrap out-of-range indices silently); details only on error.
+    if N and bool(((target < 0) | (target >= K)).any()):
         raise ValueError(f"target class indices must lie in [0, {K}), got min {int(target.min())} "
                          f"and max {int(target.max())}")
     shifted = logits - logits.max(axis=1, keepdims=True)

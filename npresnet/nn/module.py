@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..backend import BACKENDS, backend_name, get_default, to_backend, to_numpy
+from ..backend import BACKENDS, backend_name, get_default, to_backend, to_numpy, xp_for
 from ..grad_mode import is_grad_enabled
 from .parameter import Parameter
 
@@ -325,6 +325,7 @@ class Module:
         """
         if isinstance(target, str) and target.lower() in BACKENDS:
             backend = target.lower()
+            xp_for(backend)          # a clear error now if CuPy has no usable device, parameters or not
 
             def convert(a: Any) -> Any:
                 return to_backend(a, backend)
