@@ -3,27 +3,23 @@
     dx[i] = dout[i] if y[i] > 0 else 0          (y = the cached ReLU output; y > 0 exactly where x > 0)
 
 NumPy needs two passes for this (``y > 0`` into a boolean array, then ``where``); the kernel reads
-y and dout once and writes dx once, in parallel over blocks of the flattened arrays.
+y and dout once and writes dx once. It is a plain serial loop that LLVM vectorises: the same loop
+inside a ``prange`` over blocks did not vectorise and ran 4.6x slower at one thread (ResNet-50-sized
+(16, 256, 56, 56) float32: serial 6.0 ms, prange 28 ms, NumPy ``where`` 48 ms, ReLU forward 5 ms).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._numba import parallel_kernel, prange, require_same_dtype, require_shape
-
-_BLOCK = 1 << 14
+from ._numba import CACHE, njit, require_same_dtype, require_shape
 
 
-@parallel_kernel
-def relu_backward_kernel(dout, y, dx):
-    """All three 1-D and C-contiguous."""
-    size = dx.shape[0]
-    for block in prange((size + _BLOCK - 1) // _BLOCK):
-        start = block * _BLOCK
-        stop = min(start + _BLOCK, size)
-        for t in range(start, stop):
-            dx[t] = dout[t] if y[t] > 0 else 0
+@njit(cache=CACHE, error_model="numpy")
+def relu_backward_kernel(dout, y, dx, zero):
+    """All three 1-D and C-contiguous; ``zero`` is a 0 of their dtype (keeps the loop in one type)."""
+    for t in range(dx.shape[0]):
+        dx[t] = dout[t] if y[t] > zero else zero
 
 
 def relu_backward(dout, y):
@@ -32,5 +28,5 @@ def relu_backward(dout, y):
     require_same_dtype("relu_backward dout and y", dout, y)
     dout, y = np.ascontiguousarray(dout), np.ascontiguousarray(y)
     dx = np.empty_like(dout)
-    relu_backward_kernel(dout.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    relu_backward_kernel(dout.reshape(-1), y.reshape(-1), dx.reshape(-1), dout.dtype.type(0))
     return dx
