@@ -27,12 +27,24 @@ def require_same_dtype(what, a, b):
         raise TypeError(f"npresnet.kernels: {what} must share a dtype, got {a.dtype} and {b.dtype}")
 
 
+#: NPRESNET_NUMBA_PARALLEL=1 compiles the ``prange`` kernels for Numba's thread pool; the default
+#: compiles them as serial loops. Why: next to a multi-threaded BLAS, Numba's workers and OpenBLAS's
+#: (which spin for a while after every GEMM) fight for the cores. Measured on the 2-core VM with
+#: both libraries at their default 2 threads: 3 epochs of ResNet-20 on digits took 59 s with
+#: parallel kernels and 7.4 s with serial ones; ResNet-50 batch 16 forward 3.01 s against 1.26 s.
+#: At one thread, parallel and serial compile to the same speed (BN, im2col, col2im, pooling).
+#: Opt in where BLAS leaves the cores free (e.g. Numba-heavy runs with OPENBLAS_NUM_THREADS=1).
+#: The on-disk cache may hold either build; delete kernels/__pycache__ after switching.
+PARALLEL = os.environ.get("NPRESNET_NUMBA_PARALLEL", "0").strip() == "1"
+
+
 def parallel_kernel(function):
-    """``@njit(parallel=True)`` with NumPy's float semantics (x/0 -> inf, no ZeroDivisionError), cached.
+    """``@njit`` (``parallel=True`` only with NPRESNET_NUMBA_PARALLEL=1, see above) with NumPy's float
+    semantics (x/0 -> inf, no ZeroDivisionError), cached.
 
     No fastmath: results must match the NumPy references exactly.
     """
-    return njit(parallel=True, cache=CACHE, error_model="numpy")(function)
+    return njit(parallel=PARALLEL, cache=CACHE, error_model="numpy")(function)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")

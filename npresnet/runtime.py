@@ -11,7 +11,9 @@ may in your own scripts.
     Numba kernel running between two GEMMs then fights them for the cores. Measured on the 2-core
     VM, ResNet-50 batch 16 forward with BLAS at 2 threads: Numba at 2 threads 3.01 s, Numba at
     1 thread 1.26 s (and 1 thread for both: 1.90 s). The Numba kernels are memory-bound copies and
-    reductions; the GEMMs are where extra cores pay.
+    reductions; the GEMMs are where extra cores pay. (By default the kernels are even compiled as
+    serial loops, so a library user who never calls this function does not hit the fight either:
+    ``NPRESNET_NUMBA_PARALLEL=1`` in ``npresnet.kernels`` opts into Numba's thread pool.)
 
 ``tune_allocator()``
     A training step allocates and frees the same multi-MB activations every time. glibc's malloc

@@ -50,6 +50,7 @@ import numpy as np
 
 from . import data as D
 from . import distributed as dist
+from . import runtime
 from .backend import get_array_module
 from .checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from .functional.loss import cross_entropy_forward
@@ -615,6 +616,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const="", default=None,
                    help="continue from a checkpoint file or run folder (default: the --out folder)")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS/torch threads of this process (Numba stays at 1; see npresnet.runtime); "
+                        "default: leave the libraries' settings alone")
     return p
 
 
@@ -622,6 +626,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
     """(config, resume path or None, overwrite) from command-line arguments."""
     args = vars(_parser().parse_args(argv))
     resume, overwrite = args.pop("resume"), args.pop("overwrite")
+    args.pop("threads", None)                       # a property of this process, not of the run (see main)
     values: dict[str, Any] = {}
     preset = args.pop("preset", None)
     if resume is not None:
@@ -642,6 +647,10 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
 def main(argv: list[str] | None = None) -> int:
     try:
         config, resume, overwrite = config_from_args(argv)
+        threads = _parser().parse_args(argv).threads
+        if threads is not None:
+            runtime.set_num_threads(threads)
+        runtime.tune_allocator()        # keep freed activation memory for the next step (npresnet.runtime)
         result = train(config, resume=resume, overwrite=overwrite)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)

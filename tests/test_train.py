@@ -166,7 +166,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 def test_command_line_run_resume_metrics_and_plot(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--epochs", "1", "--batch", "32", "--train-limit", "64", "--test-limit", "32", "--lr", "0.05",
-            "--out", str(out), "--plot", str(out / "curves.png"), "--progress", "plain"]
+            "--out", str(out), "--plot", str(out / "curves.png"), "--progress", "plain", "--threads", "1"]
     assert main(args) == 0
     assert main(["--resume", str(out), "--epochs", "2", "--progress", "plain"]) == 0
     captured = capsys.readouterr()
