@@ -8,7 +8,10 @@ its share of the single-GEMM peak measured at start-up. The first (compile / war
 timed separately. ``--compare torch`` runs the same model with the same weights and threads in
 PyTorch after checking both give the same logits; ``--profile`` splits the time by op kind.
 
-Thread counts default to 1 (BLAS, Numba and torch set together). The OpenBLAS variables
+``--threads N`` (default 1) sets BLAS and torch to N and Numba to 1 (``npresnet.runtime`` says why);
+glibc's allocator is tuned to keep freed activation memory (``--no-tune-allocator`` to compare).
+Memory: the NumPy peak of one untimed step (tracemalloc), and with ``--memory`` each framework's
+resident-memory peak of a step in a fresh process. The OpenBLAS variables
 ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` slow numpy's GEMM on some machines; the bench reports the
 BLAS kernel in use, and you may unset them for the benchmark command only.
 """
@@ -53,11 +56,6 @@ def default_batch(name: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------ machine
-
-
-def set_threads(threads: int) -> Any:
-    """BLAS and torch at ``threads``, Numba at 1 (``npresnet.runtime.set_num_threads`` says why)."""
-    return runtime.set_num_threads(threads)
 
 
 def blas_info() -> list[dict[str, Any]]:
@@ -155,7 +153,7 @@ def memory_probe(framework: str, name: str, mode: str, batch: int, size: int, dt
     """Run in a fresh process: peak resident memory of two steps (``VmHWM``) minus the resident
     memory once the model and the batch exist. The same measure for npresnet and torch (the
     allocators' caches count: they are memory the step really takes from the machine)."""
-    set_threads(threads)
+    runtime.set_num_threads(threads)
     rng = np.random.default_rng(0)
     x_host = rng.standard_normal((batch, 3, size, size)).astype(dtype)
     model = build_npresnet(name, dtype, "numpy")
@@ -378,11 +376,11 @@ def check_same_logits(model: nn.Module, tmodel: Any, torch: Any, x: Any, device:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     xp = xp_for(args.backend)
     allocator_tuned = runtime.tune_allocator() if not args.no_tune_allocator else False
-    limiter = set_threads(args.threads)
+    limiter = runtime.set_num_threads(args.threads)       # BLAS and torch at N, Numba at 1
     if args.compare == "torch":
-        import torch  # noqa: F401  (imported now so set_threads and the versions see it)
+        import torch  # noqa: F401  (imported now so set_num_threads and the versions see it)
 
-        set_threads(args.threads)
+        runtime.set_num_threads(args.threads)
     machine = machine_info(args.threads, args.backend)
     machine["allocator_tuned"] = allocator_tuned
     peak = gemm_peak_gflops(args.dtype, xp)

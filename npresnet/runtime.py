@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from typing import Any
 
@@ -56,8 +57,6 @@ def set_num_threads(threads: int, numba_threads: int = 1) -> Any:
     parallel kernels (see the module docstring for why 1 by default). Returns the threadpoolctl
     limiter (call ``restore_original_limits()`` on it to undo the BLAS part), or None without
     threadpoolctl (then only ``OMP_NUM_THREADS`` is set, which reaches BLAS libraries not yet loaded)."""
-    import os
-
     if threads < 1 or numba_threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads} (numba_threads {numba_threads})")
     limiter = None
