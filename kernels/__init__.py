@@ -31,7 +31,15 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``batchnorm2d_train_forward``   (x, weight|None, bias|None, eps) -> y, x_hat, mean, var (biased), invstd
 ``batchnorm2d_train_backward``  (dout, x_hat, invstd, weight|None) -> dx, dweight, dbias
 ``relu_backward``               (dout, y) -> dx = dout where y > 0, else 0
+``conv3x3_forward``             (x, weight, padding, dilation) -> y, a stride-1 ungrouped 3x3 conv, no bias
+``conv3x3_backward_input``      (dout, weight, padding, dilation) -> dx of that conv (needs P <= 2*D)
+``conv3x3_backward_weight``     (dout, x, padding, dilation) -> dweight of that conv (BLAS, no Numba)
 ==============================  ==========================================================================
+
+The conv3x3 kernels are the one exception to "same result as the reference": they compute a
+3x3 convolution directly instead of im2col + GEMM, so they sum the same products in another order
+(equal to rounding, not bitwise). ``npresnet.functional.conv`` uses them only for thin layers, where
+they are 2-3x faster (see ``conv3x3_cpu``); CuPy arrays always take im2col + cuBLAS.
 
 ``geometry`` is ``functional.pooling.PoolGeometry`` (its ``extra`` ceil_mode padding is handled by
 bounds checks). The batch-norm pair covers training mode only; the caller updates the running
@@ -90,6 +98,9 @@ KERNELS = {
     "batchnorm2d_train_forward": ("batchnorm_cpu", "batchnorm2d_train_forward"),
     "batchnorm2d_train_backward": ("batchnorm_cpu", "batchnorm2d_train_backward"),
     "relu_backward": ("relu_cpu", "relu_backward"),
+    "conv3x3_forward": ("conv3x3_cpu", "conv3x3_forward"),
+    "conv3x3_backward_input": ("conv3x3_cpu", "conv3x3_backward_input"),
+    "conv3x3_backward_weight": ("conv3x3_cpu", "conv3x3_backward_weight"),
 }
 
 #: kernel name -> (module, function) of the Numba CUDA kernel served for CuPy arrays (no batch norm).

@@ -535,3 +535,98 @@ def test_relu_backward_kernel_rejects_mismatched_shapes():
     y = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"relu_backward dout must have shape \(2, 3\)"):
         kernel("relu_backward", y)(np.ones((3, 2), np.float32), y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct 3x3 convolution (thin layers): same math as im2col + GEMM, another summation order
+
+# (N, C, O, H, W), padding, dilation: batch 1, one channel, H != W, no padding, padding per axis
+# up to 2*dilation (the most the direct input gradient takes), dilation per axis, the 32-channel
+# limit, and batches whose N*Hp*Wp spans several weight-gradient chunks with a ragged last one.
+DIRECT_CASES = [
+    ((1, 1, 1, 3, 3), (0, 0), (1, 1)),
+    ((1, 3, 16, 5, 7), (1, 1), (1, 1)),
+    ((2, 5, 7, 9, 6), (0, 2), (1, 2)),
+    ((2, 4, 8, 10, 11), (4, 3), (2, 3)),
+    ((2, 32, 32, 6, 11), (2, 1), (1, 1)),
+    ((3, 16, 16, 20, 30), (1, 1), (1, 1)),
+    ((5, 32, 8, 13, 4), (1, 0), (1, 1)),
+]
+
+
+def _conv_both_ways(x, w, b, padding, dilation, dy):
+    """(y, dx, dw, db) through the direct kernels (asserting they were used) and through the reference."""
+    from npresnet.functional.conv import conv2d_backward, conv2d_forward
+
+    y, cache = conv2d_forward(x, w, b, 1, padding, dilation)
+    assert cache.direct, "this configuration should take the direct 3x3 path"
+    got = (y, *conv2d_backward(dy, cache))
+    with kernels.reference_only():
+        y_ref, cache_ref = conv2d_forward(x, w, b, 1, padding, dilation)
+        assert not cache_ref.direct
+        want = (y_ref, *conv2d_backward(dy, cache_ref))
+    return got, want
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape, padding, dilation", DIRECT_CASES)
+def test_direct_conv3x3_matches_im2col_gemm(shape, padding, dilation, dtype):
+    N, C, O, H, W = shape
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C, 3, 3)).astype(dtype)
+    b = rng.standard_normal(O).astype(dtype)
+    OH, OW = H + 2 * padding[0] - 2 * dilation[0], W + 2 * padding[1] - 2 * dilation[1]
+    dy = rng.standard_normal((N, O, OH, OW)).astype(dtype)
+    got, want = _conv_both_ways(x, w, b, padding, dilation, dy)
+    # float64: both within a few ulps of the exact sums; float32: compare with float64 arithmetic
+    exact = _conv_both_ways(*(a.astype(np.float64) for a in (x, w, b)), padding, dilation, dy.astype(np.float64))[1]
+    bound = 1e-14 if dtype == np.float64 else 3e-6
+    for name, g, r, e in zip(["y", "dx", "dw", "db"], got, want, exact):
+        assert g.shape == r.shape and g.dtype == r.dtype and g.flags.c_contiguous, name
+        assert rel_to_max(g, e) <= bound, (name, rel_to_max(g, e))
+        assert rel_to_max(r, e) <= bound, (name, "reference", rel_to_max(r, e))
+
+
+@needs_numba
+def test_direct_conv3x3_takes_non_contiguous_input_and_needs_only_what_is_asked():
+    from npresnet.functional.conv import conv2d_backward, conv2d_forward
+
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 9, 7, 4)).transpose(0, 3, 2, 1)          # (2, 4, 7, 9), not contiguous
+    w = rng.standard_normal((6, 4, 3, 3))
+    dy = rng.standard_normal((2, 6, 7, 9))
+    got, want = _conv_both_ways(x, w, None, (1, 1), (1, 1), dy)
+    for g, r in zip(got, want):
+        assert (g is None and r is None) or rel_to_max(g, r) <= 1e-14
+    y, cache = conv2d_forward(x, w, None, 1, 1)
+    dx, dw, db = conv2d_backward(dy, cache, need_input_grad=False)
+    assert dx is None and db is None and rel_to_max(dw, want[2]) <= 1e-14
+    dx, dw, _ = conv2d_backward(dy, cache, need_weight_grad=False)
+    assert dw is None and rel_to_max(dx, want[1]) <= 1e-14
+    with kernels.reference_only():                                          # kernels off between the passes
+        dx, dw, _ = conv2d_backward(dy, cache)
+    assert rel_to_max(dx, want[1]) <= 1e-14 and rel_to_max(dw, want[2]) <= 1e-14
+
+
+@needs_numba
+@pytest.mark.parametrize("why_not, kwargs", [
+    ("stride 2", dict(stride=2, padding=1)),
+    ("33 output channels", dict(out_channels=33, padding=1)),
+    ("64 input channels", dict(in_channels=64, padding=1)),
+    ("two groups", dict(groups=2, padding=1)),
+    ("padding 3 > 2 * dilation 1", dict(padding=3)),
+    ("a 3x2 kernel", dict(kernel=(3, 2), padding=1)),
+    ("a 5x5 kernel", dict(kernel=(5, 5), padding=2)),
+])
+def test_direct_conv3x3_is_used_only_where_it_applies(why_not, kwargs):
+    from npresnet.functional.conv import conv2d_forward
+
+    C, O = kwargs.pop("in_channels", 8), kwargs.pop("out_channels", 8)
+    kernel_size, groups = kwargs.pop("kernel", (3, 3)), kwargs.get("groups", 1)
+    x = np.ones((1, C, 9, 9))
+    _, cache = conv2d_forward(x, np.ones((O, C // groups, *kernel_size)), None, **kwargs)
+    assert not cache.direct, why_not
+    _, cache = conv2d_forward(x[:, :8], np.ones((8, 8, 3, 3)), None, padding=1)
+    assert cache.direct

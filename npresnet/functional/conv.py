@@ -28,6 +28,12 @@ Two choices keep memory and time down without changing the math:
 
   and the output comes out in (N, O, OH, OW) order with no transpose.
 
+* On the CPU, a thin 3x3 convolution (stride 1, one group, at most ``DIRECT_MAX_CHANNELS`` input and
+  output channels: the 16- and 32-channel layers of the CIFAR ResNets) runs as a direct convolution
+  kernel instead (``npresnet.kernels.conv3x3_cpu``; its weight gradient is nine small GEMMs over
+  shifted views, no im2col). There im2col's GEMM has only 16-32 rows and runs at a quarter of
+  BLAS's peak. Same math, products summed in another order.
+
 * On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache
   (``samples_per_chunk``): im2col writes a block, the GEMM reads it back while it is still in cache,
   and the next chunk reuses the memory. One big im2col of the whole batch would stream KH*KW times
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad_like, check_like, check_nchw, pair
 from .im2col import col2im, conv_output_size, im2col
@@ -57,6 +64,7 @@ class ConvCache(NamedTuple):
     groups: int
     has_bias: bool
     pointwise: bool                 # True: 1x1, no padding, one group -> no im2col (see module docstring)
+    direct: bool                    # True: the forward ran the direct 3x3 kernel (so can the input gradient)
 
 
 def _is_pointwise(kernel: tuple[int, int], padding: tuple[int, int], groups: int) -> bool:
@@ -71,6 +79,20 @@ def _grouped_matmul(a: Any, b: Any, xp: Any, transpose_a: bool = False, transpos
         right = b[g].T if transpose_b else b[g]
         products.append(left @ right)
     return products[0][None] if len(products) == 1 else xp.stack(products)
+
+
+#: Thin 3x3 convs (at most this many input and output channels) use the direct kernel on the CPU.
+#: At 64 channels im2col + GEMM is faster (kernels/conv3x3_cpu.py has the measurements).
+DIRECT_MAX_CHANNELS = 32
+
+
+def _direct_3x3_kernel(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                       dilation: tuple[int, int], groups: int, channels: tuple[int, int]) -> Any | None:
+    """The direct 3x3 forward kernel if this convolution should use it, else None (im2col + GEMM)."""
+    if (kernel != (3, 3) or stride != (1, 1) or groups != 1 or max(channels) > DIRECT_MAX_CHANNELS
+            or padding[0] > 2 * dilation[0] or padding[1] > 2 * dilation[1]):   # P <= 2D: see the kernel
+        return None
+    return kernels.get("conv3x3_forward", x)
 
 
 #: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache.
@@ -127,9 +149,13 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
             raise ValueError(f"conv2d bias must have shape ({O},), got {tuple(bias.shape)}")
     xp = get_array_module(x)
 
+    direct = _direct_3x3_kernel(x, (KH, KW), stride, padding, dilation, G, (C, O))
     if _is_pointwise((KH, KW), padding, G):
         x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, ::stride[0], ::stride[1]])
         y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
+    elif direct is not None:
+        x_used = x
+        y = direct(x, weight, padding, dilation)
     else:
         x_used = x
         K, L = Cg * KH * KW, OH * OW                                    # per group; per sample
@@ -145,7 +171,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
     cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None,
-                      _is_pointwise((KH, KW), padding, G))
+                      _is_pointwise((KH, KW), padding, G), direct is not None)
     return y, cache
 
 
@@ -171,6 +197,14 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
     dbias = dout.sum(axis=(0, 2, 3)) if cache.has_bias and need_weight_grad else None
     if cache.pointwise:
         dx, dweight = _pointwise_backward(dout, cache, need_input_grad, need_weight_grad, xp)
+        return dx, dweight, dbias
+
+    if cache.direct and kernels.get("conv3x3_backward_input", dout) is not None:   # None in reference_only()
+        dx = dweight = None
+        if need_input_grad:
+            dx = kernels.get("conv3x3_backward_input", dout)(dout, weight, cache.padding, cache.dilation)
+        if need_weight_grad:
+            dweight = kernels.get("conv3x3_backward_weight", dout)(dout, cache.x, cache.padding, cache.dilation)
         return dx, dweight, dbias
 
     # Per chunk of samples (see samples_per_chunk), with dY regrouped like the forward GEMM's

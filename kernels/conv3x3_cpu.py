@@ -1,0 +1,145 @@
+"""Direct 3x3 stride-1 convolution (forward, input and weight gradients) for thin layers, no im2col.
+
+Why: im2col + GEMM is the right tool for wide layers, but for the 16- and 32-channel 3x3 convs of
+the CIFAR ResNets the GEMM has only O = 16 or 32 rows, and OpenBLAS spends as long packing the
+columns as multiplying them (27 GFLOP/s for O = 16, against 100+ on square shapes), on top of the
+im2col pass itself. Measured at 1 thread, float32, batch 128 (forward of one conv, ms):
+
+    channels, size     im2col + GEMM     this kernel     torch (oneDNN)
+    16, 32x32          11 + 22           11.3            8.6
+    32, 16x16           5 + 13           13.0            5.9
+    64,  8x8            3 +  8           19.9            5.0      <- not used: GEMM wins from 64
+
+so npresnet.functional.conv sends stride-1, ungrouped 3x3 convolutions with at most
+``DIRECT_MAX_CHANNELS`` (32) input and output channels here, when P <= 2*D per axis (see below).
+
+The "wide row" trick. Pad each input plane once into a flat buffer of Hp*Wp pixels (Hp = H + 2PH,
+Wp = W + 2PW, plus a few zeros at the end). For stride 1, output pixel (oh, ow) reads the nine
+input pixels at flat positions  j + i*DH*Wp + k*DW  with  j = oh*Wp + ow. Compute the output at
+every j in [0, OH*Wp) -- the last Wp - OW of each row are junk that is never copied out -- and the
+nine reads become nine *shifted contiguous vectors*::
+
+    acc[j] += w[o,c,0,0]*x[j] + w[o,c,0,1]*x[j+DW] + ... + w[o,c,2,2]*x[j + 2*DH*Wp + 2*DW]
+
+one long loop that LLVM vectorises, with acc (one output plane, a few KB) staying in L1 while the
+C input planes stream past. Each output is the sum over (c, i, k) in that fixed order: the result is
+deterministic, though not bitwise equal to the GEMM's order (tests compare with a tolerance).
+
+Input gradient. For stride 1 the adjoint of a convolution is a convolution of dy, padded by
+D*(3-1) - P, with the weights flipped in space and transposed in channels::
+
+    dx = conv(dy, w'),   w'[c, o, i, k] = w[o, c, 2-i, 2-k]
+
+so the same kernel serves the backward (``conv3x3_backward_input``); it needs P <= 2*D per axis
+(a non-negative adjoint padding), which the dispatch checks.
+
+Weight gradient (``conv3x3_backward_weight``, BLAS, no Numba). With the same wide layout, now with
+the batch folded in -- X (C, N*Hp*Wp) the padded planes side by side, G (O, N*Hp*Wp) dy placed at
+each output's j and zero at the junk positions -- every kernel tap (i, k) is one product over all
+pixels of the batch, with X read through a shifted view (no im2col)::
+
+    dw[:, :, i, k] = G @ X[:, s : s + N*Hp*Wp].T,     s = i*DH*Wp + k*DW
+
+A (O, M) @ (M, C) product with O, C <= 32 and huge M is memory-bound and slow in BLAS, so M is cut
+into chunks small enough (O*C*chunk <= 2^19) for OpenBLAS's small-matrix kernel, which skips
+packing: at 16 channels 8.6 ms for the nine taps over a batch of 128 at 32x32, against 19.4 ms with
+unchunked products and 26 ms for im2col + GEMM (1 thread, float32).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba import copy_row, parallel_kernel, prange, require_same_dtype
+
+
+@parallel_kernel
+def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
+    """y (N, O, OH, OW) = conv of x_flat (N, C, Hp*Wp + 2*DW) with weight (O, C, 3, 3), stride 1."""
+    N, C = x_flat.shape[0], x_flat.shape[1]
+    O = weight.shape[0]
+    OH = y.shape[2]
+    L = OH * Wp
+    r1, r2 = DH * Wp, 2 * DH * Wp                    # flat offsets of kernel rows 1 and 2
+    for n in prange(N):
+        acc = np.empty(L, dtype=y.dtype)             # one wide output plane
+        for o in range(O):
+            for j in range(L):
+                acc[j] = 0
+            for c in range(C):
+                x = x_flat[n, c]
+                # Shifted views, indexed from 0: LLVM proves the indices non-negative and vectorises
+                # (x[j + DW] with a run-time DW keeps Python's negative-index check and stays scalar).
+                x00, x01, x02 = x[0:], x[DW:], x[2 * DW:]
+                x10, x11, x12 = x[r1:], x[r1 + DW:], x[r1 + 2 * DW:]
+                x20, x21, x22 = x[r2:], x[r2 + DW:], x[r2 + 2 * DW:]
+                w = weight[o, c]
+                w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
+                w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
+                w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+                for j in range(L):
+                    acc[j] = (acc[j] + w00 * x00[j] + w01 * x01[j] + w02 * x02[j]
+                              + w10 * x10[j] + w11 * x11[j] + w12 * x12[j]
+                              + w20 * x20[j] + w21 * x21[j] + w22 * x22[j])
+            for oh in range(OH):                     # drop the junk columns of each wide row
+                copy_row(y[n, o, oh], acc[oh * Wp:])            # copies len(y[n, o, oh]) = OW
+
+
+def _pad_flat(x, PH, PW, DW):
+    """x (N, C, H, W) -> zero-padded planes flattened to (N, C, Hp*Wp + 2*DW), and Wp."""
+    N, C, H, W = x.shape
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    x_flat = np.zeros((N, C, Hp * Wp + 2 * DW), dtype=x.dtype)
+    x_flat[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, PH:PH + H, PW:PW + W] = x
+    return x_flat, Wp
+
+
+def conv3x3_forward(x, weight, padding, dilation):
+    """y = conv2d(x, weight), stride 1, no bias. x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, OH, OW)."""
+    require_same_dtype("conv3x3 input and weight", x, weight)
+    N, C, H, W = x.shape
+    (PH, PW), (DH, DW) = padding, dilation
+    OH, OW = H + 2 * PH - 2 * DH, W + 2 * PW - 2 * DW
+    x_flat, Wp = _pad_flat(x, PH, PW, DW)
+    y = np.empty((N, weight.shape[0], OH, OW), dtype=x.dtype)
+    conv3x3_wide_kernel(x_flat, np.ascontiguousarray(weight), y, Wp, DH, DW)
+    return y
+
+
+def _weight_grad_chunk(O: int, C: int) -> int:
+    """Columns per product: O*C*chunk stays within 2^19, the OpenBLAS small-matrix range (see above)."""
+    return int(min(4096, max(256, (1 << 19) // (O * C))))
+
+
+def conv3x3_backward_weight(dout, x, padding, dilation):
+    """dw of a stride-1 3x3 conv: dout (N, O, OH, OW), x (N, C, H, W) -> (O, C, 3, 3). Plain NumPy."""
+    require_same_dtype("conv3x3 dout and input", dout, x)
+    N, C, H, W = x.shape
+    O, OH, OW = dout.shape[1:]
+    (PH, PW), (DH, DW) = padding, dilation
+    Hp, Wp = H + 2 * PH, W + 2 * PW
+    M = N * Hp * Wp
+    tail = 2 * DH * Wp + 2 * DW                                       # the last tap's shift
+    x_wide = np.zeros((C, M + tail), dtype=x.dtype)                   # padded planes, side by side
+    x_wide[:, :M].reshape(C, N, Hp, Wp)[:, :, PH:PH + H, PW:PW + W] = x.transpose(1, 0, 2, 3)
+    g_wide = np.zeros((O, M), dtype=dout.dtype)                       # dy at j = oh*Wp + ow, 0 elsewhere
+    g_wide.reshape(O, N, Hp, Wp)[:, :, :OH, :OW] = dout.transpose(1, 0, 2, 3)
+    dw = np.zeros((3, 3, O, C), dtype=dout.dtype)
+    product = np.empty((O, C), dtype=dout.dtype)
+    chunk = _weight_grad_chunk(O, C)
+    for start in range(0, M, chunk):
+        stop = min(M, start + chunk)
+        g = g_wide[:, start:stop]
+        for i in range(3):
+            for k in range(3):
+                shift = i * DH * Wp + k * DW
+                np.matmul(g, x_wide[:, start + shift:stop + shift].T, out=product)
+                dw[i, k] += product
+    return np.ascontiguousarray(dw.transpose(2, 3, 0, 1))
+
+
+def conv3x3_backward_input(dout, weight, padding, dilation):
+    """dx of a stride-1 3x3 conv: dout (N, O, OH, OW), weight (O, C, 3, 3) -> (N, C, H, W)."""
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, O, 3, 3)
+    adjoint_padding = (2 * dilation[0] - padding[0], 2 * dilation[1] - padding[1])
+    return conv3x3_forward(dout, flipped, adjoint_padding, dilation)
