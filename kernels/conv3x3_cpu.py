@@ -3,12 +3,13 @@
 Why: im2col + GEMM is the right tool for wide layers, but for the 16- and 32-channel 3x3 convs of
 the CIFAR ResNets the GEMM has only O = 16 or 32 rows, and OpenBLAS spends as long packing the
 columns as multiplying them (27 GFLOP/s for O = 16, against 100+ on square shapes), on top of the
-im2col pass itself. Measured at 1 thread, float32, batch 128 (forward of one conv, ms):
+im2col pass itself. ``python bench/conv3x3_bench.py`` (1 thread, float32, batch 128, ms for the
+forward / input gradient / weight gradient of one conv; torch's backward is both gradients):
 
-    channels, size     im2col + GEMM     this kernel     torch (oneDNN)
-    16, 32x32          11 + 22           11.3            8.6
-    32, 16x16           5 + 13           13.0            5.9
-    64,  8x8            3 +  8           19.9            5.0      <- not used: GEMM wins from 64
+    channels, size     im2col + GEMM            direct (this module)     torch (oneDNN)
+    16, 32x32          23.8 / 19.8 / 26.6       11.9 / 12.1 / 12.3       22 / 22   (9-22 between runs)
+    32, 16x16          15.1 / 13.1 / 18.7       13.2 / 13.0 / 11.1        6 / 13
+    64,  8x8           13.5 / 11.5 / 15.1       about 20 forward          5 / 12   <- GEMM wins from 64
 
 so npresnet.functional.conv sends stride-1, ungrouped 3x3 convolutions with at most
 ``DIRECT_MAX_CHANNELS`` (32) input and output channels here, when P <= 2*D per axis (see below).
@@ -94,9 +95,8 @@ def _pad_flat(x, PH, PW, DW):
     return x_flat, Wp
 
 
-def conv3x3_forward(x, weight, padding, dilation):
-    """y = conv2d(x, weight), stride 1, no bias. x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, OH, OW)."""
-    require_same_dtype("conv3x3 input and weight", x, weight)
+def _convolve(x, weight, padding, dilation):
+    """Stride-1 3x3 conv of x (N, C, H, W) with weight (O, C, 3, 3) -> (N, O, OH, OW), via the wide rows."""
     N, C, H, W = x.shape
     (PH, PW), (DH, DW) = padding, dilation
     OH, OW = H + 2 * PH - 2 * DH, W + 2 * PW - 2 * DW
@@ -104,6 +104,12 @@ def conv3x3_forward(x, weight, padding, dilation):
     y = np.empty((N, weight.shape[0], OH, OW), dtype=x.dtype)
     conv3x3_wide_kernel(x_flat, np.ascontiguousarray(weight), y, Wp, DH, DW)
     return y
+
+
+def conv3x3_forward(x, weight, padding, dilation):
+    """y = conv2d(x, weight), stride 1, no bias. x (N, C, H, W), weight (O, C, 3, 3) -> (N, O, OH, OW)."""
+    require_same_dtype("conv3x3 input and weight", x, weight)
+    return _convolve(x, weight, padding, dilation)
 
 
 def _weight_grad_chunk(O: int, C: int) -> int:
@@ -140,6 +146,7 @@ def conv3x3_backward_weight(dout, x, padding, dilation):
 
 def conv3x3_backward_input(dout, weight, padding, dilation):
     """dx of a stride-1 3x3 conv: dout (N, O, OH, OW), weight (O, C, 3, 3) -> (N, C, H, W)."""
+    require_same_dtype("conv3x3 dout and weight", dout, weight)
     flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, O, 3, 3)
     adjoint_padding = (2 * dilation[0] - padding[0], 2 * dilation[1] - padding[1])
-    return conv3x3_forward(dout, flipped, adjoint_padding, dilation)
+    return _convolve(dout, flipped, adjoint_padding, dilation)

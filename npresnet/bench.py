@@ -296,6 +296,11 @@ def op_profile(times: dict[str, float]):
 
     wrap(functional.conv, "im2col", "im2col")
     wrap(functional.conv, "col2im", "col2im")
+    if kernels.active() == "numba":            # thin 3x3 convs: kernels.get looks these up at each call
+        from .kernels import conv3x3_cpu
+
+        for name in ("conv3x3_forward", "conv3x3_backward_input", "conv3x3_backward_weight"):
+            wrap(conv3x3_cpu, name, "direct3x3")
     for layer, kind in ((nn.Conv2d, "conv"), (nn.BatchNorm2d, "batchnorm"), (nn.ReLU, "relu"),
                         (nn.MaxPool2d, "pooling"), (nn.AdaptiveAvgPool2d, "pooling"), (nn.Linear, "linear")):
         for method in ("forward", "backward"):
@@ -307,18 +312,21 @@ def op_profile(times: dict[str, float]):
             setattr(owner, attr, original)
 
 
-PROFILE_KINDS = ("im2col", "col2im", "GEMM", "batchnorm", "relu", "pooling", "linear", "other")
+PROFILE_KINDS = ("im2col", "col2im", "GEMM", "direct3x3", "batchnorm", "relu", "pooling", "linear", "other")
 
 
 def profile_ms(times: dict[str, float], steps: int, step_seconds: float) -> dict[str, float]:
-    """ms per step for each "<kind> <direction>"; GEMM = conv time minus its im2col/col2im; "other
-    total" = the rest of the step (residual adds, loss, optimizer, Python)."""
+    """ms per step for each "<kind> <direction>"; GEMM = conv time minus its im2col/col2im and the
+    direct 3x3 kernels (direct3x3: the thin layers' forward, input and weight gradients, see
+    kernels/conv3x3_cpu.py); "other total" = the rest of the step (residual adds, loss, optimizer,
+    Python)."""
     t = {k: v / steps * 1e3 for k, v in times.items()}
     out: dict[str, float] = {}
     for direction in ("forward", "backward"):
         conv = t.get(f"conv {direction}", 0.0)
-        out[f"GEMM {direction}"] = conv - t.get(f"im2col {direction}", 0.0) - t.get(f"col2im {direction}", 0.0)
-        for kind in ("im2col", "col2im", "batchnorm", "relu", "pooling", "linear"):
+        out[f"GEMM {direction}"] = conv - sum(t.get(f"{kind} {direction}", 0.0)
+                                              for kind in ("im2col", "col2im", "direct3x3"))
+        for kind in ("im2col", "col2im", "direct3x3", "batchnorm", "relu", "pooling", "linear"):
             out[f"{kind} {direction}"] = t.get(f"{kind} {direction}", 0.0)
     layers = sum(v for k, v in t.items() if k.split()[0] in ("conv", "batchnorm", "relu", "pooling", "linear"))
     out["other total"] = step_seconds * 1e3 - layers
