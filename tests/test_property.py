@@ -67,9 +67,40 @@ def conv_configs(draw):
     )
 
 
+@st.composite
+def thin_conv3x3_configs(draw):
+    """What the direct 3x3 kernels take (stride 1, one group, <= 32 channels, padding <= 2*dilation)."""
+    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = tuple(draw(st.integers(0, 2 * d)) for d in dilation)
+    return dict(
+        batch=draw(st.integers(1, 3)),
+        in_channels=draw(st.integers(1, 32)),
+        out_channels=draw(st.integers(1, 32)),
+        groups=1,
+        kernel_size=(3, 3),
+        stride=(1, 1),
+        padding=padding,
+        dilation=dilation,
+        size=tuple(_spatial(draw, 3, p, d) for p, d in zip(padding, dilation)),
+        bias=draw(st.booleans()),
+        seed=draw(seeds),
+    )
+
+
 @settings(max_examples=150, **SETTINGS)
 @given(config=conv_configs())
 def test_conv2d_matches_torch(config, max_rel_err, tol, to_torch):
+    _check_conv_against_torch(config, max_rel_err, tol, to_torch)
+
+
+@settings(max_examples=60, **SETTINGS)
+@given(config=thin_conv3x3_configs())
+def test_thin_conv3x3_matches_torch(config, max_rel_err, tol, to_torch):
+    """The direct 3x3 path (npresnet.kernels.conv3x3_cpu when Numba is on) against torch."""
+    _check_conv_against_torch(config, max_rel_err, tol, to_torch)
+
+
+def _check_conv_against_torch(config, max_rel_err, tol, to_torch) -> None:
     config = dict(config)
     batch, size, seed = config.pop("batch"), config.pop("size"), config.pop("seed")
     rng = np.random.default_rng(seed)
