@@ -3,8 +3,9 @@
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python bench/conv3x3_bench.py [--batch 128] [--threads 1]
 
 For each 3x3 conv shape of ResNet-20 (batch 128, float32) it prints the median time of the forward,
-the input gradient and the weight gradient, on the path npresnet picks (``direct`` when
-``npresnet.functional.conv`` sends the layer to ``kernels/conv3x3_cpu.py``), on im2col + GEMM
+the input gradient and the weight gradient, on the path npresnet picks (``direct`` where
+``npresnet.functional.conv`` sends the layer to ``kernels/conv3x3_cpu.py``, ``im2col/direct``
+where only the gradients go there), on im2col + GEMM
 (the Numba im2col/col2im kernels and BLAS), and torch's forward and whole backward, plus how far the
 chosen path is from im2col + GEMM. The direct path is used for stride 1 and at most
 ``DIRECT_MAX_CHANNELS`` channels; the other rows show im2col + GEMM twice.
@@ -79,7 +80,9 @@ def main() -> None:
         finally:
             conv_module.DIRECT_MAX_CHANNELS = limit
         worst = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(chosen[4], gemm[4]))
-        line = (f"{C:3d} -> {O:3d}  {H:2d}x{H:<2d} stride {stride}  {'direct' if chosen[3] else 'im2col':6s} "
+        path = ("direct" if max(C, O) <= conv_module.DIRECT_FORWARD_MAX_CHANNELS else "im2col/direct") \
+            if chosen[3] else "im2col"                                       # forward / gradients
+        line = (f"{C:3d} -> {O:3d}  {H:2d}x{H:<2d} stride {stride}  {path:13s} "
                 f"{chosen[0]:5.1f} / {chosen[1]:5.1f} / {chosen[2]:5.1f}   im2col+GEMM {gemm[0]:5.1f} / "
                 f"{gemm[1]:5.1f} / {gemm[2]:5.1f}   (rel diff {worst:.0e})")
         if torch is not None:

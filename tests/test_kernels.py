@@ -65,6 +65,12 @@ CONV_CASES = [
     ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),   # ResNet stem, small
     ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),     # padding wider than the kernel reaches
     ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),    # stride larger than the kernel
+    # stride 1 with OW == W: the one-run-per-plane path (_shifted_plane)
+    ((2, 3, 5, 8), (3, 3), (1, 1), (1, 1), (1, 1)),     # ResNet's 3x3, H != W
+    ((1, 2, 9, 6), (3, 3), (1, 1), (2, 2), (2, 2)),     # dilated, batch 1
+    ((2, 2, 6, 7), (2, 5), (1, 1), (0, 2), (1, 1)),     # OH != H, non-square kernel
+    ((1, 1, 2, 3), (5, 3), (1, 1), (3, 1), (1, 1)),     # taller kernel than the input: rows all padding
+    ((2, 4, 3, 1), (3, 1), (1, 1), (1, 0), (1, 1)),     # W = 1
 ]
 
 

@@ -29,10 +29,11 @@ Two choices keep memory and time down without changing the math:
   and the output comes out in (N, O, OH, OW) order with no transpose.
 
 * On the CPU, a thin 3x3 convolution (stride 1, one group, at most ``DIRECT_MAX_CHANNELS`` input and
-  output channels: the 16- and 32-channel layers of the CIFAR ResNets) runs as a direct convolution
-  kernel instead (``npresnet.kernels.conv3x3_cpu``; its weight gradient is nine small GEMMs over
-  shifted views, no im2col). There im2col's GEMM has only 16-32 rows and runs at a quarter of
-  BLAS's peak. Same math, products summed in another order.
+  output channels: the 16- and 32-channel layers of the CIFAR ResNets) gets its gradients from the
+  direct kernels of ``npresnet.kernels.conv3x3_cpu`` (dx as a convolution of dy with the flipped
+  weights, dw as nine small GEMMs over shifted views, no im2col), and up to
+  ``DIRECT_FORWARD_MAX_CHANNELS`` its forward too. There im2col's GEMM has only 16-32 rows and runs
+  at a quarter of BLAS's peak. Same math, products summed in another order.
 
 * On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache
   (``samples_per_chunk``): im2col writes a block, the GEMM reads it back while it is still in cache,
@@ -64,7 +65,7 @@ class ConvCache(NamedTuple):
     groups: int
     has_bias: bool
     pointwise: bool                 # True: 1x1, no padding, one group -> no im2col (see module docstring)
-    direct: bool                    # True: the forward ran the direct 3x3 kernel (so can the input gradient)
+    direct: bool                    # True: the gradients come from the direct 3x3 kernels
 
 
 def _is_pointwise(kernel: tuple[int, int], padding: tuple[int, int], groups: int) -> bool:
@@ -81,18 +82,21 @@ def _grouped_matmul(a: Any, b: Any, xp: Any, transpose_a: bool = False, transpos
     return products[0][None] if len(products) == 1 else xp.stack(products)
 
 
-#: Thin 3x3 convs (at most this many input and output channels) use the direct kernel on the CPU.
-#: At 64 channels im2col + GEMM is faster (kernels/conv3x3_cpu.py has the measurements).
+#: Thin 3x3 convs use the direct kernels on the CPU for their gradients up to this many input and
+#: output channels, and for their forward up to DIRECT_FORWARD_MAX_CHANNELS; from 32 channels the
+#: forward GEMM on im2col's columns is faster, from 64 everything is (kernels/conv3x3_cpu.py has the
+#: measurements).
 DIRECT_MAX_CHANNELS = 32
+DIRECT_FORWARD_MAX_CHANNELS = 16
 
 
-def _direct_3x3_kernel(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                       dilation: tuple[int, int], groups: int, channels: tuple[int, int]) -> Any | None:
-    """The direct 3x3 forward kernel if this convolution should use it, else None (im2col + GEMM)."""
+def _direct_3x3(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                dilation: tuple[int, int], groups: int, channels: tuple[int, int]) -> bool:
+    """Whether this convolution takes the direct 3x3 kernels (see DIRECT_MAX_CHANNELS)."""
     if (kernel != (3, 3) or stride != (1, 1) or groups != 1 or max(channels) > DIRECT_MAX_CHANNELS
             or padding[0] > 2 * dilation[0] or padding[1] > 2 * dilation[1]):   # P <= 2D: see the kernel
-        return None
-    return kernels.get("conv3x3_forward", x)
+        return False
+    return kernels.get("conv3x3_forward", x) is not None
 
 
 #: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache.
@@ -149,13 +153,13 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
             raise ValueError(f"conv2d bias must have shape ({O},), got {tuple(bias.shape)}")
     xp = get_array_module(x)
 
-    direct = _direct_3x3_kernel(x, (KH, KW), stride, padding, dilation, G, (C, O))
+    direct = _direct_3x3(x, (KH, KW), stride, padding, dilation, G, (C, O))
     if _is_pointwise((KH, KW), padding, G):
         x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, ::stride[0], ::stride[1]])
         y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
-    elif direct is not None:
+    elif direct and max(C, O) <= DIRECT_FORWARD_MAX_CHANNELS:
         x_used = x
-        y = direct(x, weight, padding, dilation)
+        y = kernels.get("conv3x3_forward", x)(x, weight, padding, dilation)
     else:
         x_used = x
         K, L = Cg * KH * KW, OH * OW                                    # per group; per sample
@@ -171,7 +175,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
     cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None,
-                      _is_pointwise((KH, KW), padding, G), direct is not None)
+                      _is_pointwise((KH, KW), padding, G), direct)
     return y, cache
 
 
