@@ -7,12 +7,14 @@ im2col pass itself. ``python bench/conv3x3_bench.py`` (1 thread, float32, batch 
 forward / input gradient / weight gradient of one conv; torch's backward is both gradients):
 
     channels, size     im2col + GEMM            direct (this module)     torch (oneDNN)
-    16, 32x32          23.8 / 19.8 / 26.6       11.9 / 12.1 / 12.3       22 / 22   (9-22 between runs)
-    32, 16x16          15.1 / 13.1 / 18.7       13.2 / 13.0 / 11.1        6 / 13
-    64,  8x8           13.5 / 11.5 / 15.1       about 20 forward          5 / 12   <- GEMM wins from 64
+    16, 32x32          17.4 / 19.9 / 20.4       12.0 / 12.1 / 13.8       22 / 22   (9-22 between runs)
+    32, 16x16           9.6 / 12.8 / 13.2       12.9 / 13.4 / 11.3        6 / 13
+    64,  8x8            8.7 / 11.1 / 10.3       ~20  /  ~20 / ~18         5 / 11
 
-so npresnet.functional.conv sends stride-1, ungrouped 3x3 convolutions with at most
-``DIRECT_MAX_CHANNELS`` (32) input and output channels here, when P <= 2*D per axis (see below).
+(both gradients at 32 channels: 24.3 direct, 26.0 im2col + GEMM). So npresnet.functional.conv
+sends stride-1, ungrouped 3x3 convolutions whose channels are at most ``DIRECT_MAX_CHANNELS`` (32)
+here for their gradients, and at most ``DIRECT_FORWARD_MAX_CHANNELS`` (16) for their forward too,
+when P <= 2*D per axis (see below).
 
 The "wide row" trick. Pad each input plane once into a flat buffer of Hp*Wp pixels (Hp = H + 2PH,
 Wp = W + 2PW, plus a few zeros at the end). For stride 1, output pixel (oh, ow) reads the nine
