@@ -42,7 +42,7 @@ def time_npresnet(x, w, stride, dy) -> tuple[float, float, float, bool, tuple]:
     forward = median_ms(lambda: conv2d_forward(x, w, None, stride, 1))
     input_grad = median_ms(lambda: conv2d_backward(dy, cache, need_weight_grad=False))
     weight_grad = median_ms(lambda: conv2d_backward(dy, cache, need_input_grad=False))
-    return forward, input_grad, weight_grad, cache.direct, (y, *conv2d_backward(dy, cache)[:2])
+    return forward, input_grad, weight_grad, cache.direct_grads, (y, *conv2d_backward(dy, cache)[:2])
 
 
 def time_torch(torch, x, w, stride, dy) -> tuple[float, float]:

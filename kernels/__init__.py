@@ -39,7 +39,7 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 The conv3x3 kernels are the one exception to "same result as the reference": they compute a
 3x3 convolution directly instead of im2col + GEMM, so they sum the same products in another order
 (equal to rounding, not bitwise). ``npresnet.functional.conv`` uses them only for thin layers, where
-they are 2-3x faster (see ``conv3x3_cpu``); CuPy arrays always take im2col + cuBLAS.
+they are up to 2x faster (see ``conv3x3_cpu``); CuPy arrays always take im2col + cuBLAS.
 
 ``geometry`` is ``functional.pooling.PoolGeometry`` (its ``extra`` ceil_mode padding is handled by
 bounds checks). The batch-norm pair covers training mode only; the caller updates the running

@@ -8,21 +8,22 @@ forward / input gradient / weight gradient of one conv; torch's backward is both
 
     channels, size     im2col + GEMM            direct (this module)     torch (oneDNN)
     16, 32x32          17.4 / 19.9 / 20.4       12.0 / 12.1 / 13.8       22 / 22   (9-22 between runs)
-    32, 16x16           9.6 / 12.8 / 13.2       12.9 / 13.4 / 11.3        6 / 13
-    64,  8x8            8.7 / 11.1 / 10.3       ~20  /  ~20 / ~18         5 / 11
+    32, 16x16           9.6 / 12.8 / 13.2       12.9*/ 13.4 / 11.3        6 / 13
+    64,  8x8            8.7 / 11.1 / 10.3       ~20* / ~20* / ~18*        5 / 11   <- GEMM wins from 64
 
-(both gradients at 32 channels: 24.3 direct, 26.0 im2col + GEMM). So npresnet.functional.conv
-sends stride-1, ungrouped 3x3 convolutions whose channels are at most ``DIRECT_MAX_CHANNELS`` (32)
-here for their gradients, and at most ``DIRECT_FORWARD_MAX_CHANNELS`` (16) for their forward too,
-when P <= 2*D per axis (see below).
+(* measured with the limits below raised; the bench cannot route those there.) Both gradients in
+one backward call at 32 channels, measured separately: 24.3 ms direct, 26.0 im2col + GEMM. So
+npresnet.functional.conv sends stride-1, ungrouped 3x3 convolutions whose channels are at most
+``DIRECT_MAX_CHANNELS`` (32) here for their gradients, and at most ``DIRECT_FORWARD_MAX_CHANNELS``
+(16) for their forward too, when P <= 2*D per axis (see below).
 
 The "wide row" trick. Pad each input plane once into a flat buffer of Hp*Wp pixels (Hp = H + 2PH,
 Wp = W + 2PW, plus a few zeros at the end). For stride 1, output pixel (oh, ow) reads the nine
-input pixels at flat positions  j + i*DH*Wp + k*DW  with  j = oh*Wp + ow. Compute the output at
-every j in [0, OH*Wp) -- the last Wp - OW of each row are junk that is never copied out -- and the
+input pixels at flat positions  q + i*DH*Wp + k*DW  with  q = oh*Wp + ow. Compute the output at
+every q in [0, OH*Wp) -- the last Wp - OW of each row are junk that is never copied out -- and the
 nine reads become nine *shifted contiguous vectors*::
 
-    acc[j] += w[o,c,0,0]*x[j] + w[o,c,0,1]*x[j+DW] + ... + w[o,c,2,2]*x[j + 2*DH*Wp + 2*DW]
+    acc[q] += w[o,c,0,0]*x[q] + w[o,c,0,1]*x[q+DW] + ... + w[o,c,2,2]*x[q + 2*DH*Wp + 2*DW]
 
 one long loop that LLVM vectorises, with acc (one output plane, a few KB) staying in L1 while the
 C input planes stream past. Each output is the sum over (c, i, k) in that fixed order: the result is
@@ -38,15 +39,16 @@ so the same kernel serves the backward (``conv3x3_backward_input``); it needs P 
 
 Weight gradient (``conv3x3_backward_weight``, BLAS, no Numba). With the same wide layout, now with
 the batch folded in -- X (C, N*Hp*Wp) the padded planes side by side, G (O, N*Hp*Wp) dy placed at
-each output's j and zero at the junk positions -- every kernel tap (i, k) is one product over all
+each output's q and zero at the junk positions -- every kernel tap (i, k) is one product over all
 pixels of the batch, with X read through a shifted view (no im2col)::
 
     dw[:, :, i, k] = G @ X[:, s : s + N*Hp*Wp].T,     s = i*DH*Wp + k*DW
 
 A (O, M) @ (M, C) product with O, C <= 32 and huge M is memory-bound and slow in BLAS, so M is cut
 into chunks small enough (O*C*chunk <= 2^19) for OpenBLAS's small-matrix kernel, which skips
-packing: at 16 channels 8.6 ms for the nine taps over a batch of 128 at 32x32, against 19.4 ms with
-unchunked products and 26 ms for im2col + GEMM (1 thread, float32).
+packing: at 16 channels the nine products over a batch of 128 at 32x32 take 8.6 ms chunked against
+19.4 ms unchunked; with building the two wide buffers the weight gradient takes 13.8 ms, against
+20.4 ms for im2col + GEMM (1 thread, float32).
 """
 
 from __future__ import annotations
@@ -67,12 +69,12 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
     for n in prange(N):
         acc = np.empty(L, dtype=y.dtype)             # one wide output plane
         for o in range(O):
-            for j in range(L):
-                acc[j] = 0
+            for q in range(L):
+                acc[q] = 0
             for c in range(C):
                 x = x_flat[n, c]
                 # Shifted views, indexed from 0: LLVM proves the indices non-negative and vectorises
-                # (x[j + DW] with a run-time DW keeps Python's negative-index check and stays scalar).
+                # (x[q + DW] with a run-time DW keeps Python's negative-index check and stays scalar).
                 x00, x01, x02 = x[0:], x[DW:], x[2 * DW:]
                 x10, x11, x12 = x[r1:], x[r1 + DW:], x[r1 + 2 * DW:]
                 x20, x21, x22 = x[r2:], x[r2 + DW:], x[r2 + 2 * DW:]
@@ -80,10 +82,10 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
                 w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
                 w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
                 w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
-                for j in range(L):
-                    acc[j] = (acc[j] + w00 * x00[j] + w01 * x01[j] + w02 * x02[j]
-                              + w10 * x10[j] + w11 * x11[j] + w12 * x12[j]
-                              + w20 * x20[j] + w21 * x21[j] + w22 * x22[j])
+                for q in range(L):
+                    acc[q] = (acc[q] + w00 * x00[q] + w01 * x01[q] + w02 * x02[q]
+                              + w10 * x10[q] + w11 * x11[q] + w12 * x12[q]
+                              + w20 * x20[q] + w21 * x21[q] + w22 * x22[q])
             for oh in range(OH):                     # drop the junk columns of each wide row
                 copy_row(y[n, o, oh], acc[oh * Wp:])            # copies len(y[n, o, oh]) = OW
 
@@ -130,7 +132,7 @@ def conv3x3_backward_weight(dout, x, padding, dilation):
     tail = 2 * DH * Wp + 2 * DW                                       # the last tap's shift
     x_wide = np.zeros((C, M + tail), dtype=x.dtype)                   # padded planes, side by side
     x_wide[:, :M].reshape(C, N, Hp, Wp)[:, :, PH:PH + H, PW:PW + W] = x.transpose(1, 0, 2, 3)
-    g_wide = np.zeros((O, M), dtype=dout.dtype)                       # dy at j = oh*Wp + ow, 0 elsewhere
+    g_wide = np.zeros((O, M), dtype=dout.dtype)                       # dy at q = oh*Wp + ow, 0 elsewhere
     g_wide.reshape(O, N, Hp, Wp)[:, :, :OH, :OW] = dout.transpose(1, 0, 2, 3)
     dw = np.zeros((3, 3, O, C), dtype=dout.dtype)
     product = np.empty((O, C), dtype=dout.dtype)

@@ -44,8 +44,9 @@ def _copy_every(dst, src, step):
 @njit(cache=CACHE, error_model="numpy", inline="always")
 def _shifted_plane(dst, src, OW, di, dj, lo, hi):
     """One block of a stride-1 "same-width" im2col (OW == W), on flattened planes: dst (OH*OW,)
-    gets dst[oh*OW + ow] = src[(oh + di)*OW + ow + dj], 0 where that falls outside the input plane
-    src (H*OW,); ``[lo, hi)`` are the valid ow.
+    gets dst[oh*OW + ow] = src[(oh + di)*OW + ow + dj] where the input pixel (oh + di, ow + dj) lies
+    inside the H x W plane src (H*OW,), and 0 where it falls in the padding; ``[lo, hi)`` are the
+    ow whose column ow + dj is inside.
 
     With equal row lengths the valid rows are one contiguous run of src shifted by di*OW + dj: one
     long copy instead of a short copy per row (the per-row overhead dominated small planes: 12 ns a
@@ -53,6 +54,7 @@ def _shifted_plane(dst, src, OW, di, dj, lo, hi):
     neighbouring pixels, which the last loop overwrites with zeros.
     """
     OH, H = dst.shape[0] // OW, src.shape[0] // OW
+    lo, hi = min(lo, OW), min(hi, OW)                # valid_range can put lo past OW (no valid column)
     row_lo, row_hi = valid_range(di, 1, H, OH)
     fill_row(dst[:row_lo * OW], 0)
     fill_row(dst[row_hi * OW:], 0)
@@ -73,7 +75,7 @@ def im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW):
     """Fill cols (C*KH*KW, N, OH, OW) from x (N, C, H, W); both C-contiguous."""
     N, C, H, W = x.shape
     OH, OW = cols.shape[2], cols.shape[3]
-    same_width = SH == 1 and SW == 1 and OW == W          # e.g. every 3x3, stride-1, padding-1 conv
+    same_width = SH == 1 and SW == 1 and OW == W          # 2*PW == DW*(KW-1): e.g. 3x3, padding 1
     x_flat, cols_flat = x.reshape(N, C, H * W), cols.reshape(cols.shape[0], N, OH * OW)
     for block in prange(C * KH * KW):
         c = block // (KH * KW)

@@ -71,6 +71,7 @@ CONV_CASES = [
     ((2, 2, 6, 7), (2, 5), (1, 1), (0, 2), (1, 1)),     # OH != H, non-square kernel
     ((1, 1, 2, 3), (5, 3), (1, 1), (3, 1), (1, 1)),     # taller kernel than the input: rows all padding
     ((2, 4, 3, 1), (3, 1), (1, 1), (1, 0), (1, 1)),     # W = 1
+    ((1, 2, 3, 1), (3, 3), (1, 1), (1, 2), (1, 2)),     # W = 1, dilation 2: whole kernel columns in padding
 ]
 
 
@@ -548,7 +549,7 @@ def test_relu_backward_kernel_rejects_mismatched_shapes():
 
 # (N, C, O, H, W), padding, dilation: batch 1, one channel, H != W, no padding, padding per axis
 # up to 2*dilation (the most the direct input gradient takes), dilation per axis, the 32-channel
-# limit, and batches whose N*Hp*Wp spans several weight-gradient chunks with a ragged last one.
+# limit, and a batch whose N*Hp*Wp spans two weight-gradient chunks, the last one ragged.
 DIRECT_CASES = [
     ((1, 1, 1, 3, 3), (0, 0), (1, 1)),
     ((1, 3, 16, 5, 7), (1, 1), (1, 1)),
@@ -565,11 +566,11 @@ def _conv_both_ways(x, w, b, padding, dilation, dy):
     from npresnet.functional.conv import conv2d_backward, conv2d_forward
 
     y, cache = conv2d_forward(x, w, b, 1, padding, dilation)
-    assert cache.direct, "this configuration should take the direct 3x3 path"
+    assert cache.direct_grads, "this configuration should take the direct 3x3 path"
     got = (y, *conv2d_backward(dy, cache))
     with kernels.reference_only():
         y_ref, cache_ref = conv2d_forward(x, w, b, 1, padding, dilation)
-        assert not cache_ref.direct
+        assert not cache_ref.direct_grads
         want = (y_ref, *conv2d_backward(dy, cache_ref))
     return got, want
 
@@ -633,6 +634,34 @@ def test_direct_conv3x3_is_used_only_where_it_applies(why_not, kwargs):
     kernel_size, groups = kwargs.pop("kernel", (3, 3)), kwargs.get("groups", 1)
     x = np.ones((1, C, 9, 9))
     _, cache = conv2d_forward(x, np.ones((O, C // groups, *kernel_size)), None, **kwargs)
-    assert not cache.direct, why_not
+    assert not cache.direct_grads, why_not
     _, cache = conv2d_forward(x[:, :8], np.ones((8, 8, 3, 3)), None, padding=1)
-    assert cache.direct
+    assert cache.direct_grads
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory safety: the kernels index without bounds checks, so an out-of-range write would corrupt
+# memory silently (or only race under NPRESNET_NUMBA_PARALLEL=1). Rerun the fixed cases with Numba's
+# bounds checking on (a fresh compile, so no cached unchecked build is used).
+
+
+@needs_numba
+def test_im2col_col2im_and_direct_conv_stay_in_bounds():
+    result = _run_python(f"""
+        import numpy as np
+        from npresnet import kernels
+        from npresnet.functional.conv import conv2d_backward, conv2d_forward
+        from npresnet.functional.im2col import conv_output_size
+        rng = np.random.default_rng(0)
+        for shape, k, s, p, d in {CONV_CASES!r}:
+            x = rng.standard_normal(shape)
+            cols = kernels.get("im2col", x)(x, k, s, p, d)
+            kernels.get("col2im", cols)(cols, shape, s, p, d)
+        for (N, C, O, H, W), p, d in {DIRECT_CASES!r}:
+            x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+            y, cache = conv2d_forward(x, rng.standard_normal((O, C, 3, 3)).astype(np.float32), None, 1, p, d)
+            assert cache.direct_grads
+            conv2d_backward(np.ones_like(y), cache)
+        print("ok")
+    """, NUMBA_BOUNDSCHECK="1", NPRESNET_NUMBA_CACHE="0")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -16,7 +16,7 @@ Backward, given dY = dL/dy regrouped to (G, Og, L)::
     dx       = col2im(dcols)                        # adjoint of im2col: accumulate overlaps
     db       = sum of dy over N, OH, OW
 
-Two choices keep memory and time down without changing the math:
+These choices keep memory and time down; all but the last leave the arithmetic exactly as above:
 
 * The cache holds the input x, not its columns: cols is KH*KW times larger than x, and backward
   rebuilds it with one more im2col (as cuDNN-style implementations do). x is usually alive anyway
@@ -27,19 +27,17 @@ Two choices keep memory and time down without changing the math:
       y[n] = W @ X[n]        dX[n] = W.T @ dy[n]        dW = sum_n dy[n] @ X[n].T
 
   and the output comes out in (N, O, OH, OW) order with no transpose.
-
+* On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache
+  (``samples_per_chunk``): im2col writes a block, the GEMM reads it back while it is still in cache,
+  and the next chunk reuses the memory. One big im2col of the whole batch would stream KH*KW times
+  the input through main memory twice; chunking measured up to 2x faster on ResNet-20's 16-channel
+  layers and never slower. On a GPU the whole batch is one chunk (one big GEMM per launch).
 * On the CPU, a thin 3x3 convolution (stride 1, one group, at most ``DIRECT_MAX_CHANNELS`` input and
   output channels: the 16- and 32-channel layers of the CIFAR ResNets) gets its gradients from the
   direct kernels of ``npresnet.kernels.conv3x3_cpu`` (dx as a convolution of dy with the flipped
   weights, dw as nine small GEMMs over shifted views, no im2col), and up to
   ``DIRECT_FORWARD_MAX_CHANNELS`` its forward too. There im2col's GEMM has only 16-32 rows and runs
   at a quarter of BLAS's peak. Same math, products summed in another order.
-
-* On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache
-  (``samples_per_chunk``): im2col writes a block, the GEMM reads it back while it is still in cache,
-  and the next chunk reuses the memory. One big im2col of the whole batch would stream KH*KW times
-  the input through main memory twice; chunking measured up to 2x faster on ResNet-20's 16-channel
-  layers and never slower. On a GPU the whole batch is one chunk (one big GEMM per launch).
 
 Every GEMM is a plain 2-D product of C-contiguous matrices (or their .T views), which BLAS runs at
 full speed; a batched matmul over a transposed 3-D view can fall off BLAS onto a slow loop.
@@ -65,7 +63,7 @@ class ConvCache(NamedTuple):
     groups: int
     has_bias: bool
     pointwise: bool                 # True: 1x1, no padding, one group -> no im2col (see module docstring)
-    direct: bool                    # True: the gradients come from the direct 3x3 kernels
+    direct_grads: bool              # True: backward uses the direct 3x3 kernels (forward: if <= 16 ch)
 
 
 def _is_pointwise(kernel: tuple[int, int], padding: tuple[int, int], groups: int) -> bool:
@@ -92,7 +90,8 @@ DIRECT_FORWARD_MAX_CHANNELS = 16
 
 def _direct_3x3(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                 dilation: tuple[int, int], groups: int, channels: tuple[int, int]) -> bool:
-    """Whether this convolution takes the direct 3x3 kernels (see DIRECT_MAX_CHANNELS)."""
+    """Whether this convolution's gradients come from the direct 3x3 kernels (its forward too up to
+    DIRECT_FORWARD_MAX_CHANNELS channels): see DIRECT_MAX_CHANNELS."""
     if (kernel != (3, 3) or stride != (1, 1) or groups != 1 or max(channels) > DIRECT_MAX_CHANNELS
             or padding[0] > 2 * dilation[0] or padding[1] > 2 * dilation[1]):   # P <= 2D: see the kernel
         return False
@@ -203,7 +202,7 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
         dx, dweight = _pointwise_backward(dout, cache, need_input_grad, need_weight_grad, xp)
         return dx, dweight, dbias
 
-    if cache.direct and kernels.get("conv3x3_backward_input", dout) is not None:   # None in reference_only()
+    if cache.direct_grads and kernels.get("conv3x3_backward_input", dout) is not None:   # None in reference_only()
         dx = dweight = None
         if need_input_grad:
             dx = kernels.get("conv3x3_backward_input", dout)(dout, weight, cache.padding, cache.dilation)
