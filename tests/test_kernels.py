@@ -641,18 +641,33 @@ def test_direct_conv3x3_is_used_only_where_it_applies(why_not, kwargs):
 
 # ---------------------------------------------------------------------------------------------
 # Memory safety: the kernels index without bounds checks, so an out-of-range write would corrupt
-# memory silently (or only race under NPRESNET_NUMBA_PARALLEL=1). Rerun the fixed cases with Numba's
-# bounds checking on (a fresh compile, so no cached unchecked build is used).
+# memory silently (or only race under NPRESNET_NUMBA_PARALLEL=1). Rerun the fixed cases of every CPU
+# kernel with Numba's bounds checking on (a fresh compile, so no cached unchecked build is used).
 
 
 @needs_numba
-def test_im2col_col2im_and_direct_conv_stay_in_bounds():
+def test_kernels_stay_in_bounds():
     result = _run_python(f"""
         import numpy as np
         from npresnet import kernels
-        from npresnet.functional.conv import conv2d_backward, conv2d_forward
-        from npresnet.functional.im2col import conv_output_size
+        from npresnet.functional import (avgpool2d_backward, avgpool2d_forward, batchnorm2d_backward,
+                                         batchnorm2d_forward, conv2d_backward, conv2d_forward, maxpool2d_backward,
+                                         maxpool2d_forward, relu_backward, relu_forward)
         rng = np.random.default_rng(0)
+        for shape, k, s, p, d, ceil_mode in {POOL_CASES!r}:
+            y, cache = maxpool2d_forward(rng.standard_normal(shape), k, s, p, d, ceil_mode)
+            maxpool2d_backward(np.ones_like(y), cache)
+        for shape, k, s, p, ceil_mode in {AVG_CASES!r}:
+            for include_pad in (True, False):
+                y, cache = avgpool2d_forward(rng.standard_normal(shape), k, s, p, ceil_mode, include_pad)
+                avgpool2d_backward(np.ones_like(y), cache)
+        for shape in {BN_SHAPES!r}:
+            C = shape[1]
+            y, cache = batchnorm2d_forward(rng.standard_normal(shape), np.ones(C), np.zeros(C), np.zeros(C),
+                                           np.ones(C), True)
+            batchnorm2d_backward(rng.standard_normal(shape), cache)
+            y, cache = relu_forward(y)
+            relu_backward(np.ones_like(y), cache)
         for shape, k, s, p, d in {CONV_CASES!r}:
             x = rng.standard_normal(shape)
             cols = kernels.get("im2col", x)(x, k, s, p, d)
