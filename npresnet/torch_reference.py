@@ -59,7 +59,7 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ResNet (v1.5 by default; ``variant="v1"`` puts the stride on the first 1x1)."""
 
-    def __init__(self, block, layers, num_classes=1000, groups=1, width_per_group=64,
+    def __init__(self, block, layers, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
                  replace_stride_with_dilation=None, variant="v1.5"):
         super().__init__()
         self.inplanes, self.dilation, self.groups, self.base_width = 64, 1, groups, width_per_group
@@ -74,6 +74,13 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], 2, dil[2])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
+        for m in self.modules():                            # torchvision's initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if zero_init_residual:                              # each block starts as the identity
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
 
     def _make_layer(self, block, planes, blocks, stride=1, dilate=False):
         previous_dilation = self.dilation
