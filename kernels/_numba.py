@@ -17,7 +17,7 @@ CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0"
 
 
 def require_shape(name, array, expected):
-    """The kernels index without bounds checks: a wrong shape must be an error before the call."""
+    """The kernels (CPU and CUDA) index without bounds checks: a wrong shape must be an error first."""
     if tuple(array.shape) != tuple(expected):
         raise ValueError(f"npresnet.kernels: {name} must have shape {tuple(expected)}, got {tuple(array.shape)}")
 
@@ -52,8 +52,9 @@ def valid_range(offset, stride, size, out_size):
     """The outputs o in [lo, hi) whose input position ``o*stride + offset`` lies inside [0, size).
 
     ``offset`` is ``i*dilation - padding`` for kernel offset i; positions outside are padding.
+    Always 0 <= lo <= hi <= out_size (so loops over [0, lo) stay inside the output).
     """
-    lo = 0 if offset >= 0 else (-offset + stride - 1) // stride
+    lo = 0 if offset >= 0 else min(out_size, (-offset + stride - 1) // stride)
     last = size - 1 - offset                      # o*stride <= last
     hi = 0 if last < 0 else min(out_size, last // stride + 1)
     return lo, max(lo, hi)

@@ -28,9 +28,10 @@ from typing import Any
 
 from numba import cuda
 
-from npresnet.functional.im2col import conv_output_size
+from npresnet.functional.im2col import cols_shape
 
-from .cuda_launch import array_module, kernel, launch, require_float, require_shape
+from ._numba import require_shape
+from .cuda_launch import array_module, kernel, launch, require_float
 
 
 @kernel
@@ -93,11 +94,8 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], paddin
         raise ValueError(f"npresnet.kernels: im2col expects an (N, C, H, W) array, got shape {x.shape}")
     require_float("im2col", x)
     x = xp.ascontiguousarray(x)
-    N, C, H, W = x.shape
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
-    OH = conv_output_size(H, KH, SH, PH, DH)
-    OW = conv_output_size(W, KW, SW, PW, DW)
-    cols = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
+    (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
+    cols = xp.empty(cols_shape(x.shape, kernel_size, stride, padding, dilation), dtype=x.dtype)
     launch(im2col_kernel, cols.size, x, cols, SH, SW, PH, PW, DH, DW, x.dtype.type(0))
     return cols
 
@@ -108,11 +106,9 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], stride: tuple[int, int
     xp = array_module(cols)
     require_float("col2im", cols)
     cols = xp.ascontiguousarray(cols)
-    N, C, H, W = x_shape
+    kernel_size = cols.shape[1:3] if cols.ndim == 6 else (1, 1)
+    require_shape("col2im cols", cols, cols_shape(x_shape, kernel_size, stride, padding, dilation))
     (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
-    KH, KW = cols.shape[1:3] if cols.ndim == 6 else (1, 1)
-    OH, OW = conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
-    require_shape("col2im cols", cols, (C, KH, KW, N, OH, OW))
     dx = xp.empty(tuple(x_shape), dtype=cols.dtype)
     launch(col2im_kernel, dx.size, cols, dx, SH, SW, PH, PW, DH, DW, cols.dtype.type(0))
     return dx

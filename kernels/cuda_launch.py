@@ -97,7 +97,3 @@ def require_float(name: str, x: Any) -> None:
         raise TypeError(f"npresnet.kernels: CUDA {name} expects a float32 or float64 array, got {x.dtype}")
 
 
-def require_shape(name: str, array: Any, expected: tuple[int, ...]) -> None:
-    """The kernels index without bounds checks: a wrong shape must be an error before the launch."""
-    if tuple(array.shape) != tuple(expected):
-        raise ValueError(f"npresnet.kernels: {name} must have shape {tuple(expected)}, got {tuple(array.shape)}")

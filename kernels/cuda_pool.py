@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 from numba import cuda
 
-from .cuda_launch import array_module, kernel, launch, require_float, require_shape
+from ._numba import require_shape
+from .cuda_launch import array_module, kernel, launch, require_float
 
 
 @kernel

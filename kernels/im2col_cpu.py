@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from npresnet.functional.im2col import conv_output_size
+from npresnet.functional.im2col import cols_shape
 
 from ._numba import CACHE, add_row, copy_row, fill_row, njit, parallel_kernel, prange, require_shape, valid_range
 
@@ -54,7 +54,6 @@ def _shifted_plane(dst, src, OW, di, dj, lo, hi):
     neighbouring pixels, which the last loop overwrites with zeros.
     """
     OH, H = dst.shape[0] // OW, src.shape[0] // OW
-    lo, hi = min(lo, OW), min(hi, OW)                # valid_range can put lo past OW (no valid column)
     row_lo, row_hi = valid_range(di, 1, H, OH)
     fill_row(dst[:row_lo * OW], 0)
     fill_row(dst[row_hi * OW:], 0)
@@ -173,23 +172,19 @@ def im2col(x, kernel_size, stride, padding, dilation):
     x = np.ascontiguousarray(x)
     if x.ndim != 4:
         raise ValueError(f"npresnet.kernels: im2col expects an (N, C, H, W) array, got shape {x.shape}")
-    N, C, H, W = x.shape
+    shape = cols_shape(x.shape, kernel_size, stride, padding, dilation)           # (C, KH, KW, N, OH, OW)
     (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
-    OH = conv_output_size(H, KH, SH, PH, DH)
-    OW = conv_output_size(W, KW, SW, PW, DW)
-    cols = np.empty((C * KH * KW, N, OH, OW), dtype=x.dtype)
+    cols = np.empty((shape[0] * KH * KW, *shape[3:]), dtype=x.dtype)
     im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW)
-    return cols.reshape(C, KH, KW, N, OH, OW)
+    return cols.reshape(shape)
 
 
 def col2im(cols, x_shape, stride, padding, dilation):
     """Drop-in for ``functional.im2col.col2im``. Returns a C-contiguous (N, C, H, W) array."""
     cols = np.ascontiguousarray(cols)
-    N, C, H, W = x_shape
+    kernel_size = cols.shape[1:3] if cols.ndim == 6 else (1, 1)
+    require_shape("col2im cols", cols, cols_shape(x_shape, kernel_size, stride, padding, dilation))
     (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
-    KH, KW = cols.shape[1:3] if cols.ndim == 6 else (1, 1)
-    OH, OW = conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
-    require_shape("col2im cols", cols, (C, KH, KW, N, OH, OW))
     dx = np.empty(x_shape, dtype=cols.dtype)
     col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW)
     return dx

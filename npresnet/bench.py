@@ -167,18 +167,7 @@ def memory_probe(framework: str, name: str, mode: str, batch: int, size: int, dt
         tmodel = torch_reference.build(name).to(dtype=getattr(torch, dtype))
         tmodel.load_state_dict({k: torch.as_tensor(to_numpy(v)) for k, v in model.state_dict().items()})
         del model
-        tx, tt = torch.as_tensor(x_host), torch.as_tensor(target_host)
-        optimizer = torch.optim.SGD(tmodel.parameters(), lr=1e-3, momentum=0.9)
-
-        def step() -> None:
-            if mode == "forward":
-                tmodel.eval()
-                with torch.no_grad():
-                    tmodel(tx)
-            else:
-                optimizer.zero_grad()
-                torch.nn.functional.cross_entropy(tmodel(tx), tt).backward()
-                optimizer.step()
+        step = make_torch_step(torch, tmodel, mode, torch.as_tensor(x_host), torch.as_tensor(target_host))
     else:
         step = make_step(mode, model, nn.CrossEntropyLoss(), SGD(model.parameters(), lr=1e-3, momentum=0.9),
                          x_host, target_host)
@@ -238,6 +227,26 @@ def make_step(mode: str, model: nn.Module, criterion: nn.Module, optimizer: SGD,
         return forward
     model.train()
     return lambda: training_step(model, criterion, optimizer, x, target)
+
+
+def make_torch_step(torch: Any, tmodel: Any, mode: str, x: Any, target: Any) -> Callable[[], None]:
+    """The same unit for the torch model: a no-grad evaluation forward, or forward + cross-entropy +
+    backward + SGD (lr 1e-3, momentum 0.9) in training mode."""
+    if mode == "forward":
+        tmodel.eval()
+
+        def forward() -> None:
+            with torch.no_grad():
+                tmodel(x)
+        return forward
+    tmodel.train()
+    optimizer = torch.optim.SGD(tmodel.parameters(), lr=1e-3, momentum=0.9)
+
+    def train_step() -> None:
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(tmodel(x), target).backward()
+        optimizer.step()
+    return train_step
 
 
 def forward_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: Any) -> int:
@@ -470,24 +479,12 @@ def torch_time(compare: tuple, mode: str, x: Any, target: Any, args: argparse.Na
     torch, tmodel, device, _ = compare
     tx = torch.as_tensor(to_numpy(x), device=device)
     tt = torch.as_tensor(to_numpy(target), device=device)
-    optimizer = torch.optim.SGD(tmodel.parameters(), lr=1e-3, momentum=0.9)
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
+    torch_step = make_torch_step(torch, tmodel, mode, tx, tt)
 
     def step() -> None:
-        if mode == "forward":
-            tmodel.eval()
-            with torch.no_grad():
-                tmodel(tx)
-        else:
-            tmodel.train()
-            optimizer.zero_grad()
-            criterion(tmodel(tx), tt).backward()
-            optimizer.step()
-        sync()
+        torch_step()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     _, times = timed(step, args.warmup, args.repeat)
     return statistics.median(times)

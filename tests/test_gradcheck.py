@@ -23,6 +23,7 @@ import npresnet
 import npresnet.testing
 from npresnet import functional as F
 from npresnet import nn
+from npresnet.demo import BasicBlock
 from npresnet.gradcheck import GradcheckError, NondifferentiableError, gradcheck
 from npresnet.testing import kink_free, tie_free
 
@@ -230,42 +231,22 @@ def test_gradcheck_is_exposed_in_both_places():
 # 2. A residual block assembled by hand.
 
 
-class ResidualBlock(nn.Module):
-    """ResNet's basic block from npresnet.nn layers::
+class ResidualBlock(BasicBlock):
+    """npresnet.demo's basic block, assembled by hand from npresnet.nn layers::
 
         x --> conv3x3(stride) -> bn -> relu -> conv3x3 -> bn --> (+) -> relu -> y
           \\--------- shortcut: identity, or conv1x1(stride) -> bn ----/
 
-    x feeds two branches, so backward adds the two branch gradients.
+    in float64, with random BatchNorm scales, shifts and running statistics. x feeds two branches,
+    so its backward adds the two branch gradients.
     """
 
     def __init__(self, cin: int, cout: int, stride: int, rng: np.random.Generator) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, rng=rng)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False, rng=rng)
-        self.bn2 = nn.BatchNorm2d(cout)
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False, rng=rng),
-                                          nn.BatchNorm2d(cout))
-        else:
-            self.shortcut = nn.Identity()
-        self.relu2 = nn.ReLU()
+        super().__init__(cin, cout, stride, rng)
         self.to(np.float64)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 randomise_bn(m, rng, running=True)
-
-    def forward(self, x):
-        main = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
-        return self.relu2(main + self.shortcut(x))
-
-    def backward(self, dout):
-        dsum = self.relu2.backward(dout)                  # d(main + shortcut): the same for both terms
-        dx_main = self.conv1.backward(self.bn1.backward(self.relu1.backward(
-            self.conv2.backward(self.bn2.backward(dsum)))))
-        return dx_main + self.shortcut.backward(dsum)      # x was used twice: its gradients add
 
 
 BLOCK_PARAMS = ["conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.weight", "bn2.bias"]

@@ -64,6 +64,14 @@ def pad_nchw(x: Any, padding: tuple[int, int], value: float = 0.0,
     return xp.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), mode="constant", constant_values=value)
 
 
+def cols_shape(x_shape: tuple[int, ...], kernel_size: tuple[int, int], stride: tuple[int, int],
+               padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
+    """(C, KH, KW, N, OH, OW): the shape of ``im2col``'s columns for an input of shape (N, C, H, W)."""
+    N, C, H, W = x_shape
+    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
+    return C, KH, KW, N, conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
+
+
 def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
            dilation: tuple[int, int]) -> Any:
     """Copy every convolution window of ``x`` into a column.
@@ -79,10 +87,8 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], paddin
     if fast is not None:
         return fast(x, kernel_size, stride, padding, dilation)
     xp = get_array_module(x)
-    N, C, H, W = x.shape
-    (KH, KW), (SH, SW), (DH, DW) = kernel_size, stride, dilation
-    OH = conv_output_size(H, KH, SH, padding[0], DH)
-    OW = conv_output_size(W, KW, SW, padding[1], DW)
+    C, KH, KW, N, OH, OW = cols_shape(x.shape, kernel_size, stride, padding, dilation)
+    (SH, SW), (DH, DW) = stride, dilation
     x_padded = pad_nchw(x, padding)
     cols = xp.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
     for i in range(KH):
