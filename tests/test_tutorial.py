@@ -1,13 +1,13 @@
-"""docs/tutorial.md runs: its ```python blocks are executed in order, in one shared namespace, one
-test per block (a failure names the block's section and first line). Also checks that every figure
-the tutorial shows is a file in the repository, and that every derivation step calls gradcheck."""
+"""docs/tutorial.md runs: its ```python blocks are executed in order, in one shared namespace, as
+ONE test (a reader runs the page top to bottom, and later blocks use names defined earlier, so a
+block on its own is not a test; a failure names the block's section and first line). Also checks
+that every figure the tutorial shows is a file in the repository, and that every derivation step
+calls gradcheck."""
 
 from __future__ import annotations
 
 import os
 import re
-
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIAL = os.path.join(ROOT, "docs", "tutorial.md")
@@ -34,10 +34,6 @@ def python_blocks(text: str) -> list[tuple[str, int, str]]:
 with open(TUTORIAL, encoding="utf-8") as _f:
     TEXT = _f.read()
 BLOCKS = python_blocks(TEXT)
-NAMESPACE: dict = {"__name__": "tutorial"}
-FAILED: list[str] = []
-
-
 def test_the_tutorial_has_the_promised_steps():
     headings = [h for h, _, _ in BLOCKS]
     for topic in ("Linear", "ReLU", "Max-pooling", "Average pooling", "im2col", "BatchNorm", "residual add"):
@@ -48,17 +44,15 @@ def test_the_tutorial_has_the_promised_steps():
         assert "gradcheck(" in code, f"section {number} never calls gradcheck"
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)),
-                         ids=[f"{i}-{h.split('.')[0]}-line{n}" for i, (h, n, _) in enumerate(BLOCKS)])
-def test_block_runs(index, capsys):
-    heading, line, code = BLOCKS[index]
-    if FAILED:
-        pytest.fail(f"an earlier block failed ({FAILED[0]}); this one depends on its namespace")
-    try:
-        exec(compile(code, f"{TUTORIAL}:{line}", "exec"), NAMESPACE)
-    except BaseException:
-        FAILED.append(f"section {heading!r}, line {line}")
-        raise
+def test_every_block_runs_in_order(capsys):  # capsys: keep the tutorial's prints out of the log
+    """All blocks, top to bottom, in one fresh namespace: the tutorial as a reader runs it."""
+    namespace: dict = {"__name__": "tutorial"}
+    for index, (heading, line, code) in enumerate(BLOCKS):
+        try:
+            exec(compile(code, f"{TUTORIAL}:{line}", "exec"), namespace)
+        except Exception as error:
+            raise AssertionError(f"tutorial block {index} (section {heading!r}, line {line}) failed: "
+                                 f"{type(error).__name__}: {error}") from error
 
 
 def test_figures_referenced_exist():
