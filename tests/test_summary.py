@@ -1,5 +1,5 @@
 """npresnet.summary: shapes, parameters, MACs, weighted layers and measured memory, against hand-computed
-figures and the published ResNet figures (/work/shared/reference/figures.md)."""
+figures and the published ResNet figures (docs/figures.md)."""
 
 from __future__ import annotations
 
