@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .backend import to_numpy
+from .nn.dropout import Dropout
 from .nn.module import Module
 from .optim import Optimizer
 from .schedules import LRScheduler
@@ -71,24 +72,25 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None
 
 
 def _module_rng_states(model: Module) -> dict[str, Any]:
-    """The bit-generator state of every NumPy generator a module keeps (e.g. ``Dropout``)."""
+    """The NumPy random-generator state of every ``Dropout`` in ``model``, keyed ``"name:numpy"``."""
     states = {}
     for name, module in model.named_modules():
-        for backend, generator in getattr(module, "_rngs", {}).items():
-            if isinstance(generator, np.random.Generator):
-                states[f"{name}:{backend}"] = generator.bit_generator.state
+        if isinstance(module, Dropout):
+            for backend, state in module.rng_state().items():
+                states[f"{name}:{backend}"] = state
     return states
 
 
 def _restore_module_rng_states(model: Module, states: dict[str, Any]) -> None:
     modules = dict(model.named_modules())
+    per_module: dict[str, dict[str, Any]] = {}
     for key, state in states.items():
         name, backend = key.rsplit(":", 1)
+        per_module.setdefault(name, {})[backend] = state
+    for name, module_states in per_module.items():
         module = modules.get(name)
-        if module is not None and hasattr(module, "_rngs"):
-            generator = np.random.Generator(getattr(np.random, state["bit_generator"])())
-            generator.bit_generator.state = state
-            module._rngs[backend] = generator
+        if isinstance(module, Dropout):
+            module.load_rng_state(module_states)
 
 
 def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer | None = None,

@@ -15,7 +15,8 @@ the gradient a path from the loss to the first layer that crosses no weight laye
 why gradients survive in a deep ResNet and can fade (or explode) in a plain network.
 
 ``GradientFlow`` attaches backward hooks (``Module.register_backward_hook``) to every block, its
-first main-branch layer (``conv1``), its shortcut and its ``relu_out``, and records the norms of
+first main-branch layer (``conv1``), its shortcut and its ``relu_out`` (which each block declares:
+``npresnet.models.ResidualBlock``), and records the norms of
 those arrays. After ``optimizer.step()`` it also records, per parameter, the gradient norm and the
 update/weight ratio ``||w_new - w_old|| / ||w_old||`` (a healthy step is around 1e-3; much larger
 means the learning rate is too high for that layer, much smaller that the layer barely learns)::
@@ -38,7 +39,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .backend import get_array_module
+from .models.blocks import ResidualBlock
 from .nn import Module
+from .plotting import pyplot
 
 __all__ = ["BlockFlow", "GradientFlow", "ParamFlow", "norm", "plot_gradient_flow"]
 
@@ -87,24 +90,16 @@ class ParamFlow:
     ratio: float = float("nan")        # update / weight
 
 
-def _find_blocks(model: Module) -> list[tuple[str, Module]]:
-    from .models.blocks import BasicBlock, Bottleneck
-    from .models.cifar import CifarBlock
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, (CifarBlock, BasicBlock, Bottleneck))]
-
-
-def _branch_modules(block: Module) -> tuple[Module, Module | None, bool]:
-    """(first main-branch layer, shortcut module or None, has a shortcut) of a block."""
-    if "shortcut" in block._modules or hasattr(block, "residual"):        # CifarBlock
-        return block.conv1, block._modules.get("shortcut"), bool(getattr(block, "residual", True))
-    return block.conv1, block._modules.get("downsample"), True             # BasicBlock / Bottleneck
+def _find_blocks(model: Module) -> list[tuple[str, ResidualBlock]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ResidualBlock)]
 
 
 class GradientFlow:
     """Records gradient norms per block and per parameter for a training step (see the module docstring).
 
     Args:
-        model: any Module holding ``CifarBlock``, ``BasicBlock`` or ``Bottleneck`` blocks (or pass ``blocks``).
+        model: any Module holding blocks that declare their branches (``npresnet.models.ResidualBlock``:
+            ``CifarBlock``, ``BasicBlock``, ``Bottleneck``).
         blocks: the names of the blocks to watch (default: every block, in forward order).
         keep_arrays: also keep the recorded gradient arrays in ``self.arrays[block name]`` (a dict with
             keys ``out, at_sum, main, shortcut, input``), for tests and for stepping through by hand.
@@ -124,11 +119,16 @@ class GradientFlow:
             if missing:
                 raise ValueError(f"no module named {', '.join(map(repr, missing))} in {type(model).__name__}")
             found = [(b, modules[b]) for b in blocks]
+            not_blocks = [f"{b!r} ({type(m).__name__})" for b, m in found if not isinstance(m, ResidualBlock)]
+            if not_blocks:
+                raise TypeError(f"GradientFlow watches blocks that declare their branches (a ResidualBlock such as "
+                                f"CifarBlock, BasicBlock, Bottleneck); not one: {', '.join(not_blocks)}")
         if not found:
-            raise ValueError(f"{type(model).__name__} holds no residual or plain block (CifarBlock, BasicBlock, "
-                             "Bottleneck); name the blocks to watch with blocks=[...]")
+            raise ValueError(f"{type(model).__name__} holds no residual or plain block (a ResidualBlock: CifarBlock, "
+                             "BasicBlock, Bottleneck); a block of your own can subclass npresnet.models.ResidualBlock "
+                             "and declare its branches")
         self._blocks = found
-        self.block_flows: list[BlockFlow] = [BlockFlow(name, i + 1, _branch_modules(b)[2])
+        self.block_flows: list[BlockFlow] = [BlockFlow(name, i + 1, b.is_residual)
                                              for i, (name, b) in enumerate(found)]
         self.param_flows: list[ParamFlow] = []
         self.arrays: dict[str, dict[str, Any]] = {}
@@ -146,7 +146,7 @@ class GradientFlow:
         if self._handles:
             return self
         for record, (_, block) in zip(self.block_flows, self._blocks):
-            first, shortcut, residual = _branch_modules(block)
+            first, shortcut, residual = block.main_branch_entry, block.shortcut_branch, block.is_residual
 
             def on_block(m: Module, grad_input: tuple, grad_output: tuple, r: BlockFlow = record) -> None:
                 self._record(r, "out", grad_output[0])
@@ -166,7 +166,8 @@ class GradientFlow:
             def on_shortcut(m: Module, grad_input: tuple, grad_output: tuple, r: BlockFlow = record) -> None:
                 self._record(r, "shortcut", grad_input[0])
 
-            self._handles += [block.register_backward_hook(on_block), block.relu_out.register_backward_hook(on_sum),
+            self._handles += [block.register_backward_hook(on_block),
+                              block.output_activation.register_backward_hook(on_sum),
                               first.register_backward_hook(on_main)]
             if shortcut is not None:
                 self._handles.append(shortcut.register_backward_hook(on_shortcut))
@@ -259,18 +260,6 @@ def format_table(flow: Mapping[str, Any], params: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-        if os.environ.get("MPLBACKEND") is None:
-            matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("drawing figures needs matplotlib: pip install 'npresnet[plot]' "
-                          "(the tables and to_dict() work without it)") from exc
-    return plt
-
-
 def weight_ratios(flow: Mapping[str, Any]) -> list[tuple[str, float]]:
     """(name, update/weight ratio) of every weight matrix or kernel (ndim >= 2), in forward order."""
     return [(p["name"], p["ratio"]) for p in flow.get("params", []) if len(p["shape"]) >= 2]
@@ -286,7 +275,7 @@ def plot_gradient_flow(flows: Mapping[str, Any], path: str | None = None, suptit
     step): the update/weight ratio ||dw||/||w|| of every conv and fc weight, input to output.
     Rows share the y axis, so plain and residual networks can be compared. Saves to ``path`` if given.
     """
-    plt = _pyplot()
+    plt = pyplot("drawing gradient-flow figures (the tables and to_dict() work without it)")
     records = {title: (f.to_dict() if isinstance(f, GradientFlow) else f) for title, f in flows.items()}
     with_params = any(weight_ratios(r) for r in records.values())
     rows = 2 if with_params else 1

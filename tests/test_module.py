@@ -4,6 +4,9 @@ backend conversion, no_grad, forward hooks."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -12,7 +15,7 @@ import torch
 
 import npresnet
 from npresnet import functional as F
-from npresnet import nn
+from npresnet import models, nn
 
 
 class Block(nn.Module):
@@ -445,3 +448,147 @@ def test_forward_hooks_fire_replace_and_are_removable(rng):
     np.testing.assert_allclose(model(x), 2 * y, rtol=1e-12)
     doubled.remove()
     np.testing.assert_allclose(model(x), y, rtol=1e-12)
+
+
+
+# ----------------------------------------------------------------------------------------- preserved_state
+
+class Probe(nn.Module):
+    """BatchNorm (buffers), two seeded Dropouts (generators) and a conv: all the state a forward moves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+        self.drop = nn.Dropout(0.5, seed=3)
+        self.body = nn.Sequential(nn.Conv2d(3, 2, 1, rng=np.random.default_rng(5)), nn.Dropout(0.3, seed=4))
+
+    def forward(self, x):
+        return self.body(self.drop(self.bn(x)))
+
+    def backward(self, dout):
+        return self.bn.backward(self.drop.backward(self.body.backward(dout)))
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["normal exit", "exception"])
+def test_preserved_state_undoes_every_forward_side_effect(rng, fail):
+    """A model that ran forwards (and more) inside the block behaves afterwards exactly like an untouched twin:
+    same backward from the cache held on entry, same buffers (the same array objects), same later masks."""
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    dout = rng.standard_normal((4, 2, 5, 5)).astype(np.float32)
+    probed, twin = Probe(), Probe()
+    probed.bn.eval()                                            # a per-module flag that must come back too
+    twin.bn.eval()
+    probed(x), twin(x)                                          # caches held, generators created, statistics moved
+    running_mean = probed.bn.running_mean
+    context = pytest.raises(RuntimeError, match="boom") if fail else contextlib.nullcontext()
+    with context, probed.preserved_state():
+        probed.train()
+        probed(2 * x)                                           # new caches, new statistics, generators advanced
+        probed.body[1].load_rng_state({})                       # a generator dropped ...
+        probed.eval()
+        probed(x)
+        probed.bn.running_var = probed.bn.running_var * 3       # a buffer rebound to a new array
+        probed.bn.num_batches_tracked[...] = 99
+        if fail:
+            raise RuntimeError("boom")
+    assert probed.bn.running_mean is running_mean
+    assert [m.training for m in probed.modules()] == [m.training for m in twin.modules()]
+    np.testing.assert_array_equal(probed.backward(dout), twin.backward(dout))   # the cache held on entry
+    for (key, value), (_, expected) in zip(probed.named_buffers(), twin.named_buffers()):
+        np.testing.assert_array_equal(value, expected, err_msg=key)
+    np.testing.assert_array_equal(probed(x), twin(x))           # the generators continue where they were
+
+
+def test_preserved_state_drops_generators_created_inside():
+    """A Dropout that never drew before the block draws its first mask from ``seed`` after it."""
+    x = np.ones((2, 8), np.float32)
+    probed, twin = nn.Dropout(0.5, seed=1), nn.Dropout(0.5, seed=1)
+    with probed.preserved_state():
+        probed(x)
+    assert probed.rng_state() == {}
+    np.testing.assert_array_equal(probed(x), twin(x))
+
+
+# ----------------------------------------------------------------------------------------- replace_child
+
+def test_replace_child_keeps_the_position_and_names_the_children(rng):
+    model = small_net(rng)
+    keys = list(model.state_dict())
+    old = model.stem[1]
+    new = nn.BatchNorm2d(4)
+    assert model.stem.replace_child("1", new) is old
+    assert model.stem[1] is new and model.state_dict()["stem.1.running_var"] is new.running_var
+    assert list(model.state_dict()) == keys                       # same position: same key order
+    with pytest.raises(AttributeError, match="Sequential has no child module 'bn'; its children are: 0, 1, 2"):
+        model.stem.replace_child("bn", new)
+    with pytest.raises(TypeError, match=r"replace_child\('0', ...\) expects a Module, got ndarray"):
+        model.stem.replace_child("0", np.zeros(3))
+
+
+# ----------------------------------------------------------------------------------------- dropout RNG state
+
+def test_dropout_rng_state_round_trip_resumes_the_mask_sequence():
+    x = np.ones((3, 16), np.float32)
+    drop = nn.Dropout(0.5, seed=7)
+    assert drop.rng_state() == {}
+    drop(x)
+    state = json.loads(json.dumps(drop.rng_state()))             # plain data: survives JSON
+    expected = [drop(x) for _ in range(3)]
+    resumed = nn.Dropout(0.5, seed=123)                          # another seed: only the loaded state counts
+    resumed.load_rng_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(resumed(x), want)
+    resumed.load_rng_state({})                                   # back to the seed
+    np.testing.assert_array_equal(resumed(x), nn.Dropout(0.5, seed=123)(x))
+
+
+@pytest.mark.parametrize("state, error, message", [
+    ([1, 2], TypeError, "expects a dict like {'numpy': {...}}, got list"),
+    ({"cupy": {}}, ValueError, "unexpected key(s) ['cupy']; expected only 'numpy'"),
+    ({"numpy": {"bit_generator": "Nope"}}, ValueError, "expected a NumPy bit-generator state"),
+    ({"numpy": {"bit_generator": "PCG64"}}, ValueError, "invalid PCG64 state"),
+])
+def test_dropout_load_rng_state_rejects_bad_states_and_changes_nothing(state, error, message):
+    x = np.ones((2, 8), np.float32)
+    drop, twin = nn.Dropout(0.5, seed=2), nn.Dropout(0.5, seed=2)
+    drop(x), twin(x)
+    with pytest.raises(error, match=re.escape(message)):
+        drop.load_rng_state(state)
+    np.testing.assert_array_equal(drop(x), twin(x))
+
+
+# ----------------------------------------------------------------------------------------- residual blocks
+
+@pytest.mark.parametrize("make, shortcut, residual", [
+    (lambda: models.BasicBlock(4, 4), None, True),
+    (lambda: models.BasicBlock(4, 8, 2, downsample=nn.Sequential(nn.Conv2d(4, 8, 1, 2), nn.BatchNorm2d(8))),
+     "downsample", True),
+    (lambda: models.Bottleneck(16, 4), None, True),
+    (lambda: models.CifarBlock(4, 4, shortcut="A"), "shortcut", True),
+    (lambda: models.CifarBlock(4, 8, 2, shortcut="A"), "shortcut", True),
+    (lambda: models.CifarBlock(4, 8, 2, shortcut="B"), "shortcut", True),
+    (lambda: models.CifarBlock(4, 8, 2, shortcut=None), None, False),
+])
+def test_blocks_declare_their_branches(make, shortcut, residual):
+    block = make()
+    assert isinstance(block, models.ResidualBlock)
+    assert block.main_branch_entry is block.conv1
+    assert block.output_activation is block.relu_out
+    assert block.shortcut_branch is (getattr(block, shortcut) if shortcut else None)
+    assert block.is_residual is residual
+
+
+def test_dropout_generators_survive_a_checkpoint(tmp_path):
+    """save_checkpoint / load_checkpoint carry every Dropout's generator (through rng_state / load_rng_state)."""
+    from npresnet.checkpoint import load_checkpoint, save_checkpoint
+
+    x = np.ones((2, 16), np.float32)
+    model = nn.Sequential(nn.Dropout(0.5, seed=1), nn.Linear(16, 16, rng=np.random.default_rng(0)),
+                          nn.Dropout(0.5, seed=2))
+    model(x)
+    save_checkpoint(tmp_path / "ckpt.npz", model)
+    expected = model(x)
+    resumed = nn.Sequential(nn.Dropout(0.5, seed=8), nn.Linear(16, 16, rng=np.random.default_rng(9)),
+                            nn.Dropout(0.5, seed=9))
+    load_checkpoint(tmp_path / "ckpt.npz", resumed)
+    np.testing.assert_array_equal(resumed(x), expected)

@@ -58,7 +58,8 @@ from ..inspect import GradientFlow, plot_gradient_flow, summarize
 from ..models.cifar import CifarResNet
 from ..nn import CrossEntropyLoss
 from ..optim import SGD
-from ..train import TrainConfig, Trainer, build_transforms
+from ..plotting import pyplot
+from ..training import TrainConfig, Trainer, build_transforms
 
 __all__ = ["QUICK", "RECIPE", "main", "run", "train_network"]
 
@@ -232,8 +233,7 @@ def summary_table(results: dict[str, Any]) -> str:
 
 def plot_training_error(results: dict[str, Any], path: str) -> None:
     """Training error (dashed) and test error (bold) against iterations: plain left, residual right."""
-    from ..inspect import _pyplot
-    plt = _pyplot()
+    plt = pyplot("drawing the training-error figure")
     figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, residual in zip(axes, (False, True)):

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import nn
-from .blocks import BasicBlock, Bottleneck, conv1x1, conv3x3
+from .blocks import BasicBlock, Bottleneck, ResidualBlock, conv1x1, conv3x3
 from .cifar import (
     CifarBlock,
     CifarResNet,
@@ -78,7 +78,7 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 
 __all__ = [
     "CIFAR_MODELS", "IMAGENET_MODELS", "BasicBlock", "Bottleneck", "CifarBlock", "CifarResNet", "ResNet",
-    "ShortcutA", "conv1x1", "conv3x3", "get_model", "init_weights", "plain20", "plain32", "plain44", "plain56",
-    "plain110", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet101",
-    "resnet110", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
+    "ResidualBlock", "ShortcutA", "conv1x1", "conv3x3", "get_model", "init_weights", "plain20", "plain32", "plain44",
+    "plain56", "plain110", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56",
+    "resnet101", "resnet110", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
 ]

@@ -38,7 +38,38 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1, rng: np.random.Gen
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False, rng=rng)
 
 
-class BasicBlock(nn.Module):
+class ResidualBlock(nn.Module):
+    """What every block here declares about itself: y = output_activation(F(x) + S(x)).
+
+    Tools that look inside blocks (``npresnet.inspect.GradientFlow``) read these properties
+    instead of guessing from child names:
+
+    * ``main_branch_entry``: the first layer of the main (residual) branch F; its backward
+      returns dx_main, the part of dL/dx that went through F.
+    * ``shortcut_branch``: the shortcut module S, or ``None`` when S is the bare identity (x is
+      added as it is, so dx_short = the gradient at the (+)) or when there is no shortcut.
+    * ``is_residual``: ``False`` for a plain block, which has no S and no (+): y = relu(F(x)).
+    * ``output_activation``: the ReLU after the (+); its backward returns the gradient at the (+).
+    """
+
+    @property
+    def main_branch_entry(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not declare main_branch_entry")
+
+    @property
+    def shortcut_branch(self) -> nn.Module | None:
+        raise NotImplementedError(f"{type(self).__name__} does not declare shortcut_branch")
+
+    @property
+    def output_activation(self) -> nn.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not declare output_activation")
+
+    @property
+    def is_residual(self) -> bool:
+        return True
+
+
+class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions and a shortcut (ResNet-18/34). (N, C, H, W) -> (N, P, OH, OW)::
 
         x ──┬── conv1 3x3/s ── bn1 ── relu1 ── conv2 3x3 ── bn2 ──┐
@@ -72,6 +103,18 @@ class BasicBlock(nn.Module):
         self.downsample = downsample   # registered last, so its keys follow bn2's as in torchvision
         self.stride = stride
 
+    @property
+    def main_branch_entry(self) -> nn.Module:
+        return self.conv1
+
+    @property
+    def shortcut_branch(self) -> nn.Module | None:
+        return self.downsample
+
+    @property
+    def output_activation(self) -> nn.Module:
+        return self.relu_out
+
     def forward(self, x: Any) -> Any:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -89,7 +132,7 @@ class BasicBlock(nn.Module):
         return dx_branch + dx_shortcut
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3, 1x1 expand, and a shortcut (ResNet-50/101/152, ResNeXt, Wide ResNet).
 
     (N, C, H, W) -> (N, 4P, OH, OW), with an inner width Wd = int(P * base_width / 64) * groups::
@@ -126,6 +169,18 @@ class Bottleneck(nn.Module):
         self.relu_out = nn.ReLU()
         self.downsample = downsample   # registered last, so its keys follow bn3's as in torchvision
         self.stride = stride
+
+    @property
+    def main_branch_entry(self) -> nn.Module:
+        return self.conv1
+
+    @property
+    def shortcut_branch(self) -> nn.Module | None:
+        return self.downsample
+
+    @property
+    def output_activation(self) -> nn.Module:
+        return self.relu_out
 
     def forward(self, x: Any) -> Any:
         out = self.relu1(self.bn1(self.conv1(x)))

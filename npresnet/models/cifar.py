@@ -36,7 +36,7 @@ import numpy as np
 
 from .. import nn
 from ..backend import get_array_module
-from .blocks import conv1x1, conv3x3
+from .blocks import ResidualBlock, conv1x1, conv3x3
 from .resnet import init_weights, make_rng
 
 SHORTCUTS = ("A", "B", None)
@@ -89,7 +89,7 @@ class ShortcutA(nn.Module):
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
 
 
-class CifarBlock(nn.Module):
+class CifarBlock(ResidualBlock):
     """Two 3x3 convolutions, with (``residual=True``) or without a shortcut. (N, C, H, W) -> (N, P, OH, OW)::
 
         x ──┬── conv1 3x3/s ── bn1 ── relu1 ── conv2 3x3 ── bn2 ──┐
@@ -123,6 +123,22 @@ class CifarBlock(nn.Module):
             self.shortcut = ShortcutA(inplanes, planes, stride)
         else:
             self.shortcut = nn.Sequential(conv1x1(inplanes, planes, stride, rng=rng), nn.BatchNorm2d(planes))
+
+    @property
+    def main_branch_entry(self) -> nn.Module:
+        return self.conv1
+
+    @property
+    def shortcut_branch(self) -> nn.Module | None:
+        return self.shortcut             # Identity, ShortcutA or a projection; None in a plain block
+
+    @property
+    def output_activation(self) -> nn.Module:
+        return self.relu_out
+
+    @property
+    def is_residual(self) -> bool:
+        return self.residual
 
     def forward(self, x: Any) -> Any:
         out = self.relu1(self.bn1(self.conv1(x)))

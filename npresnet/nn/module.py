@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -248,7 +249,64 @@ class Module:
         object.__setattr__(self, "_cache", None)
         return cache
 
+    # ------------------------------------------------------------------ transient state
+    def _save_transient_state(self) -> Callable[[], None]:
+        """Snapshot what a forward pass changes in this module alone; the returned function undoes it.
+
+        The base class covers the ``training`` flag, the forward cache and the buffers (their
+        values, and the array objects themselves, so references held elsewhere stay valid).
+        A module with more such state (``Dropout``'s random generators) extends this.
+        """
+        training, cache = self.training, self._cache
+        buffers = [(name, buf, buf.copy()) for name, buf in self._buffers.items() if buf is not None]
+
+        def restore() -> None:
+            object.__setattr__(self, "training", training)
+            object.__setattr__(self, "_cache", cache)
+            for name, original, saved in buffers:
+                original[...] = saved
+                self._buffers[name] = original
+
+        return restore
+
+    @contextmanager
+    def preserved_state(self) -> Iterator[Module]:
+        """Run a block of code and put this module tree back exactly as it was on exit (even on an error).
+
+        Restored for every module below and including this one: the ``training`` flag, the cache
+        kept for backward, every buffer (e.g. BatchNorm's running statistics and
+        ``num_batches_tracked``) and every random generator state (``Dropout``). Parameters and
+        their gradients are not touched: they are what an optimizer changes on purpose. Use it to
+        probe a model (a summary pass, a numerical gradient check) without disturbing training::
+
+            with model.preserved_state():
+                model(x)            # updates running statistics, advances dropout's generator
+            # ... all undone here
+        """
+        restores = [module._save_transient_state() for module in self.modules()]
+        try:
+            yield self
+        finally:
+            for restore in restores:
+                restore()
+
     # ------------------------------------------------------------------ traversal
+    def replace_child(self, name: str, module: Module) -> Module:
+        """Put ``module`` in place of the direct child ``name`` and return the child it replaces.
+
+        The new child keeps the old one's position, so ``named_children()`` and the ``state_dict``
+        keys keep their order (plain assignment would too; this method also checks that ``name``
+        is a child and that ``module`` is a Module, e.g. when swapping layers by name).
+        """
+        if not isinstance(module, Module):
+            raise TypeError(f"replace_child({name!r}, ...) expects a Module, got {type(module).__name__}")
+        if name not in self._modules:
+            children = ", ".join(self._modules) or "none"
+            raise AttributeError(f"{type(self).__name__} has no child module {name!r}; its children are: {children}")
+        old = self._modules[name]
+        self._modules[name] = module
+        return old
+
     def named_children(self) -> Iterator[tuple[str, Module]]:
         yield from self._modules.items()
 
