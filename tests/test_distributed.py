@@ -137,7 +137,7 @@ def test_single_process_world_is_a_no_op_and_missing_mpi4py_is_a_clear_error(mon
 
 
 def test_distributed_flag_without_mpi4py_is_a_clear_command_line_error(monkeypatch, capsys, tmp_path):
-    from npresnet.train import main
+    from npresnet.training import main
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     assert main(["--distributed", "--out", str(tmp_path), "--epochs", "1"]) == 1
     assert "--distributed needs mpi4py and an MPI runtime: pip install 'npresnet[mpi]'" in capsys.readouterr().err
@@ -145,7 +145,7 @@ def test_distributed_flag_without_mpi4py_is_a_clear_command_line_error(monkeypat
 
 
 def test_resuming_with_another_number_of_ranks_is_refused(tmp_path):
-    from npresnet.train import TrainConfig, Trainer
+    from npresnet.training import TrainConfig, Trainer
     config = TrainConfig(data="digits", train_limit=64, test_limit=16, epochs=1, batch_size=16, out_dir=str(tmp_path),
                          progress="none", prefetch=0)
     Trainer(config, log=lambda line: None).save()                         # a checkpoint of a 1-rank run
@@ -354,7 +354,7 @@ def test_command_line_distributed_run_equals_single_process(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("done: final test accuracy") == 1          # rank 0 alone prints
     assert "data-parallel over 2 MPI ranks: batch 32 per rank, global batch 64, SyncBatchNorm" in proc.stdout
-    from npresnet.train import main
+    from npresnet.training import main
     assert main(_train_args(tmp_path / "one", "--batch", "64")) == 0
     metas, states = [], []
     for name in ("two", "one"):
@@ -371,7 +371,7 @@ def test_command_line_distributed_run_equals_single_process(tmp_path):
 
 FAULT_SCRIPT = textwrap.dedent("""
     import os, signal, sys, time
-    from npresnet.train import TrainConfig, Trainer
+    from npresnet.training import TrainConfig, Trainer
 
     mode, out = sys.argv[1], sys.argv[2]
     config = TrainConfig(model="resnet20", data="digits", train_limit=128, test_limit=32, epochs=3, batch_size=16,

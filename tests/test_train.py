@@ -3,6 +3,7 @@ before loading), divergence handling, the command line and the paper preset."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -15,7 +16,16 @@ from npresnet.data import ArrayDataset, digits
 from npresnet.models import resnet20, resnet32
 from npresnet.optim import SGD
 from npresnet.schedules import MultiStepLR
-from npresnet.train import PRESETS, TrainConfig, Trainer, TrainingDiverged, config_from_args, main, train
+from npresnet.training import (
+    PRESETS,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    build_parser,
+    config_from_args,
+    main,
+    train,
+)
 
 QUIET = dict(progress="none", prefetch=1)
 
@@ -178,6 +188,36 @@ def test_command_line_run_resume_metrics_and_plot(tmp_path, capsys):
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["--data", "cifar10", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
     assert "CIFAR-10 directory not found" in capsys.readouterr().err
+
+
+def test_every_config_field_is_one_option_with_help_and_one_default():
+    parser = build_parser()
+    actions = [a for a in parser._actions if a.dest != "help"]
+    for field in dataclasses.fields(TrainConfig):
+        owners = [a for a in actions if a.dest == field.name]
+        assert len(owners) == 1, f"TrainConfig.{field.name} is {len(owners)} options of the parser, not one"
+        choices = field.metadata["choices"]
+        assert owners[0].choices == (list(choices) if choices else None), field.name
+    for action in actions:
+        assert action.help and action.help.count("(default:") <= 1, f"{action.option_strings}: {action.help!r}"
+    text = " ".join(parser.format_help().split())
+    assert "(default: None)" not in text
+    assert text.count("(default:") == sum(a.help.count("(default:") for a in actions), \
+        "the help formatter adds defaults of its own"
+    config, _, _ = config_from_args(["--betas", "0.8", "0.99", "--eps", "1e-6", "--milestone-steps", "10", "20",
+                                     "--nesterov", "--no-augment", "--no-decay-bn-bias", "--dtype", "float64"])
+    assert (config.betas, config.eps, config.milestone_steps) == ((0.8, 0.99), 1e-6, [10, 20])
+    assert (config.nesterov, config.augment, config.decay_bn_and_bias, config.dtype) == (True, False, False, "float64")
+    with pytest.raises(ValueError, match=r"optimizer must be one of \('sgd', 'adam', 'adamw'\), got 'lion'"):
+        TrainConfig(optimizer="lion")
+
+
+def test_train_command_keeps_its_name(capsys):
+    import npresnet.train as command
+    assert command.main is main and command.TrainConfig is TrainConfig
+    with pytest.raises(SystemExit) as stop:
+        command.main(["--help"])
+    assert stop.value.code == 0 and "usage: python -m npresnet.train" in capsys.readouterr().out
 
 
 def test_cifar_paper_preset(tmp_path):

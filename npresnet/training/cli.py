@@ -1,0 +1,128 @@
+"""The command line ``python -m npresnet.train``: a parser generated from ``TrainConfig``, and ``main``.
+
+Every ``TrainConfig`` field is one option, built from the field's type, default and metadata
+(``npresnet.training.config.option``): ``int``/``float``/``str`` take one value, ``int | None``
+and the like too, ``list[...]`` one or more, ``tuple[float, float]`` two, and a boolean is a flag
+(``--nesterov`` sets a ``False`` default; ``--no-augment`` clears a ``True`` one). Options left
+out stay unset (``argparse.SUPPRESS``), so a preset or a resumed checkpoint can fill them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import typing
+from typing import Any
+
+from .. import distributed as dist
+from .. import runtime
+from ..checkpoint import read_checkpoint
+from .config import PRESETS, TrainConfig
+from .trainer import TrainingDiverged, train
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+DESCRIPTION = "Train a ResNet: python -m npresnet.train and the Python API behind it (npresnet.training)."
+
+
+def _argument(field: dataclasses.Field[Any], kind: Any) -> tuple[str, dict[str, Any]]:
+    """(flag, ``add_argument`` keywords) of one ``TrainConfig`` field of type ``kind``."""
+    meta = field.metadata
+    flag = meta["flag"] or "--" + field.name.replace("_", "-")
+    spec: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS}
+    arguments = [a for a in typing.get_args(kind) if a is not type(None)]
+    if kind is bool:
+        spec["action"] = "store_false" if field.default else "store_true"
+    elif typing.get_origin(kind) is tuple:                       # tuple[float, float]
+        spec.update(type=arguments[0], nargs=len(arguments))
+    elif typing.get_origin(kind) is list or (arguments and typing.get_origin(arguments[0]) is list):
+        item = typing.get_args(kind if typing.get_origin(kind) is list else arguments[0])[0]
+        spec.update(type=item, nargs="+")                        # list[float], list[int] | None
+    else:                                                        # str, int, float, and X | None
+        spec["type"] = arguments[0] if arguments else kind
+    if meta["choices"] is not None:
+        spec["choices"] = list(meta["choices"])
+    shown = meta["default_text"]
+    if shown is None and kind is not bool and field.default not in (None, dataclasses.MISSING):
+        shown = " ".join(map(str, field.default)) if isinstance(field.default, tuple) else str(field.default)
+    spec["help"] = meta["help"] + (f" (default: {shown})" if shown is not None else "")
+    return flag, spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m npresnet.train``: ``--preset``, one option per ``TrainConfig`` field,
+    then ``--resume``, ``--overwrite`` and ``--threads`` (properties of this invocation, not of the run)."""
+    p = argparse.ArgumentParser(prog="python -m npresnet.train", description=DESCRIPTION)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
+                   help="a recipe; explicit options override it")
+    kinds = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag, spec = _argument(field, kinds[field.name])
+        p.add_argument(flag, **spec)
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
+                   help="continue from a checkpoint file or run folder (without PATH: the --out folder)")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
+    p.add_argument("--threads", type=int, default=None,
+                   help="BLAS/torch threads of this process (Numba stays at 1; see npresnet.runtime); "
+                        "without it the libraries' settings are left alone")
+    return p
+
+
+def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None, bool]:
+    """(config, resume path or None, overwrite) from command-line arguments."""
+    args = vars(build_parser().parse_args(argv))
+    resume, overwrite = args.pop("resume"), args.pop("overwrite")
+    args.pop("threads", None)                       # a property of this process, not of the run (see main)
+    values: dict[str, Any] = {}
+    preset = args.pop("preset", None)
+    if resume is not None:
+        path = resume or args.get("out_dir")
+        if not path:
+            raise ValueError("--resume needs a checkpoint file or run folder: --resume PATH (or --out PATH)")
+        checkpoint = os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
+        meta, _ = read_checkpoint(checkpoint)
+        values.update(meta.get("extra", {}).get("config", {}))
+        values["out_dir"] = os.path.dirname(os.path.abspath(checkpoint))     # keep writing where it was
+        resume = checkpoint
+    elif preset is not None:
+        values.update(PRESETS[preset])
+    values.update(args)
+    return TrainConfig.from_dict(values), resume, overwrite
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config, resume, overwrite = config_from_args(argv)
+        threads = build_parser().parse_args(argv).threads
+        if threads is not None:
+            runtime.set_num_threads(threads)
+        runtime.tune_allocator()        # keep freed activation memory for the next step (npresnet.runtime)
+        result = train(config, resume=resume, overwrite=overwrite)
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _stop_other_ranks(2)
+    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _stop_other_ranks(1)
+    except BaseException:
+        _stop_other_ranks(3, traceback=True)          # returns only without a multi-rank MPI world
+        raise
+    world = dist.current_world()
+    if not config.distributed or world is None or world.is_main:
+        print(f"done: final test accuracy {100 * result.final_test_acc:.2f}% (best {100 * result.best_test_acc:.2f}%), "
+              f"{result.wall_time_s:.0f}s; checkpoint {result.checkpoint}")
+    return 0
+
+
+def _stop_other_ranks(code: int, traceback: bool = False) -> int:
+    """After an error on this rank of a multi-rank MPI job, end every rank now (``MPI_Abort``) instead of
+    leaving the others waiting in a collective; otherwise return ``code``."""
+    world = dist.current_world()
+    if world is not None and world.size > 1:
+        if traceback:
+            import traceback as tb
+            tb.print_exc()
+        world.abort(f"stopping all {world.size} ranks after the error above on rank {world.rank}", code=code)
+    return code
