@@ -616,10 +616,33 @@ def test_frozen_parameters_are_not_checked():
     assert [a.name for a in gradcheck(conv, x).arrays] == ["input 0", "bias"]
 
 
+class NoisyLayer(nn.Module):
+    """Adds noise from a generator of its own, which Module.preserved_state() knows nothing about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.noise = np.random.default_rng(0)
+
+    def forward(self, x):
+        return x + self.noise.standard_normal(x.shape)
+
+    def backward(self, dout):
+        return dout
+
+
 def test_nondeterministic_forward_is_refused():
-    drop = nn.Dropout(0.5, seed=0).train()
     with pytest.raises(ValueError, match="deterministic"):
-        gradcheck(drop, make_rng(61).standard_normal((4, 5)))
+        gradcheck(NoisyLayer(), make_rng(61).standard_normal((4, 5)))
+
+
+def test_dropout_in_training_mode_is_checked_with_one_fixed_mask():
+    # preserved_state() rewinds Dropout's generator before every evaluation: each sees the same mask.
+    drop = nn.Dropout(0.5, seed=0).train()
+    x = make_rng(61).standard_normal((4, 5))
+    report = gradcheck(drop, x)
+    assert_tight(report)
+    dropped = drop(x) == 0
+    assert dropped.any() and not dropped.all()          # a real mask, not p = 0 or p = 1
 
 
 def test_bad_arguments_give_clear_errors():

@@ -1,160 +1,22 @@
-"""Numerical gradient checking for hand-written backward passes.
+"""``gradcheck``: finite differences of ``L = sum(v * f(inputs))`` against a hand-written backward.
 
-The checked scalar is ``L = sum(v * f(inputs))`` with a *random* upstream gradient ``v`` (drawn
-from gradcheck's own seeded stream). A ``sum(f)`` loss (v = ones) would be blind to whole classes
-of bugs: for BatchNorm in training mode sum(y) does not depend on x at all, so dL/dx == 0 and any
-backward "passes".
-
-Two modes:
-
-* ``"full"``: every element of every checked array by central differences,
-  ``(L(t + eps) - L(t - eps)) / (2 eps)``: 2 forward passes per element, for small shapes.
-* ``"directional"``: for each checked array one random unit direction d, comparing
-  ``(L(t + eps d) - L(t - eps d)) / (2 eps)`` with ``sum(grad * d)``: 2 forward passes per array,
-  so a whole ResNet is checked in seconds.
-
-An element is accepted when ``|analytic - numeric| <= atol + rtol * |numeric|``. Every failure
-reports the array (input or parameter name), the worst element's index, both values, and the
-error by three measures: elementwise ``|a-n|/(|a|+|n|)`` (CS231n), the norm ratio
-``||a-n|| / (||a|| + ||n||)`` (UFLDL), and ``|a-n|`` against ``atol + rtol*|n|`` (allclose).
-
-Kinks. ReLU and max-pool are only piecewise smooth. When a kink lies within eps of the point (a
-ReLU input at or near 0, a max-pool tie), the central difference averages two different slopes and
-no analytic gradient can match it. The two one-sided slopes come for free from the same losses::
-
-    right = (L(t + eps) - L(t)) / eps        left = (L(t) - L(t - eps)) / eps
-
-On a smooth stretch they differ by |L''| * eps only (usually far below atol). Across a kink
-they differ by up to the jump in slope, and the analytic gradient equals one of them: the slope
-on the side the point lies on. A failing element that shows both signs is reported as a
-``NondifferentiableError`` ("resample your inputs"); every other failure, including a wrong
-gradient next to a kink, is a ``GradcheckError`` ("your backward is wrong").
+How it works, and the kink rule, are in the package docstring (``npresnet.gradcheck``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import numpy as np
 
-from .backend import get_array_module, is_cupy_array, to_numpy
-from .grad_mode import no_grad
-from .nn.module import Module
+from ..backend import get_array_module, is_cupy_array, to_numpy
+from ..grad_mode import no_grad
+from ..nn.module import Module
+from .report import GradcheckError, GradcheckReport, Kink, NondifferentiableError, compare
 
-_REL_FLOOR = 1e-8  # CS231n: |a-n| / max(1e-8, |a|+|n|); relative error means nothing where both are ~0
 _STREAM_V, _STREAM_DIRECTIONS = 0x6763_7631, 0x6763_6431  # gradcheck's own random streams
-
-
-class GradcheckError(AssertionError):
-    """The analytic gradient disagrees with the numerical one."""
-
-
-class NondifferentiableError(GradcheckError):
-    """The check sits on a kink (ReLU at 0, a max-pool tie): resample the inputs."""
-
-
-class Kink(NamedTuple):
-    """An element whose check was spoiled by a kink within eps of the point."""
-
-    index: tuple[int, ...]
-    right: float      # one-sided slope (L(t + eps) - L(t)) / eps
-    left: float       # one-sided slope (L(t) - L(t - eps)) / eps
-    analytic: float
-
-
-@dataclass
-class ArrayReport:
-    """How one array's analytic gradient compares with the numerical one (kinks excluded)."""
-
-    name: str
-    max_rel_error: float           # max |a-n| / max(1e-8, |a|+|n|) over the elements (CS231n)
-    norm_ratio: float              # ||a-n|| / (||a|| + ||n||)
-    max_abs_error: float
-    allclose: bool                 # |a-n| <= atol + rtol*|n| everywhere
-    worst_index: tuple[int, ...]   # element with the largest allclose violation
-    analytic: float                # the two gradients at worst_index
-    numeric: float
-    num_failed: int = 0            # elements outside atol + rtol*|n|
-    size: int = 1
-    kinks: list[Kink] = field(default_factory=list)   # elements on a kink: not checked
-
-    @property
-    def passed(self) -> bool:
-        return self.allclose and not self.kinks
-
-    def describe(self, atol: float, rtol: float) -> str:
-        """Two lines: where and by how much the check failed, then the three measures."""
-        values = (f"analytic {self.analytic:.10g}, numeric {self.numeric:.10g}, |a-n| = "
-                  f"{abs(self.analytic - self.numeric):.3g} > {atol + rtol * abs(self.numeric):.3g} allowed")
-        if self.worst_index:
-            head = (f"{self.name}: {self.num_failed} of {self.size} element(s) fail |a-n| <= atol + rtol*|n|. "
-                    f"Worst at {self.worst_index}: {values}.")
-        else:
-            head = f"{self.name}: {values} (atol + rtol*|n|)."
-        return (f"{head}\n    max |a-n|/(|a|+|n|) = {self.max_rel_error:.3g}, "
-                f"norm ratio ||a-n||/(||a||+||n||) = {self.norm_ratio:.3g}, max |a-n| = {self.max_abs_error:.3g}")
-
-
-@dataclass
-class GradcheckReport:
-    """What ``gradcheck`` found: one ``ArrayReport`` per checked array."""
-
-    mode: str
-    atol: float
-    rtol: float
-    arrays: list[ArrayReport] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)   # floating inputs the backward returns no gradient for
-
-    @property
-    def passed(self) -> bool:
-        return all(a.passed for a in self.arrays)
-
-    @property
-    def worst_rel_error(self) -> float:
-        return max((a.max_rel_error for a in self.arrays), default=0.0)
-
-    def __str__(self) -> str:
-        lines = [f"gradcheck ({self.mode}), atol={self.atol:g} rtol={self.rtol:g}: "
-                 + ("passed" if self.passed else "FAILED")]
-        width = max((len(a.name) for a in self.arrays), default=0)
-        for a in self.arrays:
-            status = "ok  " if a.passed else ("FAIL" if not a.allclose else "KINK")
-            size = f"{a.size:>6} elements  " if self.mode == "full" else ""
-            lines.append(f"  {status} {a.name:<{width}}  {size}max rel {a.max_rel_error:.2e}  "
-                         f"norm ratio {a.norm_ratio:.2e}  max abs {a.max_abs_error:.2e}"
-                         + (f"  ({len(a.kinks)} on a kink)" if a.kinks else ""))
-        if self.unchecked:
-            lines.append("  not checked (backward returns no gradient): " + ", ".join(self.unchecked))
-        return "\n".join(lines)
-
-
-def rel_error(analytic: Any, numeric: Any) -> float:
-    """CS231n's max elementwise ``|a-n| / max(1e-8, |a|+|n|)``."""
-    a, n = np.asarray(to_numpy(analytic), np.float64), np.asarray(to_numpy(numeric), np.float64)
-    return float(np.max(np.abs(a - n) / np.maximum(_REL_FLOOR, np.abs(a) + np.abs(n)), initial=0.0))
-
-
-def compare(name: str, analytic: Any, numeric: Any, atol: float, rtol: float,
-            exclude: Any = None) -> ArrayReport:
-    """Compare two gradients of the same shape by the three measures, leaving out the elements
-    where the boolean mask ``exclude`` is True."""
-    a = np.asarray(to_numpy(analytic), np.float64)
-    n = np.asarray(to_numpy(numeric), np.float64)
-    if a.shape != n.shape:
-        raise ValueError(f"{name}: analytic gradient of shape {a.shape} but numeric of shape {n.shape}")
-    keep = np.ones(a.shape, bool) if exclude is None else ~np.asarray(exclude, bool)
-    diff = np.where(keep, np.abs(a - n), 0.0)
-    violation = np.where(keep, diff - (atol + rtol * np.abs(n)), -np.inf)
-    rel = diff / np.maximum(np.abs(a) + np.abs(n), _REL_FLOOR)
-    worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(violation)), a.shape)) if a.size else ()
-    a_kept, n_kept = np.where(keep, a, 0.0), np.where(keep, n, 0.0)
-    norm = float(np.linalg.norm(a_kept - n_kept)
-                 / max(np.linalg.norm(a_kept) + np.linalg.norm(n_kept), np.finfo(np.float64).tiny))
-    return ArrayReport(name, float(rel.max(initial=0.0)), norm, float(diff.max(initial=0.0)),
-                       bool(np.all(violation <= 0)), worst, float(a[worst]) if a.size else 0.0,
-                       float(n[worst]) if a.size else 0.0, int(np.count_nonzero(violation > 0)), int(a.size))
 
 
 def _on_kink(analytic: np.ndarray, numeric: np.ndarray, right: np.ndarray, left: np.ndarray,
@@ -222,14 +84,15 @@ class _Target:
             self.v = xp.asarray(self.rng.standard_normal(out.shape)).astype(out.dtype)
         return float((out.astype(xp.float64) * self.v.astype(xp.float64)).sum())
 
+    def preserved(self) -> Any:
+        """A context that puts the module back as it was: buffers (running statistics), training flag,
+        cache, and random generator states, so every evaluation sees the same module."""
+        return self.module.preserved_state() if self.module is not None else nullcontext()
+
     def loss(self) -> float:
-        """L at the current arrays, leaving module buffers (running statistics) untouched."""
-        saved = _snapshot_buffers(self.module)
-        try:
-            with no_grad():
-                out, _ = self._forward()
-        finally:
-            _restore_buffers(saved)
+        """L at the current arrays, leaving the module as it was."""
+        with self.preserved(), no_grad():
+            out, _ = self._forward()
         return self._dot_v(out)
 
     def gradients(self, float_inputs: set[int]) -> tuple[float, dict[str, Any]]:
@@ -244,10 +107,8 @@ class _Target:
                     grads[f"input {i}"] = g
             return centre, grads
         params = list(self.module.named_parameters())
-        saved_grads = [p.grad for _, p in params]
-        saved = _snapshot_buffers(self.module)
-        self.module.zero_grad()
-        try:
+        with self.preserved(), _gradients_put_back(params):
+            self.module.zero_grad()
             out, _ = self._forward()
             centre = self._dot_v(out)
             dx = self.module.backward(self.v.copy())
@@ -257,22 +118,18 @@ class _Target:
             for name, p in params:
                 if p.requires_grad:   # a parameter the forward never used has gradient 0
                     grads[name] = p.grad if p.grad is not None else get_array_module(p.data).zeros_like(p.data)
-        finally:
-            _restore_buffers(saved)
-            for (_, p), old in zip(params, saved_grads):
-                p.grad = old
         return centre, grads
 
 
-def _snapshot_buffers(module: Module | None) -> list[tuple[Module, str, Any]]:
-    if module is None:
-        return []
-    return [(m, name, buf.copy()) for m in module.modules() for name, buf in m._buffers.items() if buf is not None]
-
-
-def _restore_buffers(saved: list[tuple[Module, str, Any]]) -> None:
-    for m, name, buf in saved:
-        m._buffers[name] = buf.copy()
+@contextmanager
+def _gradients_put_back(params: list[tuple[str, Any]]) -> Iterator[None]:
+    """Give each parameter back the ``.grad`` it had before (preserved_state leaves gradients alone)."""
+    saved = [p.grad for _, p in params]
+    try:
+        yield
+    finally:
+        for (_, p), old in zip(params, saved):
+            p.grad = old
 
 
 def _losses_either_side(t: _Target, array: Any, index: Any, step: Any) -> tuple[float, float]:
@@ -337,7 +194,8 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
         GradcheckError: the backward disagrees with the finite differences.
         NondifferentiableError: every disagreement comes from a kink within eps of the point.
         TypeError: a checked array is not float64 (and ``allow_float32`` is False).
-        ValueError: nothing to check, or the forward is not deterministic (Dropout in training mode).
+        ValueError: nothing to check, or the forward is not deterministic (randomness that
+            ``Module.preserved_state()`` does not rewind; npresnet's Dropout is rewound).
     """
     if mode not in ("full", "directional"):
         raise ValueError(f"mode must be 'full' or 'directional', got {mode!r}")
@@ -351,7 +209,8 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
     again = t.loss()
     if abs(again - centre) > eps * atol:
         raise ValueError(f"gradcheck needs a deterministic forward, but L = sum(v * f) was {centre!r} and then "
-                         f"{again!r} at the same point. Put Dropout in eval() (or use p=0).")
+                         f"{again!r} at the same point. Something draws random numbers that Module.preserved_state() "
+                         "does not rewind (npresnet's Dropout is rewound): seed it per call, or put it in eval().")
     report = GradcheckReport(mode, atol, rtol)
     report.unchecked = [name for name, _ in candidates if name not in analytic]
     checked = [(name, array) for name, array in candidates if name in analytic]
@@ -394,5 +253,18 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
         raise GradcheckError(
             f"gradcheck ({mode}, eps={eps:g}) failed: the backward disagrees with finite differences of "
             f"L = sum(v * f) for {len(failed)} array(s):\n  " + "\n  ".join(a.describe(atol, rtol) for a in failed)
-            + (f"\n({kinked} element(s) on a kink were left out)" if kinked else ""))
+            + (f"\n({kinked} element(s) on a kink were left out)" if kinked else "")
+            + _where_to_look(report, failed))
     return report
+
+
+def _where_to_look(report: GradcheckReport, failed: list) -> str:
+    """A pointer when only input gradients fail while every parameter passes: the layer's own math is
+    right, so the error is in how the backward combines what flows back to the inputs."""
+    inputs_only = all(a.name.startswith("input ") for a in failed)
+    params_ok = [a for a in report.arrays if not a.name.startswith("input ")]
+    if not (inputs_only and params_ok):
+        return ""
+    return ("\nEvery parameter gradient is right but the input gradient is not: look at what backward returns "
+            "for the input. Where the forward forks (a residual block: x feeds the main branch and the "
+            "shortcut), the input gradient is the sum of the gradients from all branches.")

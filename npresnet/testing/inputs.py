@@ -1,4 +1,4 @@
-"""Tools for building gradient-check test suites on npresnet."""
+"""Inputs that keep a gradient check off kinks: distinct values for max-pool, values away from 0 for ReLU."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, compare, gradcheck, rel_error
-
-__all__ = ["GradcheckError", "GradcheckReport", "NondifferentiableError", "compare", "gradcheck", "kink_free",
-           "rel_error", "tie_free"]
+__all__ = ["kink_free", "tie_free"]
 
 
 def tie_free(shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.float64) -> np.ndarray:
