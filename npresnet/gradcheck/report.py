@@ -115,42 +115,42 @@ def rel_error(analytic: Any, numeric: Any) -> float:
     return float(np.max(np.abs(a - n) / np.maximum(_REL_FLOOR, np.abs(a) + np.abs(n)), initial=0.0))
 
 
-def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float) -> str:
+def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float,
+             labels: tuple[str, str] = ("analytic", "numeric")) -> str:
     """The usual cause behind a failing comparison, from the pattern of the two arrays ("" if none fits).
 
-    Tried in order: a gradient that is zero (never computed or never accumulated) or that should be;
+    Tried in order: a result that is zero (never computed or never accumulated) or that should be;
     one constant factor between the two (a missing 1/N, 2 or gamma); the right values in the wrong
     places (a transposed or shifted index); nonzero and zero entries swapped (a gradient routed to
     the wrong element, e.g. the wrong maximum of a pooling window).
     """
+    ours, reference = labels
     a, n = analytic.ravel(), numeric.ravel()
     scale = float(np.max(np.abs(n), initial=0.0))
     if not np.any(np.abs(a) > atol) and scale > atol:
-        return "the gradient is zero where it should not be: the backward never computes or never accumulates it"
+        return f"{ours} is zero where {reference} is not: it is never computed, or never accumulated"
     if scale <= atol:
-        return ("the function does not depend on this array (numeric gradient ~0), yet the backward returns a "
-                "nonzero gradient")
+        return f"{reference} is ~0 (the result does not depend on this array), but {ours} is not"
     big = np.abs(n) > max(atol, 1e-3 * scale)
     ratios = a[big] / n[big]
     ratio = float(np.median(ratios))
     if np.all(np.abs(ratios - ratio) <= 1e-4 * abs(ratio)) and abs(ratio - 1) > rtol:
         where = "everywhere" if a.size > 1 else "along the check direction"
-        return (f"analytic = {ratio:.6g} x numeric {where}: one constant factor is wrong "
+        return (f"{ours} = {ratio:.6g} x {reference} {where}: one constant factor is wrong "
                 "(a missing or extra 1/N, 2, or scale)")
     if a.size > 1:
         tolerance = atol + rtol * np.abs(np.sort(n))
         if np.all(np.abs(np.sort(a) - np.sort(n)) <= tolerance):
-            return ("the analytic gradient holds the right values in the wrong places: an index is transposed, "
-                    "flipped or shifted")
+            return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
         zero_a, zero_n = np.abs(a) <= atol, np.abs(n) <= atol
         if np.any(zero_n & ~zero_a) and np.any(zero_a & ~zero_n):
-            return ("the analytic gradient is nonzero where the numeric one is zero, and zero where it is not: "
-                    "is each gradient routed to the element the forward used (e.g. the maximum of its window)?")
+            return (f"{ours} is nonzero where {reference} is zero, and zero where it is not: is each gradient routed "
+                    "to the element the forward used (e.g. the maximum of its window)?")
     return ""
 
 
 def compare(name: str, analytic: Any, numeric: Any, atol: float, rtol: float,
-            exclude: Any = None) -> ArrayReport:
+            exclude: Any = None, labels: tuple[str, str] = ("analytic", "numeric")) -> ArrayReport:
     """Compare two gradients of the same shape by the three measures, leaving out the elements
     where the boolean mask ``exclude`` is True. A failing report carries a ``hint`` (``diagnose``)."""
     a = np.asarray(to_numpy(analytic), np.float64)
@@ -169,4 +169,4 @@ def compare(name: str, analytic: Any, numeric: Any, atol: float, rtol: float,
     return ArrayReport(name, float(rel.max(initial=0.0)), norm, float(diff.max(initial=0.0)), allclose, worst,
                        float(a[worst]) if a.size else 0.0, float(n[worst]) if a.size else 0.0,
                        int(np.count_nonzero(violation > 0)), int(a.size),
-                       hint="" if allclose else diagnose(a_kept, n_kept, atol, rtol))
+                       hint="" if allclose else diagnose(a_kept, n_kept, atol, rtol, labels))

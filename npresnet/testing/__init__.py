@@ -25,12 +25,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, compare, gradcheck, rel_error
+from .check import check_module
 from .inputs import kink_free, tie_free
+from .torch_parity import TorchMismatchError, assert_matches_torch
 
 _LAZY: dict[str, str] = {}   # name -> module of npresnet.testing, imported on first use
 
-__all__ = ["GradcheckError", "GradcheckReport", "NondifferentiableError", "compare", "gradcheck", "kink_free",
-           "rel_error", "tie_free", *_LAZY]
+__all__ = ["GradcheckError", "GradcheckReport", "NondifferentiableError", "TorchMismatchError", "assert_matches_torch",
+           "check_module", "compare", "gradcheck", "kink_free", "rel_error", "tie_free", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
