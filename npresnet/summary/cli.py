@@ -1,0 +1,105 @@
+"""``python -m npresnet.summary MODEL [MODEL ...]``: the report of one model, or several side by side."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Sequence
+
+from .. import nn
+from .record import Summary, summary
+from .report import comparison_text, markdown, text, to_json
+from .structure import classifier_name
+
+
+def input_shape(value: str) -> tuple[int, int, int, int]:
+    """``"1,3,224,224"`` -> (1, 3, 224, 224); anything else is an argparse error naming what it got."""
+    try:
+        shape = tuple(int(s) for s in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W as 4 comma-separated integers like 1,3,224,224, "
+                                         f"got {value!r}") from None
+    if len(shape) != 4:
+        raise argparse.ArgumentTypeError(f"expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got "
+                                         f"{value!r} ({len(shape)} value{'s' if len(shape) != 1 else ''})")
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"every size in N,C,H,W must be at least 1, got {value!r}")
+    return shape  # type: ignore[return-value]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m npresnet.summary",
+        description="A model's layers, stages, parameters, MACs/FLOPs and measured memory, and the answers to "
+                    "the usual questions (blocks, weighted layers, parameters without the classifier). "
+                    "Several models: one table, a column per model.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="factories in npresnet.models, e.g. resnet50 resnet20")
+    p.add_argument("--input-shape", type=input_shape, default=None, metavar="N,C,H,W",
+                   help="the batch (default 1,3,224,224; 1,3,32,32 for the CIFAR models)")
+    p.add_argument("--variant", choices=("v1.5", "v1"), default=None,
+                   help="ImageNet ResNets: a Bottleneck's stride on its 3x3 conv (v1.5, torchvision) or its first "
+                        "1x1 (v1, the paper)")
+    p.add_argument("--shortcut", choices=("A", "B"), default=None,
+                   help="CIFAR ResNets: option A (zero-padding identity) or B (1x1 projections)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameters and input")
+    p.add_argument("--freeze", choices=("none", "backbone", "all"), default="none",
+                   help="before counting: backbone = model.requires_grad_(False) then the classifier's "
+                        "requires_grad_(True) (fine-tuning a new head); all = everything frozen")
+    p.add_argument("--depth", type=int, default=None,
+                   help="how deep the per-layer table goes, as torchinfo: 0 the whole network, 1 stem layers, "
+                        "stages and head, 2 blocks, ... (default: every layer)")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text", dest="output_format")
+    p.add_argument("--no-memory", action="store_true",
+                   help="skip the activation measurement (eval-mode forward under no_grad)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    from .. import models
+
+    cifar = models.CIFAR_MODELS
+    known = {**models.IMAGENET_MODELS, **cifar}
+    for name in args.models:
+        if name not in known:
+            p.error(f"unknown model {name!r}; choose from: {', '.join(known)}")
+    if args.depth is not None and args.depth < 0:
+        p.error(f"--depth must be 0 or more, got {args.depth}")
+    # --variant applies to the ImageNet ResNets, --shortcut to the CIFAR ResNets (not the plain nets).
+    takes = {name: {"variant"} if name in models.IMAGENET_MODELS
+             else {"shortcut"} & set(inspect.signature(known[name]).parameters) for name in args.models}
+    for option in ("variant", "shortcut"):
+        if getattr(args, option) is not None and not any(option in t for t in takes.values()):
+            p.error(f"--{option} does not apply to {', '.join(args.models)}")
+    summaries: list[Summary] = []
+    for name in args.models:
+        model = known[name](**{k: getattr(args, k) for k in takes[name] if getattr(args, k) is not None})
+        if args.dtype != "float32":
+            model.to(args.dtype)
+        shape = args.input_shape or ((1, 3, 32, 32) if name in cifar else (1, 3, 224, 224))
+        first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        if shape[1] != first_conv.in_channels:
+            p.error(f"--input-shape {','.join(map(str, shape))}: {name} takes {first_conv.in_channels} input "
+                    f"channels (C, the second value), got {shape[1]}")
+        if args.freeze != "none":
+            model.requires_grad_(False)
+        if args.freeze == "backbone":
+            getattr(model, classifier_name(model)).requires_grad_(True)
+        try:
+            summaries.append(summary(model, shape, dtype=args.dtype, measure_memory=not args.no_memory, label=name))
+        except ValueError as exc:       # e.g. an input too small for the network: the layer says why
+            p.error(f"{name} at --input-shape {','.join(map(str, shape))}: {exc}")
+
+    if args.output_format == "json":
+        print(to_json(summaries, args.depth))
+    elif args.output_format == "markdown":
+        print(markdown(summaries[0] if len(summaries) == 1 else summaries, args.depth))
+    else:
+        print(text(summaries[0], args.depth) if len(summaries) == 1 else comparison_text(summaries))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
