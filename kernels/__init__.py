@@ -41,7 +41,7 @@ The conv3x3 kernels are the one exception to "same result as the reference": the
 (equal to rounding, not bitwise). ``npresnet.functional.conv`` uses them only for thin layers, where
 they are up to 2x faster (see ``conv3x3_cpu``); CuPy arrays always take im2col + cuBLAS.
 
-``geometry`` is ``functional.pooling.PoolGeometry`` (its ``extra`` ceil_mode padding is handled by
+``geometry`` is ``npresnet.kernels.geometry.PoolGeometry`` (its ``extra`` ceil_mode padding is handled by
 bounds checks). The batch-norm pair covers training mode only; the caller updates the running
 statistics from the returned mean and var.
 
@@ -148,7 +148,7 @@ def get(name: str, x: Any) -> Callable[..., Any] | None:
     """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; expected one of {sorted(KERNELS)}")
-    if _is_cupy_array(x):
+    if is_cupy_array(x):
         return _get_cuda(name, x)
     if active() != "numba" or not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES:
         return None
@@ -174,8 +174,9 @@ def _disable_numba(exc: BaseException) -> None:
 # CuPy arrays: Numba CUDA kernels
 
 
-def _is_cupy_array(x: Any) -> bool:
-    """Recognise a CuPy array without importing CuPy (as ``npresnet.backend.is_cupy_array``)."""
+def is_cupy_array(x: Any) -> bool:
+    """Recognise a CuPy array without importing CuPy. The one definition: ``npresnet.backend`` imports it
+    from here, since kernels/ may import nothing of the rest of npresnet."""
     return type(x).__module__.split(".")[0] == "cupy"
 
 

@@ -28,10 +28,9 @@ from typing import Any
 
 from numba import cuda
 
-from npresnet.functional.im2col import cols_shape
-
 from ._numba import require_shape
 from .cuda_launch import array_module, kernel, launch, require_float
+from .geometry import cols_shape
 
 
 @kernel

@@ -87,9 +87,15 @@ def launch(kernel: Any, total: int, *args: Any) -> None:
 
 def array_module(x: Any) -> Any:
     """numpy or cupy, from the array (outputs are allocated where the input lives)."""
-    from npresnet.backend import get_array_module
+    from . import is_cupy_array
 
-    return get_array_module(x)
+    if is_cupy_array(x):
+        import cupy
+
+        return cupy
+    import numpy
+
+    return numpy
 
 
 def require_float(name: str, x: Any) -> None:

@@ -21,7 +21,7 @@ the same numbers in the same order from 0 (bitwise equal), and needs no atomics 
     avg:  dx[n, c, h, w] = sum over k of dy[n, c, oh(i), ow(j)] / divisor[oh, ow]
 
 Launchers take the same arguments as the CPU kernels in ``kernels.pool_cpu``; ``geometry`` is a
-``functional.pooling.PoolGeometry``.
+``npresnet.kernels.geometry.PoolGeometry``.
 """
 
 from __future__ import annotations
@@ -148,12 +148,6 @@ def avgpool_backward_kernel(dout, divisor, dx, KH, KW, SH, SW, PH, PW, DH, DW, z
         dx[n, c, h, w] = acc
 
 
-def _geometry(geom: Any) -> tuple[int, ...]:
-    """Unpack a ``functional.pooling.PoolGeometry`` into KH, KW, SH, SW, PH, PW, DH, DW."""
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = geom.kernel, geom.stride, geom.padding, geom.dilation
-    return KH, KW, SH, SW, PH, PW, DH, DW
-
-
 def _require_nchw(name: str, x: Any) -> None:
     if x.ndim != 4:
         raise ValueError(f"npresnet.kernels: {name} expects an (N, C, H, W) array, got shape {x.shape}")
@@ -167,7 +161,7 @@ def maxpool2d_forward(x: Any, geom: Any) -> tuple[Any, Any]:
     x = xp.ascontiguousarray(x)
     y = xp.empty((*x.shape[:2], *geom.out), dtype=x.dtype)
     argmax = xp.empty(y.shape, dtype=np.int32)
-    launch(maxpool_forward_kernel, y.size, x, y, argmax, *_geometry(geom), x.dtype.type(-np.inf))
+    launch(maxpool_forward_kernel, y.size, x, y, argmax, *geom.kernel_args(), x.dtype.type(-np.inf))
     return y, argmax
 
 
@@ -180,7 +174,7 @@ def maxpool2d_backward(dout: Any, argmax: Any, x_shape: tuple[int, int, int, int
     require_shape("max_pool2d argmax", argmax, dout.shape)
     argmax = xp.ascontiguousarray(argmax, dtype=np.int32)
     dx = xp.empty(tuple(x_shape), dtype=dout.dtype)
-    launch(maxpool_backward_kernel, dx.size, dout, argmax, dx, *_geometry(geom), dout.dtype.type(0))
+    launch(maxpool_backward_kernel, dx.size, dout, argmax, dx, *geom.kernel_args(), dout.dtype.type(0))
     return dx
 
 
@@ -192,7 +186,7 @@ def avgpool2d_forward(x: Any, divisor: Any, geom: Any) -> Any:
     divisor = xp.ascontiguousarray(xp.asarray(divisor, dtype=x.dtype))
     require_shape("avg_pool2d divisor", divisor, geom.out)
     y = xp.empty((*x.shape[:2], *geom.out), dtype=x.dtype)
-    launch(avgpool_forward_kernel, y.size, x, divisor, y, *_geometry(geom), x.dtype.type(0))
+    launch(avgpool_forward_kernel, y.size, x, divisor, y, *geom.kernel_args(), x.dtype.type(0))
     return y
 
 
@@ -205,5 +199,5 @@ def avgpool2d_backward(dout: Any, divisor: Any, x_shape: tuple[int, int, int, in
     require_shape("avg_pool2d divisor", divisor, geom.out)
     require_shape("avg_pool2d dout", dout, (*x_shape[:2], *geom.out))
     dx = xp.empty(tuple(x_shape), dtype=dout.dtype)
-    launch(avgpool_backward_kernel, dx.size, dout, divisor, dx, *_geometry(geom), dout.dtype.type(0))
+    launch(avgpool_backward_kernel, dx.size, dout, divisor, dx, *geom.kernel_args(), dout.dtype.type(0))
     return dx

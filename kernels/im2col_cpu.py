@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from npresnet.functional.im2col import cols_shape
-
 from ._numba import CACHE, add_row, copy_row, fill_row, njit, parallel_kernel, prange, require_shape, valid_range
+from .geometry import cols_shape
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")

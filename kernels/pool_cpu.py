@@ -175,12 +175,6 @@ def avgpool_backward_kernel(dout, divisor, dx, KH, KW, SH, SW, PH, PW, DH, DW):
                                           share_den)
 
 
-def _geometry(geom):
-    """Unpack a ``functional.pooling.PoolGeometry`` (kernel, stride, padding, dilation, out)."""
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = geom.kernel, geom.stride, geom.padding, geom.dilation
-    return KH, KW, SH, SW, PH, PW, DH, DW
-
-
 def maxpool2d_forward(x, geom):
     """x (N, C, H, W), a PoolGeometry -> (y (N, C, OH, OW), argmax int32 (N, C, OH, OW))."""
     x = np.ascontiguousarray(x)
@@ -188,7 +182,7 @@ def maxpool2d_forward(x, geom):
         raise ValueError(f"npresnet.kernels: max_pool2d expects an (N, C, H, W) array, got shape {x.shape}")
     y = np.empty((*x.shape[:2], *geom.out), dtype=x.dtype)
     argmax = np.empty(y.shape, dtype=np.int32)
-    maxpool_forward_kernel(x, y, argmax, *_geometry(geom))
+    maxpool_forward_kernel(x, y, argmax, *geom.kernel_args())
     return y, argmax
 
 
@@ -198,7 +192,7 @@ def maxpool2d_backward(dout, argmax, x_shape, geom):
     require_shape("max_pool2d dout", dout, (*x_shape[:2], *geom.out))
     require_shape("max_pool2d argmax", argmax, dout.shape)
     dx = np.empty(x_shape, dtype=dout.dtype)
-    maxpool_backward_kernel(dout, np.ascontiguousarray(argmax, dtype=np.int32), dx, *_geometry(geom))
+    maxpool_backward_kernel(dout, np.ascontiguousarray(argmax, dtype=np.int32), dx, *geom.kernel_args())
     return dx
 
 
@@ -210,7 +204,7 @@ def avgpool2d_forward(x, divisor, geom):
     divisor = np.ascontiguousarray(divisor, dtype=x.dtype)
     require_shape("avg_pool2d divisor", divisor, geom.out)
     y = np.empty((*x.shape[:2], *divisor.shape), dtype=x.dtype)
-    avgpool_forward_kernel(x, divisor, y, *_geometry(geom))
+    avgpool_forward_kernel(x, divisor, y, *geom.kernel_args())
     return y
 
 
@@ -221,5 +215,5 @@ def avgpool2d_backward(dout, divisor, x_shape, geom):
     require_shape("avg_pool2d divisor", divisor, geom.out)
     require_shape("avg_pool2d dout", dout, (*x_shape[:2], *geom.out))
     dx = np.empty(x_shape, dtype=dout.dtype)
-    avgpool_backward_kernel(dout, divisor, dx, *_geometry(geom))
+    avgpool_backward_kernel(dout, divisor, dx, *geom.kernel_args())
     return dx

@@ -10,7 +10,14 @@ Quick start::
     dx = conv.backward(np.ones_like(y))      # backward, conv.weight.grad now holds dL/dW
 """
 
-from . import backend, functional, io, models, nn, testing
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec(f"{__name__}.kernels") is None:
+    # A bare checkout on sys.path: the top-level kernels/ folder becomes npresnet.kernels only when installed.
+    raise ImportError("npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
+                      "top-level kernels/ folder to npresnet.kernels)")
+
+from . import backend, functional, io, models, nn, testing  # noqa: E402  (after the check above)
 from .grad_mode import is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
 from .io import load, save

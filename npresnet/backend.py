@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .kernels import is_cupy_array  # the one definition (kernels/ is the leaf of the import graph)
+
 BACKENDS = ("numpy", "cupy")
 _default_backend = os.environ.get("NPRESNET_BACKEND", "numpy").strip().lower() or "numpy"
 if _default_backend not in BACKENDS:
@@ -84,11 +86,6 @@ def cupy_available() -> bool:
         return _cupy_device_problem(cupy) is None
     except Exception:
         return False
-
-
-def is_cupy_array(x: Any) -> bool:
-    """Recognise a CuPy array without importing CuPy."""
-    return type(x).__module__.split(".")[0] == "cupy"
 
 
 def backend_name(x: Any) -> str:

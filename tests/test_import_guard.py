@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,8 @@ def test_import_npresnet_leaves_cupy_numba_and_torch_out():
 # kernels, loaded by kernels.get on first use) import Numba by design; nothing else may.
 _IMPORT_ALL = """
 import importlib, pkgutil, npresnet, npresnet.kernels
-names = [m.name for m in pkgutil.walk_packages(npresnet.__path__, "npresnet.")]
+names = [m.name for m in pkgutil.walk_packages(npresnet.__path__, "npresnet.")
+         if not m.name.endswith(".__main__")]   # `python -m` entry points run their CLI when imported
 kernel_names = ["npresnet.kernels." + m.name for m in pkgutil.iter_modules(npresnet.kernels.__path__)]
 assert len(names) > 30 and len(kernel_names) > 5, (names, kernel_names)
 for name in names:
@@ -267,3 +269,88 @@ def test_the_import_scanner_flags_what_it_should():
     finder = _ImportTimeCupy()
     finder.visit(ast.parse(source))
     assert [line for line, _ in finder.found] == [3, 6, 7]
+
+
+# ------------------------------------------------------------------------------------------------
+# The layers: kernels/ is the leaf of the import graph
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``path``, anywhere in the file (functions too).
+
+    Relative imports are resolved against the package the file is installed as (kernels/ is
+    ``npresnet.kernels``), so ``from .. import functional`` shows up as ``npresnet.functional``.
+    """
+    package = "npresnet.kernels" if path.parent.name == "kernels" else \
+        ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[:len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found += [(node.lineno, f"{base}.{alias.name}" if not node.module else base) for alias in node.names]
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "import_module"):
+            arg = node.args[0] if node.args else None
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.append((node.lineno, arg.value))
+    return found
+
+
+#: What kernels/ may import besides the standard library and itself (npresnet.kernels.*).
+KERNEL_DEPENDENCIES = {"numpy", "numba", "cupy"}
+
+
+def test_kernels_import_nothing_of_npresnet_but_themselves():
+    """kernels/ imports numpy, numba, (lazily) cupy and its own modules, such as the shared
+    ``npresnet.kernels.geometry``: never ``npresnet.functional``, ``npresnet.backend`` or any other layer,
+    so functional -> kernels is the only arrow between them and a checkout has no import cycle."""
+    problems = []
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        for line, name in _imports(path):
+            top = name.split(".")[0]
+            if name == "npresnet.kernels" or name.startswith("npresnet.kernels."):
+                continue
+            if top in sys.stdlib_module_names or top in KERNEL_DEPENDENCIES or top == "__future__":
+                continue
+            problems.append(f"{path.relative_to(ROOT)}:{line}: imports {name}")
+    assert not problems, "kernels/ must stay a leaf (numpy, numba and its own modules only):\n  " + \
+        "\n  ".join(problems)
+
+
+def test_the_kernels_package_loads_without_the_rest_of_npresnet():
+    """The same fact, observed: every kernel module imports in a fresh interpreter where kernels/ is a
+    package of its own (not npresnet.kernels), and no npresnet module gets loaded on the way."""
+    code = f"""
+import importlib, json, pkgutil, sys
+sys.path.insert(0, {str(ROOT)!r})
+import kernels
+names = [m.name for m in pkgutil.iter_modules(kernels.__path__)]
+for name in names:
+    try:
+        importlib.import_module("kernels." + name)
+    except ImportError as exc:               # numba-cuda missing: fine, as long as it is not npresnet
+        assert "npresnet" not in str(exc), exc
+print(json.dumps([len(names), sorted(m for m in sys.modules if m.split(".")[0] == "npresnet")]))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    count, loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert count > 5 and loaded == [], loaded
+
+
+def test_a_checkout_that_is_not_installed_says_so_in_one_line():
+    """``import npresnet`` from a bare checkout (no editable finder: ``-S`` skips site's .pth files, and only
+    NumPy's folder is put back on the path) fails with one line naming ``pip install -e .``."""
+    numpy_home = str(Path(np.__file__).resolve().parent.parent)
+    code = f"import sys; sys.path[:0] = [{str(ROOT)!r}, {numpy_home!r}]; import npresnet"
+    result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "ImportError: npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
+        "top-level kernels/ folder to npresnet.kernels)")

@@ -25,24 +25,9 @@ from typing import Any
 
 from .. import kernels
 from ..backend import get_array_module
+from ..kernels.geometry import cols_shape, conv_output_size
 
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1,
-                     ceil_mode: bool = False) -> int:
-    """Output length along one axis: ``floor((size + 2p - d(k-1) - 1) / s) + 1`` (PyTorch's rule).
-
-    With ``ceil_mode`` the division rounds up, but the last window must start inside the input
-    or the left padding (PyTorch's pooling rule).
-    """
-    span = size + 2 * padding - dilation * (kernel - 1) - 1
-    if span < 0:
-        return 0
-    if not ceil_mode:
-        return span // stride + 1
-    out = -(-span // stride) + 1
-    if (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
+__all__ = ["col2im", "cols_shape", "conv_output_size", "im2col", "pad_nchw", "window_slice"]
 
 
 def window_slice(offset: int, dilation: int, stride: int, out_size: int) -> slice:
@@ -62,14 +47,6 @@ def pad_nchw(x: Any, padding: tuple[int, int], value: float = 0.0,
         return x
     xp = get_array_module(x)
     return xp.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), mode="constant", constant_values=value)
-
-
-def cols_shape(x_shape: tuple[int, ...], kernel_size: tuple[int, int], stride: tuple[int, int],
-               padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
-    """(C, KH, KW, N, OH, OW): the shape of ``im2col``'s columns for an input of shape (N, C, H, W)."""
-    N, C, H, W = x_shape
-    (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
-    return C, KH, KW, N, conv_output_size(H, KH, SH, PH, DH), conv_output_size(W, KW, SW, PW, DW)
 
 
 def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],

@@ -28,16 +28,8 @@ import numpy as np
 from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad_like, check_nchw, pair
-from .im2col import conv_output_size, pad_nchw, window_slice
-
-
-class PoolGeometry(NamedTuple):
-    kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    out: tuple[int, int]          # (OH, OW)
-    extra: tuple[int, int]        # extra bottom/right padding that ceil_mode windows reach into
+from ..kernels.geometry import PoolGeometry, conv_output_size
+from .im2col import pad_nchw, window_slice
 
 
 def pool_geometry(x_shape: tuple[int, ...], kernel_size: Any, stride: Any, padding: Any, dilation: Any,
