@@ -354,3 +354,19 @@ def test_a_checkout_that_is_not_installed_says_so_in_one_line():
     assert result.stderr.strip().splitlines()[-1] == (
         "ImportError: npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
         "top-level kernels/ folder to npresnet.kernels)")
+
+
+def test_import_npresnet_is_enough_for_optim_schedules_and_data():
+    """As with torch.optim: ``import npresnet`` and then ``npresnet.optim.SGD(...)``, in a fresh interpreter."""
+    code = """
+import npresnet
+model = npresnet.nn.Linear(3, 2)
+optimizer = npresnet.optim.SGD(model.parameters(), lr=0.1)
+schedule = npresnet.schedules.MultiStepLR(optimizer, milestones=[2])
+dataset = npresnet.data.ArrayDataset(__import__("numpy").zeros((4, 3, 2, 2), "float32"), [0, 1, 0, 1])
+loader = npresnet.data.DataLoader(dataset, batch_size=2)
+print(type(optimizer).__name__, type(schedule).__name__, len(loader))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.split() == ["SGD", "MultiStepLR", "2"]
