@@ -13,27 +13,33 @@ File layout (a plain zip of ``.npy`` arrays, loaded with ``allow_pickle=False``)
     meta                            one JSON string: format, model name, optimizer param_groups and
                                     counters, schedule state, epoch, step, RNG states, ``extra``
 
-Writing is atomic: a temporary file in the destination's folder is written, flushed to disk
-(``fsync``) and renamed over the destination (``os.replace``), so a crash leaves either the old
-checkpoint or the new one, never a torn file. Loading checks everything (model name, keys,
-shapes, optimizer groups, schedule type) *before* changing anything: a checkpoint of another
-model is an error that leaves the model, optimizer and schedule untouched.
+Writing is atomic (``npresnet.atomic_write``): a temporary file in the destination's folder is
+written, flushed to disk (``fsync``) and renamed over the destination (``os.replace``), so a crash
+leaves either the old checkpoint or the new one, never a torn file.
+
+Loading checks everything *before* changing anything: the file (a readable zip, no member
+declaring more data than it holds: ``npresnet.state_checks.read_npz``), the meta entry's schema and
+types, the model (name, keys, shapes, dtype kinds, finite weights), the optimizer (groups,
+hyperparameter types and ranges, float and finite state arrays), the schedule and the RNG states.
+Any problem is a one-line ``CheckpointError`` naming the file, and the model, optimizer and
+schedule are left exactly as they were.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any
 
 import numpy as np
 
+from .atomic_write import atomic_write
 from .backend import to_numpy
 from .nn.dropout import Dropout
 from .nn.module import Module
 from .optim import Optimizer
 from .schedules import LRScheduler
+from .state_checks import StateError, read_npz, setting_problem
 
 __all__ = ["CheckpointError", "atomic_savez", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
@@ -41,34 +47,14 @@ FORMAT = "npresnet-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into the given model/optimizer/schedule (nothing was changed)."""
+class CheckpointError(StateError):
+    """A checkpoint that cannot be read, or loaded into the given model/optimizer/schedule (nothing was changed)."""
 
 
 def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """``np.savez(path, **arrays)`` via a temporary file, ``fsync`` and ``os.replace``."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp_path, "xb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
-    try:                                   # make the rename itself durable (POSIX)
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """``np.savez(path, **arrays)`` atomically (``npresnet.atomic_write``)."""
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def _module_rng_states(model: Module) -> dict[str, Any]:
@@ -130,91 +116,167 @@ def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
     atomic_savez(path, arrays)
 
 
+# The meta entry's schema: each key, the kind of value it holds (npresnet.state_checks.setting_problem),
+# and whether it may be null.
+_META_SCHEMA = {"format": ("str", False), "version": ("int", False), "model": ("dict", False),
+                "optimizer": ("dict", True), "scheduler": ("dict", True), "epoch": ("int", False),
+                "step": ("int", False), "rng": ("dict", False), "extra": ("dict", False)}
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(meta, arrays) of a checkpoint file, without loading it into anything."""
+    """(meta, arrays) of a checkpoint file, without loading it into anything.
+
+    The file and the meta entry's schema are checked: a corrupt file or a malformed meta is a
+    one-line ``CheckpointError`` naming the file (a missing file is a ``FileNotFoundError``).
+    """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError) as exc:
-        raise CheckpointError(f"{path} is not a readable .npz checkpoint ({exc})") from exc
+        arrays = read_npz(path, "checkpoint")
+    except CheckpointError:
+        raise
+    except StateError as exc:
+        raise CheckpointError(str(exc)) from exc
     if "meta" not in arrays:
         raise CheckpointError(f"{path} has no 'meta' entry: not an npresnet checkpoint (a weights file from "
                               "npresnet.save? load it with npresnet.io.load)")
-    meta = json.loads(str(arrays.pop("meta")[()]))
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
-    if meta.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {meta['version']} is newer than this npresnet reads "
-                              f"({VERSION})")
+    raw = arrays.pop("meta")
+    if raw.ndim != 0 or raw.dtype.kind != "U":
+        raise CheckpointError(f"{path}: meta must be one JSON string, got a {raw.dtype} array of shape {raw.shape}")
+    try:
+        meta = json.loads(str(raw[()]))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: meta is not valid JSON ({exc})") from exc
+    _check_meta(path, meta)
     return meta, arrays
 
 
+def _check_meta(path: str, meta: Any) -> None:
+    def fail(problem: str) -> None:
+        raise CheckpointError(f"{path}: {problem}")
+
+    if not isinstance(meta, dict):
+        fail(f"meta must be a JSON object, got a {type(meta).__name__}")
+    if meta.get("format") != FORMAT:
+        fail(f"unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    for key, (kind, nullable) in _META_SCHEMA.items():
+        if key not in meta:
+            fail(f"meta lacks {key!r}")
+        problem = None if (nullable and meta[key] is None) else setting_problem(key, meta[key], kind)
+        if problem is not None:
+            fail(f"meta {problem}")
+    if meta["version"] > VERSION:
+        fail(f"checkpoint version {meta['version']} is newer than this npresnet reads ({VERSION})")
+    if meta["epoch"] < 0 or meta["step"] < 0:
+        fail(f"meta epoch and step must be >= 0, got {meta['epoch']} and {meta['step']}")
+    for key in ("name", "class"):
+        problem = setting_problem(key, meta["model"].get(key), "str")
+        if problem is not None:
+            fail(f"meta model {problem}")
+    optimizer = meta["optimizer"]
+    if optimizer is not None:
+        for key, kind in (("type", "str"), ("param_groups", "list"), ("scalars", "dict")):
+            problem = setting_problem(key, optimizer.get(key), kind)
+            if problem is not None:
+                fail(f"meta optimizer {problem}")
+        for index, entries in optimizer["scalars"].items():
+            if not isinstance(entries, dict) or not index.isdigit():
+                fail(f"meta optimizer scalars must map parameter indices to objects, got {index!r}: {entries!r:.60}")
+    if setting_problem("modules", meta["rng"].get("modules", {}), "dict") is not None:
+        fail(f"meta rng modules must be an object, got {meta['rng']['modules']!r:.60}")
+
+
 def _check_model(path: str, meta: dict[str, Any], model_arrays: dict[str, np.ndarray], model: Module,
-                 model_name: str | None) -> None:
+                 model_name: str | None) -> list:
+    """The checked, converted model arrays (for ``Module._apply_state_dict``), or a ``CheckpointError``."""
     saved_name = meta["model"]["name"]
     if model_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} holds a {saved_name!r} model, not {model_name!r}; nothing was loaded")
-    current = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing = [k for k in current if k not in model_arrays and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in model_arrays if k not in current]
-    wrong = [f"{k}: model {current[k]}, checkpoint {tuple(model_arrays[k].shape)}"
-             for k in current if k in model_arrays and tuple(model_arrays[k].shape) != current[k]]
-    if missing or unexpected or wrong:
-        problems = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                shown = "; ".join(items[:5]) + (f"; ... ({len(items)} in all)" if len(items) > 5 else "")
-                problems.append(f"{label}: {shown}")
+    problems, _, updates = model._prepare_state_dict(model_arrays, strict=True)
+    if problems:
+        shown = "; ".join(p if len(p) <= 300 else p[:300] + " ..." for p in problems)
         raise CheckpointError(f"{path} was written for a different model ({saved_name!r}, {meta['model']['class']}) "
-                              f"than {type(model).__name__}; nothing was loaded.\n  " + "\n  ".join(problems))
+                              f"than this {type(model).__name__}, or holds bad values; nothing was loaded: {shown}")
+    return updates
+
+
+def _optimizer_state(path: str, meta: dict[str, Any], arrays: dict[str, np.ndarray],
+                     optimizer: Optimizer) -> dict[str, Any]:
+    saved = meta["optimizer"]
+    if saved is None:
+        raise CheckpointError(f"{path} holds no optimizer state; nothing was loaded")
+    if saved["type"] != type(optimizer).__name__:
+        raise CheckpointError(f"{path} holds {saved['type']} state, not {type(optimizer).__name__}; "
+                              "nothing was loaded")
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in arrays.items():
+        if key.startswith("optimizer/"):
+            parts = key.split("/", 2)
+            if len(parts) != 3 or not parts[1].isdigit():
+                raise CheckpointError(f"{path}: unexpected member {key!r} (expected optimizer/<index>/<name>)")
+            state.setdefault(int(parts[1]), {})[parts[2]] = value
+    for index, entries in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _checked_rng_states(path: str, model: Module, states: dict[str, Any]) -> list[tuple[Dropout, dict[str, Any]]]:
+    """[(Dropout module, its saved generator state)], each state tried on a scratch Dropout first."""
+    modules = dict(model.named_modules())
+    per_module: dict[str, dict[str, Any]] = {}
+    for key, state in states.items():
+        name, _, backend = key.rpartition(":")
+        per_module.setdefault(name, {})[backend] = state
+    checked = []
+    for name, module_states in per_module.items():
+        module = modules.get(name)
+        if isinstance(module, Dropout):
+            try:
+                Dropout(module.p).load_rng_state(module_states)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: the random-generator state of {name!r} is invalid: {exc}") from exc
+            checked.append((module, module_states))
+    return checked
 
 
 def load_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer | None = None,
                     scheduler: LRScheduler | None = None, *, model_name: str | None = None) -> dict[str, Any]:
     """Load a checkpoint into ``model`` (and ``optimizer``, ``scheduler``); returns its meta dict.
 
-    Everything is validated first; on any mismatch a ``CheckpointError`` is raised and nothing is
-    changed. Build the schedule before loading (as with torch), so the loaded lr wins.
+    Everything is validated first; on any problem a one-line ``CheckpointError`` naming the file is
+    raised and nothing is changed. Build the schedule before loading (as with torch), so the
+    loaded lr wins.
     """
     path = os.fspath(path)
     meta, arrays = read_checkpoint(path)
     model_arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-    _check_model(path, meta, model_arrays, model, model_name)
-
-    optimizer_state = None
+    model_updates = _check_model(path, meta, model_arrays, model, model_name)
+    optimizer_update = None
     if optimizer is not None:
-        saved = meta.get("optimizer")
-        if saved is None:
-            raise CheckpointError(f"{path} holds no optimizer state; nothing was loaded")
-        if saved["type"] != type(optimizer).__name__:
-            raise CheckpointError(f"{path} holds {saved['type']} state, not {type(optimizer).__name__}; "
-                                  "nothing was loaded")
-        state: dict[int, dict[str, Any]] = {}
-        for key, value in arrays.items():
-            if key.startswith("optimizer/"):
-                _, index, name = key.split("/", 2)
-                state.setdefault(int(index), {})[name] = value
-        for index, entries in saved["scalars"].items():
-            state.setdefault(int(index), {}).update(entries)
-        optimizer_state = {"state": state, "param_groups": saved["param_groups"]}
+        try:
+            optimizer_update = optimizer._prepare_state_dict(_optimizer_state(path, meta, arrays, optimizer))
+        except CheckpointError:
+            raise
+        except StateError as exc:
+            raise CheckpointError(f"{path}: optimizer state does not fit this optimizer: {exc}; "
+                                  "nothing was loaded") from exc
     if scheduler is not None:
-        saved = meta.get("scheduler")
+        saved = meta["scheduler"]
         if saved is None or saved.get("type") != type(scheduler).__name__:
             kind = None if saved is None else saved.get("type")
             raise CheckpointError(f"{path} holds schedule state of type {kind!r}, not {type(scheduler).__name__}; "
                                   "nothing was loaded")
-
-    if optimizer_state is not None:
         try:
-            optimizer.load_state_dict(optimizer_state)       # validates fully before changing anything
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: optimizer state does not fit this optimizer: {exc}; "
-                                  "nothing was loaded") from exc
-    model.load_state_dict(model_arrays)                      # cannot fail now: keys and shapes checked
+            scheduler.check_state_dict(saved)
+        except StateError as exc:
+            raise CheckpointError(f"{path}: schedule state is invalid: {exc}; nothing was loaded") from exc
+    rng_updates = _checked_rng_states(path, model, meta["rng"].get("modules", {}))
+
+    # Everything checked: apply (none of these can fail now).
+    if optimizer_update is not None:
+        optimizer._apply_state_dict(*optimizer_update)
+    model._apply_state_dict(model_updates)
     if scheduler is not None:
         scheduler.load_state_dict(meta["scheduler"])
-    _restore_module_rng_states(model, meta.get("rng", {}).get("modules", {}))
+    for module, state in rng_updates:
+        module.load_rng_state(state)
     return meta

@@ -12,21 +12,24 @@ float64, the int64 batch counters), so a save/load round trip is bit-exact. CuPy
 to the host first, so a file saved from the GPU loads on the CPU and vice versa. Loading never
 unpickles anything (``allow_pickle=False``).
 
-Saving is atomic: the arrays go to a temporary file in the destination's directory, which is
-flushed to disk (``fsync``) and then renamed over the destination (``os.replace``). A crash or an
-error mid-save leaves the previous file intact and no temporary file behind.
+Saving is atomic (``npresnet.atomic_write``): the arrays go to a temporary file in the
+destination's directory, which is flushed to disk (``fsync``) and then renamed over the
+destination (``os.replace``). An error mid-save leaves the previous file intact and no temporary
+file behind; a process killed mid-save leaves its temporary file, which the next save of the same
+path removes.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 
 import numpy as np
 
+from .atomic_write import atomic_write
 from .backend import to_numpy
 from .nn.module import IncompatibleKeys, Module
+from .state_checks import StateError, read_npz
 
 __all__ = ["load", "load_torch", "save"]
 
@@ -50,68 +53,37 @@ def save(module: Module, path: str | os.PathLike) -> None:
     if objects:
         raise TypeError(f"state_dict entries {objects} hold Python objects, not numeric arrays")
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = _create_temporary(directory, os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _create_temporary(directory: str, name: str) -> tuple[int, str]:
-    """A new, exclusively created ``.<name>.<random>.tmp`` in ``directory``: (descriptor, path).
-
-    Created with mode 0o666 so the umask applies, as for a file opened normally (``mkstemp``
-    would leave the saved weights readable by their owner only).
-    """
-    while True:
-        tmp_path = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            return os.open(tmp_path, flags, 0o666), tmp_path
-        except FileExistsError:
-            continue
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def load(module: Module, path: str | os.PathLike, strict: bool = True) -> IncompatibleKeys:
     """Load an ``.npz`` written by :func:`save` into ``module`` (in place), via ``load_state_dict``.
 
     With ``strict`` (the default) every missing or unexpected key is an error, and a wrongly
-    shaped array always is; the error lists all of them at once. Values are converted to each
-    parameter's backend and dtype. Returns the missing and unexpected keys.
+    shaped array, a value of the wrong kind (strings, complex or integers for float weights) or
+    a NaN/infinite parameter always is; the one-line ``StateError`` names the file and lists all
+    of them, and nothing is changed. So does a corrupt file (truncated, bit-flipped, a member
+    declaring more data than it holds): see ``npresnet.state_checks.read_npz``. Values are
+    converted to each parameter's backend and dtype. Returns the missing and unexpected keys.
     """
     if not isinstance(module, Module):
         raise TypeError(f"load() expects an npresnet Module, got {type(module).__name__}")
-    archive = np.load(os.fspath(path), allow_pickle=False)
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise ValueError(f"{os.fspath(path)!r} holds a single .npy array, not an .npz archive of a state_dict")
-    with archive:
-        state_dict = {key: archive[key] for key in archive.files}
-    return module.load_state_dict(state_dict, strict=strict)
+    path = os.fspath(path)
+    if os.path.isfile(path) and _is_npy(path):
+        raise StateError(f"{path!r} holds a single .npy array, not an .npz archive of a state_dict")
+    state_dict = read_npz(path, "weights file")
+    problems, result, updates = module._prepare_state_dict(state_dict, strict)
+    if problems:
+        raise StateError(f"{path}: cannot load into {type(module).__name__} (nothing was loaded): "
+                         + "; ".join(problems))
+    module._apply_state_dict(updates)
+    return result
+
+
+def _is_npy(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(6) == b"\x93NUMPY"
 
 
 def load_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -53,6 +53,7 @@ import numpy as np
 from .backend import backend_name, get_array_module, to_backend, to_numpy
 from .nn.module import Module
 from .nn.parameter import Parameter
+from .state_checks import StateError, convert_array, setting_problem
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer", "weight_decay_groups"]
 
@@ -144,43 +145,83 @@ class Optimizer:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore hyperparameters and state (from ``state_dict()`` or torch's optimizer).
 
-        Everything is checked before anything is changed: the number of groups, of parameters per
-        group and the shape of every state array must match. Arrays are copied onto each parameter's
-        backend and dtype (a counter such as Adam's ``step`` stays a number).
+        Everything is checked before anything is changed: the number of groups and of parameters
+        per group; every hyperparameter's type (a number, a bool, a pair for betas) and range; the
+        dtype kind (float), shape and finiteness of every state array. A problem raises
+        ``StateError`` (a ``ValueError``). Arrays are copied onto each parameter's backend and
+        dtype (a counter such as Adam's ``step`` stays a number).
         """
+        self._apply_state_dict(*self._prepare_state_dict(state_dict))
+
+    def _apply_state_dict(self, groups: list[dict[str, Any]], state: dict[Parameter, dict[str, Any]]) -> None:
+        """Install what ``_prepare_state_dict`` checked (cannot fail)."""
+        for group, checked in zip(self.param_groups, groups):
+            group.update(checked)
+        self.state = state
+
+    def _hyper_kind(self, name: str) -> str:
+        """The kind ``setting_problem`` checks a hyperparameter against, from its default's type."""
+        default = self.defaults.get(name, 0.0)
+        return "bool" if isinstance(default, bool) else "pair" if isinstance(default, tuple) else "number"
+
+    def _prepare_state_dict(self, state_dict: Any) -> tuple[list[dict[str, Any]], dict[Parameter, dict[str, Any]]]:
+        """Check ``state_dict`` without changing anything: (new hyperparameters of each group, new state)."""
+        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list) \
+                or not isinstance(state_dict.get("state"), dict):
+            raise StateError("optimizer state_dict must be a dict with 'state' and 'param_groups', got "
+                             f"{type(state_dict).__name__}")
         groups, saved_groups = self.param_groups, state_dict["param_groups"]
         if len(groups) != len(saved_groups):
-            raise ValueError(f"optimizer state_dict has {len(saved_groups)} parameter group(s), "
+            raise StateError(f"optimizer state_dict has {len(saved_groups)} parameter group(s), "
                              f"this optimizer has {len(groups)}")
+        new_groups = []
         for i, (g, s) in enumerate(zip(groups, saved_groups)):
+            if not isinstance(s, dict) or setting_problem("params", s.get("params"), "ints") is not None:
+                raise StateError(f"parameter group {i}: expected a dict with a list of parameter indices "
+                                 f"under 'params', got {s!r:.80}")
             if len(g["params"]) != len(s["params"]):
-                raise ValueError(f"parameter group {i}: state_dict has {len(s['params'])} parameters, "
+                raise StateError(f"parameter group {i}: state_dict has {len(s['params'])} parameters, "
                                  f"this optimizer has {len(g['params'])}")
+            hyper = {k: v for k, v in s.items() if k in self.defaults or k == "initial_lr"}
+            for name, value in hyper.items():
+                problem = setting_problem(name, value, self._hyper_kind(name))
+                if problem is not None:
+                    raise StateError(f"parameter group {i}: {problem}")
+            candidate = {**{k: v for k, v in g.items() if k != "params"}, **hyper}
+            try:
+                self._check_hyperparameters(candidate)      # also restores tuples that JSON made lists
+            except (TypeError, ValueError) as exc:
+                raise StateError(f"parameter group {i}: {exc}") from exc
+            new_groups.append(candidate)
         by_index = {saved: p for g, s in zip(groups, saved_groups) for p, saved in zip(g["params"], s["params"])}
         new_state: dict[Parameter, dict[str, Any]] = {}
         for key, entries in state_dict["state"].items():
-            key = int(key)
-            if key not in by_index:
-                raise ValueError(f"optimizer state_dict has state for parameter {key}, which no group lists")
-            p = by_index[key]
-            new_state[p] = {}
-            for name, value in entries.items():
-                if value is None:
-                    new_state[p][name] = None
-                    continue
-                array = np.asarray(to_numpy(value))
-                if array.ndim == 0 and name == "step":
-                    new_state[p][name] = float(array)
-                    continue
-                if tuple(array.shape) != p.shape:
-                    raise ValueError(f"optimizer state {name!r} of parameter {key} has shape {tuple(array.shape)}, "
-                                     f"but the parameter has shape {p.shape}")
-                array = np.array(array, dtype=p.dtype if array.dtype.kind == "f" else array.dtype, copy=True)
-                new_state[p][name] = to_backend(array, backend_name(p.data))
-        for g, s in zip(groups, saved_groups):
-            g.update({k: v for k, v in s.items() if k in self.defaults or k == "initial_lr"})
-            self._check_hyperparameters(g)                  # also restores tuples that JSON made lists
-        self.state = new_state
+            try:
+                p = by_index[int(key)]
+            except (KeyError, TypeError, ValueError):
+                raise StateError(f"optimizer state_dict has state for parameter {key!r}, which no group lists") \
+                    from None
+            if not isinstance(entries, dict):
+                raise StateError(f"optimizer state of parameter {key} must be a dict, got {type(entries).__name__}")
+            new_state[p] = {name: self._checked_state_value(name, value, p, key) for name, value in entries.items()}
+        return new_groups, new_state
+
+    @staticmethod
+    def _checked_state_value(name: str, value: Any, p: Parameter, key: Any) -> Any:
+        """One state entry, converted: None, a step count (a number), or a finite float array like ``p``."""
+        if value is None:
+            return None
+        if name == "step":
+            count = value if isinstance(value, (int, float)) else np.asarray(to_numpy(value))
+            if isinstance(count, np.ndarray):             # torch keeps step as a 0-d tensor
+                count = count[()] if count.ndim == 0 and count.dtype.kind in "iuf" else None
+            if count is None or setting_problem(name, count, "number") is not None or count < 0:
+                raise StateError(f"optimizer state 'step' of parameter {key} must be a count >= 0, got {value!r:.60}")
+            return float(count)
+        array, problem = convert_array(f"optimizer state {name} of parameter {key}", value, p.data, finite=True)
+        if problem is not None:
+            raise StateError(problem)
+        return to_backend(array, backend_name(p.data))
 
     def __repr__(self) -> str:
         lines = []

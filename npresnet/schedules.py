@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .optim import Optimizer
+from .state_checks import StateError, setting_problem
 
 __all__ = ["ConstantLR", "CosineAnnealingLR", "LRScheduler", "LinearLR", "MultiStepLR", "SequentialLR"]
 
@@ -43,9 +44,11 @@ class LRScheduler:
     ``_closed_form_lr()`` (from ``base_lrs``; used when ``SequentialLR`` restarts a schedule at 0).
     """
 
-    # Attributes saved by state_dict(), beyond each subclass's own hyperparameters.
-    _state_keys: tuple[str, ...] = ("base_lrs", "last_epoch", "_step_count", "_last_lr")
-    _hyper_keys: tuple[str, ...] = ()
+    # Attributes saved by state_dict(), beyond each subclass's own hyperparameters, with the kind of
+    # value each must hold (checked by load_state_dict; see npresnet.state_checks.setting_problem).
+    _state_kinds: dict[str, str] = {"base_lrs": "numbers", "last_epoch": "int", "_step_count": "int",
+                                    "_last_lr": "numbers"}
+    _hyper_kinds: dict[str, str] = {}
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
         if not isinstance(optimizer, Optimizer):
@@ -103,31 +106,34 @@ class LRScheduler:
 
     def state_dict(self) -> dict[str, Any]:
         """The schedule's counters and hyperparameters (plain Python values, JSON-able)."""
-        state = {key: getattr(self, key) for key in self._state_keys + self._hyper_keys}
+        state = {key: getattr(self, key) for key in {**self._state_kinds, **self._hyper_kinds}}
         state["type"] = type(self).__name__
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore ``state_dict()``'s values (after the optimizer's own state has been loaded)."""
-        kind = state_dict.get("type", type(self).__name__)
-        if kind != type(self).__name__:
-            raise ValueError(f"state_dict is for a {kind}, not a {type(self).__name__}")
-        missing = [key for key in self._state_keys + self._hyper_keys if key not in state_dict]
-        if missing:
-            raise ValueError(f"{type(self).__name__} state_dict lacks {missing}")
-        for key in self._state_keys + self._hyper_keys:
+        """Restore ``state_dict()``'s values (after the optimizer's own state has been loaded).
+
+        Every value is checked first (type, one lr per parameter group); a problem raises
+        ``StateError`` (a ``ValueError``) and changes nothing.
+        """
+        self.check_state_dict(state_dict)
+        for key in {**self._state_kinds, **self._hyper_kinds}:
             setattr(self, key, state_dict[key])
         self.base_lrs, self._last_lr = list(self.base_lrs), list(self._last_lr)
 
+    def check_state_dict(self, state_dict: Any) -> None:
+        """Raise ``StateError`` unless ``load_state_dict(state_dict)`` would succeed; changes nothing."""
+        _check_fields(self, state_dict, {**self._state_kinds, **self._hyper_kinds})
+
     def __repr__(self) -> str:
-        hyper = ", ".join(f"{key}={getattr(self, key)!r}" for key in self._hyper_keys)
+        hyper = ", ".join(f"{key}={getattr(self, key)!r}" for key in self._hyper_kinds)
         return f"{type(self).__name__}({hyper}, last_epoch={self.last_epoch})"
 
 
 class MultiStepLR(LRScheduler):
     """Multiply the lr by ``gamma`` at each milestone (a step count; repeats multiply again)."""
 
-    _hyper_keys = ("milestones", "gamma")
+    _hyper_kinds = {"milestones": "ints", "gamma": "number"}
 
     def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1,
                  last_epoch: int = -1) -> None:
@@ -148,7 +154,7 @@ class MultiStepLR(LRScheduler):
 class CosineAnnealingLR(LRScheduler):
     """Cosine from the base lr down to ``eta_min`` over ``T_max`` steps (then back up, as torch)."""
 
-    _hyper_keys = ("T_max", "eta_min")
+    _hyper_kinds = {"T_max": "count", "eta_min": "number"}
 
     def __init__(self, optimizer: Optimizer, T_max: int, eta_min: float = 0.0, last_epoch: int = -1) -> None:
         if T_max < 1:
@@ -177,7 +183,7 @@ class LinearLR(LRScheduler):
     """Linear warm-up: the lr factor goes from ``start_factor`` to ``end_factor`` over ``total_iters``
     steps, then stays."""
 
-    _hyper_keys = ("start_factor", "end_factor", "total_iters")
+    _hyper_kinds = {"start_factor": "number", "end_factor": "number", "total_iters": "count"}
 
     def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
                  total_iters: int = 5, last_epoch: int = -1) -> None:
@@ -209,7 +215,7 @@ class ConstantLR(LRScheduler):
     """The lr times ``factor`` for the first ``total_iters`` steps, then the full lr (the paper's
     ResNet-110 warm-up: 0.01 for about 400 iterations, then 0.1)."""
 
-    _hyper_keys = ("factor", "total_iters")
+    _hyper_kinds = {"factor": "number", "total_iters": "count"}
 
     def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
                  last_epoch: int = -1) -> None:
@@ -282,16 +288,20 @@ class SequentialLR(LRScheduler):
                 "_step_count": self._step_count, "base_lrs": list(self.base_lrs), "_last_lr": list(self._last_lr),
                 "schedulers": [s.state_dict() for s in self._schedulers]}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get("type", "SequentialLR") != "SequentialLR":
-            raise ValueError(f"state_dict is for a {state_dict['type']}, not a SequentialLR")
+    def check_state_dict(self, state_dict: Any) -> None:
+        _check_fields(self, state_dict, {"milestones": "ints", "last_epoch": "int", "_step_count": "int",
+                                         "base_lrs": "numbers", "_last_lr": "numbers", "schedulers": "list"})
         if len(state_dict["schedulers"]) != len(self._schedulers):
-            raise ValueError(f"state_dict holds {len(state_dict['schedulers'])} schedules, this SequentialLR "
+            raise StateError(f"state_dict holds {len(state_dict['schedulers'])} schedules, this SequentialLR "
                              f"has {len(self._schedulers)}")
         for i, (scheduler, state) in enumerate(zip(self._schedulers, state_dict["schedulers"])):
-            if state.get("type", type(scheduler).__name__) != type(scheduler).__name__:
-                raise ValueError(f"SequentialLR schedule {i}: state_dict is for a {state['type']}, "
-                                 f"not a {type(scheduler).__name__}")
+            try:
+                scheduler.check_state_dict(state)
+            except StateError as exc:
+                raise StateError(f"SequentialLR schedule {i}: {exc}") from None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.check_state_dict(state_dict)
         for scheduler, state in zip(self._schedulers, state_dict["schedulers"]):
             scheduler.load_state_dict(state)
         self.milestones = list(state_dict["milestones"])
@@ -300,3 +310,27 @@ class SequentialLR(LRScheduler):
 
     def __repr__(self) -> str:
         return f"SequentialLR({self._schedulers!r}, milestones={self.milestones}, last_epoch={self.last_epoch})"
+
+
+def _check_fields(scheduler: LRScheduler, state_dict: Any, kinds: dict[str, str]) -> None:
+    """A schedule's state_dict must be a dict of its own type, with every key of ``kinds`` holding a
+    value of that kind, and one lr per parameter group in ``base_lrs`` and ``_last_lr``."""
+    name = type(scheduler).__name__
+    where = f"{name} state_dict"
+    if not isinstance(state_dict, dict):
+        raise StateError(f"{where} must be a dict, got {type(state_dict).__name__}")
+    kind = state_dict.get("type", name)
+    if kind != name:
+        raise StateError(f"state_dict is for a {kind}, not a {name}")
+    missing = [key for key in kinds if key not in state_dict]
+    if missing:
+        raise StateError(f"{where} lacks {missing}")
+    for key, kind in kinds.items():
+        problem = setting_problem(key, state_dict[key], kind)
+        if problem is not None:
+            raise StateError(f"{where}: {problem}")
+    groups = len(scheduler.optimizer.param_groups)
+    for key in ("base_lrs", "_last_lr"):
+        if len(state_dict[key]) != groups:
+            raise StateError(f"{where}: {key} must hold {groups} number{'s' if groups != 1 else ''} (one per "
+                             f"parameter group), got {len(state_dict[key])}")

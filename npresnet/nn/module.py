@@ -44,6 +44,7 @@ import numpy as np
 
 from ..backend import BACKENDS, backend_name, get_default, to_backend, to_numpy, xp_for
 from ..grad_mode import is_grad_enabled
+from ..state_checks import StateError, convert_array
 from .parameter import Parameter
 
 
@@ -435,9 +436,23 @@ class Module:
 
         Values are converted to each parameter's backend and dtype. A missing or unexpected
         ``num_batches_tracked`` is tolerated (old checkpoints lack it). With ``strict`` any other
-        missing or unexpected key is an error; a wrongly shaped value always is. All problems are
-        listed at once.
+        missing or unexpected key is an error; a wrongly shaped value always is, and so is a value
+        of the wrong kind (strings, complex or integer numbers for float weights) or a parameter
+        holding NaN or infinity (buffers such as running_var may hold anything, as in torch). All
+        problems are listed at once, in a ``StateError`` (a ``RuntimeError``), and nothing is changed.
         """
+        problems, result, updates = self._prepare_state_dict(state_dict, strict)
+        if problems:
+            raise StateError(f"error(s) loading state_dict into {type(self).__name__}:\n  " + "\n  ".join(problems))
+        self._apply_state_dict(updates)
+        return result
+
+    def _prepare_state_dict(self, state_dict: Any, strict: bool) -> tuple[list[str], IncompatibleKeys, list]:
+        """Check ``state_dict`` against this module without changing anything: (problems, the missing
+        and unexpected keys, [(module, name, is_param, converted array)] for ``_apply_state_dict``)."""
+        if not hasattr(state_dict, "items") or not hasattr(state_dict, "keys"):
+            return [f"a state_dict must be a dict of arrays, got {type(state_dict).__name__}"], \
+                IncompatibleKeys([], []), []
         entries = {key: (module, name, is_param) for key, module, name, is_param in self._state_entries()}
 
         def tolerated(key: str) -> bool:
@@ -445,36 +460,40 @@ class Module:
 
         missing = [k for k in entries if k not in state_dict and not tolerated(k)]
         unexpected = [k for k in state_dict if k not in entries and not tolerated(k)]
-        mismatched = []
-        for key, value in state_dict.items():
-            if key in entries:
-                module, name, is_param = entries[key]
-                current = module._parameters[name].data if is_param else module._buffers[name]
-                shape = tuple(np.shape(value))
-                if shape != tuple(current.shape):
-                    mismatched.append(f"{key}: expected {tuple(current.shape)}, got {shape}")
-        errors = []
-        if missing and strict:
-            errors.append("missing keys: " + ", ".join(missing))
-        if unexpected and strict:
-            errors.append("unexpected keys: " + ", ".join(unexpected))
-        if mismatched:
-            errors.append("wrong shapes: " + "; ".join(mismatched))
-        if errors:
-            raise RuntimeError(f"error(s) loading state_dict into {type(self).__name__}:\n  " + "\n  ".join(errors))
-
+        mismatched, bad_values, updates = [], [], []
         for key, value in state_dict.items():
             if key not in entries:
                 continue
             module, name, is_param = entries[key]
             current = module._parameters[name].data if is_param else module._buffers[name]
-            array = np.array(to_numpy(value), dtype=current.dtype, copy=True)
-            array = to_backend(array, backend_name(current))
+            shape = tuple(np.shape(value))
+            if shape != tuple(current.shape):
+                mismatched.append(f"{key}: expected {tuple(current.shape)}, got {shape}")
+                continue
+            array, problem = convert_array(key, value, current, finite=is_param)
+            if problem is not None:
+                bad_values.append(problem)
+            else:
+                updates.append((module, name, is_param, to_backend(array, backend_name(current))))
+        problems = []
+        if missing and strict:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected and strict:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if mismatched:
+            problems.append("wrong shapes: " + "; ".join(mismatched))
+        if bad_values:
+            problems.append("bad values: " + "; ".join(bad_values))
+        return problems, IncompatibleKeys(missing, unexpected), updates
+
+    @staticmethod
+    def _apply_state_dict(updates: list) -> None:
+        """Install the arrays ``_prepare_state_dict`` checked and converted (cannot fail)."""
+        for module, name, is_param, array in updates:
             if is_param:
                 module._parameters[name].data = array
             else:
                 module._buffers[name] = array
-        return IncompatibleKeys(missing, unexpected)
 
     # ------------------------------------------------------------------ printing
     def extra_repr(self) -> str:
