@@ -12,7 +12,7 @@ import npresnet
 from npresnet import models, nn
 from npresnet.models import BasicBlock, Bottleneck, CifarBlock, ShortcutA
 
-# /work/shared/reference/figures.md: torchvision docs (ImageNet) and He et al. 2015 with option A (CIFAR).
+# docs/figures.md, with their sources: torchvision's documentation (ImageNet) and He et al. 2015 with option A (CIFAR).
 PARAMETER_COUNTS = {
     "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
     "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240,
@@ -32,7 +32,7 @@ def bn_keys(prefix: str) -> list[str]:
 
 
 def torchvision_keys(block: str, layers: list[int]) -> list[str]:
-    """torchvision's state_dict keys, written out from its naming rule (figures.md)."""
+    """torchvision's state_dict keys, written out from its naming rule (docs/figures.md)."""
     keys = ["conv1.weight", *bn_keys("bn1")]
     convs = 2 if block == "basic" else 3
     for stage, blocks in enumerate(layers, start=1):
