@@ -26,13 +26,16 @@ from typing import Any
 
 from ..gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, compare, gradcheck, rel_error
 from .check import check_module
+from .configs import Arrays, BatchNormConfig, Conv2dConfig, Pool2dConfig, arrays_for
 from .inputs import kink_free, tie_free
 from .torch_parity import TorchMismatchError, assert_matches_torch
 
-_LAZY: dict[str, str] = {}   # name -> module of npresnet.testing, imported on first use
+# name -> the module of npresnet.testing that defines it, imported on first use (strategies import hypothesis)
+_LAZY = {"conv2d_configs": "strategies", "pool2d_configs": "strategies", "batchnorm_configs": "strategies"}
 
-__all__ = ["GradcheckError", "GradcheckReport", "NondifferentiableError", "TorchMismatchError", "assert_matches_torch",
-           "check_module", "compare", "gradcheck", "kink_free", "rel_error", "tie_free", *_LAZY]
+__all__ = ["Arrays", "BatchNormConfig", "Conv2dConfig", "GradcheckError", "GradcheckReport", "NondifferentiableError",
+           "Pool2dConfig", "TorchMismatchError", "arrays_for", "assert_matches_torch", "check_module", "compare",
+           "gradcheck", "kink_free", "rel_error", "tie_free", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
