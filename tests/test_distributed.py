@@ -35,6 +35,7 @@ import pytest
 from npresnet import distributed as dist
 from npresnet.checkpoint import load_checkpoint, read_checkpoint
 from npresnet.data import ArrayDataset, DataLoader
+from npresnet.functional.batchnorm import channel_moments, combine_channel_moments
 from npresnet.models import get_model
 from npresnet.nn import BatchNorm2d, CrossEntropyLoss
 from npresnet.optim import SGD
@@ -106,9 +107,9 @@ def test_ranks_batches_together_are_the_single_process_batch():
 def test_buckets_group_by_dtype_and_size():
     arrays = [np.zeros(100, np.float32), np.zeros(100, np.float32), np.zeros(3, np.float64), np.zeros(300, np.float32),
               np.zeros(10, np.float32)]
-    buckets = dist._buckets(arrays, bucket_bytes=1000)
+    buckets = dist.bucket_indices(arrays, bucket_bytes=1000)
     assert buckets == [[0, 1], [3], [4], [2]]            # 800 B fit, 1200 B alone, then the rest; float64 apart
-    assert dist._buckets(arrays, bucket_bytes=1e9) == [[0, 1, 3, 4], [2]]
+    assert dist.bucket_indices(arrays, bucket_bytes=1e9) == [[0, 1, 3, 4], [2]]
 
 
 def test_convert_sync_batchnorm_keeps_weights_keys_and_order():
@@ -179,6 +180,19 @@ class _ThreadWorld(dist.World):
     def allreduce_(self, buffer, op="sum", what=""):
         buffer[...] = self._exchange(buffer).sum(axis=0)
         return buffer
+
+
+def test_combined_moments_of_the_parts_are_the_moments_of_the_whole(rng):
+    """The statistics SyncBatchNorm combines over ranks: parts of 0, 1, 3 and 6 images against the whole batch."""
+    x = rng.standard_normal((10, 3, 4, 5)) * 5 + 100            # a large mean: E[x^2] - mu^2 would cancel
+    parts = [channel_moments(x[a:b]) for a, b in ((0, 0), (0, 1), (1, 4), (4, 10))]
+    mean, var = combine_channel_moments(np.array([p[0] for p in parts], dtype=np.float64),
+                                        np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts]))
+    n, whole_mean, whole_m2, centred = channel_moments(x)
+    assert n == 10 * 4 * 5 and np.array_equal(centred, x - whole_mean.reshape(1, -1, 1, 1))
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-14)
+    np.testing.assert_allclose(var, x.var(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(whole_m2 / n, var, rtol=1e-12)
 
 
 def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(rng):

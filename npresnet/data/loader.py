@@ -21,7 +21,7 @@ import numpy as np
 
 from ..backend import to_backend
 
-__all__ = ["ArrayDataset", "DataLoader", "dataset_statistics"]
+__all__ = ["ArrayDataset", "DataLoader", "dataset_statistics", "shuffled_order"]
 
 
 class ArrayDataset:
@@ -106,6 +106,16 @@ def _generator(seed: int, *counters: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=counters)))
 
 
+def shuffled_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` samples in epoch ``epoch``: a permutation of ``arange(n)`` (int64, (n,)).
+
+    It depends only on (seed, epoch): the generator seeded by (seed, epoch, 0), independent of
+    every other draw. ``DataLoader(shuffle=True, seed=seed)`` serves epoch e in this order, and
+    ``npresnet.distributed.DistributedSampler`` shards this same order over the ranks.
+    """
+    return _generator(seed, epoch, 0).permutation(n)
+
+
 class DataLoader:
     """Batches from a dataset: ``for x, y in loader`` gives x (B, C, H, W) and y (B,) on ``backend``.
 
@@ -151,7 +161,7 @@ class DataLoader:
     def order(self, epoch: int) -> np.ndarray:
         """The sample indices of an epoch, in the order they are served."""
         n = len(self.dataset)
-        return _generator(self.seed, epoch, 0).permutation(n) if self.shuffle else np.arange(n)
+        return shuffled_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
 
     def make_batch(self, epoch: int, index: int, indices: np.ndarray) -> tuple[Any, Any]:
         """Batch ``index`` of ``epoch``: fetch, move to the backend, transform."""

@@ -33,6 +33,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad_like, check_like, check_nchw
@@ -90,9 +92,8 @@ def batchnorm2d_forward(x: Any, weight: Any | None, bias: Any | None, running_me
         _update_running(running_mean, running_var, mean, var, momentum, n)
         return y, BatchNormCache(x_hat, invstd, weight, training)
     if training:
-        mean = x.mean(axis=_AXES)
-        centred = x - _per_channel(mean)
-        var = (centred * centred).mean(axis=_AXES)                     # biased
+        n, mean, m2, centred = channel_moments(x)
+        var = m2 / n                                                   # biased
         _update_running(running_mean, running_var, mean, var, momentum, n)
     else:
         if running_mean is None or running_var is None:
@@ -104,11 +105,67 @@ def batchnorm2d_forward(x: Any, weight: Any | None, bias: Any | None, running_me
         y += _per_channel(shift)
         return y, BatchNormCache(None, invstd, weight, False, x, running_mean.copy())
     invstd = 1.0 / xp.sqrt(var + eps)
+    y, x_hat = affine_normalize(centred, invstd, weight, bias)
+    return y, BatchNormCache(x_hat, invstd, weight, training)
+
+
+# ---------------------------------------------------------------------------------------------- shared steps
+# The pieces of the training-mode math that SyncBatchNorm (npresnet.distributed) shares: it computes
+# the moments of each rank's part, combines them over the ranks, then normalises and differentiates
+# exactly as here.
+def channel_moments(x: Any) -> tuple[int, Any, Any, Any]:
+    """Per-channel moments of x (N, C, H, W) over its n = N*H*W values per channel.
+
+    Returns ``(n, mean, m2, centred)``: mean (C,), centred = x - mean (N, C, H, W), and
+    m2 = sum(centred^2) (C,), the sum of squared deviations (biased var = m2 / n). An empty
+    batch (n = 0) gives mean = m2 = 0.
+    """
+    xp = get_array_module(x)
+    C = x.shape[1]
+    n = x.size // C
+    mean = x.mean(axis=_AXES) if n else xp.zeros(C, dtype=x.dtype)
+    centred = x - _per_channel(mean)
+    m2 = (centred * centred).sum(axis=_AXES)
+    return n, mean, m2, centred
+
+
+def combine_channel_moments(counts: np.ndarray, means: np.ndarray, m2s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The mean and biased variance (C,) of the union of R parts, from each part's moments.
+
+    counts (R,) n_r, means (R, C) mu_r, m2s (R, C) M2_r, as ``channel_moments`` gives them, in
+    float64 NumPy; n = sum(counts) must be > 0. Chan et al.'s parallel combination::
+
+        mu  = sum_r n_r mu_r / n
+        M2  = sum_r M2_r + sum_r n_r (mu_r - mu)^2       (no cancellation, unlike E[x^2] - mu^2)
+        var = M2 / n
+    """
+    n = counts.sum()
+    mean = counts @ means / n
+    var = (m2s.sum(axis=0) + counts @ (means - mean) ** 2) / n
+    return mean, var
+
+
+def affine_normalize(centred: Any, invstd: Any, weight: Any | None, bias: Any | None) -> tuple[Any, Any]:
+    """(y, x_hat) from centred = x - mu (N, C, H, W) and invstd (C,): x_hat = centred * invstd,
+    y = gamma * x_hat + beta (gamma, beta (C,) or None)."""
     x_hat = centred * _per_channel(invstd)
     y = x_hat * _per_channel(weight) if weight is not None else x_hat.copy()
     if bias is not None:
         y += _per_channel(bias)
-    return y, BatchNormCache(x_hat, invstd, weight, training)
+    return y, x_hat
+
+
+def grad_sums(dout: Any, x_hat: Any) -> tuple[Any, Any]:
+    """(dbeta, dgamma) = (sum(g), sum(g * x_hat)) per channel (C,) over N, H, W, for g = dout (N, C, H, W)."""
+    return dout.sum(axis=_AXES), (dout * x_hat).sum(axis=_AXES)
+
+
+def batch_stats_input_grad(dout: Any, x_hat: Any, mean_g: Any, mean_gx: Any, scale: Any) -> Any:
+    """dx = (g - mean(g) - x_hat * mean(g * x_hat)) * scale (N, C, H, W), with the means (C,) over
+    the whole batch and scale = gamma * invstd (C,): the training-mode input gradient."""
+    dx = dout - _per_channel(mean_g) - x_hat * _per_channel(mean_gx)
+    dx *= _per_channel(scale)
+    return dx
 
 
 def _update_running(running_mean: Any | None, running_var: Any | None, mean: Any, var: Any, momentum: float,
@@ -138,13 +195,11 @@ def batchnorm2d_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, An
     fast = kernels.get("batchnorm2d_train_backward", dout) if cache.batch_stats else None
     if fast is not None:
         return fast(dout, x_hat, invstd, weight)
-    dbias = dout.sum(axis=_AXES)
-    dweight = (dout * x_hat).sum(axis=_AXES)
+    dbias, dweight = grad_sums(dout, x_hat)
     scale = invstd if weight is None else weight * invstd
     if cache.batch_stats:
         n = x_hat.size // x_hat.shape[1]
-        dx = dout - _per_channel(dbias / n) - x_hat * _per_channel(dweight / n)
-        dx *= _per_channel(scale)
+        dx = batch_stats_input_grad(dout, x_hat, dbias / n, dweight / n, scale)
     else:
         dx = dout * _per_channel(scale)
     return dx, dweight, dbias
