@@ -27,6 +27,7 @@ Each returns ``ArrayDataset``-like objects: ``len``, ``num_classes``, ``classes`
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -187,10 +188,25 @@ class ImageFolder:
         return (self.channels, *self.size)
 
     def _open(self, path: str) -> Any:
+        """The decoded image; any decode failure is a one-line ``ValueError`` naming the file.
+
+        That includes Pillow's decompression-bomb guard: an image of more than
+        ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (89.5 million by default) is refused before it is decoded
+        (Pillow only warns up to twice that; here it is an error too). Raise the limit to read larger images.
+        """
+        Image = self._Image
         try:
-            return self._Image.open(path).convert("RGB" if self.channels == 3 else "L")
-        except OSError as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from exc
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    return image.convert("RGB" if self.channels == 3 else "L")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"{path}: refused as a possible decompression bomb ({exc}); to read it, raise "
+                             "PIL.Image.MAX_IMAGE_PIXELS") from exc
+        except MemoryError as exc:
+            raise ValueError(f"{path}: too large to decode in memory ({exc})") from exc
+        except Exception as exc:            # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
+            raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
     def read(self, index: int) -> np.ndarray:
         """Image ``index`` as uint8 (C, H, W)."""
