@@ -14,7 +14,7 @@ import numpy as np
 from ..backend import get_array_module, is_cupy_array, to_numpy
 from ..grad_mode import no_grad
 from ..nn.module import Module
-from .report import GradcheckError, GradcheckReport, Kink, NondifferentiableError, compare
+from .report import GradcheckError, GradcheckReport, Kink, NondifferentiableError, compare, where_to_look
 
 _STREAM_V, _STREAM_DIRECTIONS = 0x6763_7631, 0x6763_6431  # gradcheck's own random streams
 
@@ -254,20 +254,7 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
             f"gradcheck ({mode}, eps={eps:g}) failed: the backward disagrees with finite differences of "
             f"L = sum(v * f) for {len(failed)} array(s):\n  " + "\n  ".join(a.describe(atol, rtol) for a in failed)
             + (f"\n({kinked} element(s) on a kink were left out)" if kinked else "")
-            + _where_to_look(report, failed, forks=t.module is not None and any(True for _ in t.module.children())))
+            + where_to_look([a.name for a in failed], [a.name for a in report.arrays if a.allclose],
+                            forks=t.module is not None and any(True for _ in t.module.children())))
     return report
 
-
-def _where_to_look(report: GradcheckReport, failed: list, forks: bool) -> str:
-    """A pointer when only input gradients fail while every parameter passes: the parameters' math is
-    right, so the error is in what flows back to the inputs (in a block: how its branches are added)."""
-    inputs_only = all(a.name.startswith("input ") for a in failed)
-    params_ok = [a for a in report.arrays if not a.name.startswith("input ")]
-    if not (inputs_only and params_ok):
-        return ""
-    text = ("\nEvery parameter gradient is right but the input gradient is not: look at what backward returns "
-            "for the input.")
-    if forks:
-        text += (" Where the forward forks (a residual block: x feeds the main branch and the shortcut), the "
-                 "input gradient is the sum of the gradients coming back along every branch.")
-    return text

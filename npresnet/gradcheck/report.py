@@ -120,9 +120,9 @@ def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float
     """The usual cause behind a failing comparison, from the pattern of the two arrays ("" if none fits).
 
     Tried in order: a result that is zero (never computed or never accumulated) or that should be;
-    one constant factor between the two (a missing 1/N, 2 or gamma); the right values in the wrong
-    places (a transposed or shifted index); nonzero and zero entries swapped (a gradient routed to
-    the wrong element, e.g. the wrong maximum of a pooling window).
+    nonzero and zero entries swapped (a gradient routed to the wrong element, e.g. the wrong maximum
+    of a pooling window); the right values in the wrong places (a transposed or shifted index); one
+    constant factor between the two (a missing 1/N, 2 or gamma).
     """
     ours, reference = labels
     a, n = analytic.ravel(), numeric.ravel()
@@ -131,21 +131,21 @@ def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float
         return f"{ours} is zero where {reference} is not: it is never computed, or never accumulated"
     if scale <= atol:
         return f"{reference} is ~0 (the result does not depend on this array), but {ours} is not"
-    big = np.abs(n) > max(atol, 1e-3 * scale)
-    ratios = a[big] / n[big]
-    ratio = float(np.median(ratios))
-    if np.all(np.abs(ratios - ratio) <= 1e-4 * abs(ratio)) and abs(ratio - 1) > rtol:
-        where = "everywhere" if a.size > 1 else "along the check direction"
-        return (f"{ours} = {ratio:.6g} x {reference} {where}: one constant factor is wrong "
-                "(a missing or extra 1/N, 2, or scale)")
     if a.size > 1:
-        tolerance = atol + rtol * np.abs(np.sort(n))
-        if np.all(np.abs(np.sort(a) - np.sort(n)) <= tolerance):
-            return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
         zero_a, zero_n = np.abs(a) <= atol, np.abs(n) <= atol
         if np.any(zero_n & ~zero_a) and np.any(zero_a & ~zero_n):
             return (f"{ours} is nonzero where {reference} is zero, and zero where it is not: is each gradient routed "
                     "to the element the forward used (e.g. the maximum of its window)?")
+        tolerance = atol + rtol * np.abs(np.sort(n))
+        if np.all(np.abs(np.sort(a) - np.sort(n)) <= tolerance):
+            return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
+    big = np.abs(n) > max(atol, 1e-3 * scale)
+    ratios = a[big] / n[big]
+    ratio = float(np.median(ratios))
+    if np.all(np.abs(ratios - ratio) <= 1e-4 * abs(ratio)) and abs(ratio - 1) > rtol and abs(ratio) > 1e-6:
+        where = "everywhere" if a.size > 1 else "along the check direction"
+        return (f"{ours} = {ratio:.6g} x {reference} {where}: one constant factor is wrong "
+                "(a missing or extra 1/N, 2, or scale)")
     return ""
 
 
@@ -170,3 +170,18 @@ def compare(name: str, analytic: Any, numeric: Any, atol: float, rtol: float,
                        float(a[worst]) if a.size else 0.0, float(n[worst]) if a.size else 0.0,
                        int(np.count_nonzero(violation > 0)), int(a.size),
                        hint="" if allclose else diagnose(a_kept, n_kept, atol, rtol, labels))
+
+
+def where_to_look(failed: list[str], passed: list[str], forks: bool) -> str:
+    """A pointer for when only input gradients fail while every parameter gradient passes: the
+    parameters' math is right, so the error is in what backward returns for the inputs (in a block:
+    how its branches are added). ``failed``/``passed``: array names; inputs start with "input"."""
+    parameters_ok = any(not name.startswith("input") for name in passed)
+    if not failed or not parameters_ok or not all(name.startswith("input") for name in failed):
+        return ""
+    text = ("\nEvery parameter gradient is right but the input gradient is not: look at what backward returns "
+            "for the input.")
+    if forks:
+        text += (" Where the forward forks (a residual block: x feeds the main branch and the shortcut), the "
+                 "input gradient is the sum of the gradients coming back along every branch.")
+    return text

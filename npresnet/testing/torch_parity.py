@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module, to_numpy
-from ..gradcheck.report import ArrayReport, compare
+from ..gradcheck.report import ArrayReport, compare, where_to_look
 from ..nn import Module
 
 #: torch.testing.assert_close's defaults, per dtype: (rtol, atol).
@@ -120,12 +120,14 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
         reports = [_compare(name, ours, reference, atol, rtol) for name, ours, reference in pairs]
 
     failed = [r for r in reports if not r.allclose]
+    agreeing_gradients = [r.name for r in reports if r.allclose and r.name.endswith(".grad")]
     if failed:
         raise TorchMismatchError(
             f"assert_matches_torch ({dtype}, train={train}, rtol={rtol:g}, atol={atol:g}): {len(failed)} of "
             f"{len(reports)} arrays differ from torch (a = npresnet, n = torch):\n  "
             + "\n  ".join(r.describe(atol, rtol, labels=("npresnet", "torch")) for r in failed)
-            + "\nagree: " + (", ".join(r.name for r in reports if r.allclose) or "nothing"))
+            + "\nagree: " + (", ".join(r.name for r in reports if r.allclose) or "nothing")
+            + where_to_look([r.name for r in failed], agreeing_gradients, forks=any(True for _ in module.children())))
 
 
 def _dtype_of(module: Module, xs: tuple) -> np.dtype:
