@@ -31,9 +31,11 @@ from numba import cuda
 
 
 def _simulator_enabled() -> bool:
-    config = getattr(cuda, "config", None)        # numba-cuda keeps its own config module
+    config: Any = getattr(cuda, "config", None)   # numba-cuda keeps its own config module
     if config is None or not hasattr(config, "ENABLE_CUDASIM"):
-        from numba import config
+        import numba
+
+        config = numba.config
     return bool(config.ENABLE_CUDASIM)
 
 

@@ -12,6 +12,8 @@ Quick start::
 
 import importlib.util as _importlib_util
 
+__version__ = "0.1.0"      # the one place: pyproject.toml reads it from here (setuptools dynamic version)
+
 if _importlib_util.find_spec(f"{__name__}.kernels") is None:
     # A bare checkout on sys.path: the top-level kernels/ folder becomes npresnet.kernels only when installed.
     raise ImportError("npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
@@ -24,8 +26,6 @@ from .grad_mode import is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
 from .io import load, save
 from .summary import summary
-
-__version__ = "0.1.0"
 
 __all__ = [
     "GradcheckError", "GradcheckReport", "NondifferentiableError", "backend", "data", "functional", "gradcheck",

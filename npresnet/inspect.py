@@ -36,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .backend import get_array_module
 from .models.blocks import ResidualBlock
@@ -90,6 +90,14 @@ class ParamFlow:
     ratio: float = float("nan")        # update / weight
 
 
+class Criterion(Protocol):
+    """A loss module such as ``nn.CrossEntropyLoss``: ``criterion(logits, target)``, then ``backward()``."""
+
+    def __call__(self, logits: Any, target: Any) -> Any: ...
+
+    def backward(self) -> Any: ...
+
+
 def _find_blocks(model: Module) -> list[tuple[str, ResidualBlock]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, ResidualBlock)]
 
@@ -118,11 +126,12 @@ class GradientFlow:
             missing = [b for b in blocks if b not in modules]
             if missing:
                 raise ValueError(f"no module named {', '.join(map(repr, missing))} in {type(model).__name__}")
-            found = [(b, modules[b]) for b in blocks]
-            not_blocks = [f"{b!r} ({type(m).__name__})" for b, m in found if not isinstance(m, ResidualBlock)]
+            named = [(b, modules[b]) for b in blocks]
+            not_blocks = [f"{b!r} ({type(m).__name__})" for b, m in named if not isinstance(m, ResidualBlock)]
             if not_blocks:
                 raise TypeError(f"GradientFlow watches blocks that declare their branches (a ResidualBlock such as "
                                 f"CifarBlock, BasicBlock, Bottleneck); not one: {', '.join(not_blocks)}")
+            found = [(b, m) for b, m in named if isinstance(m, ResidualBlock)]
         if not found:
             raise ValueError(f"{type(model).__name__} holds no residual or plain block (a ResidualBlock: CifarBlock, "
                              "BasicBlock, Bottleneck); a block of your own can subclass npresnet.models.ResidualBlock "
@@ -202,7 +211,7 @@ class GradientFlow:
         self.param_flows = flows
         return flows
 
-    def step(self, x: Any, y: Any, criterion: Module, optimizer: Any) -> float:
+    def step(self, x: Any, y: Any, criterion: Criterion, optimizer: Any) -> float:
         """One full training step with the hooks on: zero_grad, forward, loss, backward, optimizer step.
 
         Returns the loss. The model must be in training mode for a training step (it is not changed).

@@ -224,7 +224,7 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
         if need_weight_grad:
             cols = im2col(cache.x[start:start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
             dweight += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
-        if need_input_grad:
+        if dx is not None:                # need_input_grad
             dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)           # (G, K, n*L)
             dx[start:start + n] = col2im(dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride,
                                          cache.padding, cache.dilation)

@@ -115,6 +115,7 @@ class CifarBlock(ResidualBlock):
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu_out = nn.ReLU()
         self.residual = shortcut is not None
+        self.shortcut: nn.Module | None
         if not self.residual:
             self.shortcut = None
         elif stride == 1 and inplanes == planes:
@@ -143,7 +144,7 @@ class CifarBlock(ResidualBlock):
     def forward(self, x: Any) -> Any:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.residual:
+        if self.shortcut is not None:       # residual
             out = out + self.shortcut(x)     # a new array: never add in place into one a cache may hold
         return self.relu_out(out)
 
@@ -151,7 +152,7 @@ class CifarBlock(ResidualBlock):
         d_sum = self.relu_out.backward(dout)        # gradient at the (+) node (or at bn2's output if plain)
         d_branch = self.conv2.backward(self.bn2.backward(d_sum))
         dx_branch = self.conv1.backward(self.bn1.backward(self.relu1.backward(d_branch)))
-        if not self.residual:
+        if self.shortcut is None:           # plain
             return dx_branch
         # (+) passed d_sum to the shortcut too; x forked into both paths, so its gradient is the sum.
         return dx_branch + self.shortcut.backward(d_sum)

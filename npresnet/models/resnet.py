@@ -66,13 +66,13 @@ def init_weights(model: nn.Module, rng: np.random.Generator, zero_init_residual:
             out_channels, _, kh, kw = weight.shape
             std = math.sqrt(2.0 / (out_channels * kh * kw))        # gain sqrt(2) over sqrt(fan_out)
             module.weight.data = _like(rng.normal(0.0, std, weight.shape), weight)
-        elif isinstance(module, nn.BatchNorm2d) and module.affine:
+        elif isinstance(module, nn.BatchNorm2d) and module.weight is not None and module.bias is not None:  # affine
             module.weight.data[...] = 1
             module.bias.data[...] = 0
     if zero_init_residual:
         for module in model.modules():
             last_bn = getattr(module, "bn3" if isinstance(module, Bottleneck) else "bn2", None)
-            if isinstance(last_bn, nn.BatchNorm2d) and last_bn.affine:
+            if isinstance(last_bn, nn.BatchNorm2d) and last_bn.weight is not None:        # affine
                 last_bn.weight.data[...] = 0
 
 
@@ -118,7 +118,7 @@ class ResNet(nn.Module):
                              f"got {replace_stride_with_dilation}")
         rng = make_rng(seed, rng)
         self._norm_layer = norm_layer if norm_layer is not None else nn.BatchNorm2d
-        self._block_options = {"stride_in_1x1": variant == "v1"} if block is Bottleneck else {}
+        self._block_options: dict[str, Any] = {"stride_in_1x1": variant == "v1"} if block is Bottleneck else {}
         self.variant = variant
         self.inplanes = 64
         self.dilation = 1

@@ -37,6 +37,11 @@ class BatchNorm2d(Module):
     statistics when they are not tracked).
     """
 
+    # Buffers (registered in __init__; None without track_running_stats): arrays on the module's backend.
+    running_mean: Any
+    running_var: Any
+    num_batches_tracked: Any
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True) -> None:
         super().__init__()
@@ -53,7 +58,9 @@ class BatchNorm2d(Module):
 
     def forward(self, x: Any) -> Any:
         check_nchw(x, self.num_features, "input", "BatchNorm2d")
-        reference = self.weight.data if self.affine else self.running_mean
+        weight = self.weight.data if self.weight is not None else None      # None unless affine
+        bias = self.bias.data if self.bias is not None else None
+        reference = weight if weight is not None else self.running_mean
         if reference is not None:
             check_like(x, reference, "input", "BatchNorm2d parameters")
         update_running = self.training and self.track_running_stats
@@ -62,8 +69,8 @@ class BatchNorm2d(Module):
             momentum = 1.0 / (int(self.num_batches_tracked) + 1)
         y, cache = F.batchnorm2d_forward(
             x,
-            self.weight.data if self.affine else None,
-            self.bias.data if self.affine else None,
+            weight,
+            bias,
             self.running_mean, self.running_var,
             training=self.training or not self.track_running_stats,
             momentum=momentum if momentum is not None else 0.0,
@@ -76,7 +83,7 @@ class BatchNorm2d(Module):
 
     def backward(self, dout: Any) -> Any:
         dx, dweight, dbias = F.batchnorm2d_backward(dout, self._pop_cache())
-        if self.affine:
+        if self.weight is not None and self.bias is not None:       # affine
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
         return dx

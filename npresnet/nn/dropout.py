@@ -51,7 +51,7 @@ class Dropout(Module):
         generator = self._rngs.get("numpy")
         if not isinstance(generator, np.random.Generator):
             return {}
-        return {"numpy": generator.bit_generator.state}
+        return {"numpy": dict(generator.bit_generator.state)}
 
     def load_rng_state(self, state: dict[str, dict[str, Any]]) -> None:
         """Restore what ``rng_state()`` returned: later masks are the ones the saved generator would draw.

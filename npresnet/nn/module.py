@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..backend import BACKENDS, backend_name, get_default, to_backend, to_numpy, xp_for
+from ..backend import BACKENDS, backend_name, get_default, to_backend, xp_for
 from ..grad_mode import is_grad_enabled
 from ..state_checks import StateError, convert_array
 from .parameter import Parameter
@@ -83,7 +83,8 @@ def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(backward)
     def wrapper(self: Module, *args: Any, **kwargs: Any) -> Any:
         state = self.__dict__
-        pre_hooks, hooks = state.get("_backward_pre_hooks"), state.get("_backward_hooks")
+        pre_hooks: dict[int, Callable] = state.get("_backward_pre_hooks") or {}
+        hooks: dict[int, Callable] = state.get("_backward_hooks") or {}
         if not (pre_hooks or hooks) or state.get("_in_backward"):
             return backward(self, *args, **kwargs)     # no hooks, or a super().backward() inside the hooked call
         bound = signature.bind(self, *args, **kwargs)
@@ -125,7 +126,7 @@ class Module:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("backward")
         if inspect.isfunction(own) and not getattr(own, "_npresnet_hooked", False):
-            cls.backward = _hooked_backward(own)
+            cls.backward = _hooked_backward(own)  # type: ignore[method-assign]  # on purpose: see the docstring
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
