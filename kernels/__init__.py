@@ -85,7 +85,8 @@ def _numba_installed() -> bool:
 
 HAVE_NUMBA = _numba_installed()
 if REQUESTED == "numba" and not HAVE_NUMBA:
-    raise ImportError("NPRESNET_KERNELS=numba but numba is not installed (pip install 'npresnet[kernels]')")
+    raise ImportError("NPRESNET_KERNELS=numba but numba is not installed; it is a dependency of npresnet: "
+                      "pip install 'numba>=0.58' (or reinstall: pip install -e .)")
 
 #: kernel name -> (module in this package, function in it)
 KERNELS = {
