@@ -113,17 +113,17 @@ if not SIMULATOR:
 
 else:
     from hypothesis import HealthCheck, given, settings
-    from hypothesis import strategies as st
 
     from npresnet import functional as F
     from npresnet import kernels, nn
-    from npresnet.functional.im2col import col2im, conv_output_size, im2col
+    from npresnet.functional.im2col import col2im, im2col
     from npresnet.functional.pooling import (
         avgpool2d_backward,
         avgpool2d_forward,
         maxpool2d_backward,
         maxpool2d_forward,
     )
+    from npresnet.testing.strategies import conv2d_configs, pool2d_configs
 
     # The CUDA modules (importing them imports numba.cuda, here in simulator mode).
     cuda_im2col, cuda_launch, cuda_pool = (importlib.import_module(f"npresnet.kernels.{name}")
@@ -210,24 +210,16 @@ else:
         assert_bitwise(dx, np.ascontiguousarray(dx_ref))
         assert (dx[0, 0, 1:-1] == 0).all()    # 1e8 + 1 + ... rounds the ones away in float32 (order matters)
 
-    @st.composite
-    def conv_configs(draw):
-        KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-        SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-        DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-        PH, PW = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-        H, W = draw(st.integers(1, 9)), draw(st.integers(1, 9))
-        if conv_output_size(H, KH, SH, PH, DH) < 1 or conv_output_size(W, KW, SW, PW, DW) < 1:
-            H, W = max(H, DH * (KH - 1) + 1), max(W, DW * (KW - 1) + 1)     # room for one window
-        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W)
-        return (shape, (KH, KW), (SH, SW), (PH, PW), (DH, DW), draw(st.sampled_from(DTYPES)),
-                draw(st.integers(0, 2**32 - 1)))
+    # im2col sees all channels at once: one group. Small sizes: the simulator runs a Python thread per element.
+    IM2COL_CONFIGS = conv2d_configs(batch=(1, 2), groups=1, channels_per_group=(1, 3), dilation=(1, 2), extra=(0, 4),
+                                    dtypes=DTYPES)
 
     @HYPOTHESIS
-    @given(conv_configs())
+    @given(IM2COL_CONFIGS)
     def test_im2col_col2im_random_configurations(config):
-        shape, ksize, stride, padding, dilation, dtype, seed = config
-        rng = np.random.default_rng(seed)
+        shape, ksize, stride, padding, dilation = (config.input_shape, config.kernel_size, config.stride,
+                                                   config.padding, config.dilation)
+        dtype, rng = config.dtype, np.random.default_rng(config.seed)
         x = rng.standard_normal(shape).astype(dtype)
         with kernels.reference_only():
             cols_ref = im2col(x, ksize, stride, padding, dilation)
@@ -292,24 +284,17 @@ else:
         assert_bitwise(y, y_ref)
         assert argmax[0, 0, 0, 0] == 2 and y[0, 0, 0, 0:1].view(bits)[0] == quiet | 2
 
-    @st.composite
-    def pool_configs(draw, dilated=True):
-        KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-        SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-        DH, DW = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilated else (1, 1)
-        PH = draw(st.integers(0, (DH * (KH - 1) + 1) // 2))
-        PW = draw(st.integers(0, (DW * (KW - 1) + 1) // 2))
-        H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 9))
-        W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 9))
-        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 3)), H, W)
-        return (shape, (KH, KW), (SH, SW), (PH, PW), (DH, DW), draw(st.booleans()), draw(st.sampled_from(DTYPES)),
-                draw(st.integers(0, 2**32 - 1)))
+    # Beyond what torch takes (torch_valid=False): padding up to half the dilated kernel, windows of padding only.
+    def pool_configs(kind: str):
+        return pool2d_configs(kind=kind, batch=(1, 2), channels=(1, 3), dilation=(1, 2), extra=(0, 4),
+                              torch_valid=False, divisor_override=False, dtypes=DTYPES)
 
     @HYPOTHESIS
-    @given(pool_configs())
+    @given(pool_configs("max"))
     def test_maxpool_random_configurations(config):
-        shape, ksize, stride, padding, dilation, ceil_mode, dtype, seed = config
-        rng = np.random.default_rng(seed)
+        shape, ksize, stride, padding, dilation, ceil_mode = (config.input_shape, config.kernel_size, config.stride,
+                                                              config.padding, config.dilation, config.ceil_mode)
+        dtype, rng = config.dtype, np.random.default_rng(config.seed)
         x = rng.integers(-2, 3, size=shape).astype(dtype)                   # ties everywhere
         with kernels.reference_only():
             y_ref, cache = maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
@@ -352,10 +337,12 @@ else:
         assert_bitwise(dx, np.ascontiguousarray(dx_ref))
 
     @HYPOTHESIS
-    @given(pool_configs(dilated=False), st.booleans())
-    def test_avgpool_random_configurations(config, include_pad):
-        shape, ksize, stride, padding, _, ceil_mode, dtype, seed = config
-        rng = np.random.default_rng(seed)
+    @given(pool_configs("avg"))
+    def test_avgpool_random_configurations(config):
+        shape, ksize, stride, padding, ceil_mode, include_pad = (config.input_shape, config.kernel_size, config.stride,
+                                                                 config.padding, config.ceil_mode,
+                                                                 config.count_include_pad)
+        dtype, rng = config.dtype, np.random.default_rng(config.seed)
         x = rng.standard_normal(shape).astype(dtype)
         with kernels.reference_only():
             y_ref, cache = avgpool2d_forward(x, ksize, stride, padding, ceil_mode, include_pad)

@@ -17,17 +17,17 @@ import textwrap
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from npresnet import kernels
 from npresnet.functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
-from npresnet.functional.im2col import col2im, conv_output_size, im2col
+from npresnet.functional.im2col import col2im, im2col
 from npresnet.functional.pooling import (
     avgpool2d_backward,
     avgpool2d_forward,
     maxpool2d_backward,
     maxpool2d_forward,
 )
+from npresnet.testing.strategies import conv2d_configs, pool2d_configs
 
 needs_numba = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
 DTYPES = [np.float64, np.float32]
@@ -108,28 +108,18 @@ def test_im2col_col2im_non_contiguous_inputs():
     assert_bitwise(kernel("col2im", dcols)(dcols, x.shape, *args[1:]), np.ascontiguousarray(dx_ref))
 
 
-@st.composite
-def conv_configs(draw):
-    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    PH, PW = draw(st.integers(0, 3)), draw(st.integers(0, 3))
-    H, W = draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W)
-    if conv_output_size(H, KH, SH, PH, DH) < 1 or conv_output_size(W, KW, SW, PW, DW) < 1:
-        # make the input just large enough for one window
-        H, W = max(H, DH * (KH - 1) + 1), max(W, DW * (KW - 1) + 1)
-        shape = (*shape[:2], H, W)
-    dtype = draw(st.sampled_from(DTYPES))
-    return shape, (KH, KW), (SH, SW), (PH, PW), (DH, DW), dtype, draw(st.integers(0, 2**32 - 1))
+# im2col sees all channels at once (groups never reach it): one group; padding also beyond the
+# kernel's reach (windows of padding only), input sizes from one window (output size 1) up.
+IM2COL_CONFIGS = conv2d_configs(groups=1, channels_per_group=(1, 4), dilation=(1, 2), extra=(0, 8), dtypes=DTYPES)
 
 
 @needs_numba
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(conv_configs())
+@given(IM2COL_CONFIGS)
 def test_im2col_col2im_random_configurations(config):
-    shape, ksize, stride, padding, dilation, dtype, seed = config
-    rng = np.random.default_rng(seed)
+    shape, ksize, stride, padding, dilation = (config.input_shape, config.kernel_size, config.stride,
+                                               config.padding, config.dilation)
+    dtype, rng = config.dtype, np.random.default_rng(config.seed)
     x = rng.standard_normal(shape).astype(dtype)
     with kernels.reference_only():
         cols_ref = im2col(x, ksize, stride, padding, dilation)
@@ -184,26 +174,18 @@ def test_maxpool_bitwise(shape, ksize, stride, padding, dilation, ceil_mode, dty
     assert_bitwise(dx, np.ascontiguousarray(dx_ref))
 
 
-@st.composite
-def pool_configs(draw):
-    KH, KW = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    SH, SW = draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    DH, DW = draw(st.integers(1, 2)), draw(st.integers(1, 2))
-    PH = draw(st.integers(0, (DH * (KH - 1) + 1) // 2))
-    PW = draw(st.integers(0, (DW * (KW - 1) + 1) // 2))
-    H = draw(st.integers(max(1, DH * (KH - 1) + 1 - 2 * PH), 12))
-    W = draw(st.integers(max(1, DW * (KW - 1) + 1 - 2 * PW), 12))
-    shape = (draw(st.integers(1, 3)), draw(st.integers(1, 4)), H, W)
-    return (shape, (KH, KW), (SH, SW), (PH, PW), (DH, DW), draw(st.booleans()), draw(st.sampled_from(DTYPES)),
-            draw(st.integers(0, 2**32 - 1)))
+# Beyond what torch takes (torch_valid=False): padding up to half the dilated kernel, and windows
+# that hold only padding (their maximum is -inf). The kernels must match the reference there too.
+MAXPOOL_CONFIGS = pool2d_configs(channels=(1, 4), dilation=(1, 2), extra=(0, 8), torch_valid=False, dtypes=DTYPES)
 
 
 @needs_numba
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pool_configs())
+@given(MAXPOOL_CONFIGS)
 def test_maxpool_random_configurations(config):
-    shape, ksize, stride, padding, dilation, ceil_mode, dtype, seed = config
-    rng = np.random.default_rng(seed)
+    shape, ksize, stride, padding, dilation, ceil_mode = (config.input_shape, config.kernel_size, config.stride,
+                                                          config.padding, config.dilation, config.ceil_mode)
+    dtype, rng = config.dtype, np.random.default_rng(config.seed)
     x = rng.integers(-2, 3, size=shape).astype(dtype)          # ties everywhere
     x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
     x[rng.random(shape) < 0.05] = np.nan

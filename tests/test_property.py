@@ -12,30 +12,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch.nn.functional as TF
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from npresnet import nn
 from npresnet.testing import tie_free
+from npresnet.testing.strategies import conv2d_configs, pool2d_configs, seeds
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
-seeds = st.integers(0, 2**32 - 1)
-
-
-def _spatial(draw, kernel: int, padding: int, dilation: int) -> int:
-    """An input length whose (dilated) kernel fits the padded input, plus up to 7 extra."""
-    smallest = max(1, dilation * (kernel - 1) + 1 - 2 * padding)
-    return draw(st.integers(smallest, smallest + 7))
-
-
-def _windows_all_see_input(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> bool:
-    """False when some pooling window holds only padding (possible with dilation): the output is
-    -inf there and torch's CPU max-pool backward then scatters to an invalid index (it can abort)."""
-    span = n + 2 * p - d * (k - 1) - 1
-    out = (-(-span // s) if ceil_mode else span // s) + 1
-    if ceil_mode and (out - 1) * s >= n + p:                 # torch: the last window starts inside
-        out -= 1
-    return all(any(0 <= o * s - p + i * d < n for i in range(k)) for o in range(out))
 
 
 def _compare(max_rel_err, tol, label: str, pairs) -> None:
@@ -46,72 +30,35 @@ def _compare(max_rel_err, tol, label: str, pairs) -> None:
 
 # ---------------------------------------------------------------------------------------------- Conv2d
 
-@st.composite
-def conv_configs(draw):
-    groups = draw(st.integers(1, 3))
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
-    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    return dict(
-        batch=draw(st.integers(1, 3)),
-        in_channels=groups * draw(st.integers(1, 3)),
-        out_channels=groups * draw(st.integers(1, 3)),
-        groups=groups,
-        kernel_size=kernel,
-        stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
-        padding=padding,
-        dilation=dilation,
-        size=tuple(_spatial(draw, k, p, d) for k, p, d in zip(kernel, padding, dilation)),
-        bias=draw(st.booleans()),
-        seed=draw(seeds),
-    )
-
-
-@st.composite
-def thin_conv3x3_configs(draw):
-    """What the direct 3x3 kernels take (stride 1, one group, <= 32 channels, padding <= 2*dilation)."""
-    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    padding = tuple(draw(st.integers(0, 2 * d)) for d in dilation)
-    return dict(
-        batch=draw(st.integers(1, 3)),
-        in_channels=draw(st.integers(1, 32)),
-        out_channels=draw(st.integers(1, 32)),
-        groups=1,
-        kernel_size=(3, 3),
-        stride=(1, 1),
-        padding=padding,
-        dilation=dilation,
-        size=tuple(_spatial(draw, 3, p, d) for p, d in zip(padding, dilation)),
-        bias=draw(st.booleans()),
-        seed=draw(seeds),
-    )
+CONV_CONFIGS = conv2d_configs()      # groups, non-square kernels, stride, padding, dilation, batch 1..3
+# What the direct 3x3 kernels take (stride 1, one group, <= 32 channels, padding <= 2*dilation).
+THIN_CONV3X3_CONFIGS = conv2d_configs(kernel=3, stride=1, groups=1, channels_per_group=(1, 32), padding=(0, 6),
+                                      padding_within_kernel=True)
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(config=conv_configs())
+@given(config=CONV_CONFIGS)
 def test_conv2d_matches_torch(config, max_rel_err, tol, to_torch):
     _check_conv_against_torch(config, max_rel_err, tol, to_torch)
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(config=thin_conv3x3_configs())
+@given(config=THIN_CONV3X3_CONFIGS)
 def test_thin_conv3x3_matches_torch(config, max_rel_err, tol, to_torch):
     """The direct 3x3 path (npresnet.kernels.conv3x3_cpu when Numba is on) against torch."""
     _check_conv_against_torch(config, max_rel_err, tol, to_torch)
 
 
 def _check_conv_against_torch(config, max_rel_err, tol, to_torch) -> None:
-    config = dict(config)
-    batch, size, seed = config.pop("batch"), config.pop("size"), config.pop("seed")
-    rng = np.random.default_rng(seed)
-    conv = nn.Conv2d(**config, rng=rng).to(np.float64)
-    x = rng.standard_normal((batch, config["in_channels"], *size))
+    rng = np.random.default_rng(config.seed)
+    conv = nn.Conv2d(**config.layer_kwargs(), rng=rng).to(np.float64)
+    x = rng.standard_normal(config.input_shape)
     y = conv(x)
     dy = rng.standard_normal(y.shape)
     dx = conv.backward(dy)
 
     xt, wt = to_torch(x, requires_grad=True), to_torch(conv.weight.data, requires_grad=True)
-    bt = to_torch(conv.bias.data, requires_grad=True) if config["bias"] else None
+    bt = to_torch(conv.bias.data, requires_grad=True) if config.bias else None
     yt = TF.conv2d(xt, wt, bt, conv.stride, conv.padding, conv.dilation, conv.groups)
     yt.backward(to_torch(dy))
     pairs = [("y", y, yt.detach()), ("dx", dx, xt.grad), ("dweight", conv.weight.grad, wt.grad)]
@@ -122,72 +69,42 @@ def _check_conv_against_torch(config, max_rel_err, tol, to_torch) -> None:
 
 # ------------------------------------------------------------------------------------------- MaxPool2d
 
-@st.composite
-def pool_configs(draw, dilated: bool):
-    kernel = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    padding = tuple(draw(st.integers(0, k // 2)) for k in kernel)       # torch: padding <= kernel / 2
-    dilation = (draw(st.integers(1, 3)), draw(st.integers(1, 3))) if dilated else (1, 1)
-    stride = draw(st.none() | st.tuples(st.integers(1, 3), st.integers(1, 3)))
-    ceil_mode = draw(st.booleans())
-    size = tuple(_spatial(draw, k, p, d) for k, p, d in zip(kernel, padding, dilation))
-    assume(all(_windows_all_see_input(n, k, s, p, d, ceil_mode)
-               for n, k, s, p, d in zip(size, kernel, stride or kernel, padding, dilation)))
-    return dict(
-        batch=draw(st.integers(1, 3)),
-        channels=draw(st.integers(1, 3)),
-        kernel_size=kernel,
-        stride=stride,
-        padding=padding,
-        dilation=dilation,
-        ceil_mode=ceil_mode,
-        size=size,
-        seed=draw(seeds),
-    )
+MAXPOOL_CONFIGS = pool2d_configs()   # only what torch takes: padding <= kernel / 2, no window of padding only
 
 
 @settings(max_examples=150, **SETTINGS)
-@given(config=pool_configs(dilated=True))
+@given(config=MAXPOOL_CONFIGS)
 def test_maxpool2d_matches_torch(config, max_rel_err, tol, to_torch):
-    config = dict(config)
-    batch, channels, size = config.pop("batch"), config.pop("channels"), config.pop("size")
-    rng = np.random.default_rng(config.pop("seed"))
-    x = tie_free((batch, channels, *size), rng)
-    pool = nn.MaxPool2d(**config)
+    rng = np.random.default_rng(config.seed)
+    x = tie_free(config.input_shape, rng)
+    pool = nn.MaxPool2d(**config.layer_kwargs())
     y = pool(x)
     dy = rng.standard_normal(y.shape)
     dx = pool.backward(dy)
 
     xt = to_torch(x, requires_grad=True)
-    yt = TF.max_pool2d(xt, **config)
+    yt = TF.max_pool2d(xt, **config.layer_kwargs())
     yt.backward(to_torch(dy))
     _compare(max_rel_err, tol, "MaxPool2d", [("y", y, yt.detach()), ("dx", dx, xt.grad)])
 
 
 # ------------------------------------------------------------------------------------------- AvgPool2d
 
-@st.composite
-def avgpool_configs(draw):
-    config = draw(pool_configs(dilated=False))
-    del config["dilation"]
-    config["count_include_pad"] = draw(st.booleans())
-    config["divisor_override"] = draw(st.none() | st.integers(1, 9))
-    return config
+AVGPOOL_CONFIGS = pool2d_configs(kind="avg")    # also count_include_pad and divisor_override
 
 
 @settings(max_examples=100, **SETTINGS)
-@given(config=avgpool_configs())
+@given(config=AVGPOOL_CONFIGS)
 def test_avgpool2d_matches_torch(config, max_rel_err, tol, to_torch):
-    config = dict(config)
-    batch, channels, size = config.pop("batch"), config.pop("channels"), config.pop("size")
-    rng = np.random.default_rng(config.pop("seed"))
-    x = rng.standard_normal((batch, channels, *size))
-    pool = nn.AvgPool2d(**config)
+    rng = np.random.default_rng(config.seed)
+    x = rng.standard_normal(config.input_shape)
+    pool = nn.AvgPool2d(**config.layer_kwargs())
     y = pool(x)
     dy = rng.standard_normal(y.shape)
     dx = pool.backward(dy)
 
     xt = to_torch(x, requires_grad=True)
-    yt = TF.avg_pool2d(xt, **config)
+    yt = TF.avg_pool2d(xt, **config.layer_kwargs())
     yt.backward(to_torch(dy))
     _compare(max_rel_err, tol, "AvgPool2d", [("y", y, yt.detach()), ("dx", dx, xt.grad)])
 
@@ -218,16 +135,16 @@ def test_strategies_reach_the_interesting_corners():
     ceil_seen = {True: False, False: False}
 
     @settings(max_examples=200, deadline=None, database=None)
-    @given(conv=conv_configs(), pool=pool_configs(dilated=True))
+    @given(conv=CONV_CONFIGS, pool=MAXPOOL_CONFIGS)
     def record(conv, pool):
-        seen["groups>1"] |= conv["groups"] > 1
-        seen["dilation>1"] |= max(conv["dilation"]) > 1
-        seen["H!=W"] |= conv["size"][0] != conv["size"][1]
-        seen["KH!=KW"] |= conv["kernel_size"][0] != conv["kernel_size"][1]
-        seen["stride>1"] |= max(conv["stride"]) > 1
-        seen["padding"] |= max(pool["padding"]) > 0
-        seen["batch1"] |= conv["batch"] == 1
-        ceil_seen[pool["ceil_mode"]] = True
+        seen["groups>1"] |= conv.groups > 1
+        seen["dilation>1"] |= max(conv.dilation) > 1
+        seen["H!=W"] |= conv.size[0] != conv.size[1]
+        seen["KH!=KW"] |= conv.kernel_size[0] != conv.kernel_size[1]
+        seen["stride>1"] |= max(conv.stride) > 1
+        seen["padding"] |= max(pool.padding) > 0
+        seen["batch1"] |= conv.batch == 1
+        ceil_seen[pool.ceil_mode] = True
 
     record()
     assert all(seen.values()), seen
