@@ -54,11 +54,8 @@ REVIEWED = {
     ("npresnet/functional/pooling.py", "_avgpool_divisor", "np.outer"): "host ints (divisor table)",
     ("npresnet/functional/pooling.py", "avgpool2d_forward", "np.full"):
         "divisor_override table from a Python int; moved with xp.asarray right after",
-    ("npresnet/nn/module.py", "Module.load_state_dict", "np.shape"):
+    ("npresnet/nn/module.py", "Module._prepare_state_dict", "np.shape"):
         "np.shape reads .shape first, so it does not convert a CuPy array",
-    ("npresnet/nn/module.py", "Module.load_state_dict", "np.array"):
-        "argument is to_numpy(value): an explicit host copy at load time (not a training step)",
-    ("npresnet/nn/module.py", "Module.load_state_dict", "to_numpy"): "load time, explicit",
     ("npresnet/nn/module.py", "new_parameter", "np.asarray"): "fresh host initialisation, then to_backend",
     ("npresnet/nn/module.py", "new_buffer", "np.asarray"): "fresh host initialisation, then to_backend",
     ("npresnet/nn/batchnorm.py", "BatchNorm2d.__init__", "np.ones"): "initial values on the host",
@@ -70,9 +67,9 @@ REVIEWED = {
         "validates class indices (CuPy would wrap out-of-range ones silently): one sync per call",
     ("npresnet/functional/loss.py", "cross_entropy_forward", "int(target.min())"): "error message only",
     ("npresnet/functional/loss.py", "cross_entropy_forward", "int(target.max())"): "error message only",
-    ("npresnet/optim.py", "Optimizer.load_state_dict", "np.asarray"): "load time: to_numpy(value), explicit",
-    ("npresnet/optim.py", "Optimizer.load_state_dict", "np.array"): "load time, host copy before to_backend",
-    ("npresnet/optim.py", "Optimizer.load_state_dict", "to_numpy"): "load time, explicit",
+    ("npresnet/optim.py", "Optimizer._checked_state_value", "np.asarray"):
+        "load time: the 'step' count, np.asarray(to_numpy(value)) of a number or 0-d tensor, explicit",
+    ("npresnet/optim.py", "Optimizer._checked_state_value", "to_numpy"): "load time, explicit",
 }
 
 #: Methods that read a device array back to the host when they appear inside int()/float()/bool().
