@@ -499,6 +499,22 @@ def test_preserved_state_undoes_every_forward_side_effect(rng, fail):
     np.testing.assert_array_equal(probed(x), twin(x))           # the generators continue where they were
 
 
+def test_saved_for_backward_shows_the_cache_until_backward_consumes_it(rng):
+    conv = nn.Conv2d(2, 3, 3, rng=rng)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    assert conv.saved_for_backward is None
+    y = conv(x)
+    assert conv.saved_for_backward is conv._cache and conv.saved_for_backward is not None
+    with npresnet.no_grad():
+        conv(x)
+    assert conv.saved_for_backward is None          # no_grad keeps nothing
+    conv(x)
+    conv.backward(np.ones_like(y))
+    assert conv.saved_for_backward is None          # backward consumed it
+    with pytest.raises(AttributeError):
+        conv.saved_for_backward = 1                 # read-only
+
+
 def test_preserved_state_drops_generators_created_inside():
     """A Dropout that never drew before the block draws its first mask from ``seed`` after it."""
     x = np.ones((2, 8), np.float32)

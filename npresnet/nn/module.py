@@ -251,6 +251,12 @@ class Module:
         object.__setattr__(self, "_cache", None)
         return cache
 
+    @property
+    def saved_for_backward(self) -> Any:
+        """What the last forward kept for the next backward (None if nothing is held). Read-only: for
+        tools that account for it, such as ``npresnet.summary``'s activation memory."""
+        return self._cache
+
     # ------------------------------------------------------------------ transient state
     def _save_transient_state(self) -> Callable[[], None]:
         """Snapshot what a forward pass changes in this module alone; the returned function undoes it.
