@@ -139,6 +139,22 @@ def reference_only() -> Iterator[None]:
         _reference_depth -= 1
 
 
+# None, or observer(name, kernel) -> the function ``get`` hands out instead of the kernel (a profiler
+# wraps it in a timer). Off, it costs one comparison per ``get``.
+_observer: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None
+
+
+def set_observer(observer: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None) -> Any:
+    """Hand every kernel that ``get`` returns through ``observer(name, kernel)`` (``None``: stop).
+
+    The hook point of ``python -m npresnet.bench --profile``, which times each kernel call. Returns
+    the previous observer, to put back afterwards.
+    """
+    global _observer
+    previous, _observer = _observer, observer
+    return previous
+
+
 def get(name: str, x: Any) -> Callable[..., Any] | None:
     """The Numba kernel ``name`` (see the module docstring) if it should process ``x``, else None.
 
@@ -149,6 +165,13 @@ def get(name: str, x: Any) -> Callable[..., Any] | None:
     """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; expected one of {sorted(KERNELS)}")
+    if _observer is not None:                   # a profiler is watching (see set_observer)
+        kernel = _get(name, x)
+        return kernel if kernel is None else _observer(name, kernel)
+    return _get(name, x)
+
+
+def _get(name: str, x: Any) -> Callable[..., Any] | None:
     if is_cupy_array(x):
         return _get_cuda(name, x)
     if active() != "numba" or not isinstance(x, np.ndarray) or x.dtype not in _FLOAT_DTYPES:

@@ -1,0 +1,5 @@
+"""``python -m npresnet.bench``."""
+
+from .cli import main
+
+main()

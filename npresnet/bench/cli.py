@@ -1,0 +1,176 @@
+"""``python -m npresnet.bench`` itself: the options, the measuring loop and its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from .. import nn, runtime
+from ..backend import xp_for
+from ..optim import SGD
+from .compare import check_same_logits, torch_missing, torch_setup, torch_time
+from .machine import gemm_peak_gflops, machine_info
+from .memory import measure_memory
+from .profiler import op_profile, profile_ms, profile_table
+from .timing import quartiles, step_peak_memory, synchronize, timed
+from .workloads import (
+    DEFAULT_MODELS,
+    build_npresnet,
+    default_batch,
+    default_size,
+    forward_macs,
+    make_step,
+    unknown_model_message,
+)
+
+__all__ = ["check_args", "main", "parse_args", "run"]
+
+DESCRIPTION = "How fast npresnet runs ResNets, measured against the machine and PyTorch (see npresnet.bench)."
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    xp = xp_for(args.backend)
+    allocator_tuned = runtime.tune_allocator() if not args.no_tune_allocator else False
+    limiter = runtime.set_num_threads(args.threads)       # BLAS and torch at N, Numba at 1
+    if args.compare == "torch":
+        import torch  # noqa: F401  (imported now so set_num_threads and the versions see it)
+
+        runtime.set_num_threads(args.threads)
+    machine = machine_info(args.threads, args.backend)
+    machine["allocator_tuned"] = allocator_tuned
+    peak = gemm_peak_gflops(args.dtype, xp)
+    machine["gemm_peak_gflops"] = round(peak, 1)
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in machine["blas"])
+    print(f"npresnet bench | {machine['cpu']} | {args.threads} thread(s) | {args.backend} {args.dtype} | "
+          f"kernels: {machine['kernels']} | BLAS: {blas}")
+    print(f"GEMM peak (single {1536}^3 matmul): {peak:.1f} GFLOP/s")
+    legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
+    if args.compare == "torch":
+        legend += "; ratio: npresnet time / torch time (above 1: npresnet is slower)"
+    print(legend)
+    results = []
+    for name in args.models:
+        size = args.size or default_size(name)
+        batch = args.batch or default_batch(name)
+        model = build_npresnet(name, args.dtype, args.backend)
+        rng = np.random.default_rng(0)
+        x = xp.asarray(rng.standard_normal((batch, 3, size, size)), dtype=args.dtype)
+        num_classes = model.fc.out_features if hasattr(model, "fc") else 1000
+        target = xp.asarray(rng.integers(0, num_classes, batch))
+        macs = forward_macs(model, (batch, 3, size, size), args.dtype)
+        criterion, optimizer = nn.CrossEntropyLoss(), SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        compare = None
+        if args.compare == "torch":
+            compare = torch_setup(name, model, args.dtype, args.threads, args.backend)
+            logits_error = check_same_logits(model, compare[1], compare[0], x, compare[2], args.dtype)
+        for mode in args.mode:
+            print(f"  {name} {mode} batch {batch} {size}x{size} ...", end="", flush=True)
+            step = make_step(mode, model, criterion, optimizer, x, target)
+            flops = (2 if mode == "forward" else 3 * 2) * macs
+            first, times = timed(step, args.warmup, args.repeat, xp)
+            peak_bytes = step_peak_memory(step, xp)
+            median = statistics.median(times)
+            q1, q3 = quartiles(times)
+            row = {
+                "model": name, "mode": mode, "batch": batch, "image_size": size, "backend": args.backend,
+                "dtype": args.dtype, "npresnet_s": median, "iqr_s": q3 - q1, "first_call_s": first,
+                "images_per_s": batch / median, "gflops": flops / median / 1e9,
+                "peak_share": flops / median / 1e9 / peak, "macs": macs,
+                "peak_memory_mb": peak_bytes / 2**20 if peak_bytes is not None else None,
+            }
+            line = (f"\r  {name:<16} {mode:<8} batch {batch:<4} {size}x{size}: {median:8.3f} s/batch "
+                    f"(IQR {q3 - q1:.3f}, first {first:.2f} s)  {batch / median:8.1f} img/s  "
+                    f"{row['gflops']:6.1f} GFLOP/s ({100 * row['peak_share']:.0f}% of peak)")
+            if row["peak_memory_mb"] is not None:
+                line += f"  traced peak {row['peak_memory_mb']:.0f} MB"
+            if compare is not None:
+                torch_s = torch_time(compare, mode, x, target, args)
+                row.update({"torch_s": torch_s, "ratio": median / torch_s, "logits_max_rel_error": logits_error})
+                line += f"  | torch {torch_s:.3f} s, ratio npresnet/torch {median / torch_s:.2f}x"
+            if args.memory and args.backend == "numpy":
+                sizes = {fw: measure_memory(fw, name, mode, batch, size, args.dtype, args.threads)
+                         for fw in (("npresnet", "torch") if compare is not None else ("npresnet",))}
+                row["rss_peak_mb"] = sizes["npresnet"] / 2**20 if sizes["npresnet"] is not None else None
+                line += f"\n    resident memory of a step (fresh process): npresnet {row['rss_peak_mb']:.0f} MB"
+                if sizes.get("torch") is not None:
+                    row["torch_rss_peak_mb"] = sizes["torch"] / 2**20
+                    row["memory_ratio"] = sizes["npresnet"] / sizes["torch"]
+                    line += (f", torch {row['torch_rss_peak_mb']:.0f} MB, ratio npresnet/torch "
+                             f"{row['memory_ratio']:.2f}x")
+            print(line)
+            if args.profile:
+                op_times: dict[str, float] = defaultdict(float)
+                with op_profile(model, op_times):
+                    start = time.perf_counter()
+                    for _ in range(args.repeat):
+                        step()
+                    synchronize(xp)
+                    profiled_step = (time.perf_counter() - start) / args.repeat
+                # "other" comes from the profiled steps themselves: against the unprofiled median it
+                # could come out negative when the profiled steps ran slower (a busy machine).
+                row["profile_ms"] = profile_ms(op_times, args.repeat, profiled_step)
+                print("\n".join(profile_table(row["profile_ms"])))
+            results.append(row)
+    machine["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if limiter is not None:
+        limiter.restore_original_limits()
+    return {"machine": machine, "results": results}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m npresnet.bench", description=DESCRIPTION)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model factory names")
+    p.add_argument("--batch", type=int, default=None, help="batch size (default: 8 at 224x224, 64 at 32x32)")
+    p.add_argument("--size", type=int, default=None, help="image size (default: 224, or 32 for CIFAR models)")
+    p.add_argument("--mode", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    p.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1; Numba stays at 1)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first one is reported)")
+    p.add_argument("--compare", choices=["torch"], default=None,
+                   help="also time PyTorch on the same model; the ratio is npresnet time / torch time")
+    p.add_argument("--profile", action="store_true", help="time per op kind, forward and backward")
+    p.add_argument("--memory", action="store_true",
+                   help="also measure each step's resident memory in a fresh process (npresnet, and torch with "
+                        "--compare torch)")
+    p.add_argument("--no-tune-allocator", action="store_true",
+                   help="leave glibc malloc's thresholds alone (see npresnet.runtime.tune_allocator)")
+    p.add_argument("--json", metavar="PATH", default=None, help="write machine info and results as JSON")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> str | None:
+    """The first problem with the options that would stop the run midway (checked before measuring), or None."""
+    for name in args.models:
+        problem = unknown_model_message(name)
+        if problem is not None:
+            return problem
+    if args.compare == "torch":
+        return torch_missing()
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the bench; returns the report. A bad option ends it before anything is measured: one line
+    ``error: ...`` on stderr and exit status 2."""
+    args = parse_args(argv)
+    problem = check_args(args)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    report = run(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return report
+
