@@ -87,7 +87,8 @@ class Dropout(Module):
             self._rngs["numpy"] = generator
 
     def _save_transient_state(self) -> Callable[[], None]:
-        """Also restore the generators: the NumPy one's state, and drop any created meanwhile."""
+        """Also restore the generators: the NumPy one's state, and drop any created meanwhile (a CuPy
+        generator that existed on entry cannot be rewound: CuPy does not export its state)."""
         restore_base = super()._save_transient_state()
         generators = dict(self._rngs)
         states = {name: g.bit_generator.state for name, g in generators.items() if isinstance(g, np.random.Generator)}

@@ -283,7 +283,8 @@ class Module:
 
         Restored for every module below and including this one: the ``training`` flag, the cache
         kept for backward, every buffer (e.g. BatchNorm's running statistics and
-        ``num_batches_tracked``) and every random generator state (``Dropout``). Parameters and
+        ``num_batches_tracked``) and every NumPy random generator state (``Dropout``; a CuPy generator
+        cannot export its state, so only one created inside the block is undone). Parameters and
         their gradients are not touched: they are what an optimizer changes on purpose. Use it to
         probe a model (a summary pass, a numerical gradient check) without disturbing training::
 
