@@ -87,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.requires_grad_(False)
         if args.freeze == "backbone":
             getattr(model, classifier_name(model)).requires_grad_(True)
+        label = " ".join([name, *(f"{k} {getattr(args, k)}" for k in sorted(takes[name]) if getattr(args, k))])
         try:
-            summaries.append(summary(model, shape, dtype=args.dtype, measure_memory=not args.no_memory, label=name))
+            summaries.append(summary(model, shape, dtype=args.dtype, measure_memory=not args.no_memory, label=label))
         except ValueError as exc:       # e.g. an input too small for the network: the layer says why
             p.error(f"{name} at --input-shape {','.join(map(str, shape))}: {exc}")
 
