@@ -10,11 +10,17 @@
 4. On a kink (ReLU input at or within eps of 0, a max-pool tie) it raises NondifferentiableError
    saying "kink", and it does not mistake a real bug for a kink.
 5. It refuses float32, nondeterministic forwards and nothing-to-check, and leaves modules as they were.
+6. ``python -m npresnet.gradcheck`` checks a named model or a user's ``package.module:Name`` with a
+   line per array, exits 1 on a failed check, and 2 with one line ``error: ...`` on bad arguments.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -657,3 +663,86 @@ def test_bad_arguments_give_clear_errors():
         gradcheck((lambda a: a * 2, lambda d, c: d), x)
     with pytest.raises(GradcheckError, match=r"shape \(3,\), expected \(2, 3\)"):
         gradcheck((lambda a: (a * 2, None), lambda d, c: d[0]), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The command line: python -m npresnet.gradcheck MODEL_OR_MODULE_PATH.
+
+_USER_LAYERS = '''
+import numpy as np
+from npresnet import nn
+
+
+class LeakyReLU(nn.Module):
+    def __init__(self, slope=0.1, scale=1.0):
+        super().__init__()
+        self.slope, self.scale = slope, scale
+
+    def forward(self, x):
+        self._save_for_backward(x > 0)
+        return np.where(x > 0, x, self.slope * x)
+
+    def backward(self, dy):
+        return self.scale * np.where(self._pop_cache(), dy, self.slope * dy)
+
+
+def off_by_one_percent():
+    return LeakyReLU(scale=1.01)
+
+
+NOT_A_MODULE = 3
+'''
+
+
+def _cli(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, "-m", "npresnet.gradcheck", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)
+
+
+def test_cli_checks_a_named_model_with_a_line_per_array():
+    result = _cli("resnet20", "--mode", "directional", "--input-shape", "2", "3", "8", "8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "gradcheck resnet20: input (2, 3, 8, 8), training mode, seed 0"
+    assert lines[1] == "gradcheck (directional), atol=1e-05 rtol=0.001: passed"
+    rows = [line for line in lines if line.startswith("  ok   ")]
+    assert len(rows) == 1 + 19 * 3 + 2                       # input, (conv, BN weight, BN bias) x 19, fc
+    assert rows[0].split()[1:4] == ["input", "0", "(directional)"] and "fc.bias (directional)" in rows[-1]
+    assert "60 array(s) checked" in lines[-1]
+
+
+def test_cli_checks_a_users_class_and_reports_a_bug(tmp_path):
+    (tmp_path / "mylayers.py").write_text(_USER_LAYERS)
+    good = _cli("mylayers:LeakyReLU", "--input-shape", "2", "3", "4", cwd=tmp_path, pythonpath=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "ok   input 0      24 elements" in good.stdout
+    bad = _cli("mylayers:off_by_one_percent", "--input-shape", "2", "3", "4", cwd=tmp_path, pythonpath=tmp_path)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAILED" in bad.stdout and "FAIL input 0" in bad.stdout
+    assert re.search(r"^input 0: 2\d of 24 element\(s\) fail .* Worst at \(", bad.stdout, re.MULTILINE), bad.stdout
+    assert "hint: analytic = 1.01 x numeric everywhere" in bad.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["resnet21"], "error: unknown model 'resnet21'; available: resnet18,"),
+    (["resnet20"], "error: full mode runs 2 forward passes per element, and resnet20 with input (2, 3, 32, 32) "
+                   "has 275,866 (input and parameters): use --mode directional"),
+    (["mylayers:LeakyReLU"], "error: --input-shape is required for mylayers:LeakyReLU"),
+    (["nosuchpackage.layers:X", "--input-shape", "2"], "error: cannot import 'nosuchpackage.layers'"),
+    (["mylayers:Missing", "--input-shape", "2"], "error: module 'mylayers' has no attribute 'Missing'"),
+    (["mylayers:NOT_A_MODULE", "--input-shape", "2"], "error: mylayers:NOT_A_MODULE is a int, not a Module class"),
+    (["mylayers:np", "--input-shape", "2"], "error: mylayers:np is a module, not a Module class"),
+    (["resnet20", "--input-shape", "2", "0", "8", "8"], "error: --input-shape needs positive sizes, got 2 0 8 8"),
+    (["resnet20", "--mode", "directional", "--input-shape", "2", "1", "8", "8"],
+     "error: resnet20 on input (2, 1, 8, 8): Conv2d expects input with 3 channels"),
+    (["resnet20", "--mode", "fast"], "error: argument --mode: invalid choice: 'fast'"),
+])
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, message):
+    (tmp_path / "mylayers.py").write_text(_USER_LAYERS)
+    result = _cli(*args, cwd=tmp_path, pythonpath=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(message), result.stderr

@@ -38,6 +38,7 @@ from npresnet.testing import (
     batchnorm_configs,
     check_module,
     conv2d_configs,
+    kink_free,
     pool2d_configs,
     tie_free,
 )
@@ -437,3 +438,29 @@ def test_the_strategies_reach_the_corners():
     assert "conv ceil_mode" in seen and seen.pop("conv ceil_mode") == {False}    # convolutions have no ceil_mode
     missing = [m for m in missing if m != "conv ceil_mode"]
     assert not missing, f"never drawn (or always drawn): {missing}"
+
+
+class KinkAt(nn.Module):
+    """relu(x - c): a kink wherever an input equals c."""
+
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, x):
+        self._save_for_backward(x > self.c)
+        return np.maximum(x - self.c, 0.0)
+
+    def backward(self, dy):
+        return dy * self._pop_cache()
+
+
+def test_check_module_draws_again_when_a_kink_spoils_the_check():
+    unlucky = float(kink_free((2, 3), np.random.default_rng(0))[1, 2])     # what seed 0 draws at (1, 2)
+    report = check_module(KinkAt(unlucky), (2, 3))
+    assert report.passed
+    assert "seed=0 put a kink within eps of the point (input 0): drew again" in report.notes
+    assert "inputs drawn with seed=1: input 0 (2, 3) kink-free" in report.notes
+    with pytest.raises(NondifferentiableError, match="kink") as info:       # arrays given: nothing to redraw
+        check_module(KinkAt(unlucky), kink_free((2, 3), np.random.default_rng(0)))
+    assert "drew again" not in str(info.value)

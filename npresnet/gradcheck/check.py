@@ -246,15 +246,21 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
         report.arrays.append(result)
 
     if raise_exception and not report.passed:
-        failed = [a for a in report.arrays if not a.allclose]
-        if not failed:
-            raise NondifferentiableError(_kink_message(report, eps))
-        kinked = sum(len(a.kinks) for a in report.arrays)
-        raise GradcheckError(
-            f"gradcheck ({mode}, eps={eps:g}) failed: the backward disagrees with finite differences of "
-            f"L = sum(v * f) for {len(failed)} array(s):\n  " + "\n  ".join(a.describe(atol, rtol) for a in failed)
-            + (f"\n({kinked} element(s) on a kink were left out)" if kinked else "")
-            + where_to_look([a.name for a in failed], [a.name for a in report.arrays if a.allclose],
-                            forks=t.module is not None and any(True for _ in t.module.children())))
+        raise failure(report, eps, forks=t.module is not None and any(True for _ in t.module.children()))
     return report
 
+
+
+def failure(report: GradcheckReport, eps: float, forks: bool = False) -> GradcheckError:
+    """The exception for a failed report: ``NondifferentiableError`` when kinks alone spoiled it, else a
+    ``GradcheckError`` describing every failing array (``forks``: the module has children)."""
+    failed = [a for a in report.arrays if not a.allclose]
+    if not failed:
+        return NondifferentiableError(_kink_message(report, eps))
+    kinked = sum(len(a.kinks) for a in report.arrays)
+    return GradcheckError(
+        f"gradcheck ({report.mode}, eps={eps:g}) failed: the backward disagrees with finite differences of "
+        f"L = sum(v * f) for {len(failed)} array(s):\n  "
+        + "\n  ".join(a.describe(report.atol, report.rtol) for a in failed)
+        + (f"\n({kinked} element(s) on a kink were left out)" if kinked else "")
+        + where_to_look([a.name for a in failed], [a.name for a in report.arrays if a.allclose], forks=forks))
