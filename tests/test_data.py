@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -95,6 +96,30 @@ def test_prefetch_thread_gives_identical_batches(dataset):
     for (x, y), (xp, yp) in zip(inline, ahead, strict=True):
         np.testing.assert_array_equal(x, xp)
         np.testing.assert_array_equal(y, yp)
+
+
+def test_prefetch_prepares_batches_ahead_in_a_background_thread(dataset):
+    """prefetch=2: while the consumer holds batch 0, the thread makes batches 1 and 2 (queued) and 3
+    (waiting for room), no more; prefetch=0 makes each batch inline, in the consumer's thread."""
+    made, ahead = [], threading.Event()
+
+    def watch(x, rng):
+        made.append(threading.current_thread().name)
+        if len(made) >= 3:
+            ahead.set()
+        return x
+
+    batches = iter(DataLoader(dataset, 2, prefetch=2, transform=watch))
+    next(batches)
+    assert ahead.wait(30), f"prefetch=2 made only {len(made)} batch(es) while the first one was in use"
+    time.sleep(0.2)                                     # room for a runaway producer to show itself
+    assert 3 <= len(made) <= 4, f"{len(made)} batches made with one consumed and prefetch=2"
+    assert set(made) == {"npresnet-prefetch"}, made
+    batches.close()
+    made.clear()
+    inline = iter(DataLoader(dataset, 2, prefetch=0, transform=watch))
+    next(inline)
+    assert made == [threading.current_thread().name]
 
 
 def test_prefetch_stops_on_break_and_reraises_worker_errors(dataset):

@@ -19,6 +19,7 @@ with the reason, when mpi4py or the mpiexec next to this Python is missing):
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -140,7 +141,7 @@ def test_single_process_world_is_a_no_op_and_missing_mpi4py_is_a_clear_error(mon
 def test_distributed_flag_without_mpi4py_is_a_clear_command_line_error(monkeypatch, capsys, tmp_path):
     from npresnet.training import main
     monkeypatch.setitem(sys.modules, "mpi4py", None)
-    assert main(["--distributed", "--out", str(tmp_path), "--epochs", "1"]) == 1
+    assert main(["--distributed", "--out", str(tmp_path), "--epochs", "1"]) == 2
     assert "--distributed needs mpi4py and an MPI runtime: pip install 'npresnet[mpi]'" in capsys.readouterr().err
     assert not (tmp_path / "checkpoint.npz").exists()
 
@@ -352,6 +353,50 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
         running = [k for k in ref_state if k.endswith("running_mean")]
         same_stats = all(np.array_equal(ranks[0][1][k], ranks[1][1][k]) for k in running)
         assert same_stats == (mode == "sync")               # per-rank BN keeps per-rank running statistics
+
+
+BROADCAST_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from npresnet import distributed as dist, nn
+    from npresnet.optim import SGD
+    from npresnet.schedules import MultiStepLR
+
+    world = dist.init_distributed(timeout=60)
+    model = nn.Linear(3, 2)
+    optimizer = SGD(model.parameters(), lr=0.1 * (world.rank + 1), momentum=0.9)
+    scheduler = MultiStepLR(optimizer, milestones=[1, 2], gamma=0.5)
+    rng = np.random.default_rng(world.rank)
+    for _ in range(world.rank + 1):                  # rank r: r + 1 steps with gradients of its own
+        optimizer.zero_grad()
+        for p in model.parameters():
+            p.accumulate_grad(rng.standard_normal(p.shape).astype(p.dtype))
+        optimizer.step()
+        scheduler.step()
+
+    def snapshot():
+        state = optimizer.state_dict()
+        buffers = {f"buffer{i}": s["momentum_buffer"].tolist() for i, s in state["state"].items()}
+        return {**buffers, "lr": state["param_groups"][0]["lr"], "schedule": scheduler.state_dict()}
+
+    before = snapshot()
+    dist.broadcast_optimizer(optimizer, world, scheduler=scheduler)
+    with open(f"{sys.argv[1]}/optimizer-rank{world.rank}.json", "w") as f:
+        json.dump({"before": before, "after": snapshot()}, f)
+""")
+
+
+def test_broadcast_optimizer_gives_every_rank_the_state_of_rank_0(tmp_path):
+    """Ranks that took different steps (momentum buffers, lr, schedule position) hold rank 0's state after it."""
+    mpiexec = _mpiexec()
+    (tmp_path / "broadcast.py").write_text(BROADCAST_SCRIPT)
+    proc, _ = _run([mpiexec, "-n", "2", sys.executable, "broadcast.py", str(tmp_path)], timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ranks = [json.loads((tmp_path / f"optimizer-rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["before"] != ranks[1]["before"]                  # the test starts from states that differ
+    assert ranks[0]["after"] == ranks[0]["before"]                   # rank 0 keeps its own
+    assert ranks[1]["after"] == ranks[0]["before"], "rank 1 did not take rank 0's optimizer and schedule state"
+    assert ranks[1]["after"]["schedule"]["last_epoch"] == 1 and ranks[1]["after"]["lr"] == 0.05
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:

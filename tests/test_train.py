@@ -151,6 +151,22 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not os.path.exists(fresh / "checkpoint.npz")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")         # overflow on the way to the non-finite test loss
+def test_weights_blown_up_by_the_last_step_stop_at_the_end_of_the_epoch(tmp_path):
+    """One iteration per epoch; at the end of epoch 1 the schedule multiplies lr by 1e35. Epoch 2's only
+    training loss is computed before that step and is finite; the step blows the weights up, and only
+    the end-of-epoch check (the test loss, the weights) can see it: epoch 1's checkpoint must stay."""
+    config = tiny_config(tmp_path, epochs=2, train_limit=32, batch_size=32, warmup_steps=0, milestones=[1.0],
+                         gamma=1e35)
+    with pytest.raises(TrainingDiverged, match=r"the weights or the test loss became non-finite in epoch 2; the "
+                                               r"last good checkpoint .*checkpoint.npz \(end of epoch 1\) is kept"):
+        train(config, log=silent)
+    meta, arrays = ckpt.read_checkpoint(tmp_path / "checkpoint.npz")
+    assert meta["epoch"] == 1 and meta["step"] == 1
+    assert all(np.isfinite(v).all() for k, v in arrays.items() if k.startswith("model/"))
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 1
+
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     model = resnet20(seed=0)
     path = tmp_path / "checkpoint.npz"
@@ -186,7 +202,7 @@ def test_command_line_run_resume_metrics_and_plot(tmp_path, capsys):
     summary = json.loads((out / "metrics.json").read_text())
     assert [r["epoch"] for r in summary["history"]] == [1, 2] and summary["config"]["epochs"] == 2
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(["--data", "cifar10", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 1
+    assert main(["--data", "cifar10", "--data-root", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert "CIFAR-10 directory not found" in capsys.readouterr().err
 
 
