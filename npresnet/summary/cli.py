@@ -13,7 +13,7 @@ from .report import comparison_text, markdown, text, to_json
 from .structure import classifier_name
 
 
-def input_shape(value: str) -> tuple[int, int, int, int]:
+def input_shape(value: str) -> tuple[int, ...]:
     """``"1,3,224,224"`` -> (1, 3, 224, 224); anything else is an argparse error naming what it got."""
     try:
         shape = tuple(int(s) for s in value.split(","))
@@ -25,7 +25,7 @@ def input_shape(value: str) -> tuple[int, int, int, int]:
                                          f"{value!r} ({len(shape)} value{'s' if len(shape) != 1 else ''})")
     if min(shape) < 1:
         raise argparse.ArgumentTypeError(f"every size in N,C,H,W must be at least 1, got {value!r}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,10 +46,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze", choices=("none", "backbone", "all"), default="none",
                    help="before counting: backbone = model.requires_grad_(False) then the classifier's "
                         "requires_grad_(True) (fine-tuning a new head); all = everything frozen")
-    p.add_argument("--depth", type=int, default=None,
+    p.add_argument("--depth", type=int, default=None, metavar="N",
                    help="how deep the per-layer table goes, as torchinfo: 0 the whole network, 1 stem layers, "
                         "stages and head, 2 blocks, ... (default: every layer)")
-    p.add_argument("--format", choices=("text", "markdown", "json"), default="text", dest="output_format")
+    p.add_argument("--format", choices=("text", "markdown", "json"), default="text", dest="output_format",
+                   help="text (default), markdown tables (to paste into notes) or JSON (for scripts and tests)")
     p.add_argument("--no-memory", action="store_true",
                    help="skip the activation measurement (eval-mode forward under no_grad)")
     return p
@@ -88,10 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.freeze == "backbone":
             getattr(model, classifier_name(model)).requires_grad_(True)
         label = " ".join([name, *(f"{k} {getattr(args, k)}" for k in sorted(takes[name]) if getattr(args, k))])
-        try:
-            summaries.append(summary(model, shape, dtype=args.dtype, measure_memory=not args.no_memory, label=label))
-        except ValueError as exc:       # e.g. an input too small for the network: the layer says why
-            p.error(f"{name} at --input-shape {','.join(map(str, shape))}: {exc}")
+        summaries.append(summary(model, shape, dtype=args.dtype, measure_memory=not args.no_memory, label=label))
 
     if args.output_format == "json":
         print(to_json(summaries, args.depth))
