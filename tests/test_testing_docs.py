@@ -1,0 +1,105 @@
+"""docs/testing-your-layer.md runs, block by block, each on its own.
+
+The page's code blocks, in a fresh project folder (``tmp_path``):
+
+* a ```python block whose first line is ``# file: NAME`` is written to that file;
+* every other ```python block runs alone, in a fresh namespace, in that folder (it imports what it
+  uses; nothing carries over from the block before), and the lines of the ```text block right after
+  it must each be a line it prints (a line ending in ``...`` matches any line that starts so);
+* a ```console block's ``$ command`` runs in that folder, and each line shown under it must be a
+  line of the command's output (the same ``...`` rule).
+
+A failure names the block by its section and line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGE = ROOT / "docs" / "testing-your-layer.md"
+
+
+def parse_blocks(text: str) -> list[dict]:
+    """Every fenced block: its language, section heading, first line number and code."""
+    blocks, heading, lines, i = [], "", text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        if line.startswith("```") and line.strip() != "```" and not line.startswith("````"):
+            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+            blocks.append({"lang": line.strip()[3:], "heading": heading, "line": i + 2,
+                           "code": "\n".join(lines[i + 1:end])})
+            i = end
+        i += 1
+    return blocks
+
+
+BLOCKS = parse_blocks(PAGE.read_text(encoding="utf-8"))
+FILES = {b["code"].splitlines()[0][len("# file: "):]: b["code"] for b in BLOCKS
+         if b["lang"] == "python" and b["code"].startswith("# file: ")}
+RUNNABLE = [(i, b) for i, b in enumerate(BLOCKS)
+            if b["lang"] == "console" or (b["lang"] == "python" and not b["code"].startswith("# file: "))]
+
+
+def _shown_after(index: int) -> list[str]:
+    """The lines of the ```text block right after block ``index`` (none if there is none)."""
+    following = BLOCKS[index + 1] if index + 1 < len(BLOCKS) else None
+    return following["code"].splitlines() if following and following["lang"] == "text" else []
+
+
+def assert_shows(expected: list[str], output: str, where: str) -> None:
+    lines = [line.rstrip() for line in output.splitlines()]
+    for want in (w.rstrip() for w in expected if w.strip()):
+        if want.endswith("..."):
+            ok = any(line.startswith(want[:-3]) for line in lines)
+        else:
+            ok = want in lines
+        assert ok, f"{where}: the page shows\n  {want}\nbut the block printed:\n{output}"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    for name, code in FILES.items():
+        (tmp_path / name).write_text(code + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in FILES:                              # the page's modules must not leak into other tests
+        sys.modules.pop(Path(name).stem, None)
+
+
+def test_the_page_has_the_promised_parts():
+    text = PAGE.read_text(encoding="utf-8")
+    for tool in ("check_module(", "assert_matches_torch(", "conv2d_configs(", "def test_matches_torch(rng, float64)",
+                 "python -m npresnet.gradcheck", "ForgetsTheDirectPath"):
+        assert tool in text, f"the page never shows {tool}"
+    assert "mylayers.py" in FILES and "test_mylayers.py" in FILES
+
+
+@pytest.mark.parametrize("index, block", RUNNABLE, ids=[f"{b['heading'][:30]} (line {b['line']})" for _, b in RUNNABLE])
+def test_block_runs_on_its_own(project, index, block):
+    where = f"docs/testing-your-layer.md:{block['line']} ({block['heading']})"
+    if block["lang"] == "python":
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            exec(compile(block["code"], where, "exec"), {"__name__": "__docs__"})
+        assert_shows(_shown_after(index), printed.getvalue(), where)
+        return
+    lines = block["code"].splitlines()
+    assert lines and lines[0].startswith("$ "), f"{where}: a console block starts with '$ command'"
+    env = {**os.environ, "PYTHONPATH": str(project), "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    command = shlex.split(lines[0][2:])
+    command[0] = sys.executable if command[0] == "python" else command[0]
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"{where}: {lines[0]} failed:\n{result.stdout}{result.stderr}"
+    assert_shows(lines[1:], result.stdout, where)
