@@ -47,10 +47,11 @@ def silent(line):
     pass
 
 
-def test_short_digits_training_learns():
+def test_short_digits_training_learns(tmp_path):
     """ResNet-20 on the full digits training set for 3 epochs: the loss must fall well below its start."""
     losses = []
-    config = TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup_steps=10, out_dir=None, **QUIET)
+    # out_dir in tmp_path: the default (runs/<model>-<data> under the current folder) may hold a real run
+    config = TrainConfig(epochs=3, batch_size=64, lr=0.05, warmup_steps=10, out_dir=str(tmp_path / "run"), **QUIET)
     trainer = Trainer(config, log=silent)
     criterion_calls = trainer.criterion.forward
 

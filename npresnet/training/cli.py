@@ -19,7 +19,10 @@ from typing import Any
 from .. import distributed as dist
 from .. import runtime
 from ..checkpoint import read_checkpoint
+from .agreement import RanksDisagree
 from .config import PRESETS, TrainConfig
+from .interrupts import StopRequest, TrainingInterrupted, stop_on_signals
+from .lock import RunFolderBusy
 from .trainer import TrainingDiverged, train
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -83,32 +86,56 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
             raise ValueError("--resume needs a checkpoint file or run folder: --resume PATH (or --out PATH)")
         checkpoint = os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
         meta, _ = read_checkpoint(checkpoint)
-        values.update(meta.get("extra", {}).get("config", {}))
+        saved = meta["extra"].get("config", {})
+        if not isinstance(saved, dict):
+            raise ValueError(f"{checkpoint}: the saved run settings must be a JSON object, got {saved!r:.60}")
+        values.update(saved)
         values["out_dir"] = os.path.dirname(os.path.abspath(checkpoint))     # keep writing where it was
         resume = checkpoint
     elif preset is not None:
         values.update(PRESETS[preset])
     values.update(args)
-    return TrainConfig.from_dict(values), resume, overwrite
+    try:
+        return TrainConfig.from_dict(values), resume, overwrite
+    except TypeError as exc:            # e.g. a checkpoint whose saved settings have the wrong types
+        raise ValueError(f"invalid run settings{f' in {resume}' if resume else ''}: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config, resume, overwrite = config_from_args(argv)
-        threads = build_parser().parse_args(argv).threads
-        if threads is not None:
-            runtime.set_num_threads(threads)
-        runtime.tune_allocator()        # keep freed activation memory for the next step (npresnet.runtime)
-        result = train(config, resume=resume, overwrite=overwrite)
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return _stop_other_ranks(2)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return _stop_other_ranks(1)
-    except BaseException:
-        _stop_other_ranks(3, traceback=True)          # returns only without a multi-rank MPI world
-        raise
+    """Run the command; returns the exit code.
+
+    0: done. 2: an error of the user's input, files or run (bad options, a corrupt checkpoint, a
+    busy run folder, ranks that disagree, divergence), printed as one line ``error: ...``.
+    130 / 143 (128 + the signal's number): stopped by SIGINT (Ctrl-C) / SIGTERM after the current
+    step or write, with the intact checkpoint and the ``--resume`` command printed.
+    """
+    stop = StopRequest()
+    with stop_on_signals(stop):
+        try:
+            config, resume, overwrite = config_from_args(argv)
+            threads = build_parser().parse_args(argv).threads
+            if threads is not None:
+                runtime.set_num_threads(threads)
+            runtime.tune_allocator()        # keep freed activation memory for the next step (npresnet.runtime)
+            result = train(config, resume=resume, overwrite=overwrite, stop=stop)
+        except TrainingInterrupted as exc:
+            print(f"{exc}", file=sys.stderr)
+            return _stop_other_ranks(exc.exit_code)
+        except KeyboardInterrupt:       # a second Ctrl-C: stopped at once; files are whole (atomic writes)
+            print("stopped at once by a second signal; every file in the run folder is either its previous or "
+                  "its new version; continue with --resume", file=sys.stderr)
+            return _stop_other_ranks(130)
+        except RanksDisagree as exc:    # raised on every rank alike: no rank is left waiting
+            world = dist.current_world()
+            if world is None or world.is_main:
+                print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except (TrainingDiverged, RunFolderBusy, FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return _stop_other_ranks(2)
+        except BaseException:
+            _stop_other_ranks(3, traceback=True)          # returns only without a multi-rank MPI world
+            raise
     world = dist.current_world()
     if not config.distributed or world is None or world.is_main:
         print(f"done: final test accuracy {100 * result.final_test_acc:.2f}% (best {100 * result.best_test_acc:.2f}%), "

@@ -3,6 +3,9 @@
 ``history`` is the list of per-epoch rows the trainer keeps (``epoch``, ``step``, ``lr``,
 ``train_loss``, ``train_acc``, ``epoch_time_s``, ``images_per_s``, ``test_loss``, ``test_acc``,
 ``eval_time_s``).
+
+Every file is written atomically (``npresnet.atomic_write``), and each is derived from the history
+alone, which the checkpoint holds: resuming a run rewrites them (``Trainer.resume``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 from typing import Any
 
+from ..atomic_write import atomic_write, atomic_write_text
 from .config import TrainConfig
 
 __all__ = ["plot_history", "write_metrics"]
@@ -30,16 +34,7 @@ def write_metrics(out_dir: str, history: list[dict[str, Any]], config: TrainConf
                "final_test_acc": history[-1]["test_acc"], "best_test_acc": max(r["test_acc"] for r in history),
                "train_time_s": sum(r["epoch_time_s"] + r["eval_time_s"] for r in history)}
     for name, text in (("metrics.csv", buffer.getvalue()), ("metrics.json", json.dumps(summary, indent=1))):
-        _atomic_write_text(os.path.join(out_dir, name), text)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+        atomic_write_text(os.path.join(out_dir, name), text)
 
 
 def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> None:
@@ -66,10 +61,9 @@ def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> N
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.{os.getpid()}.tmp{ext or '.png'}"
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    os.replace(tmp, path)
+    image_format = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    try:
+        with atomic_write(path) as f:
+            figure.savefig(f, format=image_format, dpi=110)
+    finally:
+        plt.close(figure)

@@ -12,13 +12,22 @@ it stopped: two epochs straight and one + resume + one give identical weights.
 
 A non-finite loss (or weights) stops training with ``TrainingDiverged``; the last good
 checkpoint (end of the previous epoch) and the metrics files are left as they were.
+
+Safety (``train()``): the run folder is locked (``lock``: a second run with the same folder stops
+at once); MPI ranks must agree on every setting (``agreement``); a stop request (``interrupts``:
+SIGINT/SIGTERM under the command line) is honoured between steps and writes, raising
+``TrainingInterrupted``, which names the intact checkpoint and the ``--resume`` command. The
+metrics files and the plot are derived from the checkpoint's history: ``resume`` rewrites them, so
+a run killed between the checkpoint and the metrics is repaired by resuming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import shlex
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +36,7 @@ import numpy as np
 
 from .. import data as D
 from .. import distributed as dist
+from ..atomic_write import remove_stale_temporaries
 from ..backend import get_array_module
 from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from ..functional.loss import cross_entropy_forward
@@ -34,8 +44,11 @@ from ..grad_mode import no_grad
 from ..nn import CrossEntropyLoss, Module
 from ..optim import SGD, Adam, AdamW, Optimizer, weight_decay_groups
 from ..schedules import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
+from .agreement import check_ranks_agree
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .datasets import build_transforms, load_datasets
+from .interrupts import StopRequest, TrainingInterrupted
+from .lock import RunFolderLock
 from .progress import make_progress
 from .records import plot_history, write_metrics
 
@@ -70,12 +83,16 @@ class Trainer:
 
     ``datasets`` (a (train, test) pair) and ``model`` replace the ones ``config`` names (for custom
     data or networks); ``log`` receives one line per epoch. ``world`` (``npresnet.distributed``)
-    overrides the MPI world that ``config.distributed`` would initialise.
+    overrides the MPI world that ``config.distributed`` would initialise. ``stop`` is checked
+    after every step, evaluation batch and save; once it records a signal, the run raises
+    ``TrainingInterrupted`` (see ``npresnet.training.interrupts``).
     """
 
     def __init__(self, config: TrainConfig, datasets: tuple[Any, Any] | None = None, model: Module | None = None,
-                 log: Callable[[str], None] | None = None, world: dist.World | None = None) -> None:
+                 log: Callable[[str], None] | None = None, world: dist.World | None = None,
+                 stop: StopRequest | None = None) -> None:
         self.config = config
+        self.stop = stop or StopRequest()
         self.world = world or (dist.init_distributed(config.dist_timeout) if config.distributed
                                else dist.SINGLE_PROCESS)
         self.log = log or (lambda line: print(line, flush=True))
@@ -135,7 +152,7 @@ class Trainer:
         warmup = min(c.warmup_steps, max(self.total_steps - 1, 0))
         remaining = max(self.total_steps - warmup, 1)
         if c.schedule == "cosine":
-            main = CosineAnnealingLR(opt, T_max=remaining)
+            main: LRScheduler = CosineAnnealingLR(opt, T_max=remaining)
         elif c.schedule == "multistep":
             steps = c.milestone_steps if c.milestone_steps is not None else [
                 round(m * self.steps_per_epoch) for m in c.milestones]
@@ -145,7 +162,7 @@ class Trainer:
         if not warmup:
             return main
         if c.warmup == "linear":
-            first = LinearLR(opt, start_factor=c.warmup_factor, end_factor=1.0, total_iters=warmup)
+            first: LRScheduler = LinearLR(opt, start_factor=c.warmup_factor, end_factor=1.0, total_iters=warmup)
         else:
             first = ConstantLR(opt, factor=c.warmup_factor, total_iters=warmup)
         return SequentialLR(opt, [first, main], milestones=[warmup])
@@ -178,6 +195,7 @@ class Trainer:
                 opt.step()
                 sched.step()
                 self.step += 1
+                self._check_stop()
                 loss_sum += loss * x.shape[0]
                 correct += int((logits.argmax(axis=1) == y).sum())
                 seen += x.shape[0]
@@ -188,10 +206,10 @@ class Trainer:
             batches.close()
             progress.close()
         elapsed = time.perf_counter() - start
-        loss_sum, correct, seen = self.world.sum(loss_sum, correct, seen)        # over all ranks (1 rank: as is)
+        loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)     # over all ranks (1: as is)
         elapsed, = self.world.max(elapsed)
-        return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "epoch_time_s": elapsed,
-                "images_per_s": seen / elapsed}
+        return {"train_loss": loss_sum / seen_sum, "train_acc": correct_sum / seen_sum, "epoch_time_s": elapsed,
+                "images_per_s": seen_sum / elapsed}
 
     def evaluate(self, loader: D.DataLoader | None = None) -> dict[str, float]:
         """Mean loss and accuracy on the test set (or ``loader``), in ``eval()`` mode without caches."""
@@ -206,16 +224,34 @@ class Trainer:
                     loss_sum += float(loss)
                     correct += int((logits.argmax(axis=1) == y).sum())
                     seen += x.shape[0]
+                    self._check_stop()
         finally:
             self.model.train()
-        loss_sum, correct, seen = self.world.sum(loss_sum, correct, seen)        # each rank evaluated its shard
-        return {"test_loss": loss_sum / seen, "test_acc": correct / seen}
+        loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)     # each rank: its shard
+        return {"test_loss": loss_sum / seen_sum, "test_acc": correct_sum / seen_sum}
 
     def _diverged(self, what: str) -> None:
         kept = (f"the last good checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is kept"
                 if os.path.exists(self.checkpoint_path) else "no checkpoint had been written yet")
         raise TrainingDiverged(f"training stopped: {what}; {kept}. Lower the learning rate (--lr) or add "
                                "warm-up (--warmup-steps) and start again.")
+
+    def _check_stop(self) -> None:
+        """Raise ``TrainingInterrupted`` if a stop was requested: which checkpoint is intact, how to resume."""
+        if not self.stop.requested():
+            return
+        if os.path.exists(self.checkpoint_path):
+            kept = f"the checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is intact"
+        else:
+            kept = "no checkpoint had been written yet, so the run starts again from scratch"
+        c = self.config
+        command = f"python -m npresnet.train --resume {shlex.quote(self.out_dir)} --epochs {c.epochs}"
+        if c.max_steps is not None:
+            command += f" --max-steps {c.max_steps}"
+        if self.world.size > 1:
+            command = f"mpiexec -n {self.world.size} {command}"
+        raise TrainingInterrupted(f"stopped by {self.stop.name} at iteration {self.step} (epoch {self.epoch + 1} "
+                                  f"unfinished); {kept}. Continue with: {command}", self.stop.signal or 0)
 
     def _weights_finite(self) -> bool:
         return all(bool(get_array_module(p.data).isfinite(p.data).all()) for p in self.model.parameters())
@@ -257,6 +293,7 @@ class Trainer:
             self.log(f"epoch {self.epoch:3d}/{c.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f} "
                      f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
                      f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)")
+            self._check_stop()
         return TrainResult(list(self.history), self.out_dir, self.checkpoint_path)
 
     # ------------------------------------------------------------------ saving and resuming
@@ -269,15 +306,28 @@ class Trainer:
                         epoch=self.epoch, step=self.step, rng={"seed": self.config.seed, "next_epoch": self.epoch},
                         extra={"config": self.config.to_dict(), "history": self.history,
                                "world_size": self.world.size})
-        write_metrics(self.out_dir, self.history, self.config)
-        if self.config.plot:
-            plot_history(self.history, self.config.plot, title=f"{self.config.model} on {self.config.data}")
+        self.write_records()
+
+    def write_records(self, config: TrainConfig | None = None) -> None:
+        """metrics.csv, metrics.json and the plot from ``history`` and ``config`` (default: this run's); rank 0 only."""
+        config = config or self.config
+        if not self.world.is_main or not self.history:
+            return
+        write_metrics(self.out_dir, self.history, config)
+        if config.plot:
+            plot_history(self.history, config.plot, title=f"{config.model} on {config.data}")
+
+    def _record_paths(self) -> list[str]:
+        paths = [self.checkpoint_path] + [os.path.join(self.out_dir, n) for n in ("metrics.csv", "metrics.json")]
+        return paths + ([self.config.plot] if self.config.plot else [])
 
     def resume(self, path: str) -> None:
         """Continue from a checkpoint file (or a run folder holding ``checkpoint.npz``).
 
         The checkpoint's config must equal this one except for ``RESUMABLE_CHANGES``; otherwise
-        (or for another model) it is an error and nothing is changed.
+        (or for another model) it is an error and nothing is changed. Then the metrics files and
+        the plot are rewritten from the checkpoint's history (repairing a run killed between the
+        checkpoint and the metrics), and temporary files of killed writers are removed.
         """
         path = os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
         meta, _ = read_checkpoint(path)
@@ -295,17 +345,30 @@ class Trainer:
             if differences:
                 allowed = ", ".join(RESUMABLE_CHANGES)
                 raise ValueError(f"cannot resume {path}: the run's settings differ from the checkpoint's (only "
-                                 f"{allowed} may change):\n  " + "\n  ".join(differences))
+                                 f"{allowed} may change): " + "; ".join(differences))
         meta = load_checkpoint(path, self.model, self.optimizer, self.scheduler, model_name=self.config.model)
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.history = list(meta.get("extra", {}).get("history", []))
         self.checkpoint_path = os.path.join(self.out_dir, "checkpoint.npz")
+        if self.world.is_main:                      # the records as the checkpoint's own run wrote them
+            for record in self._record_paths():
+                remove_stale_temporaries(record)
+            self.write_records(TrainConfig.from_dict(saved) if saved is not None else None)
 
 
 def train(config: TrainConfig, *, datasets: tuple[Any, Any] | None = None, model: Module | None = None,
-          resume: str | None = None, overwrite: bool = False, log: Callable[[str], None] | None = None) -> TrainResult:
-    """Train as ``config`` says (see ``TrainConfig``); ``resume`` continues from a checkpoint or run folder."""
-    trainer = Trainer(config, datasets=datasets, model=model, log=log)
-    if resume is not None:
-        trainer.resume(resume)
-    return trainer.fit(overwrite=overwrite)
+          resume: str | None = None, overwrite: bool = False, log: Callable[[str], None] | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
+    """Train as ``config`` says (see ``TrainConfig``); ``resume`` continues from a checkpoint or run folder.
+
+    Before anything else: with several MPI ranks, every rank's settings must agree
+    (``check_ranks_agree``); then the run folder is locked (rank 0, the one that writes) for the
+    whole run, so a second run with the same folder fails at once with ``RunFolderBusy``.
+    """
+    world = dist.init_distributed(config.dist_timeout) if config.distributed else dist.SINGLE_PROCESS
+    check_ranks_agree(world, config, resume=resume is not None, overwrite=overwrite)
+    with RunFolderLock(config.run_dir) if world.is_main else contextlib.nullcontext():
+        trainer = Trainer(config, datasets=datasets, model=model, log=log, world=world, stop=stop)
+        if resume is not None:
+            trainer.resume(resume)
+        return trainer.fit(overwrite=overwrite)
