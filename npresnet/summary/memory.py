@@ -1,10 +1,10 @@
 """Measured activation memory: the bytes a training forward leaves in the modules' caches for backward.
 
 Measured, not estimated: the forward runs in training mode with gradients on, and the bytes of
-every distinct array held in a module's ``_cache`` are summed. An array counts once however many
-caches hold it (a ReLU's output is also the next layer's input) and a view counts as the buffer
-it views (found through ``.base`` and its data pointer). Parameters, buffers and the input batch,
-which caches also reference, are reported on their own and left out.
+every distinct array a module holds for backward (``Module.saved_for_backward``) are summed. An
+array counts once however many caches hold it (a ReLU's output is also the next layer's input) and
+a view counts as the buffer it views (found through ``.base`` and its data pointer). Parameters,
+buffers and the input batch, which caches also reference, are reported on their own and left out.
 
 A BatchNorm layer cannot normalise with batch statistics when it sees one value per channel
 (N * H * W = 1: ResNet-18's last stage on a 32x32 image at batch 1); PyTorch refuses to train
@@ -119,7 +119,7 @@ def held_for_backward(model: nn.Module, exclude: Sequence[Any] = ()) -> int:
     excluded = {_memory_of(a)[0] for a in exclude}
     blocks: dict[tuple[str, int], int] = {}
     for module in model.modules():
-        for array in _arrays_in(module._cache):
+        for array in _arrays_in(module.saved_for_backward):
             key, nbytes = _memory_of(array)
             if key not in excluded:
                 blocks[key] = nbytes
