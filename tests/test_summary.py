@@ -302,7 +302,7 @@ def test_resnet50_measured_memory_and_state():
     assert s.memory.batchnorm_in_eval == () and s.memory.batchnorm_layers == 53
     np.testing.assert_array_equal(model.layer1[0].bn1.running_var, running_var)
     assert int(model.bn1.num_batches_tracked) == 0
-    assert all(m._cache is None for m in model.modules())
+    assert all(m.saved_for_backward is None for m in model.modules())
 
 
 @pytest.mark.parametrize("name, shortcut, params, macs", [
