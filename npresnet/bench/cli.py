@@ -98,13 +98,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.memory and args.backend == "numpy":
                 sizes = {fw: measure_memory(fw, name, mode, batch, size, args.dtype, args.threads)
                          for fw in (("npresnet", "torch") if compare is not None else ("npresnet",))}
-                row["rss_peak_mb"] = sizes["npresnet"] / 2**20 if sizes["npresnet"] is not None else None
-                line += f"\n    resident memory of a step (fresh process): npresnet {row['rss_peak_mb']:.0f} MB"
-                if sizes.get("torch") is not None:
-                    row["torch_rss_peak_mb"] = sizes["torch"] / 2**20
-                    row["memory_ratio"] = sizes["npresnet"] / sizes["torch"]
-                    line += (f", torch {row['torch_rss_peak_mb']:.0f} MB, ratio npresnet/torch "
-                             f"{row['memory_ratio']:.2f}x")
+                ours, theirs = sizes["npresnet"], sizes.get("torch")
+                row["rss_peak_mb"] = ours / 2**20 if ours is not None else None
+                shown = f"{ours / 2**20:.0f} MB" if ours is not None else "not measured (the probe failed)"
+                line += f"\n    resident memory of a step (fresh process): npresnet {shown}"
+                if theirs is not None:
+                    row["torch_rss_peak_mb"] = theirs / 2**20
+                    line += f", torch {theirs / 2**20:.0f} MB"
+                    if ours is not None:
+                        row["memory_ratio"] = ours / theirs
+                        line += f", ratio npresnet/torch {ours / theirs:.2f}x"
             print(line)
             if args.profile:
                 op_times: dict[str, float] = defaultdict(float)

@@ -62,7 +62,7 @@ def build_npresnet(name: str, dtype: Any, backend: str) -> nn.Module:
     return models.get_model(name, seed=0).to(np.dtype(dtype)).to(backend)
 
 
-def training_step(model: nn.Module, criterion: nn.Module, optimizer: SGD, x: Any, target: Any) -> Any:
+def training_step(model: nn.Module, criterion: nn.CrossEntropyLoss, optimizer: SGD, x: Any, target: Any) -> Any:
     """forward + loss + backward + SGD update: one step of training."""
     optimizer.zero_grad()
     loss = criterion(model(x), target)
@@ -71,7 +71,7 @@ def training_step(model: nn.Module, criterion: nn.Module, optimizer: SGD, x: Any
     return loss
 
 
-def make_step(mode: str, model: nn.Module, criterion: nn.Module, optimizer: SGD, x: Any,
+def make_step(mode: str, model: nn.Module, criterion: nn.CrossEntropyLoss, optimizer: SGD, x: Any,
               target: Any) -> Callable[[], Any]:
     """The timed unit: an evaluation-mode forward without caches, or a whole training step."""
     if mode == "forward":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,7 +62,8 @@ class ArrayDataset:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of one image."""
-        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+        C, H, W = self.images.shape[1:]
+        return C, H, W
 
     def get_batch(self, indices: Any) -> tuple[np.ndarray, np.ndarray]:
         """x float32 (B, C, H, W), y int64 (B,) for the given indices."""
@@ -174,7 +175,7 @@ class DataLoader:
             x = self.transform(x, _generator(self.seed, epoch, 1 + index))
         return x, y
 
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+    def __iter__(self) -> Generator[tuple[Any, Any], None, None]:
         epoch = self.epoch
         self.epoch += 1
         order = self.order(epoch)
@@ -189,7 +190,7 @@ class DataLoader:
                 f"drop_last={self.drop_last}, seed={self.seed}, prefetch={self.prefetch}, backend={self.backend!r})")
 
 
-def _prefetched(make: Callable[..., Any], jobs: list[tuple], depth: int) -> Iterator[Any]:
+def _prefetched(make: Callable[..., Any], jobs: list[tuple], depth: int) -> Generator[Any, None, None]:
     """Run ``make(*job)`` for each job in a background thread, at most ``depth`` results ahead.
 
     Results come out in job order. An exception in the thread is raised here, in the consumer.

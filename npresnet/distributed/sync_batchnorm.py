@@ -64,7 +64,9 @@ class SyncBatchNorm(BatchNorm2d):
         if not self.training or self.world.size == 1:
             return super().forward(x)
         check_nchw(x, self.num_features, "input", "SyncBatchNorm")
-        reference = self.weight.data if self.affine else self.running_mean
+        weight = self.weight.data if self.weight is not None else None          # (C,) gamma; None without affine
+        bias = self.bias.data if self.bias is not None else None
+        reference = weight if weight is not None else self.running_mean
         if reference is not None:
             check_like(x, reference, "input", "SyncBatchNorm parameters")
         xp = get_array_module(x)
@@ -87,9 +89,8 @@ class SyncBatchNorm(BatchNorm2d):
             self.running_var += xp.asarray(momentum * var * (n / (n - 1)), dtype=self.running_var.dtype)
             self.num_batches_tracked += 1
         invstd = xp.asarray(1.0 / np.sqrt(var + self.eps), dtype=x.dtype)
-        weight = self.weight.data if self.affine else None
         centred = x - xp.asarray(mean, dtype=x.dtype).reshape(1, -1, 1, 1)
-        y, x_hat = affine_normalize(centred, invstd, weight, self.bias.data if self.affine else None)
+        y, x_hat = affine_normalize(centred, invstd, weight, bias)
         self._save_for_backward((BatchNormCache(x_hat, invstd, weight, True), n))
         return y
 
@@ -99,7 +100,7 @@ class SyncBatchNorm(BatchNorm2d):
             dx, dweight, dbias = batchnorm2d_backward(dout, cache)
         else:
             dx, dweight, dbias = self._synced_backward(dout, *cache)
-        if self.affine:
+        if self.weight is not None and self.bias is not None:
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
         return dx

@@ -47,7 +47,7 @@ class World:
         self.comm, self.timeout = comm, float(timeout)
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
-        self._MPI = None if comm is None else _import_mpi()
+        self._MPI: Any = None if comm is None else _import_mpi()        # the mpi4py.MPI module (untyped)
 
     @property
     def is_main(self) -> bool:

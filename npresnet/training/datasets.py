@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,11 @@ def load_datasets(config: TrainConfig) -> D.Splits:
     """The (train, test) datasets named by ``config.data``."""
     if config.data == "digits":
         return D.digits()
-    if config.data == "cifar10":
-        return D.cifar10(config.data_root)
     root = config.data_root
+    if not root:                                    # TrainConfig checks this too, when it is made
+        raise ValueError(f"--data {config.data} needs --data-root (a local folder; nothing is downloaded)")
+    if config.data == "cifar10":
+        return D.cifar10(root)
     test_dir = next((os.path.join(root, d) for d in ("test", "val") if os.path.isdir(os.path.join(root, d))), None)
     if not os.path.isdir(os.path.join(root, "train")) or test_dir is None:
         raise FileNotFoundError(f"--data imagefolder expects {root}/train/<class>/... and {root}/test/<class>/... "
@@ -31,7 +34,7 @@ def load_datasets(config: TrainConfig) -> D.Splits:
 def build_transforms(config: TrainConfig, train_set: Any) -> tuple[Any, Any]:
     """(train transform, test transform). Normalisation first, so crops pad with the mean (zero)."""
     C, H, W = train_set.image_shape
-    steps = []
+    steps: list[Callable[[Any, np.random.Generator], Any]] = []     # transform(x, rng) -> x
     if config.normalize == "channel":
         mean, std = train_set.statistics()
         steps.append(D.Normalize(mean, np.maximum(std, 1e-8)))
