@@ -127,6 +127,20 @@ def test_convert_sync_batchnorm_keeps_weights_keys_and_order():
     assert all(after[k] is before[k] for k in before)
 
 
+def test_convert_sync_batchnorm_keeps_non_affine_and_untracked_layers_as_they_are():
+    from npresnet.nn import Sequential
+
+    model = Sequential(BatchNorm2d(4, affine=False, track_running_stats=False), BatchNorm2d(3, momentum=None))
+    model[1].eval()
+    before = model.state_dict()
+    dist.convert_sync_batchnorm(model)
+    first, second = model[0], model[1]
+    assert isinstance(first, dist.SyncBatchNorm) and isinstance(second, dist.SyncBatchNorm)
+    assert first.weight is None and first.running_mean is None and list(first.parameters()) == []
+    assert (second.momentum, second.training) == (None, False)
+    assert list(model.state_dict()) == list(before) and all(model.state_dict()[k] is before[k] for k in before)
+
+
 def test_single_process_world_is_a_no_op_and_missing_mpi4py_is_a_clear_error(monkeypatch):
     world = dist.SINGLE_PROCESS
     assert (world.rank, world.size, world.is_main) == (0, 1, True)
