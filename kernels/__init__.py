@@ -12,6 +12,12 @@ The functional layer asks for a kernel by name, for the array it is about to pro
         return fast(x, kernel_size, stride, padding, dilation)
     ...                                      # the NumPy reference
 
+Threads. Every kernel with a parallel loop is compiled twice, serially and for Numba's thread pool,
+and runs the pool build whenever Numba has more than one thread: ``set_num_threads(n)`` below
+(``npresnet.runtime.set_num_threads`` sets BLAS and these together). The two builds give the same
+bits. ``NPRESNET_NUMBA_PARALLEL=0`` keeps every kernel serial; ``kernels/_numba.py`` explains the
+threading layer (workqueue) and why the kernels then do not fight OpenBLAS for the cores.
+
 ``get`` returns None (run the reference) unless Numba is active and ``x`` is a NumPy float32 or
 float64 array, so CuPy arrays never reach a Numba kernel. The kernels make their inputs
 C-contiguous themselves. Importing this package imports no Numba and compiles nothing: the kernel
@@ -119,6 +125,23 @@ _cuda_problem: str | None = None                   # why the CUDA kernels are of
 _cuda_checked = False
 _numba_import_error: BaseException | None = None   # set if Numba was found but failed to import
 _reference_depth = 0                               # > 0 inside ``with reference_only():``
+
+
+def set_num_threads(threads: int) -> int:
+    """Run the CPU kernels on ``threads`` Numba threads (capped at ``NUMBA_NUM_THREADS``, the pool
+    size fixed at start-up); returns the number set. At 1 every kernel runs its serial build.
+
+    Use this rather than ``numba.set_num_threads``: it first loads ``kernels/_numba.py``, which
+    picks the threading layer before Numba starts its pool (see ``ParallelKernel`` there).
+    Without Numba it does nothing and returns 1.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if active() != "numba":
+        return 1
+    from . import _numba
+
+    return _numba.set_num_threads(threads)
 
 
 def active() -> str:

@@ -9,7 +9,10 @@ Every kernel is compiled lazily, on its first call, once per dtype (float32 / fl
 from __future__ import annotations
 
 import os
+import threading
+import types
 
+import numba
 from numba import njit, prange  # noqa: F401  (prange is re-exported for the kernel modules)
 
 #: Write compiled kernels to disk so later processes skip the compile (seconds per kernel).
@@ -27,24 +30,80 @@ def require_same_dtype(what, a, b):
         raise TypeError(f"npresnet.kernels: {what} must share a dtype, got {a.dtype} and {b.dtype}")
 
 
-#: NPRESNET_NUMBA_PARALLEL=1 compiles the ``prange`` kernels for Numba's thread pool; the default
-#: compiles them as serial loops. Why: next to a multi-threaded BLAS, Numba's workers and OpenBLAS's
-#: (which spin for a while after every GEMM) fight for the cores. Measured on the 2-core VM with
-#: both libraries at their default 2 threads: 3 epochs of ResNet-20 on digits took 59 s with
-#: parallel kernels and 7.4 s with serial ones; ResNet-50 batch 16 forward 3.01 s against 1.26 s.
-#: At one thread, parallel and serial compile to the same speed (BN, im2col, col2im, pooling).
-#: Opt in where BLAS leaves the cores free (e.g. Numba-heavy runs with OPENBLAS_NUM_THREADS=1).
-#: The on-disk cache may hold either build; delete kernels/__pycache__ after switching.
-PARALLEL = os.environ.get("NPRESNET_NUMBA_PARALLEL", "0").strip() == "1"
+#: NPRESNET_NUMBA_PARALLEL: "auto" (default) runs the ``prange`` kernels on Numba's thread pool
+#: whenever ``numba.get_num_threads() > 1`` and as plain serial loops at one thread; "0" always
+#: serial. Each kernel is compiled twice, once each way, on first use (``ParallelKernel``).
+PARALLEL = os.environ.get("NPRESNET_NUMBA_PARALLEL", "auto").strip().lower() or "auto"
+if PARALLEL not in ("auto", "0", "1"):
+    raise ValueError(f"NPRESNET_NUMBA_PARALLEL must be 'auto', '0' or '1', got {PARALLEL!r}")
+
+# Why the workqueue threading layer (when NUMBA_THREADING_LAYER is not set). The kernels run
+# between OpenBLAS GEMMs, and both libraries want every core. Numba's default here is its OpenMP
+# layer (libgomp; TBB is not installed), whose team includes the calling thread and whose workers
+# spin-wait between regions; the workqueue layer's workers sleep on a condition variable as soon
+# as their share is done. Alternating a 2-thread GEMM and a 2-thread row-sum kernel 20 times
+# (2-vCPU Xeon) took 400-800 ms with omp and 34-190 ms with workqueue (the two alone: 7-90 and
+# 20-25 ms; a busy machine, hence the spread; npresnet.runtime has the quiet-machine figures).
+# The one limitation of workqueue: two Python threads may not run parallel kernels at once, so
+# ``ParallelKernel`` runs the serial build when another thread holds the pool.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
+
+_pool_lock = threading.Lock()          # held while a parallel kernel runs (workqueue is not reentrant)
+
+
+def set_num_threads(threads):
+    """``numba.set_num_threads(min(threads, NUMBA_NUM_THREADS))``; returns the number set."""
+    threads = max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
+
+
+def _function_copy(function, suffix):
+    """The same function under another __qualname__, so Numba's on-disk cache keeps its two builds
+    (serial, parallel) in two files (the cache index does not tell ``parallel=`` apart)."""
+    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + suffix,
+                              function.__defaults__, function.__closure__)
+    copy.__qualname__ = function.__qualname__ + suffix
+    copy.__module__ = function.__module__
+    copy.__doc__ = function.__doc__
+    return copy
+
+
+class ParallelKernel:
+    """A ``prange`` kernel compiled serially and for the thread pool; each call picks one.
+
+    ``serial`` is ``njit(parallel=False)``: ``prange`` is a plain ``range`` (at one thread this is
+    the fastest build, with no hand-off to a worker). ``parallel`` is ``njit(parallel=True)``.
+    A call runs ``parallel`` when Numba has more than one thread and no other Python thread is
+    inside a parallel kernel, else ``serial``. Both builds visit every output element with the
+    same arithmetic in the same order, so they give the same bits (the kernels split work only
+    over independent outputs: planes, rows, column blocks, channels).
+    """
+
+    def __init__(self, function):
+        options = dict(cache=CACHE, error_model="numpy")
+        self.py_func = function
+        self.serial = njit(parallel=False, **options)(function)
+        self.parallel = njit(parallel=True, **options)(_function_copy(function, "__parallel"))
+        self.__doc__, self.__name__ = function.__doc__, function.__name__
+
+    def __call__(self, *args):
+        if PARALLEL == "0" or numba.get_num_threads() == 1 or not _pool_lock.acquire(blocking=False):
+            return self.serial(*args)
+        try:
+            return self.parallel(*args)
+        finally:
+            _pool_lock.release()
 
 
 def parallel_kernel(function):
-    """``@njit`` (``parallel=True`` only with NPRESNET_NUMBA_PARALLEL=1, see above) with NumPy's float
-    semantics (x/0 -> inf, no ZeroDivisionError), cached.
+    """Decorator: a ``ParallelKernel`` (see above) with NumPy's float semantics (x/0 -> inf, no
+    ZeroDivisionError), cached. Call it from Python, not from another jitted function.
 
     No fastmath: results must match the NumPy references exactly.
     """
-    return njit(parallel=PARALLEL, cache=CACHE, error_model="numpy")(function)
+    return ParallelKernel(function)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")

@@ -1,18 +1,31 @@
-"""Numba batch normalisation (training mode), fused, parallel over channels.
+"""Numba batch normalisation (training mode), fused, parallel over the rows of the batch.
 
 Notation: x (N, C, H, W); each channel's statistics run over n = N*H*W values, which for channel c
-are N contiguous runs of H*W values. Same math as ``npresnet.functional.batchnorm``::
+are N contiguous rows of H*W values, one per sample. Same math as ``npresnet.functional.batchnorm``::
 
     forward:  mu = sum(x)/n,  var = sum((x - mu)^2)/n,  invstd = 1/sqrt(var + eps)
               x_hat = (x - mu) * invstd,  y = x_hat * gamma + beta
     backward: dbeta = sum(g),  dgamma = sum(g * x_hat)
               dx = (g - dbeta/n - x_hat * dgamma/n) * (gamma * invstd)
 
-Forward reads x three times (sum, centred sum of squares, then x_hat and y in one sweep); backward
-reads (g, x_hat) twice. Every sum and every per-element formula is evaluated in float64, also for
-float32 input, and only the results are rounded to the input dtype. So float64 results equal the
-float64 reference up to summation order (~1e-13 relative), and float32 results are *more* accurate
-than the float32 reference, which sums in float32 (they agree to ~1e-6).
+Forward reads x twice (each row's sum and centred sum of squares, then x_hat and y); backward
+reads (g, x_hat) twice. Every sweep runs over the N*C rows in memory order, split over
+the threads, and a channel then adds up its N row sums in ascending n: the same numbers in the same
+order whatever the thread count, so parallel and serial results are identical to the bit.
+
+Why memory order. The first version swept channel by channel (all N rows of channel c, then c+1):
+rows H*W*C*itemsize apart, a power of two in every ResNet (64 KB for (128, 16, 32, 32) float32).
+Inside a 2 MB huge page (NumPy asks for them for arrays from 4 MB) such rows map to the same few
+L2 sets, so a channel's 512 KB never stayed in the cache between the three sweeps: on a Xeon
+(Sapphire Rapids, 2 MB 16-way L2) the forward ran at 5.7 GB/s, 7.4 ms, against 2.9 ms with 4 KB
+pages. Streaming the array front to back has no such conflicts, and a row's two passes (its sum,
+then its squares about the row mean) hit L1; the rows' moments are combined exactly (Chan et al.),
+so x comes from memory twice instead of three times.
+
+Every sum and every per-element formula is evaluated in float64, also for float32 input, and only
+the results are rounded to the input dtype. So float64 results equal the float64 reference up to
+summation order (~1e-13 relative), and float32 results are *more* accurate than the float32
+reference, which sums in float32 (they agree to ~1e-6).
 Outputs are allocated by NumPy (huge pages for big arrays) and filled by the kernels; see im2col_cpu.
 """
 
@@ -103,45 +116,106 @@ def _dx_row(dx, g, x_hat, g_mean, gx_mean, scale):
         dx[m] = (np.float64(g[m]) - g_mean - np.float64(x_hat[m]) * gx_mean) * scale
 
 
+@njit(cache=CACHE, error_model="numpy")
+def _channel_totals(partial):
+    """totals[c] = sum over n of partial[n, c] (N, C), from 0.0 in ascending n: the order in which
+    a channel's row sums are added, whichever thread computed each row."""
+    N, C = partial.shape
+    totals = np.zeros(C)
+    for n in range(N):
+        for c in range(C):
+            totals[c] += partial[n, c]
+    return totals
+
+
 @parallel_kernel
-def batchnorm_train_forward_kernel(x, weight, bias, use_weight, use_bias, eps, y, x_hat, mean, var, invstd):
-    """x (N, C, M=H*W); weight, bias (C,) float64. Fills y, x_hat (N, C, M) and mean, var, invstd (C,) float64."""
+def _row_moments_kernel(x, row_sum, row_m2):
+    """row_sum[n, c] = sum(x[n, c]) and row_m2[n, c] = sum((x[n, c] - row mean)^2), float64, for
+    x (N, C, M): both from one read of the row (the second pass finds it in L1)."""
     N, C, M = x.shape
+    for row in prange(N * C):
+        n, c = row // C, row % C
+        total = _row_sum(x[n, c])
+        row_sum[n, c] = total
+        row_m2[n, c] = _row_centred_square_sum(x[n, c], total / M)
+
+
+@njit(cache=CACHE, error_model="numpy")
+def _combine_moments(row_sum, row_m2, M, mean, var):
+    """Per channel, from its N rows of M values (Chan et al.'s pairwise update, in ascending n)::
+
+        mean = sum_n row_sum[n] / (N*M)
+        var  = (sum_n row_m2[n] + M * sum_n (row_sum[n]/M - mean)^2) / (N*M)        (biased)
+    """
+    N, C = row_sum.shape
     count = N * M
-    for c in prange(C):
-        total = 0.0
+    totals = _channel_totals(row_sum)
+    for c in range(C):
+        mean[c] = totals[c] / count
+    for c in range(C):
+        within = 0.0
+        between = 0.0
         for n in range(N):
-            total += _row_sum(x[n, c])
-        mu = total / count
-        total = 0.0
-        for n in range(N):
-            total += _row_centred_square_sum(x[n, c], mu)
-        v = total / count                                   # biased variance
-        inv = 1.0 / np.sqrt(v + eps)
+            within += row_m2[n, c]
+            d = row_sum[n, c] / M - mean[c]
+            between += d * d
+        var[c] = (within + M * between) / count
+
+
+@parallel_kernel
+def _normalise_kernel(x, mean, invstd, weight, bias, use_weight, use_bias, y, x_hat):
+    """x_hat = (x - mean) * invstd, y = x_hat * weight + bias, row by row for x (N, C, M)."""
+    N, C, M = x.shape
+    for row in prange(N * C):
+        n, c = row // C, row % C
         gamma = weight[c] if use_weight else 1.0
         beta = bias[c] if use_bias else 0.0
-        for n in range(N):
-            _normalise_row(x_hat[n, c], y[n, c], x[n, c], mu, inv, gamma, beta, use_weight, use_bias)
-        mean[c], var[c], invstd[c] = mu, v, inv
+        _normalise_row(x_hat[n, c], y[n, c], x[n, c], mean[c], invstd[c], gamma, beta, use_weight, use_bias)
 
 
 @parallel_kernel
+def _grad_sums_kernel(dout, x_hat, g_partial, gx_partial):
+    """g_partial[n, c] = sum(dout[n, c]), gx_partial[n, c] = sum(dout[n, c] * x_hat[n, c]) (float64)."""
+    N, C, M = dout.shape
+    for row in prange(N * C):
+        n, c = row // C, row % C
+        g_partial[n, c] = _row_sum(dout[n, c])
+        gx_partial[n, c] = _row_product_sum(dout[n, c], x_hat[n, c])
+
+
+@parallel_kernel
+def _dx_kernel(dout, x_hat, g_mean, gx_mean, scale, dx):
+    """dx = (dout - g_mean - x_hat * gx_mean) * scale per channel, row by row for (N, C, M)."""
+    N, C, M = dout.shape
+    for row in prange(N * C):
+        n, c = row // C, row % C
+        _dx_row(dx[n, c], dout[n, c], x_hat[n, c], g_mean[c], gx_mean[c], scale[c])
+
+
+def batchnorm_train_forward_kernel(x, weight, bias, use_weight, use_bias, eps, y, x_hat, mean, var, invstd):
+    """x (N, C, M=H*W); weight, bias (C,) float64. Fills y, x_hat (N, C, M) and mean, var, invstd (C,) float64.
+
+    Two sweeps over x in memory order, each parallel over the N*C rows: each row's sum and centred
+    sum of squares (``_row_moments_kernel``), combined per channel in ascending n
+    (``_combine_moments``), then x_hat and y (``_normalise_kernel``).
+    """
+    N, C, M = x.shape
+    row_sum, row_m2 = np.empty((N, C)), np.empty((N, C))
+    _row_moments_kernel(x, row_sum, row_m2)
+    _combine_moments(row_sum, row_m2, M, mean, var)
+    invstd[:] = 1.0 / np.sqrt(var + eps)
+    _normalise_kernel(x, mean, invstd, weight, bias, use_weight, use_bias, y, x_hat)
+
+
 def batchnorm_train_backward_kernel(dout, x_hat, invstd, weight, use_weight, dx, dweight, dbias):
     """dout, x_hat (N, C, M); invstd, weight (C,) float64. Fills dx (N, C, M), dweight, dbias (C,) float64."""
     N, C, M = dout.shape
     count = N * M
-    for c in prange(C):
-        g_sum = 0.0
-        gx_sum = 0.0
-        for n in range(N):
-            g_sum += _row_sum(dout[n, c])
-            gx_sum += _row_product_sum(dout[n, c], x_hat[n, c])
-        g_mean = g_sum / count
-        gx_mean = gx_sum / count
-        scale = weight[c] * invstd[c] if use_weight else invstd[c]
-        for n in range(N):
-            _dx_row(dx[n, c], dout[n, c], x_hat[n, c], g_mean, gx_mean, scale)
-        dbias[c], dweight[c] = g_sum, gx_sum
+    g_partial, gx_partial = np.empty((N, C)), np.empty((N, C))
+    _grad_sums_kernel(dout, x_hat, g_partial, gx_partial)
+    dbias[:], dweight[:] = _channel_totals(g_partial), _channel_totals(gx_partial)
+    scale = weight * invstd if use_weight else invstd.copy()
+    _dx_kernel(dout, x_hat, dbias / count, dweight / count, scale, dx)
 
 
 def _as_float64(name, v, C):

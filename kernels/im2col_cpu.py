@@ -105,9 +105,6 @@ def col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW):
     """Set dx (N, C, H, W) to the sum of the cols (C, KH, KW, N, OH, OW) entries read from each pixel."""
     N, C, H, W = dx.shape
     KH, KW, OH, OW = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
-    if SH == 1 and SW == 1 and OW == W:
-        _col2im_same_width(cols.reshape(C, KH, KW, N, OH * OW), dx.reshape(N, C, H * W), OW, PH, PW, DH, DW)
-        return
     for plane in prange(N * C):
         n = plane // C
         c = plane % C
@@ -185,5 +182,10 @@ def col2im(cols, x_shape, stride, padding, dilation):
     require_shape("col2im cols", cols, cols_shape(x_shape, kernel_size, stride, padding, dilation))
     (SH, SW), (PH, PW), (DH, DW) = stride, padding, dilation
     dx = np.empty(x_shape, dtype=cols.dtype)
-    col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW)
+    N, C, H, W = x_shape
+    KH, KW, OH, OW = cols.shape[1], cols.shape[2], cols.shape[4], cols.shape[5]
+    if SH == 1 and SW == 1 and OW == W:
+        _col2im_same_width(cols.reshape(C, KH, KW, N, OH * OW), dx.reshape(N, C, H * W), OW, PH, PW, DH, DW)
+    else:
+        col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW)
     return dx

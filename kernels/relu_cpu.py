@@ -3,23 +3,36 @@
     dx[i] = dout[i] if y[i] > 0 else 0          (y = the cached ReLU output; y > 0 exactly where x > 0)
 
 NumPy needs two passes for this (``y > 0`` into a boolean array, then ``where``); the kernel reads
-y and dout once and writes dx once. It is a plain serial loop that LLVM vectorises: the same loop
-inside a ``prange`` over blocks did not vectorise and ran 4.6x slower at one thread (ResNet-50-sized
-(16, 256, 56, 56) float32: serial 6.0 ms, prange 28 ms, NumPy ``where`` 48 ms, ReLU forward 5 ms).
+y and dout once and writes dx once. The flat arrays are cut into blocks of ``BLOCK`` elements,
+spread over the threads; each block is a loop over 1-D views indexed from 0, which LLVM vectorises
+(the first parallel version indexed the whole arrays with ``start + t`` inside the ``prange`` and
+stayed scalar: 4.6x slower at one thread on a (16, 256, 56, 56) float32 array).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ._numba import CACHE, njit, require_same_dtype, require_shape
+from ._numba import CACHE, njit, parallel_kernel, prange, require_same_dtype, require_shape
+
+#: Elements per block: 64 KB of float32, large enough that a thread's hand-off costs nothing.
+BLOCK = 1 << 14
 
 
-@njit(cache=CACHE, error_model="numpy")
-def relu_backward_kernel(dout, y, dx, zero):
-    """All three 1-D and C-contiguous; ``zero`` is a 0 of their dtype (keeps the loop in one type)."""
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _relu_backward_row(dout, y, dx, zero):
     for t in range(dx.shape[0]):
         dx[t] = dout[t] if y[t] > zero else zero
+
+
+@parallel_kernel
+def relu_backward_kernel(dout, y, dx, zero):
+    """All three 1-D and C-contiguous; ``zero`` is a 0 of their dtype (keeps the loop in one type)."""
+    size = dx.shape[0]
+    for block in prange((size + BLOCK - 1) // BLOCK):
+        start = block * BLOCK
+        stop = min(size, start + BLOCK)
+        _relu_backward_row(dout[start:stop], y[start:stop], dx[start:stop], zero)
 
 
 def relu_backward(dout, y):

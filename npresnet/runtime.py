@@ -5,15 +5,16 @@ calls these by itself: ``python -m npresnet.bench`` and ``python -m npresnet.tra
 may in your own scripts.
 
 ``set_num_threads(n)``
-    BLAS (through threadpoolctl), Numba's parallel kernels and, if it is imported, torch, together:
-    setting only one of them lets the others oversubscribe the cores. Numba gets ``numba_threads``
-    (default 1), not n: OpenBLAS's worker threads keep spinning for a while after each GEMM, and a
-    Numba kernel running between two GEMMs then fights them for the cores. Measured on the 2-core
-    VM, ResNet-50 batch 16 forward with BLAS at 2 threads: Numba at 2 threads 3.01 s, Numba at
-    1 thread 1.26 s (and 1 thread for both: 1.90 s). The Numba kernels are memory-bound copies and
-    reductions; the GEMMs are where extra cores pay. (By default the kernels are even compiled as
-    serial loops, so a library user who never calls this function does not hit the fight either:
-    ``NPRESNET_NUMBA_PARALLEL=1`` in ``npresnet.kernels`` opts into Numba's thread pool.)
+    BLAS (through threadpoolctl), Numba's kernels and, if it is imported, torch, together: setting
+    only one of them lets the others oversubscribe the cores. ``default_threads()`` is the number
+    of cores this process may use (what torch takes by default); the bench and train commands use it.
+
+    Numba and OpenBLAS take turns on the same cores (a GEMM, then a BatchNorm kernel, then a GEMM),
+    and the first attempt at parallel kernels ran 8x slower than serial ones (3 digits epochs of
+    ResNet-20: 59 s against 7.4 s). The cause was spinning, not parallelism: Numba's OpenMP layer
+    keeps its workers spinning after each parallel region, on the cores the next GEMM's OpenBLAS
+    threads need. ``npresnet.kernels`` therefore runs its pool on Numba's workqueue layer, whose
+    workers sleep when done, and at one thread runs serial builds (``kernels/_numba.py``).
 
 ``tune_allocator()``
     A training step allocates and frees the same multi-MB activations every time. glibc's malloc
@@ -33,7 +34,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["set_num_threads", "tune_allocator"]
+__all__ = ["default_threads", "set_num_threads", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -52,11 +53,20 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
-def set_num_threads(threads: int, numba_threads: int = 1) -> Any:
-    """Use ``threads`` threads in BLAS and torch (if imported), ``numba_threads`` in Numba's
-    parallel kernels (see the module docstring for why 1 by default). Returns the threadpoolctl
-    limiter (call ``restore_original_limits()`` on it to undo the BLAS part), or None without
-    threadpoolctl (then only ``OMP_NUM_THREADS`` is set, which reaches BLAS libraries not yet loaded)."""
+def default_threads() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(threads: int, numba_threads: int | None = None) -> Any:
+    """Use ``threads`` threads in BLAS, torch (if imported) and Numba's kernels (``numba_threads``
+    if given). Returns the threadpoolctl limiter (call ``restore_original_limits()`` on it to undo
+    the BLAS part), or None without threadpoolctl (then only ``OMP_NUM_THREADS`` is set, which
+    reaches BLAS libraries not yet loaded)."""
+    numba_threads = threads if numba_threads is None else numba_threads
     if threads < 1 or numba_threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads} (numba_threads {numba_threads})")
     limiter = None
@@ -68,11 +78,7 @@ def set_num_threads(threads: int, numba_threads: int = 1) -> Any:
         os.environ["OMP_NUM_THREADS"] = str(threads)
     from . import kernels
 
-    if kernels.active() == "numba":
-        import numba
-
-        # numba.config creates its settings at import time, out of mypy's sight
-        numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+    kernels.set_num_threads(numba_threads)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     return limiter

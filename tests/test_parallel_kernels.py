@@ -1,0 +1,200 @@
+"""The Numba kernels on Numba's thread pool: the same bits as serially, and as the NumPy references.
+
+Every ``prange`` kernel is built twice (``kernels/_numba.py``'s ``ParallelKernel``): serially,
+used at one Numba thread, and for the thread pool, used above one. The builds split the work only
+over independent outputs (planes, rows, column blocks, rows of a batch norm) and each output sums
+the same numbers in the same order, so the two must agree bit for bit, on every kernel: im2col,
+col2im (a gather), max/avg pooling, ReLU backward, batch norm and the direct 3x3 convolution. Each
+check runs in a fresh interpreter with ``NUMBA_NUM_THREADS=2`` (the parent test process may have
+started Numba with one thread), on the awkward shapes of tests/test_kernels.py (H != W, stride 2,
+dilation, batch 1, 1-3 channels, odd sizes) plus shapes large enough to give both threads work.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from npresnet import kernels
+
+pytestmark = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
+TESTS = Path(__file__).resolve().parent
+
+
+def run_with_two_threads(code: str, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` (dedented) in a fresh interpreter with 2 Numba threads and 1 BLAS thread."""
+    prelude = f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import numba
+        import numpy as np
+        import test_kernels as cases
+        from npresnet import kernels
+        from npresnet.kernels import _numba
+        assert numba.config.NUMBA_NUM_THREADS == 2, numba.config.NUMBA_NUM_THREADS
+
+        def serial_and_parallel(compute):
+            numba.set_num_threads(1)
+            serial = compute()
+            numba.set_num_threads(2)
+            parallel = compute()
+            return serial, parallel
+
+        def same_bits(a, b, what):
+            a, b = (a,) if isinstance(a, np.ndarray) else a, (b,) if isinstance(b, np.ndarray) else b
+            for i, (u, v) in enumerate(zip(a, b)):
+                if u is None and v is None:
+                    continue
+                assert u.shape == v.shape and u.dtype == v.dtype, (what, i, u.shape, v.shape)
+                assert (np.ascontiguousarray(u).view(np.uint8) == np.ascontiguousarray(v).view(np.uint8)).all(), \\
+                    f"{{what}}: output {{i}} differs between 1 and 2 threads (max diff {{abs(u - v).max()}})"
+    """
+    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}, "NUMBA_NUM_THREADS": "2",
+           "OPENBLAS_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(prelude) + textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.stdout[-2000:],
+                                                                            result.stderr[-4000:])
+
+
+def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
+    assert_ok(run_with_two_threads("""
+        from npresnet.functional import (avgpool2d_backward, avgpool2d_forward, batchnorm2d_backward,
+                                         batchnorm2d_forward, conv2d_backward, conv2d_forward, maxpool2d_backward,
+                                         maxpool2d_forward, relu_backward, relu_forward)
+        rng = np.random.default_rng(0)
+        big = [((2, 3, 64, 48), (3, 3), (1, 1), (1, 1), (1, 1)),     # same-width path, many planes
+               ((3, 2, 33, 31), (3, 3), (2, 2), (1, 1), (1, 1)),     # stride 2, odd sizes
+               ((1, 1, 40, 27), (3, 2), (1, 2), (2, 1), (2, 1))]     # batch 1, one channel, dilation
+        for dtype in (np.float64, np.float32):
+            for shape, k, s, p, d in cases.CONV_CASES + big:
+                x = rng.standard_normal(shape).astype(dtype)
+                cols = serial_and_parallel(lambda: kernels.get("im2col", x)(x, k, s, p, d))
+                same_bits(*cols, f"im2col {shape}")
+                with kernels.reference_only():
+                    from npresnet.functional.im2col import col2im, im2col
+                    want = im2col(x, k, s, p, d)
+                    want_dx = col2im(want, shape, s, p, d)
+                same_bits(cols[1], want, f"im2col {shape} vs reference")
+                dx = serial_and_parallel(lambda: kernels.get("col2im", want)(want, shape, s, p, d))
+                same_bits(*dx, f"col2im {shape}")
+                same_bits(dx[1], want_dx, f"col2im {shape} vs reference")
+            for shape, k, s, p, d, ceil_mode in cases.POOL_CASES + [((2, 3, 41, 30), 3, 2, 1, 1, True)]:
+                x = cases._pool_input(shape, dtype, rng)
+                dy = rng.standard_normal(maxpool2d_forward(x, k, s, p, d, ceil_mode)[0].shape).astype(dtype)
+                def max_pool():
+                    y, cache = maxpool2d_forward(x, k, s, p, d, ceil_mode)
+                    return y, cache.argmax, maxpool2d_backward(dy, cache)
+                got = serial_and_parallel(max_pool)
+                same_bits(*got, f"max pool {shape}")
+                with kernels.reference_only():
+                    same_bits(got[1], max_pool(), f"max pool {shape} vs reference")
+            for shape, k, s, p, ceil_mode in cases.AVG_CASES + [((2, 3, 41, 30), 3, 2, 1, True)]:
+                x = rng.standard_normal(shape).astype(dtype)
+                dy = rng.standard_normal(avgpool2d_forward(x, k, s, p, ceil_mode, False)[0].shape).astype(dtype)
+                def avg_pool():
+                    y, cache = avgpool2d_forward(x, k, s, p, ceil_mode, False)
+                    return y, avgpool2d_backward(dy, cache)
+                got = serial_and_parallel(avg_pool)
+                same_bits(*got, f"avg pool {shape}")
+                with kernels.reference_only():
+                    same_bits(got[1], avg_pool(), f"avg pool {shape} vs reference")
+            for shape in cases.BN_SHAPES + [(4, 6, 17, 13)]:
+                C = shape[1]
+                x = rng.standard_normal(shape).astype(dtype) * 2 + 5
+                w, b, dy = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype), \\
+                    rng.standard_normal(shape).astype(dtype)
+                def batch_norm():
+                    y, cache = batchnorm2d_forward(x, w, b, np.zeros(C, dtype), np.ones(C, dtype), True)
+                    return (y, *batchnorm2d_backward(dy, cache))
+                got = serial_and_parallel(batch_norm)
+                same_bits(*got, f"batch norm {shape}")
+                with kernels.reference_only():
+                    want = batch_norm()
+                bound = 1e-12 if dtype == np.float64 else 1e-4
+                for g, r in zip(got[1], want):
+                    assert abs(g - r).max() <= bound * max(abs(r).max(), 1), (shape, abs(g - r).max())
+            for shape in [(1, 1, 1, 1), (2, 3, 7, 5), (3, 50000), (5, 7, 64, 33)]:
+                x = rng.standard_normal(shape).astype(dtype)
+                x[0, 0] = 0.0
+                dy = rng.standard_normal(shape).astype(dtype)
+                got = serial_and_parallel(lambda: relu_backward(dy, relu_forward(x)[1]))
+                same_bits(*got, f"relu backward {shape}")
+                same_bits(got[1], np.where(x > 0, dy, 0).astype(dtype), f"relu backward {shape} vs where")
+            for (N, C, O, H, W), p, d in cases.DIRECT_CASES:
+                x = rng.standard_normal((N, C, H, W)).astype(dtype)
+                w = rng.standard_normal((O, C, 3, 3)).astype(dtype)
+                def direct():
+                    y, cache = conv2d_forward(x, w, None, 1, p, d)
+                    assert cache.direct_grads
+                    return (y, *conv2d_backward(np.cos(y), cache)[:2])
+                same_bits(*serial_and_parallel(direct), f"direct 3x3 {(N, C, O, H, W)}")
+        # both builds of every prange kernel really ran
+        import npresnet.kernels.batchnorm_cpu, npresnet.kernels.conv3x3_cpu, npresnet.kernels.im2col_cpu, \\
+            npresnet.kernels.pool_cpu, npresnet.kernels.relu_cpu
+        built = [(module.__name__, name, kernel) for module in (npresnet.kernels.batchnorm_cpu,
+                 npresnet.kernels.conv3x3_cpu, npresnet.kernels.im2col_cpu, npresnet.kernels.pool_cpu,
+                 npresnet.kernels.relu_cpu) for name, kernel in vars(module).items()
+                 if isinstance(kernel, _numba.ParallelKernel)]
+        assert len(built) == 13, [b[:2] for b in built]
+        assert numba.threading_layer() == "workqueue", numba.threading_layer()
+        for module, name, kernel in built:
+            assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
+        print("ok")
+    """))
+
+
+def test_two_python_threads_may_run_kernels_at_once():
+    """The workqueue layer aborts the process when two threads launch parallel work at once; the
+    kernels hand the pool to one thread at a time (the other runs the serial build)."""
+    assert_ok(run_with_two_threads("""
+        import threading
+        x = np.random.default_rng(0).standard_normal((8, 16, 32, 32)).astype(np.float32)
+        want = kernels.get("im2col", x)(x, (3, 3), (1, 1), (1, 1), (1, 1))
+        failures = []
+
+        def work():
+            for _ in range(40):
+                got = kernels.get("im2col", x)(x, (3, 3), (1, 1), (1, 1), (1, 1))
+                if not np.array_equal(got, want):
+                    failures.append("wrong columns")
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        work()
+        for t in threads:
+            t.join()
+        assert not failures, failures
+        print("ok")
+    """))
+
+
+def test_serial_switch_and_a_chosen_threading_layer_are_respected():
+    result = run_with_two_threads("""
+        from npresnet.kernels import im2col_cpu
+        im2col_cpu.im2col(np.ones((4, 3, 9, 9)), (3, 3), (1, 1), (1, 1), (1, 1))
+        assert im2col_cpu.im2col_kernel.serial.signatures and not im2col_cpu.im2col_kernel.parallel.signatures
+        print("ok")
+    """, NPRESNET_NUMBA_PARALLEL="0")
+    assert_ok(result)
+    result = run_with_two_threads("""
+        from npresnet.kernels import im2col_cpu
+        im2col_cpu.im2col(np.ones((4, 3, 9, 9)), (3, 3), (1, 1), (1, 1), (1, 1))
+        assert im2col_cpu.im2col_kernel.parallel.signatures
+        assert numba.threading_layer() == "omp", numba.threading_layer()
+        print("ok")
+    """, NUMBA_THREADING_LAYER="omp")
+    assert_ok(result)
+
+
+def test_a_bad_parallel_setting_is_an_error():
+    result = run_with_two_threads("print('ok')", NPRESNET_NUMBA_PARALLEL="yes")
+    assert result.returncode != 0 and "NPRESNET_NUMBA_PARALLEL must be 'auto', '0' or '1', got 'yes'" in result.stderr
