@@ -697,7 +697,7 @@ NOT_A_MODULE = 3
 def _cli(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "npresnet.gradcheck", *args], capture_output=True, text=True,
                           timeout=300, env=env, cwd=cwd)
 

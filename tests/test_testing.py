@@ -464,3 +464,24 @@ def test_check_module_draws_again_when_a_kink_spoils_the_check():
     with pytest.raises(NondifferentiableError, match="kink") as info:       # arrays given: nothing to redraw
         check_module(KinkAt(unlucky), kink_free((2, 3), np.random.default_rng(0)))
     assert "drew again" not in str(info.value)
+
+
+def test_beyond_torch_pool_configs_reach_what_npresnet_takes_and_torch_refuses():
+    """torch_valid=False (for npresnet's kernels against its references) goes past torch's limits."""
+    from npresnet.testing.strategies import _windows_all_see_input
+
+    seen = set()
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(pool2d_configs(dilation=(1, 2), torch_valid=False))
+    def record(c):
+        stride = c.stride or c.kernel_size
+        if any(p > k // 2 for p, k in zip(c.padding, c.kernel_size)):
+            seen.add("padding above half the kernel")
+        if not all(_windows_all_see_input(n, k, s, p, d, c.ceil_mode) for n, k, s, p, d in
+                   zip(c.size, c.kernel_size, stride, c.padding, c.dilation)):
+            seen.add("a window of padding only")
+        assert min(c.output_size) >= 1
+
+    record()
+    assert seen == {"padding above half the kernel", "a window of padding only"}

@@ -97,7 +97,8 @@ def test_block_runs_on_its_own(project, index, block):
         return
     lines = block["code"].splitlines()
     assert lines and lines[0].startswith("$ "), f"{where}: a console block starts with '$ command'"
-    env = {**os.environ, "PYTHONPATH": str(project), "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
+           "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     command = shlex.split(lines[0][2:])
     command[0] = sys.executable if command[0] == "python" else command[0]
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)
