@@ -35,6 +35,10 @@ def _on_kink(analytic: np.ndarray, numeric: np.ndarray, right: np.ndarray, left:
 # The thing under test, reduced to: the loss L, the analytic gradients, and the arrays to perturb.
 
 
+def _no_function(*args: Any) -> Any:
+    raise AssertionError("a Module target has no (forward, backward) pair")
+
+
 def _is_array(a: Any) -> bool:
     return isinstance(a, np.ndarray) or is_cupy_array(a)
 
@@ -45,8 +49,8 @@ class _Target:
     def __init__(self, target: Any, inputs: Sequence[Any], seed: int) -> None:
         if isinstance(target, Module):
             self.module: Module | None = target
-            self.forward_fn: Callable | None = None
-            self.backward_fn: Callable | None = None
+            self.forward_fn: Callable[..., Any] = _no_function
+            self.backward_fn: Callable[..., Any] = _no_function
         elif isinstance(target, tuple) and len(target) == 2 and all(callable(f) for f in target):
             self.module = None
             self.forward_fn, self.backward_fn = target

@@ -32,7 +32,7 @@ class NondifferentiableError(GradcheckError):
 class Kink(NamedTuple):
     """An element whose check was spoiled by a kink within eps of the point."""
 
-    index: tuple[int, ...]
+    index: tuple[int, ...]  # type: ignore[assignment]   # shadows tuple.index: the element's index
     right: float      # one-sided slope (L(t + eps) - L(t)) / eps
     left: float       # one-sided slope (L(t) - L(t - eps)) / eps
     analytic: float

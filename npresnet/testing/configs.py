@@ -49,7 +49,7 @@ class Conv2dConfig:
     @property
     def output_size(self) -> Pair:
         """(OH, OW), each >= 1 for every config the strategies draw."""
-        return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in  # type: ignore[return-value]
+        return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
                      zip(self.size, self.kernel_size, self.stride, self.padding, self.dilation))
 
     @property
@@ -101,7 +101,7 @@ class Pool2dConfig:
     @property
     def output_size(self) -> Pair:
         stride = self.stride or self.kernel_size
-        return tuple(conv_output_size(n, k, s, p, d, self.ceil_mode) for n, k, s, p, d in  # type: ignore[return-value]
+        return tuple(conv_output_size(n, k, s, p, d, self.ceil_mode) for n, k, s, p, d in
                      zip(self.size, self.kernel_size, stride, self.padding, self.dilation))
 
     @property

@@ -74,7 +74,7 @@ def conv2d_configs(draw: Any, *, batch: Bound = (1, 3), channels_per_group: Boun
         batch=draw(_ints(batch)),
         in_channels=g * draw(_ints(channels_per_group)),
         out_channels=g * draw(_ints(channels_per_group)),
-        size=size,  # type: ignore[arg-type]
+        size=size,
         kernel_size=kernel_size,
         stride=(draw(_ints(stride)), draw(_ints(stride))),
         padding=(paddings[0], paddings[1]),
@@ -124,7 +124,7 @@ def pool2d_configs(draw: Any, *, kind: str = "max", batch: Bound = (1, 3), chann
         kind=kind,
         batch=draw(_ints(batch)),
         channels=draw(_ints(channels)),
-        size=size,  # type: ignore[arg-type]
+        size=size,
         kernel_size=kernel_size,
         stride=strides,
         padding=paddings,

@@ -77,7 +77,7 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
     saved_grads = [p.grad for _, p in params]
     with ExitStack() as stack:
         stack.enter_context(module.preserved_state())
-        stack.callback(lambda: [setattr(p, "grad", g) for (_, p), g in zip(params, saved_grads)])
+        stack.callback(_put_back_gradients, params, saved_grads)
         device = next((t.device for t in torch_module.parameters()), torch.device("cpu"))
         if device.type == "cuda":                     # TF32 would make the referee itself inexact on a GPU
             stack.enter_context(_no_tf32(torch))
@@ -128,6 +128,11 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
             + "\n  ".join(r.describe(atol, rtol, labels=("npresnet", "torch")) for r in failed)
             + "\nagree: " + (", ".join(r.name for r in reports if r.allclose) or "nothing")
             + where_to_look([r.name for r in failed], agreeing_gradients, forks=any(True for _ in module.children())))
+
+
+def _put_back_gradients(params: list, saved: list) -> None:
+    for (_, p), grad in zip(params, saved):
+        p.grad = grad
 
 
 def _dtype_of(module: Module, xs: tuple) -> np.dtype:
