@@ -28,12 +28,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import re
 import secrets
 from collections.abc import Iterator
 from typing import IO
+
+try:
+    import fcntl
+except ImportError:                     # not POSIX (Windows): no locks; the pid check alone guards cleanup
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_write", "atomic_write_text", "remove_stale_temporaries", "temporary_name"]
 
@@ -73,7 +77,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
     """
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
     patterns = _temporary_patterns(name)
-    removed = []
+    removed: list[str] = []
     try:
         entries = os.listdir(directory)
     except FileNotFoundError:
@@ -88,7 +92,8 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
         except OSError:
             continue                    # gone already, or not ours to open
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.unlink(candidate)
             removed.append(candidate)
         except OSError as exc:
@@ -112,7 +117,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
     fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield f
             f.flush()
             os.fsync(f.fileno())

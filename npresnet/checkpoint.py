@@ -272,7 +272,7 @@ def load_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
     rng_updates = _checked_rng_states(path, model, meta["rng"].get("modules", {}))
 
     # Everything checked: apply (none of these can fail now).
-    if optimizer_update is not None:
+    if optimizer is not None and optimizer_update is not None:
         optimizer._apply_state_dict(*optimizer_update)
     model._apply_state_dict(model_updates)
     if scheduler is not None:

@@ -212,9 +212,10 @@ class Optimizer:
         if value is None:
             return None
         if name == "step":
-            count = value if isinstance(value, (int, float)) else np.asarray(to_numpy(value))
-            if isinstance(count, np.ndarray):             # torch keeps step as a 0-d tensor
-                count = count[()] if count.ndim == 0 and count.dtype.kind in "iuf" else None
+            count: Any = value
+            if not isinstance(value, (int, float)):       # torch keeps step as a 0-d tensor
+                array = np.asarray(to_numpy(value))
+                count = array[()] if array.ndim == 0 and array.dtype.kind in "iuf" else None
             if count is None or setting_problem(name, count, "number") is not None or count < 0:
                 raise StateError(f"optimizer state 'step' of parameter {key} must be a count >= 0, got {value!r:.60}")
             return float(count)
