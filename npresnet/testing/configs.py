@@ -5,7 +5,8 @@ and the ``seed`` of its arrays), so a failing hypothesis example prints one line
 exactly. Each config builds the npresnet layer (``config.layer()``) and the torch layer
 (``config.torch_layer()``, which imports torch), and ``arrays_for(config)`` draws its arrays:
 the input ``x`` (tie-free for max pooling, kink-free otherwise), the upstream gradient ``dy``
-(output shape), and the layer's parameters and statistics where it has them.
+(output shape), and the layer's parameters and statistics where it has them (``config.layer()``
+holds the same ones).
 
 Notation: N batch, C channels, H x W input, OH x OW output; pairs are (along H, along W).
 """
