@@ -100,6 +100,12 @@ def set_group(name, value):
     return change
 
 
+def saved_setting(name, value):
+    def change(arrays, meta):
+        meta["extra"]["config"][name] = value
+    return change
+
+
 def set_schedule(name, value):
     def change(arrays, meta):
         meta["scheduler"][name] = value
@@ -341,6 +347,11 @@ CLI_CASES = {
                               "momentum_buffer of parameter 0: expected a float32 array, got int32"),
     "schedule last_epoch 'x'": (lambda p: rewrite(p, set_schedule("last_epoch", "x")),
                                 "last_epoch must be an integer, got 'x'"),
+    "saved settings lr 'fast'": (lambda p: rewrite(p, saved_setting("lr", "fast")),
+                                 "the saved run settings are invalid: lr must be of type float, got 'fast'"),
+    "saved settings a list": (lambda p: rewrite(p, lambda arrays, meta: {**meta, "extra": {**meta["extra"],
+                                                                                       "config": [1]}}),
+                              "the saved run settings must be a JSON object, got [1]"),
 }
 
 

@@ -89,6 +89,10 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
         saved = meta["extra"].get("config", {})
         if not isinstance(saved, dict):
             raise ValueError(f"{checkpoint}: the saved run settings must be a JSON object, got {saved!r:.60}")
+        try:
+            TrainConfig.from_dict(saved)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{checkpoint}: the saved run settings are invalid: {exc}") from exc
         values.update(saved)
         values["out_dir"] = os.path.dirname(os.path.abspath(checkpoint))     # keep writing where it was
         resume = checkpoint

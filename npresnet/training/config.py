@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from typing import Any
+
+import numpy as np
 
 from ..distributed import DEFAULT_TIMEOUT_S
 
@@ -87,6 +90,11 @@ class TrainConfig:
                                                     "job is aborted")
 
     def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):           # e.g. a checkpoint's saved settings with "lr": "fast"
+            if not _has_type(getattr(self, field.name), hints[field.name]):
+                raise ValueError(f"{field.name} must be of type {_type_name(hints[field.name])}, got "
+                                 f"{getattr(self, field.name)!r:.60}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
         self.milestones = list(self.milestones)
         for field in dataclasses.fields(self):
@@ -112,6 +120,29 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    """Whether ``value`` fits a field type: ``int``, ``float`` (an int too), ``bool``, ``str``,
+    ``list[X]``, ``tuple[X, ...]`` (or a list, as JSON gives it back) and ``X | None``."""
+    arguments = typing.get_args(kind)
+    if type(None) in arguments:
+        return value is None or _has_type(value, next(a for a in arguments if a is not type(None)))
+    origin = typing.get_origin(kind)
+    if origin in (list, tuple):
+        return (isinstance(value, (list, tuple)) and (origin is list or len(value) == len(arguments))
+                and all(_has_type(v, arguments[0]) for v in value))
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if kind is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, kind)
+
+
+def _type_name(kind: Any) -> str:
+    return str(getattr(kind, "__name__", kind)) if typing.get_origin(kind) is None else str(kind).replace("typing.", "")
 
 
 # Fields that may change when a run is resumed: they do not alter the computation up to the stop.
