@@ -139,12 +139,13 @@ def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float
         tolerance = atol + rtol * np.abs(np.sort(n))
         if np.all(np.abs(np.sort(a) - np.sort(n)) <= tolerance):
             return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
-    big = np.abs(n) > max(atol, 1e-3 * scale)
+    big = np.abs(n) > max(atol, 1e-3 * scale)      # holds the largest |n| (> atol): never empty
     ratios = a[big] / n[big]
     ratio = float(np.median(ratios))
+    if a.size == 1:                  # one slope (directional mode): a ratio, not yet a diagnosis
+        return f"along the check direction {ours} = {ratio:.6g} x {reference}; mode='full' shows the wrong elements"
     if np.all(np.abs(ratios - ratio) <= 1e-4 * abs(ratio)) and abs(ratio - 1) > rtol and abs(ratio) > 1e-6:
-        where = "everywhere" if a.size > 1 else "along the check direction"
-        return (f"{ours} = {ratio:.6g} x {reference} {where}: one constant factor is wrong "
+        return (f"{ours} = {ratio:.6g} x {reference} everywhere: one constant factor is wrong "
                 "(a missing or extra 1/N, 2, or scale)")
     return ""
 
