@@ -15,6 +15,8 @@ Run ``python -m npresnet.demo``. It
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from . import nn
@@ -41,6 +43,7 @@ class BasicBlock(nn.Module):
         self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False, rng=rng)
         self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut: nn.Module
         if stride != 1 or in_channels != out_channels:      # the shapes differ: project x
             self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False, rng=rng),
                                           nn.BatchNorm2d(out_channels))
@@ -64,7 +67,7 @@ def make_block(in_channels: int, out_channels: int, stride: int, seed: int) -> B
     rng = np.random.default_rng(seed)
     block = BasicBlock(in_channels, out_channels, stride, rng).to(np.float64)
     for m in block.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d) and m.weight is not None and m.bias is not None:
             m.weight.data[...] = rng.uniform(0.5, 1.5, m.num_features)
             m.bias.data[...] = rng.standard_normal(m.num_features)
     return block
@@ -95,7 +98,7 @@ def torch_block(block: BasicBlock):
     return reference.train(block.training)
 
 
-def max_rel_error(ours: np.ndarray, reference: np.ndarray) -> float:
+def max_rel_error(ours: Any, reference: Any) -> float:
     """max |ours - reference| / max |reference|."""
     return float(np.max(np.abs(ours - reference)) / max(np.max(np.abs(reference)), 1e-300))
 
@@ -111,6 +114,7 @@ def compare_with_torch(block: BasicBlock, x: np.ndarray, dy: np.ndarray, y: np.n
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     yt = reference(xt)
     yt.backward(torch.from_numpy(dy))
+    assert xt.grad is not None
     errors = {"output y": max_rel_error(y, yt.detach().numpy()),
               "dL/dx": max_rel_error(dx, xt.grad.numpy())}
     torch_params = dict(reference.named_parameters())
@@ -140,6 +144,7 @@ def main() -> int:
     print(f"   {'gradient':<24} {'shape':<16} norm")
     print(f"   {'dL/dx':<24} {str(dx.shape):<16} {np.linalg.norm(dx):.4f}")
     for name, p in block.named_parameters():
+        assert p.grad is not None                            # backward filled every .grad
         print(f"   {'dL/d ' + name:<24} {str(p.shape):<16} {np.linalg.norm(p.grad):.4f}")
 
     print("\n3. Gradient check of the hand-written backward against finite differences of L = sum(v * y):")

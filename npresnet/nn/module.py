@@ -38,7 +38,7 @@ import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from ..backend import BACKENDS, backend_name, get_default, to_backend, xp_for
 from ..grad_mode import is_grad_enabled
 from ..state_checks import StateError, convert_array
 from .parameter import Parameter
+
+# `model.to(...)`, `.train()`, `.eval()` and `.requires_grad_()` return the module itself, typed as its own class.
+ModuleT = TypeVar("ModuleT", bound="Module")
 
 
 class HookHandle:
@@ -363,13 +366,13 @@ class Module:
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
 
     # ------------------------------------------------------------------ modes and gradients
-    def train(self, mode: bool = True) -> Module:
+    def train(self: ModuleT, mode: bool = True) -> ModuleT:
         """Set the ``training`` flag of this module and every descendant (no global mode)."""
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
 
-    def eval(self) -> Module:
+    def eval(self: ModuleT) -> ModuleT:
         return self.train(False)
 
     def zero_grad(self) -> None:
@@ -377,14 +380,14 @@ class Module:
         for param in self.parameters():
             param.grad = None
 
-    def requires_grad_(self, requires_grad: bool = True) -> Module:
+    def requires_grad_(self: ModuleT, requires_grad: bool = True) -> ModuleT:
         """Freeze (False) or unfreeze (True) every parameter of this module."""
         for param in self.parameters():
             param.requires_grad = requires_grad
         return self
 
     # ------------------------------------------------------------------ backend and dtype
-    def to(self, target: Any) -> Module:
+    def to(self: ModuleT, target: Any) -> ModuleT:
         """Move to a backend (``"numpy"``/``"cupy"``) or cast to a floating dtype (``np.float64``).
 
         Parameters, their gradients and floating-point buffers are converted; integer buffers such
