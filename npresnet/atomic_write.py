@@ -19,8 +19,9 @@ Every file npresnet writes (weights, checkpoints, metrics, plots) goes through h
 On an exception (a full disk, Ctrl-C) the temporary file is removed before the error goes on. A
 writer killed outright (SIGKILL, a power cut) cannot clean up; its temporary file stays until the
 next write of the same destination (or ``remove_stale_temporaries``, called when a run resumes)
-deletes it. Only files of this naming pattern are touched, and only when their writer is gone: its
-pid is not a live process on this machine *and* nobody holds the file's lock. A live writer's
+deletes it. Only files of this naming pattern (and the ones earlier versions wrote) are touched,
+and only when their writer is gone: its pid is not a live process on this machine *and* nobody
+holds the file's lock. A live writer's
 temporary file is never removed, even one of another process writing the same destination.
 """
 
@@ -31,6 +32,7 @@ import errno
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from typing import IO
 
@@ -49,12 +51,28 @@ def temporary_name(path: str | os.PathLike) -> str:
 
 
 def _temporary_patterns(name: str) -> list[re.Pattern[str]]:
-    """Names of ``name``'s temporary files, each with the writer's pid as group 1: this module's, and
-    the two that npresnet's training used to write (``metrics.csv.<pid>.tmp``, ``curves.<pid>.tmp.png``)."""
+    """Names of ``name``'s temporary files: this module's, with the writer's pid as group 1, and those
+    that earlier npresnet versions wrote: ``metrics.csv.<pid>.tmp``, ``curves.<pid>.tmp.png`` (pid in
+    group 1 too) and ``.<name>.<12 hex digits>.tmp`` (no pid)."""
     root, ext = os.path.splitext(name)
     return [re.compile(rf"\.{re.escape(name)}\.(\d+)\.[0-9a-f]{{12}}\.tmp"),
             re.compile(rf"{re.escape(name)}\.(\d+)\.tmp"),
-            re.compile(rf"{re.escape(root)}\.(\d+)\.tmp{re.escape(ext)}")]
+            re.compile(rf"{re.escape(root)}\.(\d+)\.tmp{re.escape(ext)}"),
+            re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp")]
+
+
+# A temporary file without a pid (an earlier version's) counts as abandoned once untouched this long:
+# a live writer fsyncs and renames within seconds, and its writes keep the modification time fresh.
+UNOWNED_QUIET_S = 600.0
+
+
+def _writer_gone(match: re.Match[str], path: str) -> bool:
+    if match.re.groups:
+        return not _process_alive(int(match.group(1)))
+    try:
+        return time.time() - os.stat(path).st_mtime > UNOWNED_QUIET_S
+    except FileNotFoundError:
+        return False
 
 
 def _process_alive(pid: int) -> bool:
@@ -72,8 +90,9 @@ def _process_alive(pid: int) -> bool:
 def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
     """Delete the temporary files of earlier writes of ``path`` whose writer is gone; returns their paths.
 
-    A file is removed only if its name follows a pattern above, its pid is not a live process, and
-    its ``flock`` can be taken (no live writer holds it, on this machine or over NFS).
+    A file is removed only if its name follows a pattern above, its pid is not a live process (a
+    name without a pid: untouched for ``UNOWNED_QUIET_S``), and its ``flock`` can be taken (no live
+    writer holds it, on this machine or over NFS).
     """
     directory, name = os.path.split(os.path.abspath(os.fspath(path)))
     patterns = _temporary_patterns(name)
@@ -84,9 +103,9 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
         return removed
     for entry in entries:
         match = next((m for m in (p.fullmatch(entry) for p in patterns) if m), None)
-        if match is None or _process_alive(int(match.group(1))):
-            continue
         candidate = os.path.join(directory, entry)
+        if match is None or not _writer_gone(match, candidate):
+            continue
         try:
             fd = os.open(candidate, os.O_RDONLY)
         except OSError:

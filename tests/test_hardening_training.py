@@ -121,6 +121,26 @@ def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
     assert temporaries(tmp_path) == []                             # its writer is gone now
 
 
+def test_debris_of_earlier_versions_is_removed_only_when_abandoned(tmp_path):
+    """Names earlier versions left after kill -9: with a dead writer's pid, or without a pid and old."""
+    import numpy as np
+
+    import npresnet
+    from npresnet import nn
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    dead = int(finished.stdout)                                    # a pid that no process has any more
+    path = tmp_path / "checkpoint.npz"
+    names = {"abandoned": ".checkpoint.npz.0123456789ab.tmp", "fresh": ".checkpoint.npz.ba9876543210.tmp",
+             "dead writer": f"checkpoint.npz.{dead}.tmp", "live writer": f"checkpoint.npz.{os.getppid()}.tmp"}
+    for name in names.values():
+        (tmp_path / name).write_bytes(b"half a file")
+    hour_ago = time.time() - 3600
+    os.utime(tmp_path / names["abandoned"], (hour_ago, hour_ago))
+    npresnet.save(nn.Sequential(nn.Linear(4, 2, rng=np.random.default_rng(0))), path)
+    assert temporaries(tmp_path) == sorted([names["fresh"], names["live writer"]])
+
+
 # ---------------------------------------------------------------------------------------------- defects 3 + 4
 TRAIN_AND_DIE = """
     import os, signal, sys
