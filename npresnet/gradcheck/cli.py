@@ -41,11 +41,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m npresnet.gradcheck", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="MODEL: a model name (" + ", ".join([*CIFAR_MODELS, *IMAGENET_MODELS][:6])
-                + ", ...) or package.module:Name (a Module class or a function returning one, called with no "
-                "arguments).")
+    p = _Parser(prog="python -m npresnet.gradcheck", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Gradient-check a whole model or your own layer against finite differences (on a "
+                            "float64 copy,\nwith drawn inputs and a random upstream gradient) and print a line per "
+                            "array.",
+                epilog="MODEL_OR_MODULE_PATH: a model name (" + ", ".join([*CIFAR_MODELS][:3]) + ", resnet18, ...) or "
+                       "package.module:Name\n(a Module class or a function returning one, called with no arguments)."
+                       "\n\nexamples:\n  python -m npresnet.gradcheck resnet20 --mode directional\n"
+                       "  python -m npresnet.gradcheck mylayers:SqueezeExcite --input-shape 2 8 4 4\n\n"
+                       "exit status: 0 passed, 1 the check failed, 2 bad arguments")
     p.add_argument("model", metavar="MODEL_OR_MODULE_PATH", help="resnet20, ... or package.module:Name")
     p.add_argument("--mode", choices=["full", "directional"], default="full",
                    help="full: every element (small layers); directional: one random direction per array "
