@@ -349,6 +349,8 @@ CLI_CASES = {
                                 "last_epoch must be an integer, got 'x'"),
     "saved settings lr 'fast'": (lambda p: rewrite(p, saved_setting("lr", "fast")),
                                  "the saved run settings are invalid: lr must be of type float, got 'fast'"),
+    "history of another length": (lambda p: rewrite(p, lambda arrays, meta: {**meta, "extra": {
+        **meta["extra"], "history": []}}), "the saved history must hold one row of numbers per finished epoch (1)"),
     "saved settings a list": (lambda p: rewrite(p, lambda arrays, meta: {**meta, "extra": {**meta["extra"],
                                                                                        "config": [1]}}),
                               "the saved run settings must be a JSON object, got [1]"),

@@ -38,12 +38,13 @@ from .. import data as D
 from .. import distributed as dist
 from ..atomic_write import remove_stale_temporaries
 from ..backend import get_array_module
-from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from ..functional.loss import cross_entropy_forward
 from ..grad_mode import no_grad
 from ..nn import CrossEntropyLoss, Module
 from ..optim import SGD, Adam, AdamW, Optimizer, weight_decay_groups
 from ..schedules import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
+from ..state_checks import setting_problem
 from .agreement import check_ranks_agree
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .datasets import build_transforms, load_datasets
@@ -346,9 +347,16 @@ class Trainer:
                 allowed = ", ".join(RESUMABLE_CHANGES)
                 raise ValueError(f"cannot resume {path}: the run's settings differ from the checkpoint's (only "
                                  f"{allowed} may change): " + "; ".join(differences))
+        history = meta["extra"].get("history", [])
+        rows_ok = isinstance(history, list) and all(
+            isinstance(row, dict) and not any(setting_problem(k, v, "number") for k, v in row.items())
+            for row in history)
+        if not rows_ok or len(history) != meta["epoch"]:
+            raise CheckpointError(f"{path}: the saved history must hold one row of numbers per finished epoch "
+                                  f"({meta['epoch']}), got {history!r:.80}")
         meta = load_checkpoint(path, self.model, self.optimizer, self.scheduler, model_name=self.config.model)
         self.epoch, self.step = meta["epoch"], meta["step"]
-        self.history = list(meta.get("extra", {}).get("history", []))
+        self.history = list(history)
         self.checkpoint_path = os.path.join(self.out_dir, "checkpoint.npz")
         if self.world.is_main:                      # the records as the checkpoint's own run wrote them
             for record in self._record_paths():
