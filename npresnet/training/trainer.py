@@ -241,18 +241,18 @@ class Trainer:
         """Raise ``TrainingInterrupted`` if a stop was requested: which checkpoint is intact, how to resume."""
         if not self.stop.requested():
             return
-        if os.path.exists(self.checkpoint_path):
-            kept = f"the checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is intact"
-        else:
-            kept = "no checkpoint had been written yet, so the run starts again from scratch"
+        where = f"stopped by {self.stop.name} at iteration {self.step} (epoch {self.epoch + 1} unfinished)"
+        if not os.path.exists(self.checkpoint_path):
+            raise TrainingInterrupted(f"{where}; no checkpoint had been written yet, so there is nothing to resume: "
+                                      "start the run again", self.stop.signal or 0)
         c = self.config
         command = f"python -m npresnet.train --resume {shlex.quote(self.out_dir)} --epochs {c.epochs}"
         if c.max_steps is not None:
             command += f" --max-steps {c.max_steps}"
         if self.world.size > 1:
             command = f"mpiexec -n {self.world.size} {command}"
-        raise TrainingInterrupted(f"stopped by {self.stop.name} at iteration {self.step} (epoch {self.epoch + 1} "
-                                  f"unfinished); {kept}. Continue with: {command}", self.stop.signal or 0)
+        raise TrainingInterrupted(f"{where}; the checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is "
+                                  f"intact. Continue with: {command}", self.stop.signal or 0)
 
     def _weights_finite(self) -> bool:
         return all(bool(get_array_module(p.data).isfinite(p.data).all()) for p in self.model.parameters())
