@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from npresnet import runtime
-from npresnet.functional import conv as conv_module
+from npresnet.functional import conv_dispatch
 from npresnet.functional.conv import conv2d_backward, conv2d_forward
 
 # (C, O, H, stride): the stem, stage 1, the stride-2 entries of stages 2 and 3, stages 2 and 3.
@@ -74,13 +74,14 @@ def main() -> None:
         w = rng.standard_normal((O, C, 3, 3), dtype=np.float32)
         dy = rng.standard_normal((args.batch, O, H // stride, H // stride), dtype=np.float32)
         chosen = time_npresnet(x, w, stride, dy)
-        limit, conv_module.DIRECT_MAX_CHANNELS = conv_module.DIRECT_MAX_CHANNELS, 0
+        limits = conv_dispatch.DIRECT_MAX_CHANNELS, conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS
+        conv_dispatch.DIRECT_MAX_CHANNELS = conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS = 0   # fixed rule: GEMM
         try:
             gemm = time_npresnet(x, w, stride, dy)
         finally:
-            conv_module.DIRECT_MAX_CHANNELS = limit
+            conv_dispatch.DIRECT_MAX_CHANNELS, conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS = limits
         worst = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(chosen[4], gemm[4]))
-        path = ("direct" if max(C, O) <= conv_module.DIRECT_FORWARD_MAX_CHANNELS else "im2col/direct") \
+        path = ("direct" if max(C, O) <= conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS else "im2col/direct") \
             if chosen[3] else "im2col"                                       # forward / gradients
         line = (f"{C:3d} -> {O:3d}  {H:2d}x{H:<2d} stride {stride}  {path:13s} "
                 f"{chosen[0]:5.1f} / {chosen[1]:5.1f} / {chosen[2]:5.1f}   im2col+GEMM {gemm[0]:5.1f} / "

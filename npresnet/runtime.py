@@ -34,7 +34,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["default_threads", "set_num_threads", "tune_allocator"]
+__all__ = ["blas_threads", "default_threads", "set_num_threads", "tune_allocator"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -53,6 +53,23 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
+_blas_threads: int | None = None         # what set_num_threads last gave BLAS
+
+
+def blas_threads() -> int:
+    """BLAS's thread count: what ``set_num_threads`` last set, else threadpoolctl's reading (once)."""
+    global _blas_threads
+    if _blas_threads is None:
+        try:
+            from threadpoolctl import threadpool_info
+
+            counts = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+            _blas_threads = max(counts) if counts else 1
+        except ImportError:
+            _blas_threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or default_threads()
+    return _blas_threads
+
+
 def default_threads() -> int:
     """The cores this process may run on (its CPU affinity), at least 1."""
     try:
@@ -66,9 +83,11 @@ def set_num_threads(threads: int, numba_threads: int | None = None) -> Any:
     if given). Returns the threadpoolctl limiter (call ``restore_original_limits()`` on it to undo
     the BLAS part), or None without threadpoolctl (then only ``OMP_NUM_THREADS`` is set, which
     reaches BLAS libraries not yet loaded)."""
+    global _blas_threads
     numba_threads = threads if numba_threads is None else numba_threads
     if threads < 1 or numba_threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads} (numba_threads {numba_threads})")
+    _blas_threads = threads
     limiter = None
     try:
         from threadpoolctl import threadpool_limits

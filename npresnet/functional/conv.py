@@ -27,17 +27,20 @@ These choices keep memory and time down; all but the last leave the arithmetic e
       y[n] = W @ X[n]        dX[n] = W.T @ dy[n]        dW = sum_n dy[n] @ X[n].T
 
   and the output comes out in (N, O, OH, OW) order with no transpose.
-* On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache
-  (``samples_per_chunk``): im2col writes a block, the GEMM reads it back while it is still in cache,
-  and the next chunk reuses the memory. One big im2col of the whole batch would stream KH*KW times
-  the input through main memory twice; chunking measured up to 2x faster on ResNet-20's 16-channel
-  layers and never slower. On a GPU the whole batch is one chunk (one big GEMM per launch).
-* On the CPU, a thin 3x3 convolution (stride 1, one group, at most ``DIRECT_MAX_CHANNELS`` input and
-  output channels: the 16- and 32-channel layers of the CIFAR ResNets) gets its gradients from the
-  direct kernels of ``npresnet.kernels.conv3x3_cpu`` (dx as a convolution of dy with the flipped
-  weights, dw as nine small GEMMs over shifted views, no im2col), and up to
-  ``DIRECT_FORWARD_MAX_CHANNELS`` its forward too. There im2col's GEMM has only 16-32 rows and runs
-  at a quarter of BLAS's peak. Same math, products summed in another order.
+* On the CPU the batch is processed in chunks of a few samples whose columns fit in the L2 cache:
+  im2col writes a block, the GEMM reads it back while it is still in cache, and the next chunk
+  reuses the memory. One big im2col of the whole batch would stream KH*KW times the input through
+  main memory twice; chunking measured up to 2x faster on ResNet-20's 16-channel layers. On a GPU
+  the whole batch is one chunk (one big GEMM per launch).
+* On the CPU, a thin 3x3 convolution (stride 1, one group) can instead use the direct kernels of
+  ``npresnet.kernels.conv3x3_cpu``: the forward and dx as a convolution of the wide rows (dx: of
+  dy with the flipped weights), dw as nine small GEMMs over shifted views, no im2col. There
+  im2col's GEMM has only 16-32 rows and runs at a quarter of BLAS's peak. Same math, products
+  summed in another order.
+
+Which algorithm (and chunk size) computes the forward, dx and dw of a layer is chosen per shape by
+``npresnet.functional.conv_dispatch``: a fixed rule by default, or the fastest candidate timed on
+this machine (``npresnet.autotune``, "measure" mode). All of them agree to rounding.
 
 Every GEMM is a plain 2-D product of C-contiguous matrices (or their .T views), which BLAS runs at
 full speed; a batched matmul over a transposed 3-D view can fall off BLAS onto a slow loop.
@@ -50,7 +53,20 @@ from typing import Any, NamedTuple
 from .. import kernels
 from ..backend import get_array_module
 from ..checks import check_grad_like, check_like, check_nchw, pair
+from . import conv_dispatch
+from .conv_dispatch import (
+    CHUNK_BYTES,
+    DIRECT_FORWARD_MAX_CHANNELS,
+    DIRECT_MAX_CHANNELS,
+    chunk_candidates,
+    direct_applies,
+    samples_per_chunk,
+)
+from .conv_dispatch import choose as choose_algorithm
 from .im2col import col2im, conv_output_size, im2col
+
+__all__ = ["CHUNK_BYTES", "DIRECT_FORWARD_MAX_CHANNELS", "DIRECT_MAX_CHANNELS", "ConvCache", "conv2d_backward",
+           "conv2d_forward", "samples_per_chunk"]
 
 
 class ConvCache(NamedTuple):
@@ -63,7 +79,13 @@ class ConvCache(NamedTuple):
     groups: int
     has_bias: bool
     pointwise: bool                 # True: 1x1, no padding, one group -> no im2col (see module docstring)
-    direct_grads: bool              # True: backward uses the direct 3x3 kernels (forward: if <= 16 ch)
+    direct_ok: bool                 # True: the direct 3x3 kernels can compute the gradients
+    key: tuple                      # the layer's shape, for conv_dispatch
+
+    @property
+    def direct_grads(self) -> bool:
+        """Whether the fixed rule takes the gradients from the direct 3x3 kernels."""
+        return self.direct_ok and max(self.x_shape[1], self.weight.shape[0]) <= conv_dispatch.DIRECT_MAX_CHANNELS
 
 
 def _is_pointwise(kernel: tuple[int, int], padding: tuple[int, int], groups: int) -> bool:
@@ -78,36 +100,6 @@ def _grouped_matmul(a: Any, b: Any, xp: Any, transpose_a: bool = False, transpos
         right = b[g].T if transpose_b else b[g]
         products.append(left @ right)
     return products[0][None] if len(products) == 1 else xp.stack(products)
-
-
-#: Thin 3x3 convs use the direct kernels on the CPU for their gradients up to this many input and
-#: output channels, and for their forward up to DIRECT_FORWARD_MAX_CHANNELS; from 32 channels the
-#: forward GEMM on im2col's columns is faster, from 64 everything is (kernels/conv3x3_cpu.py has the
-#: measurements).
-DIRECT_MAX_CHANNELS = 32
-DIRECT_FORWARD_MAX_CHANNELS = 16
-
-
-def _direct_3x3(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                dilation: tuple[int, int], groups: int, channels: tuple[int, int]) -> bool:
-    """Whether this convolution's gradients come from the direct 3x3 kernels (its forward too up to
-    DIRECT_FORWARD_MAX_CHANNELS channels): see DIRECT_MAX_CHANNELS."""
-    if (kernel != (3, 3) or stride != (1, 1) or groups != 1 or max(channels) > DIRECT_MAX_CHANNELS
-            or padding[0] > 2 * dilation[0] or padding[1] > 2 * dilation[1]):   # P <= 2D: see the kernel
-        return False
-    return kernels.get("conv3x3_forward", x) is not None
-
-
-#: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache.
-CHUNK_BYTES = 1 << 20
-
-
-def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int) -> int:
-    """How many samples one im2col + GEMM round handles: all of them on a GPU, else as many as fit
-    in ``CHUNK_BYTES`` (at least one)."""
-    if xp.__name__ != "numpy":
-        return N
-    return max(1, min(N, CHUNK_BYTES // max(column_bytes_per_sample, 1)))
 
 
 def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | tuple[int, int] = 1,
@@ -152,30 +144,44 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
             raise ValueError(f"conv2d bias must have shape ({O},), got {tuple(bias.shape)}")
     xp = get_array_module(x)
 
-    direct = _direct_3x3(x, (KH, KW), stride, padding, dilation, G, (C, O))
-    if _is_pointwise((KH, KW), padding, G):
+    key = ((N, C, H, W), tuple(weight.shape), stride, padding, dilation, G, x.dtype.str)
+    direct_ok = direct_applies(x, (KH, KW), stride, padding, dilation, G)
+    pointwise = _is_pointwise((KH, KW), padding, G)
+    if pointwise:
         x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, ::stride[0], ::stride[1]])
         y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
-    elif direct and max(C, O) <= DIRECT_FORWARD_MAX_CHANNELS:
-        x_used = x
-        y = kernels.get("conv3x3_forward", x)(x, weight, padding, dilation)
     else:
         x_used = x
-        K, L = Cg * KH * KW, OH * OW                                    # per group; per sample
-        weight_g = weight.reshape(G, O // G, K)
-        y = xp.empty((N, O, OH, OW), dtype=x.dtype)
-        chunk = samples_per_chunk(xp, N, C * KH * KW * L * x.dtype.itemsize)
-        for start in range(0, N, chunk):
-            x_chunk = x[start:start + chunk]
-            n = x_chunk.shape[0]
-            cols = im2col(x_chunk, (KH, KW), stride, padding, dilation).reshape(G, K, n * L)
-            y_chunk = _grouped_matmul(weight_g, cols, xp)                # (G, Og, n*L)
-            y[start:start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
+        chunks = chunk_candidates(xp, N, C * KH * KW * OH * OW * x.dtype.itemsize)
+        args = (x, weight, stride, padding, dilation, G, (OH, OW))
+        algorithm = choose_algorithm("forward", key, (C, O), direct_ok, chunks, lambda name: _forward(name, *args))
+        y = _forward(algorithm, *args)
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
-    cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None,
-                      _is_pointwise((KH, KW), padding, G), direct)
+    cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None, pointwise,
+                      direct_ok, key)
     return y, cache
+
+
+def _forward(algorithm: str, x: Any, weight: Any, stride: tuple[int, int], padding: tuple[int, int],
+             dilation: tuple[int, int], G: int, out: tuple[int, int]) -> Any:
+    """y (N, O, OH, OW) without bias, by ``algorithm``: "direct" or "gemm/<samples per chunk>"."""
+    if algorithm == "direct":
+        return kernels.get("conv3x3_forward", x)(x, weight, padding, dilation)
+    xp = get_array_module(x)
+    N = x.shape[0]
+    O, Cg, KH, KW = weight.shape
+    (OH, OW), K, L = out, Cg * KH * KW, out[0] * out[1]               # K per group, L per sample
+    weight_g = weight.reshape(G, O // G, K)
+    y = xp.empty((N, O, OH, OW), dtype=x.dtype)
+    chunk = int(algorithm.split("/")[1])
+    for start in range(0, N, chunk):
+        x_chunk = x[start:start + chunk]
+        n = x_chunk.shape[0]
+        cols = im2col(x_chunk, (KH, KW), stride, padding, dilation).reshape(G, K, n * L)
+        y_chunk = _grouped_matmul(weight_g, cols, xp)                    # (G, Og, n*L)
+        y[start:start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
+    return y
 
 
 def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
@@ -190,7 +196,7 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
     Returns:
         dx (N, C, H, W), dweight (O, C/G, KH, KW), dbias (O,) or None (for no bias / not needed).
     """
-    weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
+    weight, x_shape = cache.weight, cache.x_shape
     N, C, H, W = x_shape
     O, Cg, KH, KW = weight.shape
     OH = conv_output_size(H, KH, cache.stride[0], cache.padding[0], cache.dilation[0])
@@ -202,35 +208,63 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
         dx, dweight = _pointwise_backward(dout, cache, need_input_grad, need_weight_grad, xp)
         return dx, dweight, dbias
 
-    if cache.direct_grads and kernels.get("conv3x3_backward_input", dout) is not None:   # None in reference_only()
-        dx = dweight = None
-        if need_input_grad:
-            dx = kernels.get("conv3x3_backward_input", dout)(dout, weight, cache.padding, cache.dilation)
-        if need_weight_grad:
-            dweight = kernels.get("conv3x3_backward_weight", dout)(dout, cache.x, cache.padding, cache.dilation)
-        return dx, dweight, dbias
+    chunks = chunk_candidates(xp, N, C * KH * KW * OH * OW * dout.dtype.itemsize)
+    direct_ok = cache.direct_ok and kernels.get("conv3x3_backward_input", dout) is not None  # not in reference_only()
+    input_algorithm = weight_algorithm = None
+    if need_input_grad:
+        input_algorithm = choose_algorithm("input grad", cache.key, (C, O), direct_ok, chunks,
+                                           lambda name: _gradients(dout, cache, name, None))
+    if need_weight_grad:
+        weight_algorithm = choose_algorithm("weight grad", cache.key, (C, O), direct_ok, chunks,
+                                            lambda name: _gradients(dout, cache, None, name))
+    if input_algorithm == weight_algorithm and input_algorithm is not None:
+        dx, dweight = _gradients(dout, cache, input_algorithm, weight_algorithm)   # one pass over the chunks
+    else:
+        dx = _gradients(dout, cache, input_algorithm, None)[0] if input_algorithm else None
+        dweight = _gradients(dout, cache, None, weight_algorithm)[1] if weight_algorithm else None
+    return dx, dweight, dbias
 
-    # Per chunk of samples (see samples_per_chunk), with dY regrouped like the forward GEMM's
-    # output, (n, O, OH, OW) -> (G, Og, n*OH*OW), and the columns rebuilt from the cached x.
+
+def _gradients(dout: Any, cache: ConvCache, input_algorithm: str | None,
+               weight_algorithm: str | None) -> tuple[Any | None, Any | None]:
+    """(dx, dweight) by the given algorithms ("direct" or "gemm/<samples per chunk>"; None: skip).
+    Two gemm algorithms must have the same chunk size: they share one loop."""
+    weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
+    dx = dweight = None
+    if input_algorithm == "direct":
+        dx = kernels.get("conv3x3_backward_input", dout)(dout, weight, cache.padding, cache.dilation)
+        input_algorithm = None
+    if weight_algorithm == "direct":
+        dweight = kernels.get("conv3x3_backward_weight", dout)(dout, cache.x, cache.padding, cache.dilation)
+        weight_algorithm = None
+    if input_algorithm is None and weight_algorithm is None:
+        return dx, dweight
+    chunk = int((input_algorithm or weight_algorithm or "").split("/")[1])
+    need_input_grad, need_weight_grad = input_algorithm is not None, weight_algorithm is not None
+    xp = get_array_module(dout)
+    N, C, H, W = x_shape
+    O, Cg, KH, KW = weight.shape
+    OH, OW = dout.shape[2:]
+    # Per chunk of samples, with dY regrouped like the forward GEMM's output,
+    # (n, O, OH, OW) -> (G, Og, n*OH*OW), and the columns rebuilt from the cached x.
     K, L = Cg * KH * KW, OH * OW
     weight_g = weight.reshape(G, O // G, K)
-    dweight = xp.zeros((G, O // G, K), dtype=dout.dtype) if need_weight_grad else None
-    dx = xp.empty(x_shape, dtype=dout.dtype) if need_input_grad else None
-    chunk = samples_per_chunk(xp, N, C * KH * KW * L * dout.dtype.itemsize)
+    dweight_g = xp.zeros((G, O // G, K), dtype=dout.dtype) if need_weight_grad else None
+    dx_all = xp.empty(x_shape, dtype=dout.dtype) if need_input_grad else None
     for start in range(0, N, chunk):
         dout_chunk = dout[start:start + chunk]
         n = dout_chunk.shape[0]
         dout_g = xp.ascontiguousarray(dout_chunk.transpose(1, 0, 2, 3)).reshape(G, O // G, n * L)
         if need_weight_grad:
             cols = im2col(cache.x[start:start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
-            dweight += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
-        if dx is not None:                # need_input_grad
+            dweight_g += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
+        if dx_all is not None:
             dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)           # (G, K, n*L)
-            dx[start:start + n] = col2im(dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride,
+            dx_all[start:start + n] = col2im(dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride,
                                          cache.padding, cache.dilation)
-    if dweight is not None:
-        dweight = dweight.reshape(weight.shape)
-    return dx, dweight, dbias
+    if dweight_g is not None:
+        dweight = dweight_g.reshape(weight.shape)
+    return (dx if dx_all is None else dx_all), dweight
 
 
 def _pointwise_backward(dout: Any, cache: ConvCache, need_input_grad: bool, need_weight_grad: bool,

@@ -1,0 +1,79 @@
+"""Which algorithm computes a convolution, its input gradient and its weight gradient.
+
+``npresnet.functional.conv`` has two ways to compute each of the three (see its docstring):
+
+``"gemm/<n>"``
+    im2col + GEMM, ``n`` samples per chunk (the whole batch on a GPU);
+``"direct"``
+    the direct 3x3 kernels of ``npresnet.kernels.conv3x3_cpu`` (CPU, stride 1, one group,
+    padding <= 2 * dilation: ``direct_applies``).
+
+This module lists the candidates for a shape and asks ``npresnet.autotune`` to pick one. In the
+``"fixed"`` mode (the default) the pick is the rule measured on the first development machine:
+the direct kernels for the gradients up to ``DIRECT_MAX_CHANNELS`` input and output channels,
+for the forward up to ``DIRECT_FORWARD_MAX_CHANNELS``, and chunks of about ``CHUNK_BYTES`` of
+columns. In the ``"measure"`` mode every candidate is timed on the first call with a new shape:
+the chunk sizes around ``CHUNK_BYTES`` (a quarter, one, four times, the whole batch) and the
+direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing
+them would only slow the first step down). Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
+``kernels.reference_only()``) there is one candidate and nothing is timed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import autotune, kernels
+
+__all__ = ["CHUNK_BYTES", "choose", "chunk_candidates", "direct_applies", "samples_per_chunk"]
+
+#: Fixed rule: the direct 3x3 kernels compute the gradients of convs with at most this many input
+#: and output channels, and their forward up to DIRECT_FORWARD_MAX_CHANNELS (kernels/conv3x3_cpu.py
+#: has the measurements behind these on the first development machine).
+DIRECT_MAX_CHANNELS = 32
+DIRECT_FORWARD_MAX_CHANNELS = 16
+#: Measure mode: the direct kernels are timed up to this many channels.
+DIRECT_CANDIDATE_MAX_CHANNELS = 64
+#: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache (fixed rule).
+CHUNK_BYTES = 1 << 20
+
+
+def direct_applies(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                   dilation: tuple[int, int], groups: int) -> bool:
+    """Whether the direct 3x3 kernels can compute this convolution and both its gradients."""
+    if (kernel != (3, 3) or stride != (1, 1) or groups != 1
+            or padding[0] > 2 * dilation[0] or padding[1] > 2 * dilation[1]):   # P <= 2D: see the kernel
+        return False
+    return kernels.get("conv3x3_forward", x) is not None
+
+
+def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+    """How many samples one im2col + GEMM round handles: all of them on a GPU, else as many as fit
+    in ``chunk_bytes`` (at least one)."""
+    if xp.__name__ != "numpy":
+        return N
+    return max(1, min(N, chunk_bytes // max(column_bytes_per_sample, 1)))
+
+
+def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
+    """The chunk sizes worth timing; the fixed rule's first."""
+    budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
+    sizes = [samples_per_chunk(xp, N, column_bytes_per_sample, b) for b in budgets] + [N]
+    return list(dict.fromkeys(int(s) for s in sizes))
+
+
+def choose(what: str, key: Any, channels: tuple[int, int], direct_ok: bool, chunks: list[int],
+           run: Callable[[str], Any]) -> str:
+    """The algorithm for ``what`` ("forward", "input grad" or "weight grad") of the conv ``key``.
+
+    ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``;
+    ``run(name)`` computes the result with algorithm ``name`` (used only for timing).
+    """
+    limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
+    fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
+    names = [f"gemm/{n}" for n in chunks]
+    if direct_ok and max(channels) <= max(DIRECT_CANDIDATE_MAX_CHANNELS, limit):
+        names.append("direct")
+    candidates = {name: (lambda name=name: run(name)) for name in names}
+    return autotune.choose(f"conv2d {what}", key, candidates, fixed)

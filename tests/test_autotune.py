@@ -1,0 +1,248 @@
+"""Measured kernel choice (npresnet.autotune, npresnet.functional.conv_dispatch).
+
+What is tested (never a timing: which candidate wins is the machine's business):
+* every candidate algorithm of a convolution (im2col + GEMM at each chunk size, the direct 3x3
+  kernels) equals the NumPy reference to rounding, forward, dx and dw, on awkward shapes, at one
+  and at two Numba threads;
+* a shape is timed once per process, a new shape (or another thread count) once more;
+* the fixed mode gives the same bits in every process;
+* the opt-in cache file: a process finds its machine's winners there and times nothing; sections of
+  another CPU or other library versions are ignored and kept; an unreadable file is ignored, with
+  a warning, and left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from npresnet import autotune, kernels
+from npresnet.functional import conv as conv_module
+from npresnet.functional.conv import conv2d_backward, conv2d_forward
+from npresnet.functional.conv_dispatch import chunk_candidates
+
+TESTS = Path(__file__).resolve().parent
+
+# (N, C, O, H, W), kernel, stride, padding, dilation: H != W, stride 2, dilation, batch 1,
+# 1-3 channels, odd sizes, and thin 3x3 layers where the direct kernels are candidates.
+AWKWARD = [
+    ((1, 1, 2, 7, 5), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2, 3, 9, 6), (3, 3), (1, 1), (2, 1), (2, 1)),
+    ((2, 3, 4, 11, 8), (3, 3), (2, 2), (1, 1), (1, 1)),
+    ((5, 3, 5, 6, 13), (3, 3), (1, 1), (0, 2), (1, 2)),
+    ((4, 2, 6, 7, 7), (5, 3), (2, 1), (2, 1), (1, 1)),
+    ((1, 16, 16, 8, 9), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((6, 40, 24, 5, 7), (3, 3), (1, 1), (1, 1), (1, 1)),
+]
+
+
+@pytest.fixture
+def measuring(tmp_path):
+    """Measure mode with a fresh memory (and no cache file) for the test; restored afterwards."""
+    previous = autotune.set_mode("measure")
+    autotune.set_cache_file(None)
+    autotune.clear()
+    yield tmp_path
+    autotune.set_mode(previous)
+    autotune.set_cache_file(None)
+    autotune.clear()
+
+
+def _inputs(case, dtype=np.float64, seed=0):
+    (N, C, O, H, W), k, s, p, d = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((O, C, *k)).astype(dtype)
+    return x, w
+
+
+def candidate_names(x, w, stride, padding, dilation):
+    """Every algorithm conv_dispatch may time for this conv."""
+    N, C, H, W = x.shape
+    O, _, KH, KW = w.shape
+    OH = conv_module.conv_output_size(H, KH, stride[0], padding[0], dilation[0])
+    OW = conv_module.conv_output_size(W, KW, stride[1], padding[1], dilation[1])
+    names = [f"gemm/{n}" for n in chunk_candidates(np, N, C * KH * KW * OH * OW * x.dtype.itemsize)]
+    names += [f"gemm/{n}" for n in (1, N)]
+    if conv_module.direct_applies(x, (KH, KW), stride, padding, dilation, 1):
+        names.append("direct")
+    return list(dict.fromkeys(names)), (OH, OW)
+
+
+def check_every_candidate(cases=AWKWARD):
+    """Each candidate's forward, dx and dw against the reference (float64; float32 to 1e-5)."""
+    checked = 0
+    for case in cases:
+        for dtype, bound in ((np.float64, 1e-12), (np.float32, 2e-5)):
+            x, w = _inputs(case, dtype)
+            _, k, s, p, d = case
+            with kernels.reference_only():
+                y_ref, cache_ref = conv2d_forward(x, w, None, s, p, d)
+                dy = np.random.default_rng(1).standard_normal(y_ref.shape).astype(dtype)
+                dx_ref, dw_ref, _ = conv2d_backward(dy, cache_ref)
+            _, cache = conv2d_forward(x, w, None, s, p, d)
+            names, out = candidate_names(x, w, s, p, d)
+            assert ("direct" in names) == (k == (3, 3) and s == (1, 1) and p[0] <= 2 * d[0] and p[1] <= 2 * d[1]
+                                           and kernels.active() == "numba")
+            for name in names:
+                y = conv_module._forward(name, x, w, s, p, d, 1, out)
+                dx, _ = conv_module._gradients(dy, cache, name, None)
+                _, dw = conv_module._gradients(dy, cache, None, name)
+                shared = conv_module._gradients(dy, cache, name, name)
+                for what, got, want in (("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref),
+                                        ("dx shared", shared[0], dx_ref), ("dw shared", shared[1], dw_ref)):
+                    assert got.shape == want.shape and got.dtype == want.dtype, (case, name, what)
+                    error = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
+                    assert error <= bound, (case, name, what, dtype, error)
+                checked += 1
+    return checked
+
+
+def test_every_candidate_matches_the_reference():
+    assert check_every_candidate() >= 3 * len(AWKWARD)
+
+
+def test_every_candidate_matches_the_reference_at_two_threads():
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(TESTS)!r})
+        import numba
+        from npresnet import kernels
+        import test_autotune
+        kernels.set_num_threads(2)
+        assert numba.get_num_threads() == 2
+        print(test_autotune.check_every_candidate(), "ok")
+    """)
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def test_a_shape_is_timed_once_per_process(measuring):
+    x, w = _inputs(AWKWARD[1])
+    for _ in range(3):
+        y, cache = conv2d_forward(x, w, None, 1, (2, 1), (2, 1))
+        conv2d_backward(np.ones_like(y), cache)
+    timed = autotune.timed_keys()
+    assert [key.split(" | ")[0] for key in timed] == ["conv2d forward", "conv2d input grad", "conv2d weight grad"]
+    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))                  # another batch size: another shape
+    assert len(autotune.timed_keys()) == 4
+    conv2d_forward(x, w, None, 1, (2, 1), (2, 1))
+    assert len(autotune.timed_keys()) == 4
+
+
+def test_the_fixed_mode_gives_the_same_bits_in_every_process():
+    code = textwrap.dedent("""
+        import hashlib
+        import numpy as np
+        from npresnet import autotune
+        from npresnet.functional.conv import conv2d_backward, conv2d_forward
+        assert autotune.mode() == "fixed"
+        rng = np.random.default_rng(0)
+        digest = hashlib.sha256()
+        for C, O, H in ((16, 16, 12), (32, 48, 9), (3, 16, 17)):
+            x = rng.standard_normal((7, C, H, H + 3)).astype(np.float32)
+            w = rng.standard_normal((O, C, 3, 3)).astype(np.float32)
+            y, cache = conv2d_forward(x, w, None, 1, 1)
+            dx, dw, _ = conv2d_backward(np.cos(y), cache)
+            for a in (y, dx, dw):
+                digest.update(a.tobytes())
+        assert not autotune.timed_keys()
+        print(digest.hexdigest())
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("NPRESNET_AUTOTUNE", "NPRESNET_AUTOTUNE_CACHE")}
+    digests = set()
+    for numba_threads in ("2", "2", "1"):           # the kernels give the same bits at any count (BLAS may not)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                              env={**env, "NUMBA_NUM_THREADS": numba_threads, "OPENBLAS_NUM_THREADS": "2"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1, digests
+
+
+def _timed_run(cache_file: Path) -> list[str]:
+    """Measure one conv's forward with the cache file; the entry keys timed."""
+    autotune.clear()
+    autotune.set_cache_file(cache_file)
+    x, w = _inputs(AWKWARD[5], np.float32)
+    conv2d_forward(x, w, None, 1, 1)
+    return autotune.timed_keys()
+
+
+def test_the_cache_file_serves_its_own_machine_only(measuring):
+    cache_file = measuring / "autotune.json"
+    first = _timed_run(cache_file)
+    assert len(first) == 1
+    content = json.loads(cache_file.read_text())
+    (section,) = content["sections"]
+    assert section["machine"] == autotune.machine() and list(section["choices"]) == first
+    assert _timed_run(cache_file) == []                                  # found on disk: nothing timed
+
+    # The same entries under another CPU, and under another NumPy version: both ignored, both kept.
+    other_cpu = {**autotune.machine(), "cpu": "Some Other CPU @ 1.00GHz"}
+    other_numpy = json.loads(json.dumps(autotune.machine()))
+    other_numpy["versions"]["numpy"] = "0.0.1"
+    foreign = [{"machine": m, "choices": section["choices"]} for m in (other_cpu, other_numpy)]
+    cache_file.write_text(json.dumps({"format": autotune.FORMAT, "sections": foreign}))
+    assert _timed_run(cache_file) == first                               # timed again
+    sections = json.loads(cache_file.read_text())["sections"]
+    assert [s["machine"] for s in sections] == [other_cpu, other_numpy, autotune.machine()]
+
+    # A winner that names no candidate of this shape (a stale file) is timed again, not trusted.
+    sections[-1]["choices"] = {first[0]: "gemm/999"}
+    cache_file.write_text(json.dumps({"format": autotune.FORMAT, "sections": sections}))
+    assert _timed_run(cache_file) == first
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"format": "something-else", "sections": []}', b"\xff\xfe"])
+def test_an_unreadable_cache_file_is_ignored_and_left_alone(measuring, content):
+    cache_file = measuring / "autotune.json"
+    cache_file.write_bytes(content)
+    with pytest.warns(RuntimeWarning, match=f"ignoring the cache file {cache_file}"):
+        assert len(_timed_run(cache_file)) == 1
+    assert cache_file.read_bytes() == content
+    assert sorted(os.listdir(measuring)) == ["autotune.json"]            # no debris
+
+
+def test_bad_modes_are_refused():
+    with pytest.raises(ValueError, match=r"autotune mode must be one of \('fixed', 'measure'\), got 'fast'"):
+        autotune.set_mode("fast")
+    with pytest.raises(ValueError, match="the fixed choice 'b' is not a candidate"):
+        autotune.choose("op", (1,), {"a": lambda: None}, fixed="b")
+    env = {**os.environ, "NPRESNET_AUTOTUNE": "always"}
+    done = subprocess.run([sys.executable, "-c", "import npresnet.autotune"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0 and "NPRESNET_AUTOTUNE must be one of ('fixed', 'measure'), got 'always'" in done.stderr
+
+
+def test_fixed_mode_keeps_the_documented_rule():
+    """The default reproduces the rule of the first development machine (kernels/conv3x3_cpu.py)."""
+    assert autotune.mode() == "fixed"
+    if kernels.active() != "numba":
+        pytest.skip("the direct kernels need Numba")
+    seen = []
+
+    def observe(name, kernel):                 # kernels.get hands out this wrapper: record the calls
+        def run(*args):
+            seen.append(name)
+            return kernel(*args)
+        return run
+    previous = kernels.set_observer(observe)
+    try:
+        for C, direct_forward, direct_grads in ((16, True, True), (32, False, True), (64, False, False)):
+            seen.clear()
+            x = np.ones((2, C, 6, 6), np.float32)
+            y, cache = conv2d_forward(x, np.ones((C, C, 3, 3), np.float32), None, 1, 1)
+            conv2d_backward(y, cache)
+            assert ("conv3x3_forward" in seen) == direct_forward, (C, seen)
+            assert ("conv3x3_backward_input" in seen) == direct_grads == cache.direct_grads, (C, seen)
+            assert ("conv3x3_backward_weight" in seen) == direct_grads, (C, seen)
+    finally:
+        kernels.set_observer(previous)
