@@ -183,6 +183,26 @@ def test_a_kill_between_the_checkpoint_and_the_records_is_repaired_by_resume(tmp
     assert temporaries(out) == [], os.listdir(out)
 
 
+@pytest.mark.slow
+def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_exact(tmp_path):
+    """Killed while replacing epoch 2's checkpoint: epoch 1's stays, and resuming ends where a straight run ends."""
+    import numpy as np
+
+    from npresnet.checkpoint import read_checkpoint
+    from npresnet.train import main
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main([*QUICK, "--epochs", "2", "--out", str(straight)]) == 0
+    proc = run_python(TRAIN_AND_DIE, "checkpoint.npz", "2", *QUICK, "--epochs", "2", "--out", str(killed))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert read_checkpoint(killed / "checkpoint.npz")[0]["epoch"] == 1 and len(temporaries(killed)) == 1
+    assert main(["--resume", str(killed), "--progress", "none"]) == 0
+    assert temporaries(killed) == []
+    (meta_a, arrays_a), (meta_b, arrays_b) = (read_checkpoint(p / "checkpoint.npz") for p in (straight, killed))
+    assert meta_a["epoch"] == meta_b["epoch"] == 2 and list(arrays_a) == list(arrays_b)
+    for key in arrays_a:
+        assert np.array_equal(arrays_a[key], arrays_b[key]) and arrays_a[key].dtype == arrays_b[key].dtype, key
+
+
 # ---------------------------------------------------------------------------------------------- defect 5
 @pytest.mark.slow
 def test_two_runs_started_together_on_one_folder_one_refuses(tmp_path):
@@ -253,15 +273,20 @@ def mpiexec() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option, values, shown", [
-    ("--seed", ("0", "1"), "--seed: rank 0 0, rank 1 1"),
-    ("--batch", ("32", "16"), "--batch: rank 0 32, rank 1 16"),
-])
-def test_mpi_ranks_started_with_different_settings_stop_at_once(tmp_path, option, values, shown):
+@pytest.mark.parametrize("rank0, rank1, shown", [
+    (["--seed", "0"], ["--seed", "1"], "--seed: rank 0 0, rank 1 1"),                      # trained silently
+    (["--batch", "32"], ["--batch", "16"], "--batch: rank 0 32, rank 1 16"),                # hung until the timeout
+    ([], ["--sync-bn"], "--sync-bn: rank 0 False, rank 1 True"),                            # hung
+    (["--epochs", "1"], ["--epochs", "2"], "--epochs: rank 0 1, rank 1 2"),                  # hung
+    (["--model", "resnet20"], ["--model", "resnet32"], "--model: rank 0 'resnet20', rank 1 'resnet32'"),  # MPI error
+    (["--dtype", "float32"], ["--dtype", "float64"], "--dtype: rank 0 'float32', rank 1 'float64'"),      # MPI error
+], ids=["seed", "batch", "sync-bn", "epochs", "model", "dtype"])
+def test_mpi_ranks_started_with_different_settings_stop_at_once(tmp_path, rank0, rank1, shown):
     """One rank per half of an MPMD command line; the default --dist-timeout (300 s) is left as it is."""
     launcher = mpiexec()
-    base = [sys.executable, "-m", "npresnet.train", "--distributed", *QUICK, "--epochs", "1", "--out", str(tmp_path)]
-    command = [launcher, "-n", "1", *base, option, values[0], ":", "-n", "1", *base, option, values[1]]
+    base = [sys.executable, "-m", "npresnet.train", "--distributed", *QUICK, "--out", str(tmp_path)]
+    base += [] if "--epochs" in rank0 else ["--epochs", "1"]
+    command = [launcher, "-n", "1", *base, *rank0, ":", "-n", "1", *base, *rank1]
     start = time.monotonic()
     try:
         proc = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=120)
@@ -273,4 +298,4 @@ def test_mpi_ranks_started_with_different_settings_stop_at_once(tmp_path, option
     assert len(errors) == 1 and shown in errors[0] and "Traceback" not in proc.stderr, proc.stderr
     assert "Start every rank with the same options" in errors[0]
     assert not (tmp_path / "checkpoint.npz").exists()
-    print(f"{option}: stopped after {seconds:.1f} s")
+    print(f"{shown.split(':')[0]}: stopped after {seconds:.1f} s")
