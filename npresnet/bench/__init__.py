@@ -8,8 +8,11 @@ its share of the single-GEMM peak measured at start-up. The first (compile / war
 timed separately. ``--compare torch`` runs the same model with the same weights and threads in
 PyTorch after checking both give the same logits; ``--profile`` splits the time by op kind.
 
-``--threads N`` (default 1) sets BLAS and torch to N and Numba to 1 (``npresnet.runtime`` says why);
-glibc's allocator is tuned to keep freed activation memory (``--no-tune-allocator`` to compare).
+``--threads N`` (default: all the machine's cores) sets BLAS, Numba and torch to N together;
+``--threads 1,2,...`` (or ``--scaling``: 1 and all cores) repeats the runs at each count and reports
+the speed-ups (``scaling``). ``--autotune measure`` (default) times the convolution algorithms per
+layer shape first (``npresnet.autotune``), ``fixed`` uses the fixed rule. glibc's allocator is
+tuned to keep freed activation memory (``--no-tune-allocator`` to compare).
 Memory: the NumPy peak of one untimed step (tracemalloc), and with ``--memory`` each framework's
 resident-memory peak of a step in a fresh process. The OpenBLAS variables
 ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` slow numpy's GEMM on some machines; the bench reports the

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import nn, runtime
+from .. import autotune, nn, runtime
 from ..backend import xp_for
 from ..optim import SGD
 from .compare import check_same_logits, torch_missing, torch_setup, torch_time
 from .machine import gemm_peak_gflops, machine_info
 from .memory import measure_memory
 from .profiler import op_profile, profile_ms, profile_table
+from .scaling import parse_threads, run_scaling
 from .timing import quartiles, step_peak_memory, synchronize, timed
 from .workloads import (
     DEFAULT_MODELS,
@@ -37,15 +38,20 @@ DESCRIPTION = "How fast npresnet runs ResNets, measured against the machine and 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One bench run at one thread count (``args.threads``: an int, or one count as text)."""
+    if not isinstance(args.threads, int):
+        (args.threads,) = threads_list(args)[:1]
     xp = xp_for(args.backend)
     allocator_tuned = runtime.tune_allocator() if not args.no_tune_allocator else False
-    limiter = runtime.set_num_threads(args.threads)       # BLAS and torch at N, Numba at 1
+    limiter = runtime.set_num_threads(args.threads)       # BLAS, torch and Numba at N
+    autotune.set_mode(args.autotune)
     if args.compare == "torch":
         import torch  # noqa: F401  (imported now so set_num_threads and the versions see it)
 
         runtime.set_num_threads(args.threads)
     machine = machine_info(args.threads, args.backend)
     machine["allocator_tuned"] = allocator_tuned
+    machine["autotune"] = args.autotune
     peak = gemm_peak_gflops(args.dtype, xp)
     machine["gemm_peak_gflops"] = round(peak, 1)
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in machine["blas"])
@@ -80,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             median = statistics.median(times)
             q1, q3 = quartiles(times)
             row = {
-                "model": name, "mode": mode, "batch": batch, "image_size": size, "backend": args.backend,
+                "model": name, "mode": mode, "threads": args.threads, "batch": batch, "image_size": size,
+                "backend": args.backend,
                 "dtype": args.dtype, "npresnet_s": median, "iqr_s": q3 - q1, "first_call_s": first,
                 "images_per_s": batch / median, "gflops": flops / median / 1e9,
                 "peak_share": flops / median / 1e9 / peak, "macs": macs,
@@ -134,7 +141,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 8 at 224x224, 64 at 32x32)")
     p.add_argument("--size", type=int, default=None, help="image size (default: 224, or 32 for CIFAR models)")
     p.add_argument("--mode", nargs="+", default=["forward", "train"], choices=["forward", "train"])
-    p.add_argument("--threads", type=int, default=1, help="BLAS and torch threads (default 1; Numba stays at 1)")
+    p.add_argument("--threads", default=None,
+                   help="threads for BLAS, Numba and torch: N, or several counts N,M,... to measure the speed-up "
+                        f"(default: this machine's {runtime.default_threads()} cores)")
+    p.add_argument("--scaling", action="store_true", help="same as --threads 1,<all cores>")
+    p.add_argument("--autotune", choices=["measure", "fixed"], default="measure",
+                   help="kernel choice: time the candidates per layer shape (default), or the fixed rule "
+                        "(npresnet.autotune)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
@@ -157,9 +170,21 @@ def check_args(args: argparse.Namespace) -> str | None:
         problem = unknown_model_message(name)
         if problem is not None:
             return problem
+    try:
+        threads_list(args)
+    except ValueError as exc:
+        return str(exc)
     if args.compare == "torch":
         return torch_missing()
     return None
+
+
+def threads_list(args: argparse.Namespace) -> list[int]:
+    """The thread counts to run: --scaling, --threads N[,M...], else all cores."""
+    cores = runtime.default_threads()
+    if args.scaling:
+        return list(dict.fromkeys([1, cores]))
+    return parse_threads(args.threads or str(cores), cores)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -170,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    report = run(args)
+    report = run_scaling(args, threads_list(args), run)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -1,0 +1,84 @@
+"""``--threads 1,2,...`` / ``--scaling``: the same runs at several thread counts, and the speed-ups.
+
+Each thread count is a complete bench run (``cli.run``: BLAS, Numba and torch all set to that
+count, the kernel choice measured afresh, since its winners are kept per thread count). The
+report then holds every row (each with its ``threads``) and a ``scaling`` table: per model and
+mode, the time per step of npresnet and torch at each count and the speed-up over the smallest
+count (1 in practice), and ``share``: npresnet's speed-up divided by torch's (the target: at least
+0.8 at 2 threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["parse_threads", "run_scaling", "scaling_table", "speedups"]
+
+
+def parse_threads(text: str, cores: int) -> list[int]:
+    """'4' -> [4]; '1,2,4' -> [1, 2, 4]; 'all' -> [cores]. Raises ValueError naming the problem."""
+    counts = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "all":
+            counts.append(cores)
+        elif part.isdigit() and int(part) >= 1:
+            counts.append(int(part))
+        else:
+            raise ValueError(f"--threads takes thread counts >= 1 separated by commas (or 'all'), got {text!r}")
+    return list(dict.fromkeys(counts))
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (model, mode, threads): times and speed-ups over the smallest thread count."""
+    table = []
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["mode"], row["batch"], row["image_size"]), []).append(row)
+    for (model, mode, batch, size), group in groups.items():
+        group = sorted(group, key=lambda r: r["threads"])
+        base = group[0]
+        for row in group:
+            entry = {"model": model, "mode": mode, "batch": batch, "image_size": size, "threads": row["threads"],
+                     "npresnet_s": row["npresnet_s"], "npresnet_speedup": base["npresnet_s"] / row["npresnet_s"]}
+            if "torch_s" in row and "torch_s" in base:
+                entry["torch_s"] = row["torch_s"]
+                entry["torch_speedup"] = base["torch_s"] / row["torch_s"]
+                entry["ratio"] = row["npresnet_s"] / row["torch_s"]
+                entry["share"] = entry["npresnet_speedup"] / entry["torch_speedup"]
+            table.append(entry)
+    return table
+
+
+def scaling_table(table: list[dict[str, Any]]) -> list[str]:
+    lines = ["scaling (speed-up = time at the fewest threads / time here; share = npresnet's speed-up / torch's):"]
+    for e in table:
+        line = (f"  {e['model']:<10} {e['mode']:<8} {e['threads']:>2} thread(s): npresnet {e['npresnet_s']:7.3f} s "
+                f"(x{e['npresnet_speedup']:.2f})")
+        if "torch_s" in e:
+            line += (f"  torch {e['torch_s']:7.3f} s (x{e['torch_speedup']:.2f})  ratio {e['ratio']:.2f}x"
+                     f"  share {e['share']:.2f}")
+        lines.append(line)
+    return lines
+
+
+def run_scaling(args: argparse.Namespace, threads: list[int],
+                run: Callable[[argparse.Namespace], dict[str, Any]]) -> dict[str, Any]:
+    """``run`` once per thread count; one report with every row, ``machine.threads`` the list, and ``scaling``."""
+    reports = []
+    for count in threads:
+        one = copy.copy(args)
+        one.threads = count
+        reports.append(run(one))
+    machine = dict(reports[0]["machine"])
+    machine["threads"] = threads
+    machine["max_rss_mb"] = max(r["machine"].get("max_rss_mb", 0) for r in reports)
+    rows = [row for report in reports for row in report["results"]]
+    report = {"machine": machine, "results": rows}
+    if len(threads) > 1:
+        report["scaling"] = speedups(rows)
+        print("\n".join(scaling_table(report["scaling"])))
+    return report

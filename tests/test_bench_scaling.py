@@ -1,0 +1,61 @@
+"""``python -m npresnet.bench --threads 1,2`` / ``--scaling``: runs at each thread count and the speed-ups.
+
+No speed is asserted (the bench measures, tests do not): the command runs at each count, every row
+says its thread count, and the ``scaling`` entries are the quotients of the recorded times.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from npresnet.bench.scaling import parse_threads, speedups
+
+pytest.importorskip("torch")
+
+
+def test_parse_threads():
+    assert parse_threads("3", 8) == [3]
+    assert parse_threads("1,2,4", 8) == [1, 2, 4]
+    assert parse_threads("1, all", 8) == [1, 8]
+    assert parse_threads("2,2", 8) == [2]
+    for bad in ("0", "1,", "two", "-1", "1.5"):
+        with pytest.raises(ValueError, match=f"--threads takes thread counts >= 1 .* got '{bad}'"):
+            parse_threads(bad, 8)
+
+
+def test_speedups_are_the_quotients_of_the_times():
+    rows = [{"model": "m", "mode": "train", "batch": 2, "image_size": 8, "threads": t, "npresnet_s": n, "torch_s": p}
+            for t, n, p in ((2, 3.0, 1.0), (1, 4.5, 2.0))]
+    one, two = speedups(rows)
+    assert one["threads"] == 1 and one["npresnet_speedup"] == 1.0 and one["share"] == 1.0
+    assert two["npresnet_speedup"] == pytest.approx(1.5) and two["torch_speedup"] == pytest.approx(2.0)
+    assert two["share"] == pytest.approx(0.75) and two["ratio"] == pytest.approx(3.0)
+
+
+def test_bench_runs_at_each_thread_count(tmp_path):
+    out = tmp_path / "scaling.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "npresnet.bench", "--models", "resnet20", "--batch", "2", "--size", "8",
+         "--mode", "forward", "--repeat", "1", "--threads", "1,2", "--compare", "torch", "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "scaling (speed-up" in done.stdout
+    report = json.loads(out.read_text())
+    assert report["machine"]["threads"] == [1, 2] and report["machine"]["autotune"] == "measure"
+    assert [row["threads"] for row in report["results"]] == [1, 2]
+    (one, two) = report["scaling"]
+    first, second = report["results"]
+    assert two["npresnet_speedup"] == pytest.approx(first["npresnet_s"] / second["npresnet_s"])
+    assert two["torch_speedup"] == pytest.approx(first["torch_s"] / second["torch_s"])
+
+
+def test_bad_thread_counts_stop_the_bench_before_measuring():
+    done = subprocess.run([sys.executable, "-m", "npresnet.bench", "--threads", "1,x"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --threads takes thread counts >= 1 separated by commas (or 'all'), got '1,x'"
+    assert done.stdout == ""
