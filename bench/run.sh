@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The recorded CPU benchmark configurations (issue 4's targets), one JSON per run in bench/results/.
-#   bash bench/run.sh [label]        (about 15 minutes on a 2-core machine)
-# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for these commands only: on these machines they
+# The recorded CPU benchmark configurations, at 1 thread and at all cores, one JSON per model in
+# bench/results/, named by the CPU model (from /proc/cpuinfo) and the date, then the README's speed
+# table regenerated from them (bench/speed_table.py):
+#   bash bench/run.sh [label]        (label default: the date; about 20 minutes on a 2-core machine)
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for these commands only: on some machines they
 # pin OpenBLAS to its Haswell kernels, half the GEMM speed of the SkylakeX ones. The JSON records
-# the BLAS kernel actually used (threadpoolctl) and the machine.
+# the BLAS kernel actually used (threadpoolctl), the CPU and every library version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 label=${1:-$(date +%Y-%m-%d)}
 out=bench/results
 mkdir -p "$out"
+cpu=$(python -c "from npresnet.bench.machine import cpu_model; print(cpu_model())" \
+      | tr '[:upper:]' '[:lower:]' | sed -e 's/([^)]*)//g' -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')
 bench() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m npresnet.bench "$@"; }
-# Targets, 1 thread, float32: ResNet-50 batch 16 at 224x224, ResNet-20 batch 128 at 32x32.
-bench --models resnet50 --batch 16 --compare torch --profile --memory --json "$out/$label-resnet50-b16-1thread.json"
-bench --models resnet20 --batch 128 --compare torch --profile --memory --json "$out/$label-resnet20-b128-1thread.json"
-# The default command (ResNet-18/50 batch 8, ResNet-20/56 batch 64), with torch alongside.
-bench --compare torch --json "$out/$label-default-1thread.json"
-# Best case only: the VM's second vCPU is often not a real core.
-bench --models resnet50 --batch 16 --threads 2 --compare torch --json "$out/$label-resnet50-b16-2threads.json"
+common=(--compare torch --profile --memory --repeat 5 --threads 1,all --mode train forward)
+# Targets, float32: ResNet-50 batch 16 at 224x224, ResNet-20 batch 128 at 32x32.
+r50="$out/$cpu-$label-resnet50-b16.json"
+r20="$out/$cpu-$label-resnet20-b128.json"
+bench --models resnet50 --batch 16 "${common[@]}" --json "$r50"
+bench --models resnet20 --batch 128 "${common[@]}" --json "$r20"
+python bench/speed_table.py "$r50" "$r20"

@@ -1,0 +1,119 @@
+"""The README's speed table, generated from recorded bench JSON files (never typed by hand).
+
+    python bench/speed_table.py bench/results/A.json bench/results/B.json   # rewrite the README table
+    python bench/speed_table.py --check                                     # is the README up to date?
+
+The table sits in README.md between the lines ``<!-- speed-table: FILES -->`` and
+``<!-- speed-table end -->``; the first names the JSON files it was made from, so ``--check``
+(and tests/test_speed_table.py) can render them again and compare. Each row is one result of a
+``python -m npresnet.bench --compare torch`` run: model, batch, mode, threads, npresnet's and
+torch's median seconds per step, their ratio, the speed-up over one thread where the run measured
+it (``--threads 1,N`` / ``--scaling``), and the resident step memory against torch's (``--memory``).
+The heading names the CPU and BLAS from each file's ``machine``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+START, END = "<!-- speed-table:", "<!-- speed-table end -->"
+MODEL_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet20": "ResNet-20", "resnet56": "ResNet-56"}
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
+                     for b in machine.get("blas", []) if "internal_api" in b)
+    versions = machine.get("versions", {})
+    return (f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
+            f"numba {versions.get('numba', '?')}, torch {versions.get('torch', '?')}; "
+            f"kernel choice: {machine.get('autotune', 'fixed')}")
+
+
+HEADER = ["| model, batch | mode | threads | npresnet | torch | ratio | speed-up vs 1 thread (npresnet / torch) "
+          "| step memory vs torch |", "|---|---|---|---|---|---|---|---|"]
+
+
+def _rows(report: dict[str, Any]) -> list[str]:
+    machine = report["machine"]
+    scaling = {(s["model"], s["mode"], s["threads"]): s for s in report.get("scaling", [])}
+    lines = []
+    for row in report["results"]:
+        if "torch_s" not in row:
+            continue
+        threads = row.get("threads", machine.get("threads"))
+        speed = scaling.get((row["model"], row["mode"], threads))
+        speedup = "" if speed is None or speed["threads"] == 1 else \
+            f"{speed['npresnet_speedup']:.2f}x / {speed['torch_speedup']:.2f}x"
+        memory = ""
+        if row.get("rss_peak_mb") is not None and row.get("torch_rss_peak_mb") is not None:
+            memory = (f"{row['rss_peak_mb']:.0f} vs {row['torch_rss_peak_mb']:.0f} MB "
+                      f"({row['rss_peak_mb'] / row['torch_rss_peak_mb']:.2f}x)")
+        size = row["image_size"]
+        model = f"{MODEL_NAMES.get(row['model'], row['model'])}, {row['batch']} x {size}x{size}"
+        lines.append(f"| {model} | {row['mode']} | {threads} | {row['npresnet_s']:.3f} s | {row['torch_s']:.3f} s "
+                     f"| {row['ratio']:.2f}x | {speedup} | {memory} |")
+    return lines
+
+
+def render(files: list[str]) -> str:
+    """The markdown tables, one per machine (named above it), for these JSON files (repo-relative)."""
+    tables: dict[str, list[str]] = {}
+    for name in files:
+        report = json.loads((ROOT / name).read_text())
+        tables.setdefault(_machine_line(report["machine"]), []).extend(_rows(report))
+    parts = []
+    for machine, rows in tables.items():
+        parts.append(f"Measured on {machine}:\n\n" + "\n".join(HEADER + rows))
+    return "\n\n".join(parts)
+
+
+def split_readme(text: str) -> tuple[str, list[str], str, str]:
+    """(before, files, table, after) of the README's generated section."""
+    start = text.find(START)
+    end = text.find(END, start)
+    if start < 0 or end < 0:
+        raise SystemExit(f"error: README.md has no '{START} FILES -->' ... '{END}' section")
+    header_end = text.index("-->", start) + 3
+    files = text[start + len(START):header_end - 3].split()
+    return text[:start], files, text[header_end:end].strip("\n"), text[end + len(END):]
+
+
+def section(files: list[str]) -> str:
+    return f"{START} {' '.join(files)} -->\n{render(files)}\n{END}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("files", nargs="*", help="bench JSON files (relative to the repository root)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md's table is not what its files give")
+    parser.add_argument("--readme", type=Path, default=README, help="the README to read and rewrite")
+    args = parser.parse_args(argv)
+    text = args.readme.read_text()
+    before, files, table, after = split_readme(text)
+    if args.check:
+        if table != render(files):
+            print(f"error: {args.readme.name}'s speed table differs from its JSON files; run "
+                  f"python bench/speed_table.py {' '.join(files)}", file=sys.stderr)
+            return 1
+        return 0
+    files = args.files or files
+    for name in files:
+        if not (ROOT / name).is_file():
+            print(f"error: no such bench JSON file: {name}", file=sys.stderr)
+            return 2
+    sys.path.insert(0, str(ROOT))
+    from npresnet.atomic_write import atomic_write_text
+
+    atomic_write_text(args.readme, before + section(files) + after)
+    print(f"README.md: speed table from {', '.join(files)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
