@@ -21,6 +21,7 @@ pytest.importorskip("torch")
 pytest.importorskip("threadpoolctl")
 
 
+@pytest.mark.slow          # a whole bench run in a subprocess, torch included
 def test_bench_command_writes_the_promised_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(

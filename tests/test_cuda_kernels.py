@@ -49,6 +49,7 @@ def _numba_cuda_missing() -> str | None:
 
 if not SIMULATOR:
 
+    @pytest.mark.slow      # a child pytest running every kernel case in Numba's CUDA simulator
     def test_simulator_suite_passes_in_a_child_process():
         """Run this file under NUMBA_ENABLE_CUDASIM=1 in a fresh interpreter; every case must pass."""
         missing = _numba_cuda_missing()

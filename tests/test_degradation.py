@@ -12,6 +12,8 @@ import pytest
 
 from npresnet.experiments import degradation as D
 
+pytestmark = pytest.mark.slow      # trains plain and residual nets through the train command
+
 TINY = dict(epochs=1, batch_size=32, eval_batch_size=64, train_limit=64, test_limit=64, warmup_steps=0,
             milestones=[])
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from npresnet import demo, gradcheck
 
@@ -58,6 +59,7 @@ def test_demo_block_backward_is_checked_by_gradcheck_fully():
     assert report.passed and len(report.arrays) == 10
 
 
+@pytest.mark.slow          # the same checks as test_demo_main_passes_every_check, in a fresh interpreter
 def test_python_dash_m_npresnet_demo_exits_0():
     done = subprocess.run([sys.executable, "-m", "npresnet.demo"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -419,6 +419,7 @@ def _train_args(out: Path, *extra: str) -> list[str]:
             "--out", str(out), *extra]
 
 
+@pytest.mark.slow          # two mpiexec training runs of the CLI
 def test_command_line_distributed_run_equals_single_process(tmp_path):
     mpiexec = _mpiexec()
     proc, _ = _run([mpiexec, "-n", "2", sys.executable, "-m", "npresnet.train",
@@ -465,6 +466,7 @@ FAULT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow          # a fault, a timeout (15 s for "hang") and a resume, each under mpiexec
 @pytest.mark.parametrize("mode", ["kill", "hang"])
 def test_a_failed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path, mode):
     mpiexec = _mpiexec()

@@ -294,7 +294,8 @@ def test_block_gradients_full(make_block, channels):
     npresnet.gradcheck(block, x, mode="full", eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name, kwargs", [("resnet18", {"num_classes": 5}), ("resnet20", {})])
+@pytest.mark.parametrize("name, kwargs", [pytest.param("resnet18", {"num_classes": 5}, marks=pytest.mark.slow),
+                                          ("resnet20", {})])
 def test_whole_network_gradcheck_directional(name, kwargs):
     """One random direction per array (the input and all ~62 parameters), train mode, float64."""
     rng = np.random.default_rng(0)

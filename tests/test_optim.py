@@ -103,7 +103,7 @@ def _check(ours_losses, torch_losses, state, torch_state, dtype, max_rel_err):
     print(f"\n  {np.dtype(dtype).name}: losses {loss_err:.1e}, worst array {worst} {errors[worst]:.1e}")
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_matches_torch_for_20_resnet20_steps(dtype, nesterov, max_rel_err):
     # float32: calm learning rates (see the module docstring).
@@ -124,7 +124,7 @@ def test_sgd_parameter_groups_without_decay_on_bn_and_bias_match_torch(max_rel_e
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("dtype", [np.float64, pytest.param(np.float32, marks=pytest.mark.slow)])
 def test_adam_matches_torch_for_20_resnet20_steps(dtype, max_rel_err):
     lr = 1e-3 if dtype == np.float64 else 1e-4
     losses, torch_losses, state, torch_state, opt = _run_pair(

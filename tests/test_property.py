@@ -11,6 +11,7 @@ outputs) are never drawn: they are excluded by construction.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch.nn.functional as TF
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 from npresnet import nn
 from npresnet.testing import tie_free
 from npresnet.testing.strategies import conv2d_configs, pool2d_configs, seeds
+
+pytestmark = pytest.mark.slow      # hundreds of random configurations against torch per run
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 

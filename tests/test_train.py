@@ -47,6 +47,7 @@ def silent(line):
     pass
 
 
+@pytest.mark.slow          # several epochs of ResNet-20 on real digits
 def test_short_digits_training_learns(tmp_path):
     """ResNet-20 on the full digits training set for 3 epochs: the loss must fall well below its start."""
     losses = []
