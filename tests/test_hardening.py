@@ -115,6 +115,8 @@ def set_schedule(name, value):
 BAD_CHECKPOINTS = {
     # the review's cases
     "string weights": (set_weight("model/4.weight", lambda a: a.astype(str)), "4.weight: expected a float32 array"),
+    "non-numeric string weights": (set_weight("model/4.weight", lambda a: np.full(a.shape, "fast")),
+                                   "4.weight: expected a float32 array, got <U4"),
     "lr 'fast'": (set_group("lr", "fast"), "lr must be a number, got 'fast'"),
     "complex weights": (set_weight("model/4.weight", lambda a: a.astype(np.complex64)),
                         "4.weight: expected a float32 array"),
