@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             runtime.tune_allocator()        # keep freed activation memory for the next step (npresnet.runtime)
             result = train(config, resume=resume, overwrite=overwrite, stop=stop)
         except TrainingInterrupted as exc:
-            print(f"{exc}", file=sys.stderr)
+            world = dist.current_world()
+            if world is None or world.is_main:      # mpiexec passes the signal to every rank: one report
+                print(f"{exc}", file=sys.stderr)
             return _stop_other_ranks(exc.exit_code)
         except KeyboardInterrupt:       # a second Ctrl-C: stopped at once; files are whole (atomic writes)
             print("stopped at once by a second signal; every file in the run folder is either its previous or "
