@@ -59,6 +59,14 @@ def set_num_threads(threads):
     return threads
 
 
+# Without NUMBA_NUM_THREADS, Numba's pool has one thread per core. A process told to use fewer
+# through OMP_NUM_THREADS (e.g. each rank of ``mpiexec -genv OMP_NUM_THREADS 1``, which BLAS obeys)
+# gets that many kernel threads too, so the ranks do not oversubscribe the cores.
+_omp_threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+if "NUMBA_NUM_THREADS" not in os.environ and _omp_threads.isdigit() and int(_omp_threads) >= 1:
+    set_num_threads(int(_omp_threads))
+
+
 def _function_copy(function, suffix):
     """The same function under another __qualname__, so Numba's on-disk cache keeps its two builds
     (serial, parallel) in two files (the cache index does not tell ``parallel=`` apart)."""

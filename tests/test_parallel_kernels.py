@@ -195,6 +195,15 @@ def test_serial_switch_and_a_chosen_threading_layer_are_respected():
     assert_ok(result)
 
 
+def test_omp_num_threads_limits_the_kernels_unless_numba_num_threads_is_set():
+    code = "import numba\nfrom npresnet.kernels import im2col_cpu\nprint(numba.get_num_threads())"
+    base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
+    for extra, expected in (({"OMP_NUM_THREADS": "1"}, "1"), ({"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}, "2")):
+        done = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0 and done.stdout.strip() == expected, (extra, done.stdout, done.stderr[-2000:])
+
+
 def test_a_bad_parallel_setting_is_an_error():
     result = run_with_two_threads("print('ok')", NPRESNET_NUMBA_PARALLEL="yes")
     assert result.returncode != 0 and "NPRESNET_NUMBA_PARALLEL must be 'auto', '0' or '1', got 'yes'" in result.stderr
