@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["choose", "clear", "mode", "set_cache_file", "set_mode", "timed_keys"]
+__all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "timed_keys"]
 
 MODES = ("fixed", "measure")
 FORMAT = "npresnet-autotune/1"
@@ -85,6 +85,11 @@ def clear() -> None:
     _choices.clear()
     _timed.clear()
     _disk = None
+
+
+def choices() -> dict[str, str]:
+    """Every entry key decided in this process (timed, or read from the cache file) -> its winner."""
+    return dict(_choices)
 
 
 def timed_keys() -> list[str]:

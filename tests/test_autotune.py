@@ -132,6 +132,8 @@ def test_a_shape_is_timed_once_per_process(measuring):
         conv2d_backward(np.ones_like(y), cache)
     timed = autotune.timed_keys()
     assert [key.split(" | ")[0] for key in timed] == ["conv2d forward", "conv2d input grad", "conv2d weight grad"]
+    assert set(autotune.choices()) == set(timed)
+    assert all(winner == "direct" or winner.startswith("gemm/") for winner in autotune.choices().values())
     conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))                  # another batch size: another shape
     assert len(autotune.timed_keys()) == 4
     conv2d_forward(x, w, None, 1, (2, 1), (2, 1))

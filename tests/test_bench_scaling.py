@@ -47,6 +47,8 @@ def test_bench_runs_at_each_thread_count(tmp_path):
     report = json.loads(out.read_text())
     assert report["machine"]["threads"] == [1, 2] and report["machine"]["autotune"] == "measure"
     assert [row["threads"] for row in report["results"]] == [1, 2]
+    chosen = report["machine"]["autotune_choices"]           # the measured algorithm of each conv shape
+    assert chosen and all(key.startswith("conv2d forward") for key in chosen)
     (one, two) = report["scaling"]
     first, second = report["results"]
     assert two["npresnet_speedup"] == pytest.approx(first["npresnet_s"] / second["npresnet_s"])

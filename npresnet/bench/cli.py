@@ -130,6 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print("\n".join(profile_table(row["profile_ms"])))
             results.append(row)
     machine["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    machine["autotune_choices"] = autotune.choices()       # layer shape and thread counts -> algorithm
     if limiter is not None:
         limiter.restore_original_limits()
     return {"machine": machine, "results": results}

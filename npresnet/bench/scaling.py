@@ -76,6 +76,7 @@ def run_scaling(args: argparse.Namespace, threads: list[int],
     machine = dict(reports[0]["machine"])
     machine["threads"] = threads
     machine["max_rss_mb"] = max(r["machine"].get("max_rss_mb", 0) for r in reports)
+    machine["autotune_choices"] = {k: v for r in reports for k, v in r["machine"].get("autotune_choices", {}).items()}
     rows = [row for report in reports for row in report["results"]]
     report = {"machine": machine, "results": rows}
     if len(threads) > 1:
