@@ -51,7 +51,7 @@ class CheckpointError(StateError):
     """A checkpoint that cannot be read, or loaded into the given model/optimizer/schedule (nothing was changed)."""
 
 
-def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     """``np.savez(path, **arrays)`` atomically (``npresnet.atomic_write``)."""
     with atomic_write(path) as f:
         np.savez(f, **arrays)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +46,7 @@ def save(module: Module, path: str | os.PathLike) -> None:
     """
     if not isinstance(module, Module):
         raise TypeError(f"save() expects an npresnet Module, got {type(module).__name__}")
-    arrays = {key: np.asarray(to_numpy(value)) for key, value in module.state_dict().items()}
+    arrays: dict[str, Any] = {key: np.asarray(to_numpy(value)) for key, value in module.state_dict().items()}
     clashes = [key for key in arrays if key in _SAVEZ_RESERVED]
     if clashes:
         raise ValueError(f"state_dict keys {clashes} clash with np.savez's own arguments {_SAVEZ_RESERVED}")

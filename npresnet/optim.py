@@ -73,7 +73,7 @@ class Optimizer:
         if isinstance(params, (Parameter, dict)):
             raise TypeError(f"params must be an iterable of Parameters or of dicts, got a single "
                             f"{type(params).__name__}; wrap it in a list")
-        groups = list(params)
+        groups: list[Any] = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
         if not isinstance(groups[0], dict):
@@ -214,8 +214,8 @@ class Optimizer:
         if name == "step":
             count: Any = value
             if not isinstance(value, (int, float)):       # torch keeps step as a 0-d tensor
-                array = np.asarray(to_numpy(value))
-                count = array[()] if array.ndim == 0 and array.dtype.kind in "iuf" else None
+                step = np.asarray(to_numpy(value))
+                count = step[()] if step.ndim == 0 and step.dtype.kind in "iuf" else None
             if count is None or setting_problem(name, count, "number") is not None or count < 0:
                 raise StateError(f"optimizer state 'step' of parameter {key} must be a count >= 0, got {value!r:.60}")
             return float(count)
@@ -250,7 +250,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
     def _update(self, p: Parameter, group: dict[str, Any], state: dict[str, Any]) -> None:
-        g = p.grad
+        g: Any = p.grad                                  # step() passes only parameters with a gradient
         if group["weight_decay"]:
             g = g + group["weight_decay"] * p.data
         momentum = group["momentum"]
@@ -351,7 +351,8 @@ def weight_decay_groups(model: Module, weight_decay: float) -> list[dict[str, An
     """
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-    decay, no_decay = [], []
+    decay: list[Parameter] = []
+    no_decay: list[Parameter] = []
     for _, p in model.named_parameters():
         (decay if len(p.shape) > 1 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -178,7 +178,8 @@ class ImageFolder:
         self.classes, self.num_classes = classes, len(classes)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.resize = size is not None
-        self.size: tuple[int, int] = tuple(size) if size is not None else self._open(files[0]).size[::-1]
+        height, width = tuple(size) if size is not None else self._open(files[0]).size[::-1]
+        self.size: tuple[int, int] = (int(height), int(width))
 
     def __len__(self) -> int:
         return len(self.files)
@@ -216,7 +217,7 @@ class ImageFolder:
             if not self.resize:
                 raise ValueError(f"{path} is {image.size[1]}x{image.size[0]} but the first image is "
                                  f"{self.size[0]}x{self.size[1]}; pass size=(H, W) to resize them all")
-            image = image.resize(self.size[::-1], self._Image.BILINEAR)
+            image = image.resize(self.size[::-1], self._Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
