@@ -29,7 +29,8 @@ one long loop that LLVM vectorises, with acc (one output plane, a few KB) stayin
 C input planes stream past. Four output channels share each pass over the nine shifted inputs (the
 loop was bound by loads), and each a*b + c may be one FMA (``fused_multiply_add_kernel``): on the
 2-vCPU Xeon, batch 128 float32, 1 thread, the kernel went from 13.1 to 7.8 ms at 16 channels 32x32,
-14.0 to 8.7 at 32 channels 16x16, 20.0 to 12.7 at 64 channels 8x8 (FMA alone: 11.1, 12.1, 16.6). Each output is the sum over (c, i, k) in that fixed order: the result is
+14.0 to 8.7 at 32 channels 16x16, 20.0 to 12.7 at 64 channels 8x8 (FMA alone: 11.1, 12.1, 16.6).
+Each output is the sum over (c, i, k) in that fixed order: the result is
 deterministic, though not bitwise equal to the GEMM's order (tests compare with a tolerance).
 
 Input gradient. For stride 1 the adjoint of a convolution is a convolution of dy, padded by
