@@ -36,7 +36,9 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``avgpool2d_backward``          (dout, divisor, x_shape, geometry) -> dx
 ``batchnorm2d_train_forward``   (x, weight|None, bias|None, eps) -> y, x_hat, mean, var (biased), invstd
 ``batchnorm2d_train_backward``  (dout, x_hat, invstd, weight|None) -> dx, dweight, dbias
+``relu_forward``                (x) -> y = maximum(x, 0), any shape
 ``relu_backward``               (dout, y) -> dx = dout where y > 0, else 0
+``channel_affine``              (x, scale (C,), shift (C,)) -> x * scale + shift per channel (eval batch norm)
 ``conv3x3_forward``             (x, weight, padding, dilation) -> y, a stride-1 ungrouped 3x3 conv, no bias
 ``conv3x3_backward_input``      (dout, weight, padding, dilation) -> dx of that conv (needs P <= 2*D)
 ``conv3x3_backward_weight``     (dout, x, padding, dilation) -> dweight of that conv (BLAS, no Numba)
@@ -104,7 +106,9 @@ KERNELS = {
     "avgpool2d_backward": ("pool_cpu", "avgpool2d_backward"),
     "batchnorm2d_train_forward": ("batchnorm_cpu", "batchnorm2d_train_forward"),
     "batchnorm2d_train_backward": ("batchnorm_cpu", "batchnorm2d_train_backward"),
+    "relu_forward": ("relu_cpu", "relu_forward"),
     "relu_backward": ("relu_cpu", "relu_backward"),
+    "channel_affine": ("batchnorm_cpu", "channel_affine"),
     "conv3x3_forward": ("conv3x3_cpu", "conv3x3_forward"),
     "conv3x3_backward_input": ("conv3x3_cpu", "conv3x3_backward_input"),
     "conv3x3_backward_weight": ("conv3x3_cpu", "conv3x3_backward_weight"),

@@ -217,6 +217,34 @@ def batchnorm_train_backward_kernel(dout, x_hat, invstd, weight, use_weight, dx,
     _dx_kernel(dout, x_hat, dbias / count, dweight / count, scale, dx)
 
 
+@parallel_kernel
+def _channel_affine_kernel(x, scale, shift, y):
+    """y[n, c] = x[n, c] * scale[c] + shift[c] for x, y (N, C, M), in x's dtype (two roundings)."""
+    N, C, M = x.shape
+    for row in prange(N * C):
+        n, c = row // C, row % C
+        s, t = scale[c], shift[c]
+        out, src = y[n, c], x[n, c]
+        for m in range(M):
+            out[m] = src[m] * s + t
+
+
+def channel_affine(x, scale, shift):
+    """Evaluation-mode batch norm's arithmetic: x (N, C, H, W) * scale + shift per channel ((C,) each,
+    cast to x's dtype), bitwise equal to NumPy's ``y = x * scale; y += shift`` (one pass, not two)."""
+    if x.ndim != 4:
+        raise ValueError(f"npresnet.kernels: channel_affine expects an (N, C, H, W) array, got shape {x.shape}")
+    N, C, H, W = x.shape
+    scale = np.ascontiguousarray(scale, dtype=x.dtype)
+    shift = np.ascontiguousarray(shift, dtype=x.dtype)
+    require_shape("channel_affine scale", scale, (C,))
+    require_shape("channel_affine shift", shift, (C,))
+    x3 = np.ascontiguousarray(x).reshape(N, C, H * W)
+    y = np.empty_like(x3)
+    _channel_affine_kernel(x3, scale, shift, y)
+    return y.reshape(x.shape)
+
+
 def _as_float64(name, v, C):
     """A (C,) per-channel array as float64 (zeros for None)."""
     if v is None:

@@ -521,6 +521,35 @@ def test_relu_backward_bitwise(shape, dtype):
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 7, 5), (1, 4, 33, 65), (3, 50000)])
+def test_relu_forward_bitwise(shape, dtype):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[::7] = 0.0
+    x.flat[3::7] = -0.0                                    # maximum(-0.0, 0) is +0.0 in NumPy
+    x.flat[1::11] = np.nan
+    x.flat[5::17] = -np.inf
+    assert_bitwise(kernel("relu_forward", x)(x), np.maximum(x, 0))
+    assert_bitwise(kernel("relu_forward", x)(x.T), np.maximum(x.T, 0))   # any layout in, C-contiguous out
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", BN_SHAPES)
+def test_channel_affine_bitwise(shape, dtype):
+    """Evaluation-mode batch norm's y = x * scale + shift: the reference's two roundings, in one pass."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    scale, shift = rng.standard_normal(shape[1]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    want = x * scale.reshape(1, -1, 1, 1)
+    want += shift.reshape(1, -1, 1, 1)
+    assert_bitwise(kernel("channel_affine", x)(x, scale, shift), want)
+    with pytest.raises(ValueError, match=rf"channel_affine shift must have shape \({shape[1]},\)"):
+        kernel("channel_affine", x)(x, scale, shift[:0])
+
+
+@needs_numba
 def test_relu_backward_kernel_rejects_mismatched_shapes():
     y = np.ones((2, 3), np.float32)
     with pytest.raises(ValueError, match=r"relu_backward dout must have shape \(2, 3\)"):

@@ -129,6 +129,13 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                 got = serial_and_parallel(lambda: relu_backward(dy, relu_forward(x)[1]))
                 same_bits(*got, f"relu backward {shape}")
                 same_bits(got[1], np.where(x > 0, dy, 0).astype(dtype), f"relu backward {shape} vs where")
+                got = serial_and_parallel(lambda: kernels.get("relu_forward", x)(x))
+                same_bits(*got, f"relu forward {shape}")
+                same_bits(got[1], np.maximum(x, 0), f"relu forward {shape} vs maximum")
+                if x.ndim == 4:
+                    scale, shift = dy[0, :, 0, 0].copy(), dy[-1, :, -1, -1].copy()
+                    got = serial_and_parallel(lambda: kernels.get("channel_affine", x)(x, scale, shift))
+                    same_bits(*got, f"channel affine {shape}")
             for (N, C, O, H, W), p, d in cases.DIRECT_CASES:
                 x = rng.standard_normal((N, C, H, W)).astype(dtype)
                 w = rng.standard_normal((O, C, 3, 3)).astype(dtype)
@@ -144,7 +151,7 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                  npresnet.kernels.conv3x3_cpu, npresnet.kernels.im2col_cpu, npresnet.kernels.pool_cpu,
                  npresnet.kernels.relu_cpu) for name, kernel in vars(module).items()
                  if isinstance(kernel, _numba.ParallelKernel)]
-        assert len(built) == 13, [b[:2] for b in built]
+        assert len(built) == 15, [b[:2] for b in built]
         assert numba.threading_layer() == "workqueue", numba.threading_layer()
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
