@@ -532,6 +532,9 @@ def test_relu_forward_bitwise(shape, dtype):
     x.flat[5::17] = -np.inf
     assert_bitwise(kernel("relu_forward", x)(x), np.maximum(x, 0))
     assert_bitwise(kernel("relu_forward", x)(x.T), np.maximum(x.T, 0))   # any layout in, C-contiguous out
+    from npresnet.functional.activation import relu_forward
+
+    assert_bitwise(relu_forward(x)[0], np.maximum(x, 0))                  # the functional path uses it
 
 
 @needs_numba
@@ -545,6 +548,10 @@ def test_channel_affine_bitwise(shape, dtype):
     want = x * scale.reshape(1, -1, 1, 1)
     want += shift.reshape(1, -1, 1, 1)
     assert_bitwise(kernel("channel_affine", x)(x, scale, shift), want)
+    running_mean, running_var = rng.standard_normal(shape[1]).astype(dtype), rng.random(shape[1]).astype(dtype)
+    with kernels.reference_only():
+        want_eval = batchnorm2d_forward(x, scale, shift, running_mean, running_var, False)[0]
+    assert_bitwise(batchnorm2d_forward(x, scale, shift, running_mean, running_var, False)[0], want_eval)
     with pytest.raises(ValueError, match=rf"channel_affine shift must have shape \({shape[1]},\)"):
         kernel("channel_affine", x)(x, scale, shift[:0])
 
