@@ -12,12 +12,14 @@ Quick start::
 
 import importlib.util as _importlib_util
 
-__version__ = "0.1.0"      # the one place: pyproject.toml reads it from here (setuptools dynamic version)
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it from here (setuptools dynamic version)
 
 if _importlib_util.find_spec(f"{__name__}.kernels") is None:
     # A bare checkout on sys.path: the top-level kernels/ folder becomes npresnet.kernels only when installed.
-    raise ImportError("npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
-                      "top-level kernels/ folder to npresnet.kernels)")
+    raise ImportError(
+        "npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
+        "top-level kernels/ folder to npresnet.kernels)"
+    )
 
 # optim, schedules and data are imported here too (as torch.optim is): ``npresnet.optim.SGD(...)`` works
 # after a bare ``import npresnet``. They cost about 5 ms of the ~140 ms import, so they are not lazy.
@@ -28,7 +30,22 @@ from .io import load, save
 from .summary import summary
 
 __all__ = [
-    "GradcheckError", "GradcheckReport", "NondifferentiableError", "backend", "data", "functional", "gradcheck",
-    "is_grad_enabled", "models", "nn", "no_grad", "optim", "schedules", "testing",
-    "io", "load", "save", "summary",
+    "GradcheckError",
+    "GradcheckReport",
+    "NondifferentiableError",
+    "backend",
+    "data",
+    "functional",
+    "gradcheck",
+    "is_grad_enabled",
+    "models",
+    "nn",
+    "no_grad",
+    "optim",
+    "schedules",
+    "testing",
+    "io",
+    "load",
+    "save",
+    "summary",
 ]

@@ -38,7 +38,7 @@ from typing import IO
 
 try:
     import fcntl
-except ImportError:                     # not POSIX (Windows): no locks; the pid check alone guards cleanup
+except ImportError:  # not POSIX (Windows): no locks; the pid check alone guards cleanup
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_write", "atomic_write_text", "remove_stale_temporaries", "temporary_name"]
@@ -55,10 +55,12 @@ def _temporary_patterns(name: str) -> list[re.Pattern[str]]:
     that earlier npresnet versions wrote: ``metrics.csv.<pid>.tmp``, ``curves.<pid>.tmp.png`` (pid in
     group 1 too) and ``.<name>.<12 hex digits>.tmp`` (no pid)."""
     root, ext = os.path.splitext(name)
-    return [re.compile(rf"\.{re.escape(name)}\.(\d+)\.[0-9a-f]{{12}}\.tmp"),
-            re.compile(rf"{re.escape(name)}\.(\d+)\.tmp"),
-            re.compile(rf"{re.escape(root)}\.(\d+)\.tmp{re.escape(ext)}"),
-            re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp")]
+    return [
+        re.compile(rf"\.{re.escape(name)}\.(\d+)\.[0-9a-f]{{12}}\.tmp"),
+        re.compile(rf"{re.escape(name)}\.(\d+)\.tmp"),
+        re.compile(rf"{re.escape(root)}\.(\d+)\.tmp{re.escape(ext)}"),
+        re.compile(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp"),
+    ]
 
 
 # A temporary file without a pid (an earlier version's) counts as abandoned once untouched this long:
@@ -82,7 +84,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:             # exists, owned by another user
+    except PermissionError:  # exists, owned by another user
         return True
     return True
 
@@ -109,7 +111,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[str]:
         try:
             fd = os.open(candidate, os.O_RDONLY)
         except OSError:
-            continue                    # gone already, or not ours to open
+            continue  # gone already, or not ours to open
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,7 +143,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[IO[bytes]]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-            os.replace(tmp_path, path)           # still locked: no cleaner can take it meanwhile
+            os.replace(tmp_path, path)  # still locked: no cleaner can take it meanwhile
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)

@@ -43,8 +43,7 @@ def _import_cupy() -> ModuleType:
         import cupy
     except ImportError as exc:  # pragma: no cover - depends on the machine
         raise RuntimeError(
-            "the 'cupy' backend was requested but CuPy is not installed "
-            "(pip install 'npresnet[cuda]')"
+            "the 'cupy' backend was requested but CuPy is not installed (pip install 'npresnet[cuda]')"
         ) from exc
     return cupy
 
@@ -73,8 +72,10 @@ def require_cupy() -> ModuleType:
     cupy = _import_cupy()
     problem = _cupy_device_problem(cupy)
     if problem is not None:
-        raise RuntimeError(f"the 'cupy' backend was requested: CuPy {cupy.__version__} is installed but no "
-                           f"CUDA device is usable ({problem})")
+        raise RuntimeError(
+            f"the 'cupy' backend was requested: CuPy {cupy.__version__} is installed but no "
+            f"CUDA device is usable ({problem})"
+        )
     return cupy
 
 
@@ -163,8 +164,8 @@ def _dlpack_device_type(x: Any) -> int | None:
     return int(x.__dlpack_device__()[0])
 
 
-_DLPACK_CPU = (1, 3)           # kDLCPU, kDLCUDAHost (pinned host memory)
-_DLPACK_CUDA = (2, 13)         # kDLCUDA, kDLCUDAManaged
+_DLPACK_CPU = (1, 3)  # kDLCPU, kDLCUDAHost (pinned host memory)
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
 
 
 def _is_torch_tensor(x: Any) -> bool:
@@ -193,8 +194,10 @@ def from_dlpack(x: Any, backend: str | None = None) -> Any:
     elif device in _DLPACK_CUDA:
         array = require_cupy().from_dlpack(x)
     elif device is None:
-        raise TypeError(f"from_dlpack expects an object with __dlpack__ / __dlpack_device__ (a torch tensor, "
-                        f"a CuPy or NumPy array, ...), got {type(x).__module__}.{type(x).__name__}")
+        raise TypeError(
+            f"from_dlpack expects an object with __dlpack__ / __dlpack_device__ (a torch tensor, "
+            f"a CuPy or NumPy array, ...), got {type(x).__module__}.{type(x).__name__}"
+        )
     else:
         raise TypeError(f"from_dlpack: DLPack device type {device} is neither CPU (1, 3) nor CUDA (2, 13)")
     return array if backend is None else to_backend(array, backend)

@@ -79,9 +79,18 @@ def _restore_module_rng_states(model: Module, states: dict[str, Any]) -> None:
             module.load_rng_state(module_states)
 
 
-def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer | None = None,
-                    scheduler: LRScheduler | None = None, *, model_name: str | None = None, epoch: int = 0,
-                    step: int = 0, rng: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: Module,
+    optimizer: Optimizer | None = None,
+    scheduler: LRScheduler | None = None,
+    *,
+    model_name: str | None = None,
+    epoch: int = 0,
+    step: int = 0,
+    rng: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write model, optimizer, schedule, counters and RNG states to ``path`` atomically.
 
     ``rng`` and ``extra`` must be JSON-able (e.g. the loader's seed, the metrics history, the config).
@@ -101,14 +110,19 @@ def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
                     scalars.setdefault(str(index), {})[name] = value
                 else:
                     arrays[f"optimizer/{index}/{name}"] = np.array(to_numpy(value), copy=True)
-        optimizer_meta = {"type": type(optimizer).__name__, "param_groups": state_dict["param_groups"],
-                          "scalars": scalars}
+        optimizer_meta = {
+            "type": type(optimizer).__name__,
+            "param_groups": state_dict["param_groups"],
+            "scalars": scalars,
+        }
     meta = {
-        "format": FORMAT, "version": VERSION,
+        "format": FORMAT,
+        "version": VERSION,
         "model": {"name": model_name or type(model).__name__, "class": type(model).__name__},
         "optimizer": optimizer_meta,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "epoch": int(epoch), "step": int(step),
+        "epoch": int(epoch),
+        "step": int(step),
         "rng": {**(rng or {}), "modules": _module_rng_states(model)},
         "extra": extra or {},
     }
@@ -118,9 +132,17 @@ def save_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
 
 # The meta entry's schema: each key, the kind of value it holds (npresnet.state_checks.setting_problem),
 # and whether it may be null.
-_META_SCHEMA = {"format": ("str", False), "version": ("int", False), "model": ("dict", False),
-                "optimizer": ("dict", True), "scheduler": ("dict", True), "epoch": ("int", False),
-                "step": ("int", False), "rng": ("dict", False), "extra": ("dict", False)}
+_META_SCHEMA = {
+    "format": ("str", False),
+    "version": ("int", False),
+    "model": ("dict", False),
+    "optimizer": ("dict", True),
+    "scheduler": ("dict", True),
+    "epoch": ("int", False),
+    "step": ("int", False),
+    "rng": ("dict", False),
+    "extra": ("dict", False),
+}
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -137,8 +159,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
     except StateError as exc:
         raise CheckpointError(str(exc)) from exc
     if "meta" not in arrays:
-        raise CheckpointError(f"{path} has no 'meta' entry: not an npresnet checkpoint (a weights file from "
-                              "npresnet.save? load it with npresnet.io.load)")
+        raise CheckpointError(
+            f"{path} has no 'meta' entry: not an npresnet checkpoint (a weights file from "
+            "npresnet.save? load it with npresnet.io.load)"
+        )
     raw = arrays.pop("meta")
     if raw.ndim != 0 or raw.dtype.kind != "U":
         raise CheckpointError(f"{path}: meta must be one JSON string, got a {raw.dtype} array of shape {raw.shape}")
@@ -185,8 +209,9 @@ def _check_meta(path: str, meta: Any) -> None:
         fail(f"meta rng modules must be an object, got {meta['rng']['modules']!r:.60}")
 
 
-def _check_model(path: str, meta: dict[str, Any], model_arrays: dict[str, np.ndarray], model: Module,
-                 model_name: str | None) -> list:
+def _check_model(
+    path: str, meta: dict[str, Any], model_arrays: dict[str, np.ndarray], model: Module, model_name: str | None
+) -> list:
     """The checked, converted model arrays (for ``Module._apply_state_dict``), or a ``CheckpointError``."""
     saved_name = meta["model"]["name"]
     if model_name is not None and saved_name != model_name:
@@ -194,19 +219,21 @@ def _check_model(path: str, meta: dict[str, Any], model_arrays: dict[str, np.nda
     problems, _, updates = model._prepare_state_dict(model_arrays, strict=True)
     if problems:
         shown = "; ".join(p if len(p) <= 300 else p[:300] + " ..." for p in problems)
-        raise CheckpointError(f"{path} was written for a different model ({saved_name!r}, {meta['model']['class']}) "
-                              f"than this {type(model).__name__}, or holds bad values; nothing was loaded: {shown}")
+        raise CheckpointError(
+            f"{path} was written for a different model ({saved_name!r}, {meta['model']['class']}) "
+            f"than this {type(model).__name__}, or holds bad values; nothing was loaded: {shown}"
+        )
     return updates
 
 
-def _optimizer_state(path: str, meta: dict[str, Any], arrays: dict[str, np.ndarray],
-                     optimizer: Optimizer) -> dict[str, Any]:
+def _optimizer_state(
+    path: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], optimizer: Optimizer
+) -> dict[str, Any]:
     saved = meta["optimizer"]
     if saved is None:
         raise CheckpointError(f"{path} holds no optimizer state; nothing was loaded")
     if saved["type"] != type(optimizer).__name__:
-        raise CheckpointError(f"{path} holds {saved['type']} state, not {type(optimizer).__name__}; "
-                              "nothing was loaded")
+        raise CheckpointError(f"{path} holds {saved['type']} state, not {type(optimizer).__name__}; nothing was loaded")
     state: dict[int, dict[str, Any]] = {}
     for key, value in arrays.items():
         if key.startswith("optimizer/"):
@@ -238,8 +265,14 @@ def _checked_rng_states(path: str, model: Module, states: dict[str, Any]) -> lis
     return checked
 
 
-def load_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer | None = None,
-                    scheduler: LRScheduler | None = None, *, model_name: str | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: Module,
+    optimizer: Optimizer | None = None,
+    scheduler: LRScheduler | None = None,
+    *,
+    model_name: str | None = None,
+) -> dict[str, Any]:
     """Load a checkpoint into ``model`` (and ``optimizer``, ``scheduler``); returns its meta dict.
 
     Everything is validated first; on any problem a one-line ``CheckpointError`` naming the file is
@@ -248,7 +281,7 @@ def load_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
     """
     path = os.fspath(path)
     meta, arrays = read_checkpoint(path)
-    model_arrays = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    model_arrays = {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
     model_updates = _check_model(path, meta, model_arrays, model, model_name)
     optimizer_update = None
     if optimizer is not None:
@@ -257,14 +290,16 @@ def load_checkpoint(path: str | os.PathLike, model: Module, optimizer: Optimizer
         except CheckpointError:
             raise
         except StateError as exc:
-            raise CheckpointError(f"{path}: optimizer state does not fit this optimizer: {exc}; "
-                                  "nothing was loaded") from exc
+            raise CheckpointError(
+                f"{path}: optimizer state does not fit this optimizer: {exc}; nothing was loaded"
+            ) from exc
     if scheduler is not None:
         saved = meta["scheduler"]
         if saved is None or saved.get("type") != type(scheduler).__name__:
             kind = None if saved is None else saved.get("type")
-            raise CheckpointError(f"{path} holds schedule state of type {kind!r}, not {type(scheduler).__name__}; "
-                                  "nothing was loaded")
+            raise CheckpointError(
+                f"{path} holds schedule state of type {kind!r}, not {type(scheduler).__name__}; nothing was loaded"
+            )
         try:
             scheduler.check_state_dict(saved)
         except StateError as exc:

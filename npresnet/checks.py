@@ -35,14 +35,11 @@ def check_nchw(x: Any, channels: int | None, what: str = "input", layer: str = "
     """``x`` must be a floating (N, C, H, W) array with ``channels`` channels (if given)."""
     check_floating(x, what)
     if x.ndim != 4:
-        raise ValueError(
-            f"{layer} expects a 4-D {what} of shape (N, C, H, W), got {x.ndim}-D shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{layer} expects a 4-D {what} of shape (N, C, H, W), got {x.ndim}-D shape {tuple(x.shape)}")
     if channels is not None and x.shape[1] != channels:
         hint = " (is it NHWC? npresnet uses NCHW)" if x.shape[-1] == channels else ""
         raise ValueError(
-            f"{layer} expects {what} with {channels} channels in dim 1 (N, C, H, W), "
-            f"got shape {tuple(x.shape)}{hint}"
+            f"{layer} expects {what} with {channels} channels in dim 1 (N, C, H, W), got shape {tuple(x.shape)}{hint}"
         )
 
 
@@ -51,8 +48,7 @@ def check_like(x: Any, like: Any, what: str = "input", of: str = "parameters") -
     check_same_backend_and_dtype(x, like, what, of)
 
 
-def check_grad_like(dout: Any, expected_shape: tuple[int, ...], like: Any, layer: str,
-                    dtype: Any = None) -> None:
+def check_grad_like(dout: Any, expected_shape: tuple[int, ...], like: Any, layer: str, dtype: Any = None) -> None:
     """The upstream gradient must have the forward output's shape, and ``like``'s backend and dtype
     (or ``dtype``, when given)."""
     got = backend_name(dout)

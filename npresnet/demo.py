@@ -35,8 +35,9 @@ class BasicBlock(nn.Module):
     branches, so dL/dx is the *sum* of the two branch gradients.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, rng: np.random.Generator | None = None
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False, rng=rng)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -44,21 +45,24 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False, rng=rng)
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.shortcut: nn.Module
-        if stride != 1 or in_channels != out_channels:      # the shapes differ: project x
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False, rng=rng),
-                                          nn.BatchNorm2d(out_channels))
+        if stride != 1 or in_channels != out_channels:  # the shapes differ: project x
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False, rng=rng),
+                nn.BatchNorm2d(out_channels),
+            )
         else:
             self.shortcut = nn.Identity()
-        self.relu2 = nn.ReLU()                               # each ReLU keeps its own cache
+        self.relu2 = nn.ReLU()  # each ReLU keeps its own cache
 
     def forward(self, x):
         main = self.bn2(self.conv2(self.relu1(self.bn1(self.conv1(x)))))
         return self.relu2(main + self.shortcut(x))
 
     def backward(self, dout):
-        dsum = self.relu2.backward(dout)                     # the add passes dsum to both terms
-        dmain = self.conv1.backward(self.bn1.backward(self.relu1.backward(
-            self.conv2.backward(self.bn2.backward(dsum)))))
+        dsum = self.relu2.backward(dout)  # the add passes dsum to both terms
+        dmain = self.conv1.backward(
+            self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(dsum))))
+        )
         return dmain + self.shortcut.backward(dsum)
 
 
@@ -84,16 +88,22 @@ def torch_block(block: BasicBlock):
             self.bn1 = torch.nn.BatchNorm2d(cout)
             self.conv2 = torch.nn.Conv2d(cout, cout, 3, padding=1, bias=False)
             self.bn2 = torch.nn.BatchNorm2d(cout)
-            self.shortcut = (torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
-                                                 torch.nn.BatchNorm2d(cout)) if project else torch.nn.Identity())
+            self.shortcut = (
+                torch.nn.Sequential(
+                    torch.nn.Conv2d(cin, cout, 1, stride=stride, bias=False), torch.nn.BatchNorm2d(cout)
+                )
+                if project
+                else torch.nn.Identity()
+            )
 
         def forward(self, x):
             main = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
             return torch.relu(main + self.shortcut(x))
 
     conv1 = block.conv1
-    reference = TorchBasicBlock(conv1.in_channels, conv1.out_channels, conv1.stride[0],
-                                isinstance(block.shortcut, nn.Sequential)).double()
+    reference = TorchBasicBlock(
+        conv1.in_channels, conv1.out_channels, conv1.stride[0], isinstance(block.shortcut, nn.Sequential)
+    ).double()
     reference.load_state_dict({key: torch.from_numpy(np.array(value)) for key, value in block.state_dict().items()})
     return reference.train(block.training)
 
@@ -115,13 +125,14 @@ def compare_with_torch(block: BasicBlock, x: np.ndarray, dy: np.ndarray, y: np.n
     yt = reference(xt)
     yt.backward(torch.from_numpy(dy))
     assert xt.grad is not None
-    errors = {"output y": max_rel_error(y, yt.detach().numpy()),
-              "dL/dx": max_rel_error(dx, xt.grad.numpy())}
+    errors = {"output y": max_rel_error(y, yt.detach().numpy()), "dL/dx": max_rel_error(dx, xt.grad.numpy())}
     torch_params = dict(reference.named_parameters())
     for name, p in block.named_parameters():
         errors[f"dL/d {name}"] = max_rel_error(p.grad, torch_params[name].grad.numpy())
-    print(f"\n4. The same block in PyTorch {torch.__version__}, same weights, same x and dy "
-          "(max |ours - torch| / max |torch|):")
+    print(
+        f"\n4. The same block in PyTorch {torch.__version__}, same weights, same x and dy "
+        "(max |ours - torch| / max |torch|):"
+    )
     for what, err in errors.items():
         print(f"   {what:<24} {err:.1e}")
     ok = max(errors.values()) <= TORCH_TOLERANCE
@@ -133,18 +144,18 @@ def main() -> int:
     print("npresnet demo: ResNet's basic block, forward and backward by hand\n")
     block = make_block(8, 16, stride=2, seed=0)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((4, 8, 12, 10))                  # (N, C, H, W), float64
+    x = rng.standard_normal((4, 8, 12, 10))  # (N, C, H, W), float64
     print(f"1. The block (projection shortcut, stride 2):\n{block}\n")
 
-    y = block(x)                                             # each layer keeps what its backward needs
-    dy = rng.standard_normal(y.shape)                        # a random upstream gradient dL/dy
-    dx = block.backward(dy)                                  # dL/dx; parameters' .grad filled in
+    y = block(x)  # each layer keeps what its backward needs
+    dy = rng.standard_normal(y.shape)  # a random upstream gradient dL/dy
+    dx = block.backward(dy)  # dL/dx; parameters' .grad filled in
     print("2. Forward and backward by hand:")
     print(f"   x {x.shape} {x.dtype} -> y {y.shape}; dy random, dx {dx.shape}")
     print(f"   {'gradient':<24} {'shape':<16} norm")
     print(f"   {'dL/dx':<24} {str(dx.shape):<16} {np.linalg.norm(dx):.4f}")
     for name, p in block.named_parameters():
-        assert p.grad is not None                            # backward filled every .grad
+        assert p.grad is not None  # backward filled every .grad
         print(f"   {'dL/d ' + name:<24} {str(p.shape):<16} {np.linalg.norm(p.grad):.4f}")
 
     print("\n3. Gradient check of the hand-written backward against finite differences of L = sum(v * y):")

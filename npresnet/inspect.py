@@ -64,7 +64,7 @@ class BlockFlow:
     """
 
     name: str
-    depth: int              # 1 for the block nearest the input
+    depth: int  # 1 for the block nearest the input
     residual: bool
     out: float = float("nan")
     at_sum: float = float("nan")
@@ -84,10 +84,10 @@ class ParamFlow:
 
     name: str
     shape: tuple[int, ...]
-    weight: float                      # ||w|| before the step
-    grad: float                        # ||dL/dw|| (the gradient the step used, before weight decay)
-    update: float = float("nan")       # ||w_new - w_old||
-    ratio: float = float("nan")        # update / weight
+    weight: float  # ||w|| before the step
+    grad: float  # ||dL/dw|| (the gradient the step used, before weight decay)
+    update: float = float("nan")  # ||w_new - w_old||
+    ratio: float = float("nan")  # update / weight
 
 
 class Criterion(Protocol):
@@ -129,16 +129,19 @@ class GradientFlow:
             named = [(b, modules[b]) for b in blocks]
             not_blocks = [f"{b!r} ({type(m).__name__})" for b, m in named if not isinstance(m, ResidualBlock)]
             if not_blocks:
-                raise TypeError(f"GradientFlow watches blocks that declare their branches (a ResidualBlock such as "
-                                f"CifarBlock, BasicBlock, Bottleneck); not one: {', '.join(not_blocks)}")
+                raise TypeError(
+                    f"GradientFlow watches blocks that declare their branches (a ResidualBlock such as "
+                    f"CifarBlock, BasicBlock, Bottleneck); not one: {', '.join(not_blocks)}"
+                )
             found = [(b, m) for b, m in named if isinstance(m, ResidualBlock)]
         if not found:
-            raise ValueError(f"{type(model).__name__} holds no residual or plain block (a ResidualBlock: CifarBlock, "
-                             "BasicBlock, Bottleneck); a block of your own can subclass npresnet.models.ResidualBlock "
-                             "and declare its branches")
+            raise ValueError(
+                f"{type(model).__name__} holds no residual or plain block (a ResidualBlock: CifarBlock, "
+                "BasicBlock, Bottleneck); a block of your own can subclass npresnet.models.ResidualBlock "
+                "and declare its branches"
+            )
         self._blocks = found
-        self.block_flows: list[BlockFlow] = [BlockFlow(name, i + 1, b.is_residual)
-                                             for i, (name, b) in enumerate(found)]
+        self.block_flows: list[BlockFlow] = [BlockFlow(name, i + 1, b.is_residual) for i, (name, b) in enumerate(found)]
         self.param_flows: list[ParamFlow] = []
         self.arrays: dict[str, dict[str, Any]] = {}
         self.loss: float | None = None
@@ -163,10 +166,15 @@ class GradientFlow:
                 if not r.residual:
                     self._record(r, "shortcut", get_array_module(grad_input[0]).zeros_like(grad_input[0]))
 
-            def on_sum(m: Module, grad_input: tuple, grad_output: tuple, r: BlockFlow = record,
-                       identity: bool = residual and shortcut is None) -> None:
+            def on_sum(
+                m: Module,
+                grad_input: tuple,
+                grad_output: tuple,
+                r: BlockFlow = record,
+                identity: bool = residual and shortcut is None,
+            ) -> None:
                 self._record(r, "at_sum", grad_input[0])
-                if identity:           # BasicBlock without downsample: (+) hands g_sum to x unchanged
+                if identity:  # BasicBlock without downsample: (+) hands g_sum to x unchanged
                     self._record(r, "shortcut", grad_input[0])
 
             def on_main(m: Module, grad_input: tuple, grad_output: tuple, r: BlockFlow = record) -> None:
@@ -175,9 +183,11 @@ class GradientFlow:
             def on_shortcut(m: Module, grad_input: tuple, grad_output: tuple, r: BlockFlow = record) -> None:
                 self._record(r, "shortcut", grad_input[0])
 
-            self._handles += [block.register_backward_hook(on_block),
-                              block.output_activation.register_backward_hook(on_sum),
-                              first.register_backward_hook(on_main)]
+            self._handles += [
+                block.register_backward_hook(on_block),
+                block.output_activation.register_backward_hook(on_sum),
+                first.register_backward_hook(on_main),
+            ]
             if shortcut is not None:
                 self._handles.append(shortcut.register_backward_hook(on_shortcut))
         return self
@@ -202,8 +212,9 @@ class GradientFlow:
         """
         named = [(name, p) for name, p in self.model.named_parameters() if p.requires_grad]
         before = {name: p.data.copy() for name, p in named}
-        flows = [ParamFlow(name, p.shape, norm(p.data), norm(p.grad) if p.grad is not None else 0.0)
-                 for name, p in named]
+        flows = [
+            ParamFlow(name, p.shape, norm(p.data), norm(p.grad) if p.grad is not None else 0.0) for name, p in named
+        ]
         optimizer.step()
         for flow, (name, p) in zip(flows, named):
             flow.update = norm(p.data - before[name])
@@ -232,9 +243,11 @@ class GradientFlow:
     # ------------------------------------------------------------------ reporting
     def to_dict(self) -> dict[str, Any]:
         """Plain numbers (JSON-ready): ``{"loss", "blocks": [...], "params": [...]}``."""
-        return {"loss": self.loss,
-                "blocks": [dataclasses.asdict(b) for b in self.block_flows],
-                "params": [{**dataclasses.asdict(p), "shape": list(p.shape)} for p in self.param_flows]}
+        return {
+            "loss": self.loss,
+            "blocks": [dataclasses.asdict(b) for b in self.block_flows],
+            "params": [{**dataclasses.asdict(p), "shape": list(p.shape)} for p in self.param_flows],
+        }
 
     def table(self, params: bool = True) -> str:
         """The block table (and the parameter table) as text."""
@@ -250,22 +263,27 @@ class GradientFlow:
 
 def format_table(flow: Mapping[str, Any], params: bool = True) -> str:
     """Text tables of a ``GradientFlow.to_dict()`` record."""
-    head = (f"{'block':<10} {'kind':<8} {'||dL/dy||':>10} {'||d(+)||':>10} {'||dx main||':>11} "
-            f"{'||dx short||':>12} {'||dx||':>10} {'gain':>6}")
+    head = (
+        f"{'block':<10} {'kind':<8} {'||dL/dy||':>10} {'||d(+)||':>10} {'||dx main||':>11} "
+        f"{'||dx short||':>12} {'||dx||':>10} {'gain':>6}"
+    )
     lines = [head, "-" * len(head)]
     for b in flow["blocks"]:
         gain = b["input"] / b["out"] if b["out"] else float("nan")
-        lines.append(f"{b['name']:<10} {'residual' if b['residual'] else 'plain':<8} {b['out']:>10.3e} "
-                     f"{b['at_sum']:>10.3e} {b['main']:>11.3e} {b['shortcut']:>12.3e} {b['input']:>10.3e} "
-                     f"{gain:>6.2f}")
+        lines.append(
+            f"{b['name']:<10} {'residual' if b['residual'] else 'plain':<8} {b['out']:>10.3e} "
+            f"{b['at_sum']:>10.3e} {b['main']:>11.3e} {b['shortcut']:>12.3e} {b['input']:>10.3e} "
+            f"{gain:>6.2f}"
+        )
     if params and flow.get("params"):
         width = max(len(p["name"]) for p in flow["params"])
         phead = f"{'parameter':<{width}} {'shape':<16} {'||w||':>10} {'||dL/dw||':>10} {'||dw||/||w||':>12}"
         lines += ["", phead, "-" * len(phead)]
         for p in flow["params"]:
             shape = "x".join(str(s) for s in p["shape"])
-            lines.append(f"{p['name']:<{width}} {shape:<16} {p['weight']:>10.3e} {p['grad']:>10.3e} "
-                         f"{p['ratio']:>12.3e}")
+            lines.append(
+                f"{p['name']:<{width}} {shape:<16} {p['weight']:>10.3e} {p['grad']:>10.3e} {p['ratio']:>12.3e}"
+            )
     return "\n".join(lines)
 
 
@@ -288,8 +306,9 @@ def plot_gradient_flow(flows: Mapping[str, Any], path: str | None = None, suptit
     records = {title: (f.to_dict() if isinstance(f, GradientFlow) else f) for title, f in flows.items()}
     with_params = any(weight_ratios(r) for r in records.values())
     rows = 2 if with_params else 1
-    figure, axes = plt.subplots(rows, len(records), figsize=(4.4 * len(records), 3.6 * rows + 0.6),
-                                sharey="row", squeeze=False)
+    figure, axes = plt.subplots(
+        rows, len(records), figsize=(4.4 * len(records), 3.6 * rows + 0.6), sharey="row", squeeze=False
+    )
     for column, (title, record) in enumerate(records.items()):
         ax = axes[0][column]
         blocks = record["blocks"]
@@ -297,15 +316,28 @@ def plot_gradient_flow(flows: Mapping[str, Any], path: str | None = None, suptit
         residual = any(b["residual"] for b in blocks)
         ax.plot(depth, [b["out"] for b in blocks], "k:", label="||dL/dy|| arriving at the block output")
         if residual:
-            ax.plot(depth, [b["main"] for b in blocks], "o-", color="tab:red", ms=3,
-                    label="||dx|| via the main branch")
-            ax.plot(depth, [b["shortcut"] for b in blocks], "s-", color="tab:blue", ms=3,
-                    label="||dx|| via the shortcut")
-            ax.plot(depth, [b["input"] for b in blocks], "-", color="tab:green", lw=2, alpha=0.6,
-                    label="||dx|| at the block input (main + shortcut)")
+            ax.plot(depth, [b["main"] for b in blocks], "o-", color="tab:red", ms=3, label="||dx|| via the main branch")
+            ax.plot(
+                depth, [b["shortcut"] for b in blocks], "s-", color="tab:blue", ms=3, label="||dx|| via the shortcut"
+            )
+            ax.plot(
+                depth,
+                [b["input"] for b in blocks],
+                "-",
+                color="tab:green",
+                lw=2,
+                alpha=0.6,
+                label="||dx|| at the block input (main + shortcut)",
+            )
         else:
-            ax.plot(depth, [b["input"] for b in blocks], "o-", color="tab:red", ms=3,
-                    label="||dx|| via the main branch (plain: all of it)")
+            ax.plot(
+                depth,
+                [b["input"] for b in blocks],
+                "o-",
+                color="tab:red",
+                ms=3,
+                label="||dx|| via the main branch (plain: all of it)",
+            )
         ax.set(yscale="log", xlabel="block (1 = nearest the input)", title=title)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
@@ -332,5 +364,8 @@ def summarize(flow: Mapping[str, Any]) -> dict[str, float]:
     """Gradient norm at the first and last block inputs and their ratio (first / last)."""
     blocks = flow["blocks"]
     first, last = blocks[0]["input"], blocks[-1]["input"]
-    return {"first_block_input": first, "last_block_input": last,
-            "first_over_last": first / last if last else float("nan")}
+    return {
+        "first_block_input": first,
+        "last_block_input": last,
+        "first_over_last": first / last if last else float("nan"),
+    }

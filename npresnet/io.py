@@ -76,8 +76,9 @@ def load(module: Module, path: str | os.PathLike, strict: bool = True) -> Incomp
     state_dict = read_npz(path, "weights file")
     problems, result, updates = module._prepare_state_dict(state_dict, strict)
     if problems:
-        raise StateError(f"{path}: cannot load into {type(module).__name__} (nothing was loaded): "
-                         + "; ".join(problems))
+        raise StateError(
+            f"{path}: cannot load into {type(module).__name__} (nothing was loaded): " + "; ".join(problems)
+        )
     module._apply_state_dict(updates)
     return result
 

@@ -71,8 +71,10 @@ class Optimizer:
         self.param_groups: list[dict[str, Any]] = []
         self.state: dict[Parameter, dict[str, Any]] = {}
         if isinstance(params, (Parameter, dict)):
-            raise TypeError(f"params must be an iterable of Parameters or of dicts, got a single "
-                            f"{type(params).__name__}; wrap it in a list")
+            raise TypeError(
+                f"params must be an iterable of Parameters or of dicts, got a single "
+                f"{type(params).__name__}; wrap it in a list"
+            )
         groups: list[Any] = list(params)
         if not groups:
             raise ValueError("optimizer got an empty parameter list")
@@ -92,8 +94,9 @@ class Optimizer:
                 raise TypeError(f"optimizer can only optimize npresnet Parameters, got {type(p).__name__}")
         unknown = set(group) - set(self.defaults) - {"params", "initial_lr"}
         if unknown:
-            raise ValueError(f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}; "
-                             f"known: {sorted(self.defaults)}")
+            raise ValueError(
+                f"unknown hyperparameter(s) {sorted(unknown)} for {type(self).__name__}; known: {sorted(self.defaults)}"
+            )
         seen = {id(p) for g in self.param_groups for p in g["params"]}
         if any(id(p) in seen for p in params) or len({id(p) for p in params}) != len(params):
             raise ValueError("some parameters appear in more than one parameter group (or twice in one)")
@@ -123,8 +126,10 @@ class Optimizer:
             for p in group["params"]:
                 if p.grad is not None and p.requires_grad:
                     if tuple(p.grad.shape) != tuple(p.data.shape) or p.grad.dtype != p.data.dtype:
-                        raise ValueError(f"gradient of shape {tuple(p.grad.shape)} and dtype {p.grad.dtype} does "
-                                         f"not match its parameter's shape {p.shape} and dtype {p.dtype}")
+                        raise ValueError(
+                            f"gradient of shape {tuple(p.grad.shape)} and dtype {p.grad.dtype} does "
+                            f"not match its parameter's shape {p.shape} and dtype {p.dtype}"
+                        )
                     self._update(p, group, self.state.setdefault(p, {}))
 
     def _update(self, p: Parameter, group: dict[str, Any], state: dict[str, Any]) -> None:
@@ -137,8 +142,10 @@ class Optimizer:
         Arrays are references to the live state (as in torch); copy them to keep a snapshot.
         """
         index = {id(p): i for i, p in enumerate(self.params)}
-        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
-                  for g in self.param_groups]
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": [index[id(p)] for p in g["params"]]}
+            for g in self.param_groups
+        ]
         state = {index[id(p)]: dict(s) for p, s in self.state.items() if s and id(p) in index}
         return {"state": state, "param_groups": groups}
 
@@ -166,22 +173,31 @@ class Optimizer:
 
     def _prepare_state_dict(self, state_dict: Any) -> tuple[list[dict[str, Any]], dict[Parameter, dict[str, Any]]]:
         """Check ``state_dict`` without changing anything: (new hyperparameters of each group, new state)."""
-        if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list) \
-                or not isinstance(state_dict.get("state"), dict):
-            raise StateError("optimizer state_dict must be a dict with 'state' and 'param_groups', got "
-                             f"{type(state_dict).__name__}")
+        if (
+            not isinstance(state_dict, dict)
+            or not isinstance(state_dict.get("param_groups"), list)
+            or not isinstance(state_dict.get("state"), dict)
+        ):
+            raise StateError(
+                f"optimizer state_dict must be a dict with 'state' and 'param_groups', got {type(state_dict).__name__}"
+            )
         groups, saved_groups = self.param_groups, state_dict["param_groups"]
         if len(groups) != len(saved_groups):
-            raise StateError(f"optimizer state_dict has {len(saved_groups)} parameter group(s), "
-                             f"this optimizer has {len(groups)}")
+            raise StateError(
+                f"optimizer state_dict has {len(saved_groups)} parameter group(s), this optimizer has {len(groups)}"
+            )
         new_groups = []
         for i, (g, s) in enumerate(zip(groups, saved_groups)):
             if not isinstance(s, dict) or setting_problem("params", s.get("params"), "ints") is not None:
-                raise StateError(f"parameter group {i}: expected a dict with a list of parameter indices "
-                                 f"under 'params', got {s!r:.80}")
+                raise StateError(
+                    f"parameter group {i}: expected a dict with a list of parameter indices "
+                    f"under 'params', got {s!r:.80}"
+                )
             if len(g["params"]) != len(s["params"]):
-                raise StateError(f"parameter group {i}: state_dict has {len(s['params'])} parameters, "
-                                 f"this optimizer has {len(g['params'])}")
+                raise StateError(
+                    f"parameter group {i}: state_dict has {len(s['params'])} parameters, "
+                    f"this optimizer has {len(g['params'])}"
+                )
             hyper = {k: v for k, v in s.items() if k in self.defaults or k == "initial_lr"}
             for name, value in hyper.items():
                 problem = setting_problem(name, value, self._hyper_kind(name))
@@ -189,7 +205,7 @@ class Optimizer:
                     raise StateError(f"parameter group {i}: {problem}")
             candidate = {**{k: v for k, v in g.items() if k != "params"}, **hyper}
             try:
-                self._check_hyperparameters(candidate)      # also restores tuples that JSON made lists
+                self._check_hyperparameters(candidate)  # also restores tuples that JSON made lists
             except (TypeError, ValueError) as exc:
                 raise StateError(f"parameter group {i}: {exc}") from exc
             new_groups.append(candidate)
@@ -199,8 +215,9 @@ class Optimizer:
             try:
                 p = by_index[int(key)]
             except (KeyError, TypeError, ValueError):
-                raise StateError(f"optimizer state_dict has state for parameter {key!r}, which no group lists") \
-                    from None
+                raise StateError(
+                    f"optimizer state_dict has state for parameter {key!r}, which no group lists"
+                ) from None
             if not isinstance(entries, dict):
                 raise StateError(f"optimizer state of parameter {key} must be a dict, got {type(entries).__name__}")
             new_state[p] = {name: self._checked_state_value(name, value, p, key) for name, value in entries.items()}
@@ -213,7 +230,7 @@ class Optimizer:
             return None
         if name == "step":
             count: Any = value
-            if not isinstance(value, (int, float)):       # torch keeps step as a 0-d tensor
+            if not isinstance(value, (int, float)):  # torch keeps step as a 0-d tensor
                 step = np.asarray(to_numpy(value))
                 count = step[()] if step.ndim == 0 and step.dtype.kind in "iuf" else None
             if count is None or setting_problem(name, count, "number") is not None or count < 0:
@@ -236,11 +253,25 @@ class SGD(Optimizer):
     """Stochastic gradient descent with momentum, dampening, weight decay and Nesterov
     (``torch.optim.SGD``; the update is in the module docstring)."""
 
-    def __init__(self, params: Iterable[Parameter] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
-        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
-                                  "weight_decay": weight_decay, "nesterov": nesterov})
+    def __init__(
+        self,
+        params: Iterable[Parameter] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+            },
+        )
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         super()._check_hyperparameters(group)
@@ -250,7 +281,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum > 0 and zero dampening")
 
     def _update(self, p: Parameter, group: dict[str, Any], state: dict[str, Any]) -> None:
-        g: Any = p.grad                                  # step() passes only parameters with a gradient
+        g: Any = p.grad  # step() passes only parameters with a gradient
         if group["weight_decay"]:
             g = g + group["weight_decay"] * p.data
         momentum = group["momentum"]
@@ -274,11 +305,18 @@ class Adam(Optimizer):
 
     decoupled_weight_decay = False
 
-    def __init__(self, params: Iterable[Parameter] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-                 amsgrad: bool = False) -> None:
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
-                                  "amsgrad": amsgrad})
+    def __init__(
+        self,
+        params: Iterable[Parameter] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(
+            params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad}
+        )
 
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
         super()._check_hyperparameters(group)
@@ -309,9 +347,9 @@ class Adam(Optimizer):
         m, v = state["exp_avg"], state["exp_avg_sq"]
         _lerp_(m, g, 1 - beta1)
         v *= beta2
-        v += (1 - beta2) * g * g                    # torch's addcmul: (value * g) * g
+        v += (1 - beta2) * g * g  # torch's addcmul: (value * g) * g
         if group["amsgrad"]:
-            if state.get("max_exp_avg_sq") is None:       # amsgrad switched on mid-training
+            if state.get("max_exp_avg_sq") is None:  # amsgrad switched on mid-training
                 state["max_exp_avg_sq"] = xp.zeros_like(p.data)
             xp.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             v = state["max_exp_avg_sq"]
@@ -327,9 +365,15 @@ class AdamW(Adam):
 
     decoupled_weight_decay = True
 
-    def __init__(self, params: Iterable[Parameter] | Iterable[dict[str, Any]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
-                 amsgrad: bool = False) -> None:
+    def __init__(
+        self,
+        params: Iterable[Parameter] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
 

@@ -23,4 +23,5 @@ def pyplot(purpose: str = "drawing figures") -> Any:
     if os.environ.get("MPLBACKEND") is None:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt

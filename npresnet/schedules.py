@@ -46,8 +46,12 @@ class LRScheduler:
 
     # Attributes saved by state_dict(), beyond each subclass's own hyperparameters, with the kind of
     # value each must hold (checked by load_state_dict; see npresnet.state_checks.setting_problem).
-    _state_kinds: dict[str, str] = {"base_lrs": "numbers", "last_epoch": "int", "_step_count": "int",
-                                    "_last_lr": "numbers"}
+    _state_kinds: dict[str, str] = {
+        "base_lrs": "numbers",
+        "last_epoch": "int",
+        "_step_count": "int",
+        "_last_lr": "numbers",
+    }
     _hyper_kinds: dict[str, str] = {}
 
     def __init__(self, optimizer: Optimizer, last_epoch: int = -1) -> None:
@@ -60,8 +64,10 @@ class LRScheduler:
         else:
             for i, group in enumerate(optimizer.param_groups):
                 if "initial_lr" not in group:
-                    raise KeyError(f"param_groups[{i}] has no 'initial_lr': load the optimizer's state before "
-                                   "resuming a schedule with last_epoch >= 0")
+                    raise KeyError(
+                        f"param_groups[{i}] has no 'initial_lr': load the optimizer's state before "
+                        "resuming a schedule with last_epoch >= 0"
+                    )
         self.base_lrs: list[float] = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._is_initial = False
@@ -135,8 +141,9 @@ class MultiStepLR(LRScheduler):
 
     _hyper_kinds = {"milestones": "ints", "gamma": "number"}
 
-    def __init__(self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, milestones: Iterable[int], gamma: float = 0.1, last_epoch: int = -1
+    ) -> None:
         self.milestones = sorted(int(m) for m in milestones)
         self.gamma = gamma
         super().__init__(optimizer, last_epoch)
@@ -169,14 +176,20 @@ class CosineAnnealingLR(LRScheduler):
         if self._step_count == 1 and t > 0:
             return [eta_min + (base - eta_min) * (1 + math.cos(t * math.pi / T)) / 2 for base in self.base_lrs]
         if (t - 1 - T) % (2 * T) == 0:
-            return [lr + (base - eta_min) * (1 - math.cos(math.pi / T)) / 2
-                    for base, lr in zip(self.base_lrs, self._current_lrs())]
-        return [(1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T)) * (lr - eta_min) + eta_min
-                for lr in self._current_lrs()]
+            return [
+                lr + (base - eta_min) * (1 - math.cos(math.pi / T)) / 2
+                for base, lr in zip(self.base_lrs, self._current_lrs())
+            ]
+        return [
+            (1 + math.cos(math.pi * t / T)) / (1 + math.cos(math.pi * (t - 1) / T)) * (lr - eta_min) + eta_min
+            for lr in self._current_lrs()
+        ]
 
     def _closed_form_lr(self) -> list[float]:
-        return [self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
-                for base in self.base_lrs]
+        return [
+            self.eta_min + (base - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+            for base in self.base_lrs
+        ]
 
 
 class LinearLR(LRScheduler):
@@ -185,8 +198,14 @@ class LinearLR(LRScheduler):
 
     _hyper_kinds = {"start_factor": "number", "end_factor": "number", "total_iters": "count"}
 
-    def __init__(self, optimizer: Optimizer, start_factor: float = 1.0 / 3, end_factor: float = 1.0,
-                 total_iters: int = 5, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        start_factor: float = 1.0 / 3,
+        end_factor: float = 1.0,
+        total_iters: int = 5,
+        last_epoch: int = -1,
+    ) -> None:
         if not 0 < start_factor <= 1:
             raise ValueError(f"start_factor must be in (0, 1], got {start_factor}")
         if not 0 <= end_factor <= 1:
@@ -207,8 +226,7 @@ class LinearLR(LRScheduler):
 
     def _closed_form_lr(self) -> list[float]:
         fraction = min(self.total_iters, self.last_epoch) / self.total_iters
-        return [base * (self.start_factor + (self.end_factor - self.start_factor) * fraction)
-                for base in self.base_lrs]
+        return [base * (self.start_factor + (self.end_factor - self.start_factor) * fraction) for base in self.base_lrs]
 
 
 class ConstantLR(LRScheduler):
@@ -217,8 +235,9 @@ class ConstantLR(LRScheduler):
 
     _hyper_kinds = {"factor": "number", "total_iters": "count"}
 
-    def __init__(self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5,
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, factor: float = 1.0 / 3, total_iters: int = 5, last_epoch: int = -1
+    ) -> None:
         if not 0 <= factor <= 1:
             raise ValueError(f"factor must be in [0, 1], got {factor}")
         self.factor, self.total_iters = factor, int(total_iters)
@@ -232,8 +251,9 @@ class ConstantLR(LRScheduler):
         return [lr * (1.0 / self.factor) for lr in self._current_lrs()]
 
     def _closed_form_lr(self) -> list[float]:
-        return [base * (self.factor + (self.last_epoch >= self.total_iters) * (1 - self.factor))
-                for base in self.base_lrs]
+        return [
+            base * (self.factor + (self.last_epoch >= self.total_iters) * (1 - self.factor)) for base in self.base_lrs
+        ]
 
 
 class SequentialLR(LRScheduler):
@@ -246,24 +266,29 @@ class SequentialLR(LRScheduler):
         scheduler = SequentialLR(optimizer, [warmup, cosine], milestones=[500])
     """
 
-    def __init__(self, optimizer: Optimizer, schedulers: list[LRScheduler], milestones: list[int],
-                 last_epoch: int = -1) -> None:
+    def __init__(
+        self, optimizer: Optimizer, schedulers: list[LRScheduler], milestones: list[int], last_epoch: int = -1
+    ) -> None:
         if not schedulers:
             raise ValueError("SequentialLR needs at least one scheduler")
         for i, scheduler in enumerate(schedulers):
             if not isinstance(scheduler, LRScheduler) or isinstance(scheduler, SequentialLR):
-                raise TypeError(f"SequentialLR: schedulers[{i}] must be a (non-sequential) LRScheduler, "
-                                f"got {type(scheduler).__name__}")
+                raise TypeError(
+                    f"SequentialLR: schedulers[{i}] must be a (non-sequential) LRScheduler, "
+                    f"got {type(scheduler).__name__}"
+                )
             if scheduler.optimizer is not optimizer:
                 raise ValueError(f"SequentialLR: schedulers[{i}] belongs to a different optimizer")
         if len(milestones) != len(schedulers) - 1:
-            raise ValueError(f"SequentialLR needs one milestone fewer than schedulers, got {len(schedulers)} "
-                             f"schedulers and {len(milestones)} milestones")
+            raise ValueError(
+                f"SequentialLR needs one milestone fewer than schedulers, got {len(schedulers)} "
+                f"schedulers and {len(milestones)} milestones"
+            )
         self.optimizer = optimizer
         self._schedulers = list(schedulers)
         self.milestones = [int(m) for m in milestones]
         self.last_epoch = last_epoch + 1
-        for group in optimizer.param_groups:              # undo what the schedulers' constructors did
+        for group in optimizer.param_groups:  # undo what the schedulers' constructors did
             group["lr"] = group["initial_lr"]
         for scheduler in self._schedulers:
             scheduler.last_epoch -= 1
@@ -278,22 +303,40 @@ class SequentialLR(LRScheduler):
         index = bisect_right(self.milestones, self.last_epoch)
         scheduler = self._schedulers[index]
         if index > 0 and self.milestones[index - 1] == self.last_epoch:
-            scheduler._update_lr(0)                        # restart the next schedule at its step 0
+            scheduler._update_lr(0)  # restart the next schedule at its step 0
         else:
             scheduler.step()
         self._last_lr = scheduler.get_last_lr()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"type": "SequentialLR", "milestones": list(self.milestones), "last_epoch": self.last_epoch,
-                "_step_count": self._step_count, "base_lrs": list(self.base_lrs), "_last_lr": list(self._last_lr),
-                "schedulers": [s.state_dict() for s in self._schedulers]}
+        return {
+            "type": "SequentialLR",
+            "milestones": list(self.milestones),
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "base_lrs": list(self.base_lrs),
+            "_last_lr": list(self._last_lr),
+            "schedulers": [s.state_dict() for s in self._schedulers],
+        }
 
     def check_state_dict(self, state_dict: Any) -> None:
-        _check_fields(self, state_dict, {"milestones": "ints", "last_epoch": "int", "_step_count": "int",
-                                         "base_lrs": "numbers", "_last_lr": "numbers", "schedulers": "list"})
+        _check_fields(
+            self,
+            state_dict,
+            {
+                "milestones": "ints",
+                "last_epoch": "int",
+                "_step_count": "int",
+                "base_lrs": "numbers",
+                "_last_lr": "numbers",
+                "schedulers": "list",
+            },
+        )
         if len(state_dict["schedulers"]) != len(self._schedulers):
-            raise StateError(f"state_dict holds {len(state_dict['schedulers'])} schedules, this SequentialLR "
-                             f"has {len(self._schedulers)}")
+            raise StateError(
+                f"state_dict holds {len(state_dict['schedulers'])} schedules, this SequentialLR "
+                f"has {len(self._schedulers)}"
+            )
         for i, (scheduler, state) in enumerate(zip(self._schedulers, state_dict["schedulers"])):
             try:
                 scheduler.check_state_dict(state)
@@ -332,5 +375,7 @@ def _check_fields(scheduler: LRScheduler, state_dict: Any, kinds: dict[str, str]
     groups = len(scheduler.optimizer.param_groups)
     for key in ("base_lrs", "_last_lr"):
         if len(state_dict[key]) != groups:
-            raise StateError(f"{where}: {key} must hold {groups} number{'s' if groups != 1 else ''} (one per "
-                             f"parameter group), got {len(state_dict[key])}")
+            raise StateError(
+                f"{where}: {key} must hold {groups} number{'s' if groups != 1 else ''} (one per "
+                f"parameter group), got {len(state_dict[key])}"
+            )

@@ -49,7 +49,7 @@ def convert_array(name: str, value: Any, like: Any, finite: bool) -> tuple[np.nd
     """
     try:
         source = np.asarray(to_numpy(value))
-    except Exception as exc:          # a list of strings, an object without __array__, ...
+    except Exception as exc:  # a list of strings, an object without __array__, ...
         return None, f"{name}: not an array ({type(value).__name__}: {exc})"
     expected = np.dtype(like.dtype)
     if expected.kind == "f" and source.dtype.kind != "f":
@@ -88,8 +88,7 @@ _KINDS = {
     "list": (lambda v: isinstance(v, list), "a list"),
     "numbers": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_number, v)), "a list of finite numbers"),
     "ints": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_int, v)), "a list of integers"),
-    "pair": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)),
-             "a pair of numbers"),
+    "pair": (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v)), "a pair of numbers"),
 }
 
 
@@ -100,7 +99,7 @@ def setting_problem(key: str, value: Any, kind: str) -> str | None:
     if test(value):
         return None
     if kind == "number" and not isinstance(value, (int, float, np.integer, np.floating)):
-        description = "a number"                       # "fast", None, [0.1]: not NaN or infinity
+        description = "a number"  # "fast", None, [0.1]: not NaN or infinity
     return f"{key} must be {description}, got {value!r}"
 
 
@@ -119,8 +118,9 @@ def read_npz(path: str | os.PathLike, what: str = "file") -> dict[str, np.ndarra
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
-        raise StateError(f"{path} is not a readable .npz {what} ({exc}): truncated, or not written by np.savez") \
-            from exc
+        raise StateError(
+            f"{path} is not a readable .npz {what} ({exc}): truncated, or not written by np.savez"
+        ) from exc
     with archive:
         file_size = os.path.getsize(path)
         members = archive.infolist()
@@ -128,7 +128,7 @@ def read_npz(path: str | os.PathLike, what: str = "file") -> dict[str, np.ndarra
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise StateError(f"{path}: the archive holds member {twice[0]} more than once")
-        return {info.filename[:-len(".npy")]: _read_member(path, archive, info, file_size) for info in members}
+        return {info.filename[: -len(".npy")]: _read_member(path, archive, info, file_size) for info in members}
 
 
 def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, file_size: int) -> np.ndarray:
@@ -136,12 +136,16 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, fil
     if not name.endswith(".npy"):
         raise StateError(f"{path}: member {name} is not a .npy array")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise StateError(f"{path}: member {name} uses zip compression method {info.compress_type}; "
-                         "np.savez writes stored or deflated members only")
+        raise StateError(
+            f"{path}: member {name} uses zip compression method {info.compress_type}; "
+            "np.savez writes stored or deflated members only"
+        )
     limit = info.compress_size * (1 if info.compress_type == zipfile.ZIP_STORED else _MAX_DEFLATE_RATIO)
     if info.header_offset + info.compress_size > file_size or info.file_size > limit + 64:
-        raise StateError(f"{path}: member {name} claims {info.file_size} bytes from {info.compress_size} stored; "
-                         "the file is truncated or corrupt")
+        raise StateError(
+            f"{path}: member {name} claims {info.file_size} bytes from {info.compress_size} stored; "
+            "the file is truncated or corrupt"
+        )
     try:
         with archive.open(info) as f:
             version = np.lib.format.read_magic(f)
@@ -153,12 +157,16 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, fil
                 raise ValueError(f"unsupported .npy format version {version}")
             header_bytes = f.tell()
         if dtype.hasobject:
-            raise StateError(f"{path}: member {name} holds Python objects ({dtype}), which would need pickle; "
-                             "refused (allow_pickle=False)")
+            raise StateError(
+                f"{path}: member {name} holds Python objects ({dtype}), which would need pickle; "
+                "refused (allow_pickle=False)"
+            )
         declared = math.prod(shape) * dtype.itemsize
         if header_bytes + declared != info.file_size:
-            raise StateError(f"{path}: member {name} declares shape {shape} {dtype} ({declared} bytes) but holds "
-                             f"{info.file_size - header_bytes}")
+            raise StateError(
+                f"{path}: member {name} declares shape {shape} {dtype} ({declared} bytes) but holds "
+                f"{info.file_size - header_bytes}"
+            )
         with archive.open(info) as f:
             return np.lib.format.read_array(f, allow_pickle=False)
     except StateError:

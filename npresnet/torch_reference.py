@@ -19,8 +19,9 @@ def _conv(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, dilatio
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
-                 variant="v1.5"):
+    def __init__(
+        self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1, variant="v1.5"
+    ):
         super().__init__()
         self.conv1, self.bn1 = _conv(inplanes, planes, 3, stride), nn.BatchNorm2d(planes)
         self.relu = nn.ReLU()
@@ -37,8 +38,9 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
-                 variant="v1.5"):
+    def __init__(
+        self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1, variant="v1.5"
+    ):
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         s1, s3 = (stride, 1) if variant == "v1" else (1, stride)
@@ -59,8 +61,17 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ResNet (v1.5 by default; ``variant="v1"`` puts the stride on the first 1x1)."""
 
-    def __init__(self, block, layers, num_classes=1000, zero_init_residual=False, groups=1, width_per_group=64,
-                 replace_stride_with_dilation=None, variant="v1.5"):
+    def __init__(
+        self,
+        block,
+        layers,
+        num_classes=1000,
+        zero_init_residual=False,
+        groups=1,
+        width_per_group=64,
+        replace_stride_with_dilation=None,
+        variant="v1.5",
+    ):
         super().__init__()
         self.inplanes, self.dilation, self.groups, self.base_width = 64, 1, groups, width_per_group
         self.variant = variant
@@ -74,10 +85,10 @@ class ResNet(nn.Module):
         self.layer4 = self._make_layer(block, 512, layers[3], 2, dil[2])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512 * block.expansion, num_classes)
-        for m in self.modules():                            # torchvision's initialisation
+        for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        if zero_init_residual:                              # each block starts as the identity
+        if zero_init_residual:  # each block starts as the identity
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_((m.bn3 if isinstance(m, Bottleneck) else m.bn2).weight)
@@ -89,14 +100,26 @@ class ResNet(nn.Module):
             stride = 1
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(_conv(self.inplanes, planes * block.expansion, 1, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width,
-                        previous_dilation, self.variant)]
+            downsample = nn.Sequential(
+                _conv(self.inplanes, planes * block.expansion, 1, stride), nn.BatchNorm2d(planes * block.expansion)
+            )
+        layers = [
+            block(
+                self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous_dilation, self.variant
+            )
+        ]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                                dilation=self.dilation, variant=self.variant))
+            layers.append(
+                block(
+                    self.inplanes,
+                    planes,
+                    groups=self.groups,
+                    base_width=self.base_width,
+                    dilation=self.dilation,
+                    variant=self.variant,
+                )
+            )
         return nn.Sequential(*layers)
 
     def forward(self, x):
@@ -177,7 +200,7 @@ def build(name: str, num_classes: int | None = None, **kwargs) -> nn.Module:
         block, layers, extra = _IMAGENET[name]
         return ResNet(block, layers, num_classes=num_classes or 1000, **extra, **kwargs)
     for prefix, residual in (("resnet", True), ("plain", False)):
-        if name.startswith(prefix) and name[len(prefix):].isdigit() and int(name[len(prefix):]) in _CIFAR_DEPTHS:
-            n = _CIFAR_DEPTHS[int(name[len(prefix):])]
+        if name.startswith(prefix) and name[len(prefix) :].isdigit() and int(name[len(prefix) :]) in _CIFAR_DEPTHS:
+            n = _CIFAR_DEPTHS[int(name[len(prefix) :])]
             return CifarResNet(n, num_classes or 10, residual=residual, **kwargs)
     raise ValueError(f"unknown model {name!r}")

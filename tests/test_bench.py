@@ -21,13 +21,34 @@ pytest.importorskip("torch")
 pytest.importorskip("threadpoolctl")
 
 
-@pytest.mark.slow          # a whole bench run in a subprocess, torch included
+@pytest.mark.slow  # a whole bench run in a subprocess, torch included
 def test_bench_command_writes_the_promised_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "npresnet.bench", "--models", "resnet20", "--batch", "4", "--size", "16",
-         "--repeat", "2", "--warmup", "1", "--compare", "torch", "--profile", "--memory", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "npresnet.bench",
+            "--models",
+            "resnet20",
+            "--batch",
+            "4",
+            "--size",
+            "16",
+            "--repeat",
+            "2",
+            "--warmup",
+            "1",
+            "--compare",
+            "torch",
+            "--profile",
+            "--memory",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     # The output names its figures: which way the ratio goes, and which memory is which.
@@ -40,8 +61,22 @@ def test_bench_command_writes_the_promised_json(tmp_path):
     assert {"numpy", "torch"} <= set(machine["versions"])
     assert [r["mode"] for r in report["results"]] == ["forward", "train"]
     for row in report["results"]:
-        for key in ("model", "mode", "batch", "image_size", "backend", "dtype", "npresnet_s", "images_per_s",
-                    "gflops", "torch_s", "ratio", "profile_ms", "rss_peak_mb", "torch_rss_peak_mb"):
+        for key in (
+            "model",
+            "mode",
+            "batch",
+            "image_size",
+            "backend",
+            "dtype",
+            "npresnet_s",
+            "images_per_s",
+            "gflops",
+            "torch_s",
+            "ratio",
+            "profile_ms",
+            "rss_peak_mb",
+            "torch_rss_peak_mb",
+        ):
             assert key in row, f"result lacks {key!r}"
         assert row["model"] == "resnet20" and row["batch"] == 4 and row["image_size"] == 16
         assert row["npresnet_s"] > 0 and row["torch_s"] > 0
@@ -110,8 +145,9 @@ def test_tune_allocator_keeps_freed_memory_and_changes_no_result():
     gives it back to the OS), and both compute the same logits, bit for bit."""
     runs = {}
     for mode in ("default", "tuned"):
-        done = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE, mode], capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", ALLOCATOR_PROBE, mode], capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         applied, kept_mb, digest = done.stdout.split()
         runs[mode] = (applied, int(kept_mb), digest)
@@ -137,7 +173,7 @@ def test_profiler_uses_public_hooks_and_removes_them():
         model.backward(np.ones((2, 10), np.float32))
     for kind in ("conv", "batchnorm", "relu", "linear"):
         assert times[f"{kind} forward"] > 0 and times[f"{kind} backward"] > 0, kind
-    if kernels.active() == "numba":               # kernels seen through the observer, with the layer's direction
+    if kernels.active() == "numba":  # kernels seen through the observer, with the layer's direction
         assert times["im2col forward"] > 0 and times["col2im backward"] > 0
     assert kernels.set_observer(None) is None
     seen = dict(times)
@@ -156,9 +192,9 @@ RUN_BENCH = "import runpy, sys; sys.argv[0] = 'npresnet.bench'; runpy.run_module
 
 def test_unknown_model_is_a_one_line_error_before_anything_is_measured():
     code, out, err = _bench_error(RUN_BENCH, "--models", "resnet20", "resnet51")
-    assert code == 2 and out == "", out                      # not even the machine line: nothing ran
+    assert code == 2 and out == "", out  # not even the machine line: nothing ran
     assert len(err) == 1 and err[0].startswith("error: unknown model 'resnet51'; did you mean resnet50? "), err
-    assert "resnext50_32x4d" in err[0] and "ResNet" not in err[0]      # the real model names, not classes
+    assert "resnext50_32x4d" in err[0] and "ResNet" not in err[0]  # the real model names, not classes
 
 
 def test_compare_torch_without_torch_is_a_one_line_error_with_the_install_command():

@@ -35,7 +35,7 @@ import pytest
 
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0").strip() not in ("", "0")
 HERE = Path(__file__).resolve()
-SIMULATOR_CASES = 60             # test items the child must pass (each hypothesis test counts once)
+SIMULATOR_CASES = 60  # test items the child must pass (each hypothesis test counts once)
 ROOT = HERE.parent.parent
 
 
@@ -49,7 +49,7 @@ def _numba_cuda_missing() -> str | None:
 
 if not SIMULATOR:
 
-    @pytest.mark.slow      # a child pytest running every kernel case in Numba's CUDA simulator
+    @pytest.mark.slow  # a child pytest running every kernel case in Numba's CUDA simulator
     def test_simulator_suite_passes_in_a_child_process():
         """Run this file under NUMBA_ENABLE_CUDASIM=1 in a fresh interpreter; every case must pass."""
         missing = _numba_cuda_missing()
@@ -57,8 +57,17 @@ if not SIMULATOR:
             print(f"CUDA simulator tests skipped: {missing}")
             pytest.skip(f"CUDA simulator tests not run: {missing}")
         env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONHASHSEED": "0"}
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::RuntimeWarning",
-                   str(HERE)]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-W",
+            "error::RuntimeWarning",
+            str(HERE),
+        ]
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         output = result.stdout + result.stderr
         summary = output.strip().splitlines()[-1] if output.strip() else "(no output)"
@@ -97,7 +106,7 @@ if not SIMULATOR:
             for kernel, signature in signatures.items():
                 try:
                     ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=(9, 0))
-                except Exception as exc:             # no NVVM / NVRTC on this machine
+                except Exception as exc:  # no NVVM / NVRTC on this machine
                     if "nvrtc" in str(exc).lower() or "nvvm" in str(exc).lower():
                         print(f"PTX check skipped: {type(exc).__name__}: {exc}")
                         pytest.skip(f"PTX check not run: no NVVM/NVRTC ({type(exc).__name__})")
@@ -127,8 +136,9 @@ else:
     from npresnet.testing.strategies import conv2d_configs, pool2d_configs
 
     # The CUDA modules (importing them imports numba.cuda, here in simulator mode).
-    cuda_im2col, cuda_launch, cuda_pool = (importlib.import_module(f"npresnet.kernels.{name}")
-                                           for name in ("cuda_im2col", "cuda_launch", "cuda_pool"))
+    cuda_im2col, cuda_launch, cuda_pool = (
+        importlib.import_module(f"npresnet.kernels.{name}") for name in ("cuda_im2col", "cuda_launch", "cuda_pool")
+    )
     DTYPES = [np.float64, np.float32]
     DTYPE_IDS = ["f64", "f32"]
     LAUNCHERS = {
@@ -139,13 +149,14 @@ else:
         "avgpool2d_forward": cuda_pool.avgpool2d_forward,
         "avgpool2d_backward": cuda_pool.avgpool2d_backward,
     }
-    HYPOTHESIS = settings(max_examples=100, deadline=None, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
+    HYPOTHESIS = settings(
+        max_examples=100, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+    )
 
     def assert_bitwise(got: np.ndarray, want: np.ndarray) -> None:
         """Same shape, dtype and bytes (so also the same NaNs and signs of zero)."""
         assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
-        np.testing.assert_array_equal(got, want, strict=True)           # a readable report of the values
+        np.testing.assert_array_equal(got, want, strict=True)  # a readable report of the values
         same = np.ascontiguousarray(got).view(np.uint8) == np.ascontiguousarray(want).view(np.uint8)
         assert same.all(), "equal values but different bits (a -0.0 or a NaN payload)"
 
@@ -159,15 +170,15 @@ else:
 
     # (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW)
     CONV_CASES = [
-        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 2), (1, 2)),    # non-square kernel, H != W, all arguments != 1
-        ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),    # batch 1, one channel, 1x1: a plain copy
-        ((3, 4, 11, 6), (5, 3), (3, 2), (2, 1), (2, 1)),   # dilation on H only
-        ((2, 2, 5, 7), (3, 3), (1, 1), (2, 2), (2, 3)),    # dilation on both axes, stride 1: deep overlaps
-        ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),   # ResNet stem, small
-        ((2, 3, 6, 5), (1, 1), (2, 2), (0, 0), (1, 1)),    # 1x1 stride-2 downsample: odd pixels unread
-        ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),    # padding wider than the kernel reaches
-        ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),   # stride larger than the kernel
-        ((1, 2, 3, 2), (5, 4), (1, 1), (0, 0), (1, 1)),    # kernel larger than the input: no windows
+        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 2), (1, 2)),  # non-square kernel, H != W, all arguments != 1
+        ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),  # batch 1, one channel, 1x1: a plain copy
+        ((3, 4, 11, 6), (5, 3), (3, 2), (2, 1), (2, 1)),  # dilation on H only
+        ((2, 2, 5, 7), (3, 3), (1, 1), (2, 2), (2, 3)),  # dilation on both axes, stride 1: deep overlaps
+        ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),  # ResNet stem, small
+        ((2, 3, 6, 5), (1, 1), (2, 2), (0, 0), (1, 1)),  # 1x1 stride-2 downsample: odd pixels unread
+        ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),  # padding wider than the kernel reaches
+        ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),  # stride larger than the kernel
+        ((1, 2, 3, 2), (5, 4), (1, 1), (0, 0), (1, 1)),  # kernel larger than the input: no windows
     ]
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -188,12 +199,12 @@ else:
         assert dx.flags.c_contiguous
 
     def test_im2col_col2im_non_contiguous_inputs(rng):
-        x = rng.standard_normal((5, 3, 9, 8)).transpose(1, 0, 3, 2)[:, ::2]       # (3, 3, 8, 9), strided
+        x = rng.standard_normal((5, 3, 9, 8)).transpose(1, 0, 3, 2)[:, ::2]  # (3, 3, 8, 9), strided
         args = ((3, 2), (2, 1), (1, 1), (1, 1))
         with kernels.reference_only():
             cols_ref = im2col(x, *args)
         assert_bitwise(cuda_im2col.im2col(x, *args), cols_ref)
-        dcols = rng.standard_normal(cols_ref.shape[::-1]).T                         # Fortran-ordered
+        dcols = rng.standard_normal(cols_ref.shape[::-1]).T  # Fortran-ordered
         with kernels.reference_only():
             dx_ref = col2im(dcols, x.shape, *args[1:])
         assert_bitwise(cuda_im2col.col2im(dcols, x.shape, *args[1:]), np.ascontiguousarray(dx_ref))
@@ -202,24 +213,30 @@ else:
         """Values whose float32 sum depends on the order: only the reference's order gives its bits."""
         x_shape, args = (1, 1, 6, 6), ((1, 1), (1, 1), (1, 1))
         cols = np.zeros((1, 3, 3, 1, 6, 6), np.float32)
-        cols[:, 0] = 1e8                   # the first offset row adds +1e8, the last row -1e8
+        cols[:, 0] = 1e8  # the first offset row adds +1e8, the last row -1e8
         cols[:, 1] = 1.0
         cols[:, 2] = -1e8
         with kernels.reference_only():
             dx_ref = col2im(cols, x_shape, *args)
         dx = cuda_im2col.col2im(cols, x_shape, *args)
         assert_bitwise(dx, np.ascontiguousarray(dx_ref))
-        assert (dx[0, 0, 1:-1] == 0).all()    # 1e8 + 1 + ... rounds the ones away in float32 (order matters)
+        assert (dx[0, 0, 1:-1] == 0).all()  # 1e8 + 1 + ... rounds the ones away in float32 (order matters)
 
     # im2col sees all channels at once: one group. Small sizes: the simulator runs a Python thread per element.
-    IM2COL_CONFIGS = conv2d_configs(batch=(1, 2), groups=1, channels_per_group=(1, 3), dilation=(1, 2), extra=(0, 4),
-                                    dtypes=DTYPES)
+    IM2COL_CONFIGS = conv2d_configs(
+        batch=(1, 2), groups=1, channels_per_group=(1, 3), dilation=(1, 2), extra=(0, 4), dtypes=DTYPES
+    )
 
     @HYPOTHESIS
     @given(IM2COL_CONFIGS)
     def test_im2col_col2im_random_configurations(config):
-        shape, ksize, stride, padding, dilation = (config.input_shape, config.kernel_size, config.stride,
-                                                   config.padding, config.dilation)
+        shape, ksize, stride, padding, dilation = (
+            config.input_shape,
+            config.kernel_size,
+            config.stride,
+            config.padding,
+            config.dilation,
+        )
         dtype, rng = config.dtype, np.random.default_rng(config.seed)
         x = rng.standard_normal(shape).astype(dtype)
         with kernels.reference_only():
@@ -236,20 +253,20 @@ else:
     # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
     MAXPOOL_CASES = [
         ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
-        ((1, 1, 5, 5), 2, None, 0, 1, False),               # batch 1, one channel, stride = kernel
-        ((3, 4, 11, 6), 3, 2, 1, 1, True),                  # ceil_mode: the last window hangs over the edge
-        ((2, 2, 8, 8), 3, 1, 1, 1, False),                  # stride 1: a pixel is in up to 9 windows
+        ((1, 1, 5, 5), 2, None, 0, 1, False),  # batch 1, one channel, stride = kernel
+        ((3, 4, 11, 6), 3, 2, 1, 1, True),  # ceil_mode: the last window hangs over the edge
+        ((2, 2, 8, 8), 3, 1, 1, 1, False),  # stride 1: a pixel is in up to 9 windows
         ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
-        ((2, 3, 10, 10), 3, 2, 1, 1, False),                # ResNet stem max pool, small
-        ((1, 2, 9, 6), (3, 1), (1, 3), (1, 0), (3, 1), False),   # dilation 3, stride > kernel along W
-        ((2, 1, 5, 8), 2, 3, 1, 2, True),                   # dilation 2 with ceil_mode
+        ((2, 3, 10, 10), 3, 2, 1, 1, False),  # ResNet stem max pool, small
+        ((1, 2, 9, 6), (3, 1), (1, 3), (1, 0), (3, 1), False),  # dilation 3, stride > kernel along W
+        ((2, 1, 5, 8), 2, 3, 1, 2, True),  # dilation 2 with ceil_mode
     ]
 
     def _pool_input(shape, dtype, rng):
         """Small integers (many ties, +0.0 tied with -0.0), plus NaNs, a -inf and an all -inf row."""
         x = rng.integers(-3, 4, size=shape).astype(dtype)
         x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
-        x[0, 0, 1, 0:2] = np.nan            # two cells: with strides > 1 some cells are in no window
+        x[0, 0, 1, 0:2] = np.nan  # two cells: with strides > 1 some cells are in no window
         x[-1, -1, 0, 0] = -np.inf
         x[0, -1, -1, :] = -np.inf
         return x
@@ -263,7 +280,7 @@ else:
         y, argmax = cuda_pool.maxpool2d_forward(x, cache.geometry)
         assert_bitwise(y, y_ref)
         assert_bitwise(argmax, cache.argmax)
-        assert np.isnan(y).any() and (argmax > 0).any()     # the NaN and the tie rule were exercised
+        assert np.isnan(y).any() and (argmax > 0).any()  # the NaN and the tie rule were exercised
 
         dy = rng.standard_normal(y.shape).astype(dtype)
         with kernels.reference_only():
@@ -287,16 +304,30 @@ else:
 
     # Beyond what torch takes (torch_valid=False): padding up to half the dilated kernel, windows of padding only.
     def pool_configs(kind: str):
-        return pool2d_configs(kind=kind, batch=(1, 2), channels=(1, 3), dilation=(1, 2), extra=(0, 4),
-                              torch_valid=False, divisor_override=False, dtypes=DTYPES)
+        return pool2d_configs(
+            kind=kind,
+            batch=(1, 2),
+            channels=(1, 3),
+            dilation=(1, 2),
+            extra=(0, 4),
+            torch_valid=False,
+            divisor_override=False,
+            dtypes=DTYPES,
+        )
 
     @HYPOTHESIS
     @given(pool_configs("max"))
     def test_maxpool_random_configurations(config):
-        shape, ksize, stride, padding, dilation, ceil_mode = (config.input_shape, config.kernel_size, config.stride,
-                                                              config.padding, config.dilation, config.ceil_mode)
+        shape, ksize, stride, padding, dilation, ceil_mode = (
+            config.input_shape,
+            config.kernel_size,
+            config.stride,
+            config.padding,
+            config.dilation,
+            config.ceil_mode,
+        )
         dtype, rng = config.dtype, np.random.default_rng(config.seed)
-        x = rng.integers(-2, 3, size=shape).astype(dtype)                   # ties everywhere
+        x = rng.integers(-2, 3, size=shape).astype(dtype)  # ties everywhere
         with kernels.reference_only():
             y_ref, cache = maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
         y, argmax = cuda_pool.maxpool2d_forward(x, cache.geometry)
@@ -305,8 +336,7 @@ else:
         dy = rng.standard_normal(y.shape).astype(dtype)
         with kernels.reference_only():
             dx_ref = maxpool2d_backward(dy, cache)
-        assert_bitwise(cuda_pool.maxpool2d_backward(dy, argmax, shape, cache.geometry),
-                       np.ascontiguousarray(dx_ref))
+        assert_bitwise(cuda_pool.maxpool2d_backward(dy, argmax, shape, cache.geometry), np.ascontiguousarray(dx_ref))
 
     # ------------------------------------------------------------------------------------------
     # average pooling
@@ -314,12 +344,12 @@ else:
     # (N, C, H, W), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
     AVGPOOL_CASES = [
         ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True, True, None),
-        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True, False, None),      # divisor counts real cells only
-        ((1, 1, 5, 5), 2, None, 0, False, True, None),                   # batch 1, stride = kernel
-        ((3, 2, 11, 6), 3, 2, 1, True, True, None),                      # ceil_mode window clipped to H + PH
-        ((2, 2, 8, 8), 3, 1, 1, False, False, None),                     # stride 1: deep overlaps
-        ((1, 2, 6, 10), (2, 4), (3, 1), (1, 2), True, False, 5),         # divisor_override
-        ((2, 1, 4, 9), (1, 3), (2, 4), (0, 1), False, True, None),       # stride > kernel: unread pixels
+        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True, False, None),  # divisor counts real cells only
+        ((1, 1, 5, 5), 2, None, 0, False, True, None),  # batch 1, stride = kernel
+        ((3, 2, 11, 6), 3, 2, 1, True, True, None),  # ceil_mode window clipped to H + PH
+        ((2, 2, 8, 8), 3, 1, 1, False, False, None),  # stride 1: deep overlaps
+        ((1, 2, 6, 10), (2, 4), (3, 1), (1, 2), True, False, 5),  # divisor_override
+        ((2, 1, 4, 9), (1, 3), (2, 4), (0, 1), False, True, None),  # stride > kernel: unread pixels
     ]
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -340,9 +370,14 @@ else:
     @HYPOTHESIS
     @given(pool_configs("avg"))
     def test_avgpool_random_configurations(config):
-        shape, ksize, stride, padding, ceil_mode, include_pad = (config.input_shape, config.kernel_size, config.stride,
-                                                                 config.padding, config.ceil_mode,
-                                                                 config.count_include_pad)
+        shape, ksize, stride, padding, ceil_mode, include_pad = (
+            config.input_shape,
+            config.kernel_size,
+            config.stride,
+            config.padding,
+            config.ceil_mode,
+            config.count_include_pad,
+        )
         dtype, rng = config.dtype, np.random.default_rng(config.seed)
         x = rng.standard_normal(shape).astype(dtype)
         with kernels.reference_only():
@@ -351,8 +386,9 @@ else:
         dy = rng.standard_normal(y_ref.shape).astype(dtype)
         with kernels.reference_only():
             dx_ref = avgpool2d_backward(dy, cache)
-        assert_bitwise(cuda_pool.avgpool2d_backward(dy, cache.divisor, shape, cache.geometry),
-                       np.ascontiguousarray(dx_ref))
+        assert_bitwise(
+            cuda_pool.avgpool2d_backward(dy, cache.divisor, shape, cache.geometry), np.ascontiguousarray(dx_ref)
+        )
 
     # ------------------------------------------------------------------------------------------
     # bad input, routing through kernels.get, and the layers end to end
@@ -386,8 +422,8 @@ else:
         for dtype in DTYPES:
             for name in kernels.KERNELS:
                 fast = kernels.get(name, FakeCupyArray(dtype))
-                assert fast is LAUNCHERS.get(name), name        # batch norm: None (CuPy reductions)
-            assert kernels.get("im2col", np.zeros(1, dtype)) is not LAUNCHERS["im2col"]   # NumPy: CPU kernel
+                assert fast is LAUNCHERS.get(name), name  # batch norm: None (CuPy reductions)
+            assert kernels.get("im2col", np.zeros(1, dtype)) is not LAUNCHERS["im2col"]  # NumPy: CPU kernel
         assert kernels.get("im2col", FakeCupyArray(np.float16)) is None
         assert kernels.get("im2col", FakeCupyArray(np.int32)) is None
         with kernels.reference_only():
@@ -411,7 +447,8 @@ else:
         reference path bit for bit: forward, dL/dx and every parameter gradient."""
         model = nn.Sequential(
             nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, rng=rng),
-            nn.BatchNorm2d(6), nn.ReLU(),
+            nn.BatchNorm2d(6),
+            nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
             nn.Conv2d(6, 4, 3, padding=1, groups=2, rng=rng),
             nn.AvgPool2d((2, 3), stride=(1, 2), padding=(1, 1), ceil_mode=True, count_include_pad=False),

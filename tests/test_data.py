@@ -79,7 +79,7 @@ def test_batches_cover_the_epoch_once_with_a_short_last_batch(dataset):
 
 def test_shuffling_is_seeded_per_epoch(dataset):
     a, b = DataLoader(dataset, 4, shuffle=True, seed=1), DataLoader(dataset, 4, shuffle=True, seed=1)
-    first, second = [np.concatenate([y for _, y in a]) for _ in range(2)]   # iter() runs epoch 0, then 1
+    first, second = [np.concatenate([y for _, y in a]) for _ in range(2)]  # iter() runs epoch 0, then 1
     assert not np.array_equal(a.order(0), a.order(1))
     np.testing.assert_array_equal(first, dataset.labels[a.order(0)])
     np.testing.assert_array_equal(second, dataset.labels[a.order(1)])
@@ -112,7 +112,7 @@ def test_prefetch_prepares_batches_ahead_in_a_background_thread(dataset):
     batches = iter(DataLoader(dataset, 2, prefetch=2, transform=watch))
     next(batches)
     assert ahead.wait(30), f"prefetch=2 made only {len(made)} batch(es) while the first one was in use"
-    time.sleep(0.2)                                     # room for a runaway producer to show itself
+    time.sleep(0.2)  # room for a runaway producer to show itself
     assert 3 <= len(made) <= 4, f"{len(made)} batches made with one consumed and prefetch=2"
     assert set(made) == {"npresnet-prefetch"}, made
     batches.close()
@@ -155,14 +155,14 @@ def test_loader_delivers_requested_dtype(dataset):
 def test_random_crop_equals_a_per_image_reference(rng):
     x = rng.standard_normal((7, 3, 6, 5)).astype(np.float32)
     out = RandomCrop((4, 5), padding=2)(x, np.random.default_rng(11))
-    draw = np.random.default_rng(11)                       # the same draws, in the transform's order
+    draw = np.random.default_rng(11)  # the same draws, in the transform's order
     tops, lefts = draw.integers(0, 6 + 4 - 4 + 1, size=7), draw.integers(0, 5 + 4 - 5 + 1, size=7)
     padded = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
     assert out.shape == (7, 3, 4, 5) and out.dtype == np.float32
     for i in range(7):
-        np.testing.assert_array_equal(out[i], padded[i, :, tops[i]:tops[i] + 4, lefts[i]:lefts[i] + 5])
+        np.testing.assert_array_equal(out[i], padded[i, :, tops[i] : tops[i] + 4, lefts[i] : lefts[i] + 5])
     assert len(set(zip(tops, lefts))) > 1
-    np.testing.assert_array_equal(RandomCrop((6, 5))(x, rng), x)            # no padding, full size: identity
+    np.testing.assert_array_equal(RandomCrop((6, 5))(x, rng), x)  # no padding, full size: identity
     with pytest.raises(ValueError, match="does not fit"):
         RandomCrop(9, padding=1)(x, rng)
 
@@ -198,10 +198,11 @@ def test_digits_split_is_fixed_stratified_and_scaled():
     assert (len(train), len(test)) == (1438, 359)
     assert train.images.shape == (1438, 3, 8, 8) and train.images.dtype == np.float32
     assert 0.0 == train.images.min() and train.images.max() == 1.0
-    np.testing.assert_array_equal(train.images[:, 0], train.images[:, 2])          # grey repeated
+    np.testing.assert_array_equal(train.images[:, 0], train.images[:, 2])  # grey repeated
     from sklearn.datasets import load_digits
+
     labels = load_digits().target
-    for c in range(10):                                                           # 20% of every class
+    for c in range(10):  # 20% of every class
         assert np.sum(test.labels == c) == round(0.2 * np.sum(labels == c))
     again = digits()
     np.testing.assert_array_equal(again.test.images, test.images)
@@ -235,7 +236,7 @@ def test_cifar10_reader_parses_the_binary_layout(tmp_path):
     assert (len(train), len(test)) == (35, 5) and train.images.dtype == np.uint8
     labels, pixels = written["data_batch_2.bin"]
     np.testing.assert_array_equal(train.labels[7:14], labels)
-    image = train.images[7 + 3]                                    # record 3 of the second file
+    image = train.images[7 + 3]  # record 3 of the second file
     for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 31), (0, 17, 2)]:
         assert image[c, h, w] == pixels[3, c * 1024 + h * 32 + w]
     x, y = test.get_batch(np.arange(5))
@@ -274,6 +275,7 @@ def test_cifar10_missing_truncated_and_corrupt_files_are_named(tmp_path):
 # ------------------------------------------------------------------ image folders
 def test_image_folder_reads_classes_and_pixels(tmp_path, rng):
     from PIL import Image
+
     arrays = {}
     for cls in ("cat", "ant"):
         (tmp_path / cls).mkdir()

@@ -49,9 +49,11 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("ranks", [1, 2, 3, 4])
 def test_every_sample_exactly_once_per_epoch(n, ranks):
     for epoch in (0, 1):
-        shards = [dist.DistributedSampler(n, ranks, r, shuffle=True, seed=5, padding="none").indices(epoch)
-                  for r in range(ranks)]
-        assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(n))          # exactly once
+        shards = [
+            dist.DistributedSampler(n, ranks, r, shuffle=True, seed=5, padding="none").indices(epoch)
+            for r in range(ranks)
+        ]
+        assert np.array_equal(np.sort(np.concatenate(shards)), np.arange(n))  # exactly once
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
         # "repeat" (training): equal shards of ceil(n / R); the first R*ceil(n/R) - n of the epoch's
@@ -61,15 +63,18 @@ def test_every_sample_exactly_once_per_epoch(n, ranks):
         size = -(-n // ranks)
         assert all(len(s) == len(shard) == size for s, shard in zip(samplers, shards))
         counts = np.bincount(np.concatenate(shards), minlength=n)
-        order = DataLoader(ArrayDataset(np.zeros((n, 1, 1, 1), np.float32), np.zeros(n, np.int64)), 1,
-                           shuffle=True, seed=5).order(epoch)
-        twice = order[:ranks * size - n]
+        order = DataLoader(
+            ArrayDataset(np.zeros((n, 1, 1, 1), np.float32), np.zeros(n, np.int64)), 1, shuffle=True, seed=5
+        ).order(epoch)
+        twice = order[: ranks * size - n]
         assert np.all(counts[twice] == 2) and counts.sum() == ranks * size
         assert np.all(np.delete(counts, twice) == 1)
 
         # "drop": floor(n / R) each, no sample twice
-        shards = [dist.DistributedSampler(n, ranks, r, shuffle=True, seed=5, padding="drop").indices(epoch)
-                  for r in range(ranks)]
+        shards = [
+            dist.DistributedSampler(n, ranks, r, shuffle=True, seed=5, padding="drop").indices(epoch)
+            for r in range(ranks)
+        ]
         counts = np.bincount(np.concatenate(shards), minlength=n)
         assert all(len(s) == n // ranks for s in shards) and counts.max() == 1 and counts.sum() == n - n % ranks
 
@@ -98,7 +103,7 @@ def test_ranks_batches_together_are_the_single_process_batch():
     single = list(DataLoader(data, 64, shuffle=True, seed=9))
     ranks = [list(dist.ShardedDataLoader(data, 32, num_replicas=2, rank=r, shuffle=True, seed=9)) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == 4
-    for b in range(3):                                       # full batches: interleaved, exactly equal
+    for b in range(3):  # full batches: interleaved, exactly equal
         x = np.empty_like(single[b][0])
         x[0::2], x[1::2] = ranks[0][b][0], ranks[1][b][0]
         assert np.array_equal(x, single[b][0])
@@ -106,10 +111,15 @@ def test_ranks_batches_together_are_the_single_process_batch():
 
 # ---------------------------------------------------------------------------------------------- buckets, conversion
 def test_buckets_group_by_dtype_and_size():
-    arrays = [np.zeros(100, np.float32), np.zeros(100, np.float32), np.zeros(3, np.float64), np.zeros(300, np.float32),
-              np.zeros(10, np.float32)]
+    arrays = [
+        np.zeros(100, np.float32),
+        np.zeros(100, np.float32),
+        np.zeros(3, np.float64),
+        np.zeros(300, np.float32),
+        np.zeros(10, np.float32),
+    ]
     buckets = dist.bucket_indices(arrays, bucket_bytes=1000)
-    assert buckets == [[0, 1], [3], [4], [2]]            # 800 B fit, 1200 B alone, then the rest; float64 apart
+    assert buckets == [[0, 1], [3], [4], [2]]  # 800 B fit, 1200 B alone, then the rest; float64 apart
     assert dist.bucket_indices(arrays, bucket_bytes=1e9) == [[0, 1, 3, 4], [2]]
 
 
@@ -123,7 +133,7 @@ def test_convert_sync_batchnorm_keeps_weights_keys_and_order():
     assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
     after = model.state_dict()
     assert list(after) == list(before)
-    assert all(a is b for a, b in zip(model.parameters(), params))     # the optimizer's parameters still hold
+    assert all(a is b for a, b in zip(model.parameters(), params))  # the optimizer's parameters still hold
     assert all(after[k] is before[k] for k in before)
 
 
@@ -147,13 +157,14 @@ def test_single_process_world_is_a_no_op_and_missing_mpi4py_is_a_clear_error(mon
     assert world.sum(1.5, 2) == (1.5, 2) and world.max(3.0) == (3.0,)
     buffer = np.arange(3.0)
     assert world.allreduce_(buffer) is buffer and np.array_equal(buffer, [0, 1, 2])
-    monkeypatch.setitem(sys.modules, "mpi4py", None)                   # as if not installed
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'npresnet\[mpi\]'"):
         dist.init_distributed()
 
 
 def test_distributed_flag_without_mpi4py_is_a_clear_command_line_error(monkeypatch, capsys, tmp_path):
     from npresnet.training import main
+
     monkeypatch.setitem(sys.modules, "mpi4py", None)
     assert main(["--distributed", "--out", str(tmp_path), "--epochs", "1"]) == 2
     assert "--distributed needs mpi4py and an MPI runtime: pip install 'npresnet[mpi]'" in capsys.readouterr().err
@@ -162,16 +173,25 @@ def test_distributed_flag_without_mpi4py_is_a_clear_command_line_error(monkeypat
 
 def test_resuming_with_another_number_of_ranks_is_refused(tmp_path):
     from npresnet.training import TrainConfig, Trainer
-    config = TrainConfig(data="digits", train_limit=64, test_limit=16, epochs=1, batch_size=16, out_dir=str(tmp_path),
-                         progress="none", prefetch=0)
-    Trainer(config, log=lambda line: None).save()                         # a checkpoint of a 1-rank run
 
-    class TwoRanks(dist.World):                                           # rank 0 of 2; no collective is reached
+    config = TrainConfig(
+        data="digits",
+        train_limit=64,
+        test_limit=16,
+        epochs=1,
+        batch_size=16,
+        out_dir=str(tmp_path),
+        progress="none",
+        prefetch=0,
+    )
+    Trainer(config, log=lambda line: None).save()  # a checkpoint of a 1-rank run
+
+    class TwoRanks(dist.World):  # rank 0 of 2; no collective is reached
         def __init__(self):
             self.rank, self.size, self.comm, self.timeout = 0, 2, None, 1.0
 
     trainer = Trainer(config, log=lambda line: None, world=TwoRanks())
-    assert len(trainer.train_loader) == 2                                 # its shard: 32 of the 64 images
+    assert len(trainer.train_loader) == 2  # its shard: 32 of the 64 images
     with pytest.raises(ValueError, match=r"written by a run of 1 rank\(s\), this run has 2; resume with mpiexec -n 1"):
         trainer.resume(str(tmp_path))
 
@@ -199,10 +219,13 @@ class _ThreadWorld(dist.World):
 
 def test_combined_moments_of_the_parts_are_the_moments_of_the_whole(rng):
     """The statistics SyncBatchNorm combines over ranks: parts of 0, 1, 3 and 6 images against the whole batch."""
-    x = rng.standard_normal((10, 3, 4, 5)) * 5 + 100            # a large mean: E[x^2] - mu^2 would cancel
+    x = rng.standard_normal((10, 3, 4, 5)) * 5 + 100  # a large mean: E[x^2] - mu^2 would cancel
     parts = [channel_moments(x[a:b]) for a, b in ((0, 0), (0, 1), (1, 4), (4, 10))]
-    mean, var = combine_channel_moments(np.array([p[0] for p in parts], dtype=np.float64),
-                                        np.stack([p[1] for p in parts]), np.stack([p[2] for p in parts]))
+    mean, var = combine_channel_moments(
+        np.array([p[0] for p in parts], dtype=np.float64),
+        np.stack([p[1] for p in parts]),
+        np.stack([p[2] for p in parts]),
+    )
     n, whole_mean, whole_m2, centred = channel_moments(x)
     assert n == 10 * 4 * 5 and np.array_equal(centred, x - whole_mean.reshape(1, -1, 1, 1))
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-14)
@@ -243,7 +266,7 @@ def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(rng):
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=1e-12)
     np.testing.assert_allclose(results[0][2] + results[1][2], reference.weight.grad, rtol=1e-12)
     np.testing.assert_allclose(results[0][3] + results[1][3], reference.bias.grad, rtol=1e-12)
-    for r in range(2):                       # every rank holds the global running statistics
+    for r in range(2):  # every rank holds the global running statistics
         np.testing.assert_allclose(results[r][4], reference.running_mean, rtol=1e-12)
         np.testing.assert_allclose(results[r][5], reference.running_var, rtol=1e-12)
 
@@ -263,8 +286,13 @@ def _mpiexec() -> str:
 
 
 def _run(args: list[str], timeout: float, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
     start = time.monotonic()
     try:
         proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -325,7 +353,7 @@ def _reference_run(mode: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         if mode == "sync":
             losses.append(float(criterion(model(x), y)))
             model.backward(criterion.backward())
-        else:                        # rank 1's half first, then undo its running-statistics update: rank 0's stay
+        else:  # rank 1's half first, then undo its running-statistics update: rank 0's stay
             buffers = [np.array(b, copy=True) for b in model.buffers()]
             loss1 = float(criterion(model(x[1::2]), y[1::2]))
             model.backward(criterion.backward())
@@ -345,7 +373,7 @@ def _max_rel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
     return max(float(np.max(np.abs(a[k] - b[k]))) / max(float(np.max(np.abs(b[k]))), 1e-30) for k in b)
 
 
-@pytest.mark.slow          # about 40 s of CPU: 4 x 10 float64 ResNet-20 steps, 2 of them on 2 ranks
+@pytest.mark.slow  # about 40 s of CPU: 4 x 10 float64 ResNet-20 steps, 2 of them on 2 ranks
 def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
     mpiexec = _mpiexec()
     (tmp_path / "parity.py").write_text(PARITY_SCRIPT)
@@ -355,18 +383,17 @@ def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
         ranks = []
         for r in range(2):
             with np.load(tmp_path / f"{mode}-rank{r}.npz") as f:
-                ranks.append((f["losses"], {k[6:]: f[k] for k in f.files if k.startswith("model/")},
-                              int(f["buckets"])))
-        assert ranks[0][2] == 1                             # ResNet-20 float64 (2.2 MB): one bucket, one call
+                ranks.append((f["losses"], {k[6:]: f[k] for k in f.files if k.startswith("model/")}, int(f["buckets"])))
+        assert ranks[0][2] == 1  # ResNet-20 float64 (2.2 MB): one bucket, one call
         ref_losses, ref_state = _reference_run(mode)
         np.testing.assert_allclose(ranks[0][0], ref_losses, rtol=1e-10, atol=0)
         assert _max_rel_diff(ranks[0][1], ref_state) < 1e-9, mode
         params = [k for k in ref_state if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-        for k in params:                                    # the ranks hold the same weights
+        for k in params:  # the ranks hold the same weights
             np.testing.assert_array_equal(ranks[0][1][k], ranks[1][1][k])
         running = [k for k in ref_state if k.endswith("running_mean")]
         same_stats = all(np.array_equal(ranks[0][1][k], ranks[1][1][k]) for k in running)
-        assert same_stats == (mode == "sync")               # per-rank BN keeps per-rank running statistics
+        assert same_stats == (mode == "sync")  # per-rank BN keeps per-rank running statistics
 
 
 BROADCAST_SCRIPT = textwrap.dedent("""
@@ -407,28 +434,56 @@ def test_broadcast_optimizer_gives_every_rank_the_state_of_rank_0(tmp_path):
     proc, _ = _run([mpiexec, "-n", "2", sys.executable, "broadcast.py", str(tmp_path)], timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ranks = [json.loads((tmp_path / f"optimizer-rank{r}.json").read_text()) for r in range(2)]
-    assert ranks[0]["before"] != ranks[1]["before"]                  # the test starts from states that differ
-    assert ranks[0]["after"] == ranks[0]["before"]                   # rank 0 keeps its own
+    assert ranks[0]["before"] != ranks[1]["before"]  # the test starts from states that differ
+    assert ranks[0]["after"] == ranks[0]["before"]  # rank 0 keeps its own
     assert ranks[1]["after"] == ranks[0]["before"], "rank 1 did not take rank 0's optimizer and schedule state"
     assert ranks[1]["after"]["schedule"]["last_epoch"] == 1 and ranks[1]["after"]["lr"] == 0.05
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:
-    return ["--data", "digits", "--train-limit", "256", "--test-limit", "64",
-            "--epochs", "1", "--no-augment", "--dtype", "float64", "--progress", "none", "--prefetch", "0",
-            "--out", str(out), *extra]
+    return [
+        "--data",
+        "digits",
+        "--train-limit",
+        "256",
+        "--test-limit",
+        "64",
+        "--epochs",
+        "1",
+        "--no-augment",
+        "--dtype",
+        "float64",
+        "--progress",
+        "none",
+        "--prefetch",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
-@pytest.mark.slow          # two mpiexec training runs of the CLI
+@pytest.mark.slow  # two mpiexec training runs of the CLI
 def test_command_line_distributed_run_equals_single_process(tmp_path):
     mpiexec = _mpiexec()
-    proc, _ = _run([mpiexec, "-n", "2", sys.executable, "-m", "npresnet.train",
-                    *_train_args(tmp_path / "two", "--batch", "32", "--distributed", "--sync-bn")],
-                   timeout=240, cwd=tmp_path)
+    proc, _ = _run(
+        [
+            mpiexec,
+            "-n",
+            "2",
+            sys.executable,
+            "-m",
+            "npresnet.train",
+            *_train_args(tmp_path / "two", "--batch", "32", "--distributed", "--sync-bn"),
+        ],
+        timeout=240,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("done: final test accuracy") == 1          # rank 0 alone prints
+    assert proc.stdout.count("done: final test accuracy") == 1  # rank 0 alone prints
     assert "data-parallel over 2 MPI ranks: batch 32 per rank, global batch 64, SyncBatchNorm" in proc.stdout
     from npresnet.training import main
+
     assert main(_train_args(tmp_path / "one", "--batch", "64")) == 0
     metas, states = [], []
     for name in ("two", "one"):
@@ -466,7 +521,7 @@ FAULT_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow          # a fault, a timeout (15 s for "hang") and a resume, each under mpiexec
+@pytest.mark.slow  # a fault, a timeout (15 s for "hang") and a resume, each under mpiexec
 @pytest.mark.parametrize("mode", ["kill", "hang"])
 def test_a_failed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path, mode):
     mpiexec = _mpiexec()
@@ -477,15 +532,18 @@ def test_a_failed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path, mode):
     assert proc.returncode != 0, output
     assert f"rank 1: {mode} at step 5" in output
     if mode == "kill":
-        assert "BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES" in output        # MPICH's mpiexec
+        assert "BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES" in output  # MPICH's mpiexec
     else:
         assert "gradient allreduce (1 bucket(s)) did not complete within 15 s" in output
         assert "another rank has died or hung" in output
     assert seconds < 90, f"the job took {seconds:.0f} s to stop"
     meta = load_checkpoint(out / "checkpoint.npz", get_model("resnet20", num_classes=10), model_name="resnet20")
-    assert meta["epoch"] == 1 and meta["step"] == 4                    # the end of epoch 1, intact
-    if mode == "kill":                                                 # continue it on 2 ranks
-        proc, _ = _run([mpiexec, "-n", "2", sys.executable, "-m", "npresnet.train", "--resume", str(out),
-                        "--epochs", "2"], timeout=180, cwd=tmp_path)
+    assert meta["epoch"] == 1 and meta["step"] == 4  # the end of epoch 1, intact
+    if mode == "kill":  # continue it on 2 ranks
+        proc, _ = _run(
+            [mpiexec, "-n", "2", sys.executable, "-m", "npresnet.train", "--resume", str(out), "--epochs", "2"],
+            timeout=180,
+            cwd=tmp_path,
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert read_checkpoint(out / "checkpoint.npz")[0]["epoch"] == 2

@@ -41,11 +41,13 @@ LAYERS = _layers()
 
 # ------------------------------------------------------------------------------------------ the input
 
+
 @pytest.mark.parametrize("layer", list(LAYERS))
 def test_wrong_ndim_names_expected_layout_and_received_shape(layer, x32):
     make, name = LAYERS[layer]
-    with pytest.raises(ValueError, match=esc(f"{name} expects a 4-D input of shape (N, C, H, W), got 3-D shape "
-                                             "(3, 8, 6)")):
+    with pytest.raises(
+        ValueError, match=esc(f"{name} expects a 4-D input of shape (N, C, H, W), got 3-D shape (3, 8, 6)")
+    ):
         make()(x32[0])
     with pytest.raises(ValueError, match="got 5-D shape"):
         make()(x32[None])
@@ -54,18 +56,24 @@ def test_wrong_ndim_names_expected_layout_and_received_shape(layer, x32):
 @pytest.mark.parametrize("layer", ["Conv2d", "BatchNorm2d"])
 def test_nhwc_input_gets_a_hint(layer, x32):
     make, name = LAYERS[layer]
-    nhwc = np.ascontiguousarray(x32.transpose(0, 2, 3, 1))            # (2, 8, 6, 3)
-    with pytest.raises(ValueError, match=esc(f"{name} expects input with 3 channels in dim 1 (N, C, H, W), got "
-                                             "shape (2, 8, 6, 3) (is it NHWC? npresnet uses NCHW)")):
+    nhwc = np.ascontiguousarray(x32.transpose(0, 2, 3, 1))  # (2, 8, 6, 3)
+    with pytest.raises(
+        ValueError,
+        match=esc(
+            f"{name} expects input with 3 channels in dim 1 (N, C, H, W), got "
+            "shape (2, 8, 6, 3) (is it NHWC? npresnet uses NCHW)"
+        ),
+    ):
         make()(nhwc)
 
 
 def test_wrong_channel_count_without_nhwc_hint(x32):
-    with pytest.raises(ValueError, match=esc("expects input with 4 channels in dim 1 (N, C, H, W), got shape "
-                                             "(2, 3, 8, 6)")) as info:
+    with pytest.raises(
+        ValueError, match=esc("expects input with 4 channels in dim 1 (N, C, H, W), got shape (2, 3, 8, 6)")
+    ) as info:
         nn.Conv2d(4, 2, 3)(x32)
     assert "NHWC" not in str(info.value)
-    with pytest.raises(ValueError, match=esc("conv2d expects input with 6 channels")):   # the functional op
+    with pytest.raises(ValueError, match=esc("conv2d expects input with 6 channels")):  # the functional op
         npresnet.functional.conv2d_forward(x32, np.zeros((2, 3, 1, 1), np.float32), groups=2)
 
 
@@ -73,39 +81,61 @@ def test_wrong_channel_count_without_nhwc_hint(x32):
 @pytest.mark.parametrize("dtype", [np.int64, np.int32, np.bool_])
 def test_integer_input_is_rejected(layer, dtype, x32):
     module = {"ReLU": nn.ReLU, "Dropout": lambda: nn.Dropout(0.5, seed=0), "Linear": lambda: nn.Linear(6, 2)}.get(
-        layer, LAYERS.get(layer, (None,))[0])()
-    with pytest.raises(TypeError, match=r"must be a floating-point array \(float32 or float64\), got dtype "
-                                        + np.dtype(dtype).name):
+        layer, LAYERS.get(layer, (None,))[0]
+    )()
+    with pytest.raises(
+        TypeError, match=r"must be a floating-point array \(float32 or float64\), got dtype " + np.dtype(dtype).name
+    ):
         module(x32.astype(dtype))
 
 
-@pytest.mark.parametrize("make, x_shape, expected", [
-    (lambda: nn.Conv2d(3, 4, 5), (2, 3, 3, 4), "conv2d input of spatial size 3x4 (padding (0, 0)) is smaller than "
-                                               "the dilated kernel 5x5"),
-    (lambda: nn.Conv2d(3, 4, 3, dilation=(3, 1)), (1, 3, 6, 9), "spatial size 6x9 (padding (0, 0)) is smaller "
-                                                               "than the dilated kernel 7x3"),
-    (lambda: nn.MaxPool2d((4, 2)), (2, 3, 3, 8), "max_pool2d: input of spatial size 3x8 (padding (0, 0)) is "
-                                                 "smaller than the kernel (4, 2)"),
-    (lambda: nn.AvgPool2d(5, padding=1), (2, 3, 2, 2), "avg_pool2d: input of spatial size 2x2 (padding (1, 1)) is "
-                                                       "smaller than the kernel (5, 5)"),
-])
+@pytest.mark.parametrize(
+    "make, x_shape, expected",
+    [
+        (
+            lambda: nn.Conv2d(3, 4, 5),
+            (2, 3, 3, 4),
+            "conv2d input of spatial size 3x4 (padding (0, 0)) is smaller than the dilated kernel 5x5",
+        ),
+        (
+            lambda: nn.Conv2d(3, 4, 3, dilation=(3, 1)),
+            (1, 3, 6, 9),
+            "spatial size 6x9 (padding (0, 0)) is smaller than the dilated kernel 7x3",
+        ),
+        (
+            lambda: nn.MaxPool2d((4, 2)),
+            (2, 3, 3, 8),
+            "max_pool2d: input of spatial size 3x8 (padding (0, 0)) is smaller than the kernel (4, 2)",
+        ),
+        (
+            lambda: nn.AvgPool2d(5, padding=1),
+            (2, 3, 2, 2),
+            "avg_pool2d: input of spatial size 2x2 (padding (1, 1)) is smaller than the kernel (5, 5)",
+        ),
+    ],
+)
 def test_input_smaller_than_kernel(make, x_shape, expected, rng):
     with pytest.raises(ValueError, match=esc(expected)):
         make()(rng.standard_normal(x_shape).astype(np.float32))
 
 
 @pytest.mark.parametrize("module_dtype, input_dtype", [(np.float64, np.float32), (np.float32, np.float64)])
-@pytest.mark.parametrize("make, name, shape", [
-    (lambda: nn.Conv2d(3, 4, 3), "Conv2d", (2, 3, 5, 5)),
-    (lambda: nn.BatchNorm2d(3), "BatchNorm2d", (2, 3, 5, 5)),
-    (lambda: nn.BatchNorm2d(3, affine=False), "BatchNorm2d", (2, 3, 5, 5)),
-    (lambda: nn.Linear(5, 4), "Linear", (2, 5)),
-])
+@pytest.mark.parametrize(
+    "make, name, shape",
+    [
+        (lambda: nn.Conv2d(3, 4, 3), "Conv2d", (2, 3, 5, 5)),
+        (lambda: nn.BatchNorm2d(3), "BatchNorm2d", (2, 3, 5, 5)),
+        (lambda: nn.BatchNorm2d(3, affine=False), "BatchNorm2d", (2, 3, 5, 5)),
+        (lambda: nn.Linear(5, 4), "Linear", (2, 5)),
+    ],
+)
 def test_mixed_dtypes_name_both(make, name, shape, module_dtype, input_dtype, rng):
     module = make().to(module_dtype)
     x = rng.standard_normal(shape).astype(input_dtype)
-    message = (f"input has dtype {np.dtype(input_dtype).name} but the {name} parameters have dtype "
-               f"{np.dtype(module_dtype).name}; cast the input or call module.to('{np.dtype(input_dtype).name}')")
+    message = (
+        f"input has dtype {np.dtype(input_dtype).name} but the {name} parameters have dtype "
+        f"{np.dtype(module_dtype).name}; cast the input or call module.to('{np.dtype(input_dtype).name}')"
+    )
     with pytest.raises(TypeError, match=esc(message)):
         module(x)
 
@@ -126,15 +156,20 @@ class FakeCupyArray:
         self.shape, self.ndim, self.dtype, self.size = array.shape, array.ndim, array.dtype, array.size
 
 
-@pytest.mark.parametrize("make, name, shape", [
-    (lambda: nn.Conv2d(3, 4, 3), "Conv2d", (2, 3, 5, 5)),
-    (lambda: nn.BatchNorm2d(3), "BatchNorm2d", (2, 3, 5, 5)),
-    (lambda: nn.Linear(5, 4), "Linear", (2, 5)),
-])
+@pytest.mark.parametrize(
+    "make, name, shape",
+    [
+        (lambda: nn.Conv2d(3, 4, 3), "Conv2d", (2, 3, 5, 5)),
+        (lambda: nn.BatchNorm2d(3), "BatchNorm2d", (2, 3, 5, 5)),
+        (lambda: nn.Linear(5, 4), "Linear", (2, 5)),
+    ],
+)
 def test_mixed_backends_name_both(make, name, shape):
     x = FakeCupyArray(np.zeros(shape, np.float32))
-    with pytest.raises(TypeError, match=esc(f"input is a cupy array but the {name} parameters are numpy arrays; "
-                                            "move one with .to('cupy')")):
+    with pytest.raises(
+        TypeError,
+        match=esc(f"input is a cupy array but the {name} parameters are numpy arrays; move one with .to('cupy')"),
+    ):
         make()(x)
 
 
@@ -150,10 +185,22 @@ def test_dout_on_another_backend(x32):
         conv.backward(FakeCupyArray(y))
 
 
-@pytest.mark.parametrize("module", [nn.Conv2d(3, 4, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-                                    nn.AvgPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 2),
-                                    nn.Dropout(0.5, seed=0), nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())],
-                         ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Conv2d(3, 4, 3),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.AvgPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 2),
+        nn.Dropout(0.5, seed=0),
+        nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
+    ],
+    ids=lambda m: type(m).__name__,
+)
 @pytest.mark.parametrize("kind", ["torch", "list"])
 def test_torch_tensor_or_list_input_is_a_clear_type_error(module, kind, x32):
     x = torch.from_numpy(x32) if kind == "torch" else x32.tolist()
@@ -164,13 +211,26 @@ def test_torch_tensor_or_list_input_is_a_clear_type_error(module, kind, x32):
 
 # ------------------------------------------------------------------------------------------- backward
 
-@pytest.mark.parametrize("make", [lambda: nn.Conv2d(3, 4, 3), nn.ReLU, lambda: nn.MaxPool2d(2), nn.Flatten,
-                                  lambda: nn.BatchNorm2d(3), lambda: nn.Linear(6, 2), nn.CrossEntropyLoss,
-                                  lambda: nn.Dropout(0.3, seed=1)])
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Conv2d(3, 4, 3),
+        nn.ReLU,
+        lambda: nn.MaxPool2d(2),
+        nn.Flatten,
+        lambda: nn.BatchNorm2d(3),
+        lambda: nn.Linear(6, 2),
+        nn.CrossEntropyLoss,
+        lambda: nn.Dropout(0.3, seed=1),
+    ],
+)
 def test_backward_before_forward(make):
     module = make()
-    with pytest.raises(RuntimeError, match=esc(f"{type(module).__name__}.backward() called without a matching "
-                                               "forward(): run forward first")):
+    with pytest.raises(
+        RuntimeError,
+        match=esc(f"{type(module).__name__}.backward() called without a matching forward(): run forward first"),
+    ):
         module.backward(np.zeros((2, 3, 8, 6), np.float32))
 
 
@@ -179,8 +239,9 @@ def test_backward_twice(x32, rng):
     y = model(x32)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     model.backward(dy)
-    with pytest.raises(RuntimeError, match="ReLU.backward.. called without a matching forward.*call backward "
-                                           "once per forward"):
+    with pytest.raises(
+        RuntimeError, match="ReLU.backward.. called without a matching forward.*call backward once per forward"
+    ):
         model.backward(dy)
     criterion = nn.CrossEntropyLoss()
     criterion(rng.standard_normal((3, 4)), np.array([0, 1, 3]))
@@ -226,8 +287,9 @@ def test_dout_of_the_wrong_shape(layer, rng):
         y = module(x)
         if bad == y.shape:
             continue
-        with pytest.raises(ValueError, match=esc(f"{name}.backward expects dout of shape {y.shape} (the forward "
-                                                 f"output's), got {bad}")):
+        with pytest.raises(
+            ValueError, match=esc(f"{name}.backward expects dout of shape {y.shape} (the forward output's), got {bad}")
+        ):
             module.backward(np.zeros(bad, np.float32))
 
 
@@ -249,17 +311,25 @@ def test_dout_as_torch_tensor(layer, rng):
         module.backward(torch.zeros(y.shape))
 
 
-@pytest.mark.parametrize("reduction, bad", [("none", np.ones(3)), ("none", np.ones((4, 1))), ("none", 1.0),
-                                            ("mean", np.ones(4)), ("sum", np.ones((1,)))])
+@pytest.mark.parametrize(
+    "reduction, bad",
+    [("none", np.ones(3)), ("none", np.ones((4, 1))), ("none", 1.0), ("mean", np.ones(4)), ("sum", np.ones((1,)))],
+)
 def test_cross_entropy_dout_of_the_wrong_shape(reduction, bad, rng):
     criterion = nn.CrossEntropyLoss(reduction=reduction)
     loss = criterion(rng.standard_normal((4, 5)), np.array([0, 1, 4, 2]))
-    with pytest.raises(ValueError, match=esc(f"cross_entropy.backward expects dout of shape {loss.shape} (the "
-                                             f"loss's, reduction={reduction!r}), got {np.shape(bad)}")):
+    with pytest.raises(
+        ValueError,
+        match=esc(
+            f"cross_entropy.backward expects dout of shape {loss.shape} (the "
+            f"loss's, reduction={reduction!r}), got {np.shape(bad)}"
+        ),
+    ):
         criterion.backward(bad)
 
 
 # -------------------------------------------------------------------------------------- load_state_dict
+
 
 def test_load_state_dict_lists_every_problem_at_once():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
@@ -295,22 +365,32 @@ def test_load_state_dict_from_torch_names_torch_shapes():
 
 # ------------------------------------------------------------------------------------ CrossEntropyLoss
 
-@pytest.mark.parametrize("target, expected", [
-    ([0, 1, 5, 2], "target class indices must lie in [0, 5), got min 0 and max 5"),
-    ([0, -1, 3, 2], "target class indices must lie in [0, 5), got min -1 and max 3"),
-    ([7, 9, 8, 6], "got min 6 and max 9"),
-])
+
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ([0, 1, 5, 2], "target class indices must lie in [0, 5), got min 0 and max 5"),
+        ([0, -1, 3, 2], "target class indices must lie in [0, 5), got min -1 and max 3"),
+        ([7, 9, 8, 6], "got min 6 and max 9"),
+    ],
+)
 def test_cross_entropy_out_of_range_targets(target, expected, rng):
     with pytest.raises(ValueError, match=esc(expected)):
         nn.CrossEntropyLoss()(rng.standard_normal((4, 5)), np.array(target))
 
 
-@pytest.mark.parametrize("target, expected", [
-    (np.array([0.0, 1.0, 3.0, 2.0]), "expects integer class indices of shape (4,), got dtype float64 and shape (4,)"),
-    (np.array([0.0, 1.0, 3.0, 2.0], np.float32), "got dtype float32"),
-    (np.array([0, 1, 3]), "expects integer class indices of shape (4,), got dtype int64 and shape (3,)"),
-    (np.eye(5)[[0, 1, 3, 2]].astype(np.int64), "got dtype int64 and shape (4, 5)"),     # one-hot, not indices
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        (
+            np.array([0.0, 1.0, 3.0, 2.0]),
+            "expects integer class indices of shape (4,), got dtype float64 and shape (4,)",
+        ),
+        (np.array([0.0, 1.0, 3.0, 2.0], np.float32), "got dtype float32"),
+        (np.array([0, 1, 3]), "expects integer class indices of shape (4,), got dtype int64 and shape (3,)"),
+        (np.eye(5)[[0, 1, 3, 2]].astype(np.int64), "got dtype int64 and shape (4, 5)"),  # one-hot, not indices
+    ],
+)
 def test_cross_entropy_float_or_misshapen_targets(target, expected, rng):
     with pytest.raises(TypeError, match=esc(expected)):
         nn.CrossEntropyLoss()(rng.standard_normal((4, 5)), target)
@@ -327,16 +407,30 @@ def test_cross_entropy_bad_logits(rng):
 
 # ----------------------------------------------------------------------------- constructor arguments
 
-@pytest.mark.parametrize("make, error, expected", [
-    (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, "groups=2 must divide in_channels=3 and out_channels=4"),
-    (lambda: nn.Conv2d(3, 4, (3, 3, 3)), TypeError, "kernel_size must be an int or a pair of ints, got (3, 3, 3)"),
-    (lambda: nn.Dropout(1.5), ValueError, "dropout probability must be in [0, 1], got 1.5"),
-    (lambda: nn.CrossEntropyLoss(reduction="avg"), ValueError, "reduction must be one of ('mean', 'sum', 'none'), "
-                                                               "got 'avg'"),
-    (lambda: nn.Conv2d(3, 4, 3).to(np.int32), TypeError, "Module.to() can only cast to a floating dtype, got int32"),
-    (lambda: nn.Conv2d(3, 4, 3).to("gpu"), TypeError, "Module.to() expects a backend ('numpy', 'cupy') or a "
-                                                      "floating dtype, got 'gpu'"),
-])
+
+@pytest.mark.parametrize(
+    "make, error, expected",
+    [
+        (lambda: nn.Conv2d(3, 4, 3, groups=2), ValueError, "groups=2 must divide in_channels=3 and out_channels=4"),
+        (lambda: nn.Conv2d(3, 4, (3, 3, 3)), TypeError, "kernel_size must be an int or a pair of ints, got (3, 3, 3)"),
+        (lambda: nn.Dropout(1.5), ValueError, "dropout probability must be in [0, 1], got 1.5"),
+        (
+            lambda: nn.CrossEntropyLoss(reduction="avg"),
+            ValueError,
+            "reduction must be one of ('mean', 'sum', 'none'), got 'avg'",
+        ),
+        (
+            lambda: nn.Conv2d(3, 4, 3).to(np.int32),
+            TypeError,
+            "Module.to() can only cast to a floating dtype, got int32",
+        ),
+        (
+            lambda: nn.Conv2d(3, 4, 3).to("gpu"),
+            TypeError,
+            "Module.to() expects a backend ('numpy', 'cupy') or a floating dtype, got 'gpu'",
+        ),
+    ],
+)
 def test_bad_constructor_arguments(make, error, expected):
     with pytest.raises(error, match=esc(expected)):
         make()

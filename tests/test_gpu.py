@@ -58,8 +58,10 @@ def xp():
         print(f"\nGPU tests skipped: {exc}")
         pytest.skip(f"no usable CUDA device: {exc}")
     assert os.environ.get("CUPY_TF32", "0") == "0", "unset CUPY_TF32: TF32 GEMMs cannot match float32 references"
-    print(f"\nGPU tests on {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, CuPy {cupy.__version__}, "
-          f"CUDA kernels: {kernels.cuda_active()}, torch on {TORCH_DEVICE}")
+    print(
+        f"\nGPU tests on {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}, CuPy {cupy.__version__}, "
+        f"CUDA kernels: {kernels.cuda_active()}, torch on {TORCH_DEVICE}"
+    )
     return cupy
 
 
@@ -104,7 +106,7 @@ def rel(ours, reference) -> float:
 
 def assert_on_device(*arrays):
     for a in arrays:
-        if a is not None and not (DRY_RUN and isinstance(a, np.generic)):    # NumPy reductions give scalars
+        if a is not None and not (DRY_RUN and isinstance(a, np.generic)):  # NumPy reductions give scalars
             assert backend.backend_name(a) == DEVICE, f"a {backend.backend_name(a)} array escaped the device"
 
 
@@ -117,9 +119,11 @@ def assert_exact(got, want, what):
 # ------------------------------------------------------------------------------------------------
 # Every layer: CuPy == NumPy (exactly for pooling), and CuPy ~ torch on CUDA.
 
+
 def _conv(**kw):
     return lambda rng: nn.Conv2d(**kw, rng=rng), lambda m, xt, p: TF.conv2d(
-        xt, p["weight"], p.get("bias"), m.stride, m.padding, m.dilation, m.groups)
+        xt, p["weight"], p.get("bias"), m.stride, m.padding, m.dilation, m.groups
+    )
 
 
 def _bn(training):
@@ -135,51 +139,111 @@ def _bn(training):
         # In evaluation mode the running statistics are constants (the forward leaves them as they were).
         mean, var = (None, None) if training else (tt(m.running_mean), tt(m.running_var))
         return TF.batch_norm(xt, mean, var, p["weight"], p["bias"], training=training, eps=m.eps)
+
     return make, reference
 
 
 LAYERS = {
     # id: (input shape, make(rng) -> module, torch_fn(module, xt, params) -> yt, input kind, exact)
     "conv3x3-pad1": ((2, 3, 7, 9), *_conv(in_channels=3, out_channels=4, kernel_size=3, padding=1), "normal", False),
-    "conv3x2-stride2x1": ((2, 3, 9, 6), *_conv(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1),
-                                               padding=(1, 0)), "normal", False),
-    "conv-dilation2x3": ((2, 2, 11, 10), *_conv(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1),
-                                                dilation=(2, 3)), "normal", False),
-    "conv-groups2-stride2": ((3, 4, 8, 7), *_conv(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=2,
-                                                  padding=1, groups=2), "normal", False),
-    "conv-depthwise": ((2, 3, 6, 5), *_conv(in_channels=3, out_channels=6, kernel_size=3, padding=1, groups=3),
-                       "normal", False),
-    "conv1x1-stride2-batch1": ((1, 4, 7, 6), *_conv(in_channels=4, out_channels=8, kernel_size=1, stride=2,
-                                                    bias=False), "normal", False),
-    "conv7x7-stem": ((2, 3, 17, 14), *_conv(in_channels=3, out_channels=4, kernel_size=7, stride=2, padding=3,
-                                            bias=False), "normal", False),
+    "conv3x2-stride2x1": (
+        (2, 3, 9, 6),
+        *_conv(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+        "normal",
+        False,
+    ),
+    "conv-dilation2x3": (
+        (2, 2, 11, 10),
+        *_conv(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1), dilation=(2, 3)),
+        "normal",
+        False,
+    ),
+    "conv-groups2-stride2": (
+        (3, 4, 8, 7),
+        *_conv(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=2, padding=1, groups=2),
+        "normal",
+        False,
+    ),
+    "conv-depthwise": (
+        (2, 3, 6, 5),
+        *_conv(in_channels=3, out_channels=6, kernel_size=3, padding=1, groups=3),
+        "normal",
+        False,
+    ),
+    "conv1x1-stride2-batch1": (
+        (1, 4, 7, 6),
+        *_conv(in_channels=4, out_channels=8, kernel_size=1, stride=2, bias=False),
+        "normal",
+        False,
+    ),
+    "conv7x7-stem": (
+        (2, 3, 17, 14),
+        *_conv(in_channels=3, out_channels=4, kernel_size=7, stride=2, padding=3, bias=False),
+        "normal",
+        False,
+    ),
     "batchnorm-train": ((4, 3, 5, 6), *_bn(True), "shifted", False),
     "batchnorm-eval": ((2, 3, 4, 3), *_bn(False), "normal", False),
     "relu": ((2, 3, 4, 5), lambda rng: nn.ReLU(), lambda m, xt, p: TF.relu(xt), "kink_free", True),
-    "maxpool-stem": ((2, 3, 10, 10), lambda rng: nn.MaxPool2d(3, 2, 1),
-                     lambda m, xt, p: TF.max_pool2d(xt, 3, 2, 1), "tie_free", True),
-    "maxpool-dilated-ceil": ((2, 3, 7, 9), lambda rng: nn.MaxPool2d((3, 2), (2, 1), 1, (1, 2), ceil_mode=True),
-                             lambda m, xt, p: TF.max_pool2d(xt, (3, 2), (2, 1), 1, (1, 2), ceil_mode=True),
-                             "tie_free", True),
-    "avgpool-ceil-exclude-pad": ((2, 3, 7, 9), lambda rng: nn.AvgPool2d((3, 2), (2, 1), 1, True, False),
-                                 lambda m, xt, p: TF.avg_pool2d(xt, (3, 2), (2, 1), 1, True, False),
-                                 "normal", True),
-    "avgpool-divisor-override": ((1, 2, 6, 10), lambda rng: nn.AvgPool2d((2, 4), (3, 1), (1, 2), divisor_override=5),
-                                 lambda m, xt, p: TF.avg_pool2d(xt, (2, 4), (3, 1), (1, 2), divisor_override=5),
-                                 "normal", True),
-    "adaptive-avgpool-1": ((2, 3, 5, 7), lambda rng: nn.AdaptiveAvgPool2d(1),
-                           lambda m, xt, p: TF.adaptive_avg_pool2d(xt, 1), "normal", False),
-    "adaptive-avgpool-2x3": ((2, 3, 5, 7), lambda rng: nn.AdaptiveAvgPool2d((2, 3)),
-                             lambda m, xt, p: TF.adaptive_avg_pool2d(xt, (2, 3)), "normal", False),
-    "linear": ((3, 2, 7), lambda rng: nn.Linear(7, 5, rng=rng),
-               lambda m, xt, p: TF.linear(xt, p["weight"], p["bias"]), "normal", False),
+    "maxpool-stem": (
+        (2, 3, 10, 10),
+        lambda rng: nn.MaxPool2d(3, 2, 1),
+        lambda m, xt, p: TF.max_pool2d(xt, 3, 2, 1),
+        "tie_free",
+        True,
+    ),
+    "maxpool-dilated-ceil": (
+        (2, 3, 7, 9),
+        lambda rng: nn.MaxPool2d((3, 2), (2, 1), 1, (1, 2), ceil_mode=True),
+        lambda m, xt, p: TF.max_pool2d(xt, (3, 2), (2, 1), 1, (1, 2), ceil_mode=True),
+        "tie_free",
+        True,
+    ),
+    "avgpool-ceil-exclude-pad": (
+        (2, 3, 7, 9),
+        lambda rng: nn.AvgPool2d((3, 2), (2, 1), 1, True, False),
+        lambda m, xt, p: TF.avg_pool2d(xt, (3, 2), (2, 1), 1, True, False),
+        "normal",
+        True,
+    ),
+    "avgpool-divisor-override": (
+        (1, 2, 6, 10),
+        lambda rng: nn.AvgPool2d((2, 4), (3, 1), (1, 2), divisor_override=5),
+        lambda m, xt, p: TF.avg_pool2d(xt, (2, 4), (3, 1), (1, 2), divisor_override=5),
+        "normal",
+        True,
+    ),
+    "adaptive-avgpool-1": (
+        (2, 3, 5, 7),
+        lambda rng: nn.AdaptiveAvgPool2d(1),
+        lambda m, xt, p: TF.adaptive_avg_pool2d(xt, 1),
+        "normal",
+        False,
+    ),
+    "adaptive-avgpool-2x3": (
+        (2, 3, 5, 7),
+        lambda rng: nn.AdaptiveAvgPool2d((2, 3)),
+        lambda m, xt, p: TF.adaptive_avg_pool2d(xt, (2, 3)),
+        "normal",
+        False,
+    ),
+    "linear": (
+        (3, 2, 7),
+        lambda rng: nn.Linear(7, 5, rng=rng),
+        lambda m, xt, p: TF.linear(xt, p["weight"], p["bias"]),
+        "normal",
+        False,
+    ),
     "flatten": ((2, 3, 4, 5), lambda rng: nn.Flatten(), lambda m, xt, p: torch.flatten(xt, 1), "normal", True),
     "identity": ((2, 3), lambda rng: nn.Identity(), lambda m, xt, p: xt * 1, "normal", True),
     "dropout-eval": ((2, 3, 4), lambda rng: nn.Dropout(0.4).eval(), lambda m, xt, p: xt * 1, "normal", True),
-    "sequential": ((2, 3, 6, 6), lambda rng: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.ReLU(),
-                                                           nn.MaxPool2d(2)),
-                   lambda m, xt, p: TF.max_pool2d(TF.relu(TF.conv2d(xt, p["0.weight"], p["0.bias"], padding=1)), 2),
-                   "normal", False),
+    "sequential": (
+        (2, 3, 6, 6),
+        lambda rng: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2)),
+        lambda m, xt, p: TF.max_pool2d(TF.relu(TF.conv2d(xt, p["0.weight"], p["0.bias"], padding=1)), 2),
+        "normal",
+        False,
+    ),
 }
 
 
@@ -212,14 +276,18 @@ def test_layer_on_cupy_matches_numpy_and_torch(case, dtype, xp):
     shape, make, torch_fn, kind, exact = LAYERS[case]
     rng = np.random.default_rng(1)
     x = _layer_input(kind, shape, rng, dtype)
-    probe = make(np.random.default_rng(7)).to(dtype)              # for the output shape only
+    probe = make(np.random.default_rng(7)).to(dtype)  # for the output shape only
     dy = rng.standard_normal(probe(x).shape).astype(dtype)
 
     ref_module, y_np, dx_np, grads_np, buffers_np = _run_layer(make, x, dy, dtype, "numpy")
     module, y, dx, grads, buffers = _run_layer(make, x, dy, dtype, DEVICE)
     tol = LAYER_TOL[np.dtype(dtype)]
-    outputs = [("y", y, y_np), ("dx", dx, dx_np), *((f"grad {k}", grads[k], grads_np[k]) for k in grads_np),
-               *((f"buffer {k}", buffers[k], buffers_np[k]) for k in buffers_np)]
+    outputs = [
+        ("y", y, y_np),
+        ("dx", dx, dx_np),
+        *((f"grad {k}", grads[k], grads_np[k]) for k in grads_np),
+        *((f"buffer {k}", buffers[k], buffers_np[k]) for k in buffers_np),
+    ]
     assert grads.keys() == grads_np.keys() and buffers.keys() == buffers_np.keys()
     for what, ours, want in outputs:
         assert ours.dtype == want.dtype, (what, ours.dtype, want.dtype)
@@ -258,7 +326,7 @@ def test_cross_entropy_on_cupy(dtype, xp):
 
 @gpu
 def test_dropout_training_on_cupy_uses_one_mask_both_ways(xp):
-    x = dev(np.random.default_rng(4).standard_normal((64, 64)) + 5.0)       # no zeros in x
+    x = dev(np.random.default_rng(4).standard_normal((64, 64)) + 5.0)  # no zeros in x
     drop = nn.Dropout(0.25, seed=0).to(DEVICE)
     y = drop(x)
     dy = dev(np.random.default_rng(5).standard_normal((64, 64)))
@@ -266,14 +334,15 @@ def test_dropout_training_on_cupy_uses_one_mask_both_ways(xp):
     assert_on_device(y, dx)
     y, x, dy, dx = host(y), host(x), host(dy), host(dx)
     kept = y != 0
-    assert 0.65 < kept.mean() < 0.85, kept.mean()                            # p = 0.25 of 4096 values
+    assert 0.65 < kept.mean() < 0.85, kept.mean()  # p = 0.25 of 4096 values
     np.testing.assert_allclose(y[kept], x[kept] / 0.75, rtol=1e-12)
-    np.testing.assert_allclose(dx, np.where(kept, dy / 0.75, 0.0), rtol=1e-12, atol=0)   # the same mask
+    np.testing.assert_allclose(dx, np.where(kept, dy / 0.75, 0.0), rtol=1e-12, atol=0)  # the same mask
     assert (dx[~kept] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------------
 # Whole models: one training step and an eval forward, CuPy vs NumPy vs torch.
+
 
 def _randomized_pair(name, kwargs, dtype):
     """A torch reference with BN moved away from 1/0, and the npresnet model loaded from it (NumPy)."""
@@ -298,10 +367,11 @@ def _train_step(model, x, target, no_sync=False):
     best effort and deprecated it; where it is gone, nothing is checked). The loss forward is
     outside (it validates the class indices, and reading the loss is the user's choice).
     """
+
     def guard():
         stack = contextlib.ExitStack()
         cupyx = __import__("cupyx") if no_sync else None
-        if cupyx is not None and hasattr(cupyx, "allow_synchronize"):   # deprecated in CuPy 10, best effort
+        if cupyx is not None and hasattr(cupyx, "allow_synchronize"):  # deprecated in CuPy 10, best effort
             stack.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message="cupyx.allow_synchronize will be removed")
             stack.enter_context(cupyx.allow_synchronize(False))
@@ -322,10 +392,13 @@ def _train_step(model, x, target, no_sync=False):
 
 @gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("name, kwargs, shape", [
-    ("resnet18", {"num_classes": 7}, (2, 3, 64, 64)),
-    ("resnet20", {}, (2, 3, 32, 32)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, shape",
+    [
+        ("resnet18", {"num_classes": 7}, (2, 3, 64, 64)),
+        ("resnet20", {}, (2, 3, 32, 32)),
+    ],
+)
 def test_model_training_step_on_cupy(name, kwargs, shape, dtype, xp):
     model_np, reference = _randomized_pair(name, kwargs, dtype)
     model_dev = copy.deepcopy(model_np).to(DEVICE)
@@ -340,8 +413,7 @@ def test_model_training_step_on_cupy(name, kwargs, shape, dtype, xp):
     errors = {"logits": rel(got[0], want[0]), "loss": rel(got[1], want[1]), "dx": rel(got[2], want[2])}
     errors.update({f"grad {k}": rel(got[3][k], want[3][k]) for k in want[3]})
     errors.update({f"param after step {k}": rel(got[4][k], want[4][k]) for k in want[4]})
-    errors.update({f"buffer {k}": rel(b, dict(model_np.named_buffers())[k])
-                   for k, b in model_dev.named_buffers()})
+    errors.update({f"buffer {k}": rel(b, dict(model_np.named_buffers())[k]) for k, b in model_dev.named_buffers()})
     worst = max(errors, key=errors.get)
     assert errors[worst] <= tol, f"cupy vs numpy: worst {worst} {errors[worst]:.2e} > {tol:.0e}"
 
@@ -353,12 +425,17 @@ def test_model_training_step_on_cupy(name, kwargs, shape, dtype, xp):
     loss_t.backward()
     errors = {"logits": rel(got[0], logits_t), "loss": rel(got[1], loss_t), "dx": rel(got[2], xt.grad)}
     errors.update({f"grad {k}": rel(got[3][k], p.grad) for k, p in reference.named_parameters()})
-    errors.update({f"buffer {k}": rel(b, dict(reference.named_buffers())[k]) for k, b in model_dev.named_buffers()
-                   if k.split(".")[-1] != "num_batches_tracked"})
+    errors.update(
+        {
+            f"buffer {k}": rel(b, dict(reference.named_buffers())[k])
+            for k, b in model_dev.named_buffers()
+            if k.split(".")[-1] != "num_batches_tracked"
+        }
+    )
     worst = max(errors, key=errors.get)
     assert errors[worst] <= tol, f"cupy vs torch ({TORCH_DEVICE}): worst {worst} {errors[worst]:.2e} > {tol:.0e}"
 
-    with npresnet.no_grad():                # evaluation mode after the step, on both backends
+    with npresnet.no_grad():  # evaluation mode after the step, on both backends
         err = rel(model_dev.eval()(dev(x)), model_np.eval()(x))
     assert err <= tol, f"eval logits after the step, cupy vs numpy: {err:.2e} > {tol:.0e}"
 
@@ -366,14 +443,23 @@ def test_model_training_step_on_cupy(name, kwargs, shape, dtype, xp):
 # ------------------------------------------------------------------------------------------------
 # Optimizers, gradcheck, summary
 
+
 @gpu
-@pytest.mark.parametrize("make, make_torch", [
-    (lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-     lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-    (lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3, amsgrad=True),
-     lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3, amsgrad=True)),
-    (lambda ps: optim.AdamW(ps, lr=1e-2), lambda ps: torch.optim.AdamW(ps, lr=1e-2)),
-], ids=["sgd-nesterov", "adam-amsgrad", "adamw"])
+@pytest.mark.parametrize(
+    "make, make_torch",
+    [
+        (
+            lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        ),
+        (
+            lambda ps: optim.Adam(ps, lr=1e-2, weight_decay=1e-3, amsgrad=True),
+            lambda ps: torch.optim.Adam(ps, lr=1e-2, weight_decay=1e-3, amsgrad=True),
+        ),
+        (lambda ps: optim.AdamW(ps, lr=1e-2), lambda ps: torch.optim.AdamW(ps, lr=1e-2)),
+    ],
+    ids=["sgd-nesterov", "adam-amsgrad", "adamw"],
+)
 def test_optimizer_steps_on_cupy(make, make_torch, xp):
     rng = np.random.default_rng(6)
     values = [rng.standard_normal((4, 3)), rng.standard_normal(5)]
@@ -403,9 +489,14 @@ def test_optimizer_steps_on_cupy(make, make_torch, xp):
 @gpu
 def test_gradcheck_on_cupy(xp):
     rng = np.random.default_rng(8)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, rng=rng), nn.BatchNorm2d(3), nn.ReLU(),
-                          nn.MaxPool2d(2, ceil_mode=True), nn.Conv2d(3, 2, (2, 1), stride=(1, 2), rng=rng),
-                          nn.AvgPool2d(2, padding=1)).to(np.float64)
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2, ceil_mode=True),
+        nn.Conv2d(3, 2, (2, 1), stride=(1, 2), rng=rng),
+        nn.AvgPool2d(2, padding=1),
+    ).to(np.float64)
     x = tie_free((2, 2, 5, 5), rng)
     report_np = npresnet.gradcheck(model, x, mode="directional")
     report = npresnet.gradcheck(copy.deepcopy(model).to(DEVICE), dev(x), mode="directional")
@@ -434,7 +525,7 @@ KERNEL_CASES = [
     # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
     ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
     ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), (2, 1), False),
-    ((8, 64, 56, 56), (3, 3), (2, 2), (1, 1), (1, 1), False),    # ResNet-50 stem pool size: a big grid
+    ((8, 64, 56, 56), (3, 3), (2, 2), (1, 1), (1, 1), False),  # ResNet-50 stem pool size: a big grid
 ]
 
 
@@ -446,7 +537,7 @@ def test_cuda_kernels_on_cupy_equal_the_references(shape, ksize, stride, padding
     if kernels.cuda_active() != "numba-cuda":
         pytest.skip(f"Numba CUDA kernels not in use: {kernels.cuda_problem()}")
     rng = np.random.default_rng(9)
-    x_host = rng.integers(-3, 4, size=shape).astype(dtype)            # ties everywhere
+    x_host = rng.integers(-3, 4, size=shape).astype(dtype)  # ties everywhere
     x_host[0, 0, 1, 0:2] = np.nan
     x = dev(x_host)
     names = ("im2col", "col2im", "maxpool2d_forward", "maxpool2d_backward", "avgpool2d_forward", "avgpool2d_backward")
@@ -456,8 +547,8 @@ def test_cuda_kernels_on_cupy_equal_the_references(shape, ksize, stride, padding
     with kernels.reference_only():
         cols_ref = F.im2col(x, ksize, stride, padding, dilation)
         y_ref, cache = F.maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
-    stream = xp.cuda.Stream(non_blocking=True)      # not the default stream: launches must follow CuPy's
-    xp.cuda.Device().synchronize()                  # x is ready before the other stream reads it
+    stream = xp.cuda.Stream(non_blocking=True)  # not the default stream: launches must follow CuPy's
+    xp.cuda.Device().synchronize()  # x is ready before the other stream reads it
     with stream:
         cols = launchers["im2col"](x, ksize, stride, padding, dilation)
         y, argmax = launchers["maxpool2d_forward"](x, cache.geometry)
@@ -483,12 +574,14 @@ def test_cuda_kernels_on_cupy_equal_the_references(shape, ksize, stride, padding
         dya = dev(rng.standard_normal(ya_ref.shape).astype(dtype))
         dxa_ref = F.avgpool2d_backward(dya, acache)
     assert_exact(launchers["avgpool2d_forward"](x_avg, acache.divisor, acache.geometry), ya_ref, "avg pool")
-    assert_exact(launchers["avgpool2d_backward"](dya, acache.divisor, shape, acache.geometry), dxa_ref,
-                 "avg pool backward")
+    assert_exact(
+        launchers["avgpool2d_backward"](dya, acache.divisor, shape, acache.geometry), dxa_ref, "avg pool backward"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Backend helpers on the GPU: DLPack without copies, set_default, NPRESNET_BACKEND.
+
 
 @gpu
 def test_dlpack_crossings_share_device_memory(xp):
@@ -499,7 +592,7 @@ def test_dlpack_crossings_share_device_memory(xp):
     a = backend.from_dlpack(t)
     assert backend.backend_name(a) == "cupy"
     t.data[0] = 42.0
-    assert float(a[0]) == 42.0                                       # same memory, no copy
+    assert float(a[0]) == 42.0  # same memory, no copy
     back = backend.to_torch(a)
     assert back.device.type == "cuda" and back.data_ptr() == t.data_ptr()
     np.testing.assert_array_equal(backend.to_numpy(t), [42, 1, 2, 3, 4, 5])
@@ -521,13 +614,20 @@ def test_default_backend_cupy_creates_modules_on_the_device(xp):
     finally:
         backend.set_default(saved)
     code = "import npresnet; m = npresnet.models.resnet20(seed=0); print(type(m.fc.weight.data).__module__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "NPRESNET_BACKEND": "cupy"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NPRESNET_BACKEND": "cupy"},
+    )
     assert out.returncode == 0 and out.stdout.strip().startswith("cupy"), out.stderr[-2000:]
 
 
 # ------------------------------------------------------------------------------------------------
 # No GPU needed.
+
 
 def test_requesting_cupy_without_a_device_is_a_clear_error():
     if backend.cupy_available():
@@ -549,7 +649,7 @@ def test_requesting_cupy_without_a_device_is_a_clear_error():
 
 def test_dlpack_helpers_on_cpu_share_memory():
     t = torch.arange(4.0, dtype=torch.float64, requires_grad=True)
-    a = backend.from_dlpack(t)                                        # detached, still the same memory
+    a = backend.from_dlpack(t)  # detached, still the same memory
     assert isinstance(a, np.ndarray) and a.dtype == np.float64
     with torch.no_grad():
         t[1] = 7.0

@@ -142,19 +142,24 @@ LAYERS = {
     "maxpool2d dilated, ceil_mode": (_maxpool_dilated_ceil, ["input 0"]),
     "avgpool2d 3/2/1": (_avgpool, ["input 0"]),
     "avgpool2d count_include_pad=False, ceil": (_avgpool_exclude_pad_ceil, ["input 0"]),
-    "adaptive avgpool (2, 3) from 5x7": (lambda: (nn.AdaptiveAvgPool2d((2, 3)),
-                                                  (make_rng(15).standard_normal((2, 2, 5, 7)),)), ["input 0"]),
-    "adaptive avgpool 1 (global)": (lambda: (nn.AdaptiveAvgPool2d(1),
-                                             (make_rng(16).standard_normal((2, 3, 3, 4)),)), ["input 0"]),
+    "adaptive avgpool (2, 3) from 5x7": (
+        lambda: (nn.AdaptiveAvgPool2d((2, 3)), (make_rng(15).standard_normal((2, 2, 5, 7)),)),
+        ["input 0"],
+    ),
+    "adaptive avgpool 1 (global)": (
+        lambda: (nn.AdaptiveAvgPool2d(1), (make_rng(16).standard_normal((2, 3, 3, 4)),)),
+        ["input 0"],
+    ),
     "linear": (_linear, ["input 0", "weight", "bias"]),
     "linear on (2, 3, 4)": (_linear_3d_input, ["input 0", "weight", "bias"]),
     "flatten": (lambda: (nn.Flatten(), (make_rng(17).standard_normal((2, 3, 2, 2)),)), ["input 0"]),
     "cross entropy (target not differentiated)": (_cross_entropy, ["input 0"]),
-    "cross entropy, label smoothing, sum": (functools.partial(_cross_entropy, label_smoothing=0.1, reduction="sum"),
-                                            ["input 0"]),
+    "cross entropy, label smoothing, sum": (
+        functools.partial(_cross_entropy, label_smoothing=0.1, reduction="sum"),
+        ["input 0"],
+    ),
     "cross entropy, reduction none": (functools.partial(_cross_entropy, reduction="none"), ["input 0"]),
-    "dropout eval": (lambda: (nn.Dropout(0.5, seed=0).eval(), (make_rng(18).standard_normal((3, 4)),)),
-                     ["input 0"]),
+    "dropout eval": (lambda: (nn.Dropout(0.5, seed=0).eval(), (make_rng(18).standard_normal((3, 4)),)), ["input 0"]),
     "dropout train p=0": (_dropout_train_p0, ["input 0"]),
 }
 
@@ -165,11 +170,11 @@ def test_full_gradcheck_passes_on_every_layer(case):
     module, inputs = build()
     report = gradcheck(module, *inputs)
     assert [a.name for a in report.arrays] == expected_names
-    assert report.unchecked == []                    # an integer target is not a floating input
+    assert report.unchecked == []  # an integer target is not a floating input
     assert report.mode == "full"
     assert [a.size for a in report.arrays] == [
-        inputs[0].size if name == "input 0" else dict(module.named_parameters())[name].size
-        for name in expected_names]
+        inputs[0].size if name == "input 0" else dict(module.named_parameters())[name].size for name in expected_names
+    ]
     assert_tight(report)
 
 
@@ -191,24 +196,50 @@ def _functional_cases():
         "conv2d": ((conv, F.conv2d_backward), (x, w, b), []),
         "conv2d, bias None": ((conv, F.conv2d_backward), (x, w, None), []),
         # the running statistics are inputs the backward does not differentiate: reported as unchecked
-        "batchnorm train": ((functools.partial(F.batchnorm2d_forward, training=True), F.batchnorm2d_backward),
-                            (x, gamma, beta, mean, var), ["input 3", "input 4"]),
-        "batchnorm eval": ((functools.partial(F.batchnorm2d_forward, training=False), F.batchnorm2d_backward),
-                           (x, gamma, beta, mean, var), ["input 3", "input 4"]),
+        "batchnorm train": (
+            (functools.partial(F.batchnorm2d_forward, training=True), F.batchnorm2d_backward),
+            (x, gamma, beta, mean, var),
+            ["input 3", "input 4"],
+        ),
+        "batchnorm eval": (
+            (functools.partial(F.batchnorm2d_forward, training=False), F.batchnorm2d_backward),
+            (x, gamma, beta, mean, var),
+            ["input 3", "input 4"],
+        ),
         "relu": ((F.relu_forward, F.relu_backward), (kink_free((2, 3, 4), rng),), []),
-        "maxpool": ((functools.partial(F.maxpool2d_forward, kernel_size=(3, 2), stride=(2, 1), padding=(1, 1)),
-                     F.maxpool2d_backward), (tie_free((2, 2, 6, 5), rng),), []),
-        "avgpool": ((functools.partial(F.avgpool2d_forward, kernel_size=2, stride=1, padding=1),
-                     F.avgpool2d_backward), (x,), []),
-        "adaptive avgpool": ((functools.partial(F.adaptive_avgpool2d_forward, output_size=(4, 3)),
-                              F.adaptive_avgpool2d_backward), (x,), []),
-        "linear": ((F.linear_forward, F.linear_backward), (rng.standard_normal((3, 5)),
-                                                            rng.standard_normal((2, 5)), rng.standard_normal(2)), []),
+        "maxpool": (
+            (
+                functools.partial(F.maxpool2d_forward, kernel_size=(3, 2), stride=(2, 1), padding=(1, 1)),
+                F.maxpool2d_backward,
+            ),
+            (tie_free((2, 2, 6, 5), rng),),
+            [],
+        ),
+        "avgpool": (
+            (functools.partial(F.avgpool2d_forward, kernel_size=2, stride=1, padding=1), F.avgpool2d_backward),
+            (x,),
+            [],
+        ),
+        "adaptive avgpool": (
+            (functools.partial(F.adaptive_avgpool2d_forward, output_size=(4, 3)), F.adaptive_avgpool2d_backward),
+            (x,),
+            [],
+        ),
+        "linear": (
+            (F.linear_forward, F.linear_backward),
+            (rng.standard_normal((3, 5)), rng.standard_normal((2, 5)), rng.standard_normal(2)),
+            [],
+        ),
         "flatten": ((F.flatten_forward, F.flatten_backward), (x,), []),
         "cross entropy": ((F.cross_entropy_forward, F.cross_entropy_backward), (logits, target), []),
-        "cross entropy smoothed, none": ((functools.partial(F.cross_entropy_forward, label_smoothing=0.2,
-                                                            reduction="none"), F.cross_entropy_backward),
-                                         (logits, target), []),
+        "cross entropy smoothed, none": (
+            (
+                functools.partial(F.cross_entropy_forward, label_smoothing=0.2, reduction="none"),
+                F.cross_entropy_backward,
+            ),
+            (logits, target),
+            [],
+        ),
         "dropout train p=0.3 (fixed mask)": (_dropout_pair(0.3), (x,), []),
     }
 
@@ -221,8 +252,11 @@ def test_full_gradcheck_passes_on_functional_pairs(case):
     pair, inputs, unchecked = FUNCTIONAL[case]
     report = gradcheck(pair, *inputs)
     assert report.unchecked == unchecked
-    differentiated = [f"input {i}" for i, a in enumerate(inputs)
-                      if isinstance(a, np.ndarray) and a.dtype.kind == "f" and f"input {i}" not in unchecked]
+    differentiated = [
+        f"input {i}"
+        for i, a in enumerate(inputs)
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and f"input {i}" not in unchecked
+    ]
     assert [a.name for a in report.arrays] == differentiated
     assert_tight(report)
 
@@ -259,8 +293,10 @@ BLOCK_PARAMS = ["conv1.weight", "bn1.weight", "bn1.bias", "conv2.weight", "bn2.w
 BLOCKS = {
     "identity shortcut": ((2, 2, 1), (2, 2, 4, 4), ["input 0", *BLOCK_PARAMS]),
     "projection shortcut (1x1 stride 2 + BN)": (
-        (2, 3, 2), (2, 2, 5, 6), ["input 0", *BLOCK_PARAMS, "shortcut.0.weight", "shortcut.1.weight",
-                                  "shortcut.1.bias"]),
+        (2, 3, 2),
+        (2, 2, 5, 6),
+        ["input 0", *BLOCK_PARAMS, "shortcut.0.weight", "shortcut.1.weight", "shortcut.1.bias"],
+    ),
 }
 
 
@@ -291,15 +327,15 @@ def test_directional_gradcheck_on_block_passes_and_is_much_cheaper(case):
     directional_calls = len(calls)
     assert report.passed and report.mode == "directional"
     assert [a.name for a in report.arrays] == [f"{n} (directional)" for n in names]
-    assert all(a.size == 1 for a in report.arrays)    # one number per array: the slope along d
+    assert all(a.size == 1 for a in report.arrays)  # one number per array: the slope along d
 
     calls.clear()
     full = gradcheck(block, x, mode="full")
     full_calls = len(calls)
     handle.remove()
     elements = sum(a.size for a in full.arrays)
-    assert directional_calls <= 2 * len(names) + 4     # 2 per array, plus a few for v and the centre
-    assert full_calls >= 2 * elements                  # 2 per element
+    assert directional_calls <= 2 * len(names) + 4  # 2 per array, plus a few for v and the centre
+    assert full_calls >= 2 * elements  # 2 per element
     assert full_calls > 10 * directional_calls, (full_calls, directional_calls)
 
 
@@ -308,9 +344,8 @@ class ForgetsShortcutGradient(ResidualBlock):
 
     def backward(self, dout):
         dsum = self.relu2.backward(dout)
-        self.shortcut.backward(dsum)                       # parameters still get their gradient
-        return self.conv1.backward(self.bn1.backward(self.relu1.backward(
-            self.conv2.backward(self.bn2.backward(dsum)))))
+        self.shortcut.backward(dsum)  # parameters still get their gradient
+        return self.conv1.backward(self.bn1.backward(self.relu1.backward(self.conv2.backward(self.bn2.backward(dsum)))))
 
 
 @pytest.mark.parametrize("mode", ["full", "directional"])
@@ -399,19 +434,25 @@ def test_planted_bug_is_caught_with_a_useful_message(case):
     module, x = build()
     with pytest.raises(GradcheckError) as info:
         gradcheck(module, x)
-    assert not isinstance(info.value, NondifferentiableError)   # a bug, not a kink
+    assert not isinstance(info.value, NondifferentiableError)  # a bug, not a kink
     message = str(info.value)
 
-    report = gradcheck(module, x, raise_exception=False)         # the same figures, as data
+    report = gradcheck(module, x, raise_exception=False)  # the same figures, as data
     assert not report.passed
     failed = [a for a in report.arrays if not a.allclose]
-    assert [a.name for a in failed] == [culprit]                 # only the buggy gradient is blamed
+    assert [a.name for a in failed] == [culprit]  # only the buggy gradient is blamed
     bad = failed[0]
     assert bad.num_failed >= 1 and bad.max_rel_error > 1e-3
-    for text in (f"{culprit}: ", f"at {bad.worst_index}", f"analytic {bad.analytic:.10g}",
-                 f"numeric {bad.numeric:.10g}", f"max |a-n|/(|a|+|n|) = {bad.max_rel_error:.3g}",
-                 f"norm ratio ||a-n||/(||a||+||n||) = {bad.norm_ratio:.3g}", f"max |a-n| = {bad.max_abs_error:.3g}",
-                 f"{bad.num_failed} of {bad.size} element(s) fail"):
+    for text in (
+        f"{culprit}: ",
+        f"at {bad.worst_index}",
+        f"analytic {bad.analytic:.10g}",
+        f"numeric {bad.numeric:.10g}",
+        f"max |a-n|/(|a|+|n|) = {bad.max_rel_error:.3g}",
+        f"norm ratio ||a-n||/(||a||+||n||) = {bad.norm_ratio:.3g}",
+        f"max |a-n| = {bad.max_abs_error:.3g}",
+        f"{bad.num_failed} of {bad.size} element(s) fail",
+    ):
         assert text in message, f"{text!r} missing from:\n{message}"
 
 
@@ -426,8 +467,9 @@ def test_planted_bug_reports_point_at_the_right_elements():
     assert worst.analytic / worst.numeric == pytest.approx(1.01, rel=1e-6)
 
 
-@pytest.mark.parametrize("case", ["batchnorm backward missing x_hat*mean(g*x_hat)", "conv dx off by 1%",
-                                  "maxpool routes dy one element off"])
+@pytest.mark.parametrize(
+    "case", ["batchnorm backward missing x_hat*mean(g*x_hat)", "conv dx off by 1%", "maxpool routes dy one element off"]
+)
 def test_directional_mode_catches_planted_bugs_too(case):
     module, x = PLANTED[case][0]()
     with pytest.raises(GradcheckError, match="directional"):
@@ -461,8 +503,8 @@ def test_sum_loss_is_vacuous_for_batchnorm_but_gradcheck_catches_the_bug():
     analytic, numeric = _sum_loss_check(buggy, x)
     # sum(BN(x)) = N*H*W * sum(beta) whatever x is: the true gradient is 0, and so is the buggy one.
     assert np.max(np.abs(numeric)) < 1e-8
-    np.testing.assert_allclose(analytic, numeric, atol=1e-8)     # the naive check "passes" the bug
-    with pytest.raises(GradcheckError, match="input 0"):           # a random upstream gradient does not
+    np.testing.assert_allclose(analytic, numeric, atol=1e-8)  # the naive check "passes" the bug
+    with pytest.raises(GradcheckError, match="input 0"):  # a random upstream gradient does not
         gradcheck(buggy, x)
 
 
@@ -499,7 +541,7 @@ def test_relu_input_on_or_within_eps_of_zero_is_a_kink(offset):
         gradcheck(nn.ReLU(), _relu_input_with(offset))
     assert "input 0 at (0, 1)" in str(info.value)
     report = gradcheck(nn.ReLU(), _relu_input_with(offset), raise_exception=False)
-    assert not report.passed and report.arrays[0].allclose          # nothing else is wrong
+    assert not report.passed and report.arrays[0].allclose  # nothing else is wrong
     assert [k.index for k in report.arrays[0].kinks] == [(0, 1)]
     assert "KINK" in str(report)
 
@@ -517,7 +559,7 @@ def test_relu_input_beyond_eps_is_fine():
 
 def test_maxpool_tie_is_a_kink():
     x = tie_free((1, 2, 4, 4), make_rng(51))
-    x[0, 1, 2, 2] = x[0, 1, 2, 3] = 2.0              # two maxima in one 2x2 window
+    x[0, 1, 2, 2] = x[0, 1, 2, 3] = 2.0  # two maxima in one 2x2 window
     with pytest.raises(NondifferentiableError, match="kink") as info:
         gradcheck(nn.MaxPool2d(2), x)
     assert "max-pool tie" in str(info.value)
@@ -567,7 +609,7 @@ def test_a_bug_is_reported_even_when_a_kink_is_present():
 
 def test_float32_is_refused_unless_allowed():
     rng = make_rng(60)
-    linear = nn.Linear(4, 3, rng=rng)                                # float32 parameters
+    linear = nn.Linear(4, 3, rng=rng)  # float32 parameters
     x32 = rng.standard_normal((2, 4)).astype(np.float32)
     with pytest.raises(TypeError, match="float64") as info:
         gradcheck(linear, x32)
@@ -610,7 +652,7 @@ def test_gradcheck_leaves_module_and_inputs_as_they_were():
     gradcheck(block, x, mode="directional")
 
     np.testing.assert_array_equal(x, x_before)
-    for key, value in block.state_dict().items():       # parameters, running stats, num_batches_tracked
+    for key, value in block.state_dict().items():  # parameters, running stats, num_batches_tracked
         np.testing.assert_array_equal(value, state[key], err_msg=key)
     for name, p in block.named_parameters():
         np.testing.assert_array_equal(p.grad, sentinel[name], err_msg=name)
@@ -648,7 +690,7 @@ def test_dropout_in_training_mode_is_checked_with_one_fixed_mask():
     report = gradcheck(drop, x)
     assert_tight(report)
     dropped = drop(x) == 0
-    assert dropped.any() and not dropped.all()          # a real mask, not p = 0 or p = 1
+    assert dropped.any() and not dropped.all()  # a real mask, not p = 0 or p = 1
 
 
 def test_bad_arguments_give_clear_errors():
@@ -668,7 +710,7 @@ def test_bad_arguments_give_clear_errors():
 # ---------------------------------------------------------------------------------------------
 # 6. The command line: python -m npresnet.gradcheck MODEL_OR_MODULE_PATH.
 
-_USER_LAYERS = '''
+_USER_LAYERS = """
 import numpy as np
 from npresnet import nn
 
@@ -691,15 +733,21 @@ def off_by_one_percent():
 
 
 NOT_A_MODULE = 3
-'''
+"""
 
 
 def _cli(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "npresnet.gradcheck", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "npresnet.gradcheck", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def test_cli_checks_a_named_model_with_a_line_per_array():
@@ -709,7 +757,7 @@ def test_cli_checks_a_named_model_with_a_line_per_array():
     assert lines[0] == "gradcheck resnet20: input (2, 3, 8, 8), training mode, seed 0"
     assert lines[1] == "gradcheck (directional), atol=1e-05 rtol=0.001: passed"
     rows = [line for line in lines if line.startswith("  ok   ")]
-    assert len(rows) == 1 + 19 * 3 + 2                       # input, (conv, BN weight, BN bias) x 19, fc
+    assert len(rows) == 1 + 19 * 3 + 2  # input, (conv, BN weight, BN bias) x 19, fc
     assert rows[0].split()[1:4] == ["input", "0", "(directional)"] and "fc.bias (directional)" in rows[-1]
     assert "60 array(s) checked" in lines[-1]
 
@@ -726,20 +774,28 @@ def test_cli_checks_a_users_class_and_reports_a_bug(tmp_path):
     assert "hint: analytic = 1.01 x numeric everywhere" in bad.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["resnet21"], "error: unknown model 'resnet21'; available: resnet18,"),
-    (["resnet20"], "error: full mode runs 2 forward passes per element, and resnet20 with input (2, 3, 32, 32) "
-                   "has 275,866 (input and parameters): use --mode directional"),
-    (["mylayers:LeakyReLU"], "error: --input-shape is required for mylayers:LeakyReLU"),
-    (["nosuchpackage.layers:X", "--input-shape", "2"], "error: cannot import 'nosuchpackage.layers'"),
-    (["mylayers:Missing", "--input-shape", "2"], "error: module 'mylayers' has no attribute 'Missing'"),
-    (["mylayers:NOT_A_MODULE", "--input-shape", "2"], "error: mylayers:NOT_A_MODULE is a int, not a Module class"),
-    (["mylayers:np", "--input-shape", "2"], "error: mylayers:np is a module, not a Module class"),
-    (["resnet20", "--input-shape", "2", "0", "8", "8"], "error: --input-shape needs positive sizes, got 2 0 8 8"),
-    (["resnet20", "--mode", "directional", "--input-shape", "2", "1", "8", "8"],
-     "error: resnet20 on input (2, 1, 8, 8): Conv2d expects input with 3 channels"),
-    (["resnet20", "--mode", "fast"], "error: argument --mode: invalid choice: 'fast'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["resnet21"], "error: unknown model 'resnet21'; available: resnet18,"),
+        (
+            ["resnet20"],
+            "error: full mode runs 2 forward passes per element, and resnet20 with input (2, 3, 32, 32) "
+            "has 275,866 (input and parameters): use --mode directional",
+        ),
+        (["mylayers:LeakyReLU"], "error: --input-shape is required for mylayers:LeakyReLU"),
+        (["nosuchpackage.layers:X", "--input-shape", "2"], "error: cannot import 'nosuchpackage.layers'"),
+        (["mylayers:Missing", "--input-shape", "2"], "error: module 'mylayers' has no attribute 'Missing'"),
+        (["mylayers:NOT_A_MODULE", "--input-shape", "2"], "error: mylayers:NOT_A_MODULE is a int, not a Module class"),
+        (["mylayers:np", "--input-shape", "2"], "error: mylayers:np is a module, not a Module class"),
+        (["resnet20", "--input-shape", "2", "0", "8", "8"], "error: --input-shape needs positive sizes, got 2 0 8 8"),
+        (
+            ["resnet20", "--mode", "directional", "--input-shape", "2", "1", "8", "8"],
+            "error: resnet20 on input (2, 1, 8, 8): Conv2d expects input with 3 channels",
+        ),
+        (["resnet20", "--mode", "fast"], "error: argument --mode: invalid choice: 'fast'"),
+    ],
+)
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, message):
     (tmp_path / "mylayers.py").write_text(_USER_LAYERS)
     result = _cli(*args, cwd=tmp_path, pythonpath=tmp_path)

@@ -30,18 +30,44 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--data", "digits", "--batch", "32", "--train-limit", "64", "--test-limit", "32", "--lr", "0.05",
-         "--progress", "none", "--prefetch", "0"]
+QUICK = [
+    "--data",
+    "digits",
+    "--batch",
+    "32",
+    "--train-limit",
+    "64",
+    "--test-limit",
+    "32",
+    "--lr",
+    "0.05",
+    "--progress",
+    "none",
+    "--prefetch",
+    "0",
+]
 
 
 def environment() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMBA_NUM_THREADS": "1",
+    }
 
 
 def run_python(code: str, *args: str, timeout: float = 120, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd, env=environment(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def digest(path: Path) -> str:
@@ -85,13 +111,14 @@ def test_a_save_killed_mid_write_keeps_the_old_file_and_the_next_save_removes_it
 
     import npresnet
     from npresnet import nn
+
     path = tmp_path / "weights.npz"
     npresnet.save(nn.Sequential(nn.Linear(64, 10, rng=np.random.default_rng(0))), path)
     before = digest(path)
     proc = run_python(SAVE_AND_DIE, str(path), mode)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     debris = temporaries(tmp_path)
-    assert len(debris) == 1 and digest(path) == before             # the old file is intact
+    assert len(debris) == 1 and digest(path) == before  # the old file is intact
     npresnet.save(nn.Sequential(nn.Linear(64, 10, rng=np.random.default_rng(1))), path)
     assert os.listdir(tmp_path) == ["weights.npz"], os.listdir(tmp_path)
 
@@ -102,9 +129,13 @@ def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
 
     import npresnet
     from npresnet import nn
+
     path, ready = tmp_path / "weights.npz", tmp_path / "ready"
-    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(SAVE_AND_DIE), str(path), "hold", str(ready)],
-                             cwd=REPO, env=environment())
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(SAVE_AND_DIE), str(path), "hold", str(ready)],
+        cwd=REPO,
+        env=environment(),
+    )
     try:
         deadline = time.monotonic() + 60
         while not ready.exists():
@@ -113,12 +144,12 @@ def test_a_live_writers_temporary_file_is_never_removed(tmp_path):
         theirs = temporaries(tmp_path)
         assert len(theirs) == 1 and f".{child.pid}." in theirs[0]
         npresnet.save(nn.Sequential(nn.Linear(64, 10, rng=np.random.default_rng(1))), path)
-        assert temporaries(tmp_path) == theirs                     # still writing: left alone
+        assert temporaries(tmp_path) == theirs  # still writing: left alone
     finally:
         child.kill()
         child.wait(30)
     npresnet.save(nn.Sequential(nn.Linear(64, 10, rng=np.random.default_rng(2))), path)
-    assert temporaries(tmp_path) == []                             # its writer is gone now
+    assert temporaries(tmp_path) == []  # its writer is gone now
 
 
 def test_debris_of_earlier_versions_is_removed_only_when_abandoned(tmp_path):
@@ -127,12 +158,18 @@ def test_debris_of_earlier_versions_is_removed_only_when_abandoned(tmp_path):
 
     import npresnet
     from npresnet import nn
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
-    dead = int(finished.stdout)                                    # a pid that no process has any more
+
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    dead = int(finished.stdout)  # a pid that no process has any more
     path = tmp_path / "checkpoint.npz"
-    names = {"abandoned": ".checkpoint.npz.0123456789ab.tmp", "fresh": ".checkpoint.npz.ba9876543210.tmp",
-             "dead writer": f"checkpoint.npz.{dead}.tmp", "live writer": f"checkpoint.npz.{os.getppid()}.tmp"}
+    names = {
+        "abandoned": ".checkpoint.npz.0123456789ab.tmp",
+        "fresh": ".checkpoint.npz.ba9876543210.tmp",
+        "dead writer": f"checkpoint.npz.{dead}.tmp",
+        "live writer": f"checkpoint.npz.{os.getppid()}.tmp",
+    }
     for name in names.values():
         (tmp_path / name).write_bytes(b"half a file")
     hour_ago = time.time() - 3600
@@ -167,15 +204,16 @@ def test_a_kill_between_the_checkpoint_and_the_records_is_repaired_by_resume(tmp
     """Killed in the last epoch after its checkpoint, before its metrics (or plot): --resume repairs them."""
     from npresnet.checkpoint import read_checkpoint
     from npresnet.train import main
+
     out = tmp_path / "run"
     args = [*QUICK, "--epochs", "2", "--out", str(out), "--plot", str(out / "curves.png")]
-    proc = run_python(TRAIN_AND_DIE, target, "2", *args)               # the 2nd write of target: epoch 2
+    proc = run_python(TRAIN_AND_DIE, target, "2", *args)  # the 2nd write of target: epoch 2
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert read_checkpoint(out / "checkpoint.npz")[0]["epoch"] == 2
     assert len((out / "metrics.csv").read_text().splitlines()) == (2 if target == "metrics.csv" else 3)
-    assert len(temporaries(out)) == 1, os.listdir(out)                  # the killed write's temporary file
+    assert len(temporaries(out)) == 1, os.listdir(out)  # the killed write's temporary file
 
-    assert main(["--resume", str(out), "--progress", "none"]) == 0          # nothing left to train
+    assert main(["--resume", str(out), "--progress", "none"]) == 0  # nothing left to train
     assert "done: final test accuracy" in capsys.readouterr().out
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[2].startswith("2,")
@@ -190,6 +228,7 @@ def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_ex
 
     from npresnet.checkpoint import read_checkpoint
     from npresnet.train import main
+
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert main([*QUICK, "--epochs", "2", "--out", str(straight)]) == 0
     proc = run_python(TRAIN_AND_DIE, "checkpoint.npz", "2", *QUICK, "--epochs", "2", "--out", str(killed))
@@ -207,18 +246,34 @@ def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_ex
 @pytest.mark.slow
 def test_two_runs_started_together_on_one_folder_one_refuses(tmp_path):
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "npresnet.train", *QUICK, "--train-limit", "256", "--epochs", "3",
-               "--out", str(out)]
-    runs = [subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    command = [
+        sys.executable,
+        "-m",
+        "npresnet.train",
+        *QUICK,
+        "--train-limit",
+        "256",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+    ]
+    runs = [
+        subprocess.Popen(
+            command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
     results = [(run.pid, *run.communicate(timeout=300), run.returncode) for run in runs]
     codes = sorted(code for *_, code in results)
     assert codes == [0, 2], [(code, err[-500:]) for _, _, err, code in results]
     (winner,) = [r for r in results if r[3] == 0]
     (loser,) = [r for r in results if r[3] == 2]
     err = loser[2]
-    assert err == f"error: {out} is in use by another run (pid {winner[0]}, which holds {out}/.npresnet-run.lock); " \
-                  "wait for it to finish, or choose another --out\n", err
+    assert (
+        err == f"error: {out} is in use by another run (pid {winner[0]}, which holds {out}/.npresnet-run.lock); "
+        "wait for it to finish, or choose another --out\n"
+    ), err
     assert "epoch   3/3" in winner[1]
 
 
@@ -227,13 +282,25 @@ def test_two_runs_started_together_on_one_folder_one_refuses(tmp_path):
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_stops_after_the_current_step_and_prints_the_resume_command(tmp_path, signum, code):
     from npresnet.checkpoint import read_checkpoint
+
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "npresnet.train", *QUICK, "--train-limit", "256", "--epochs", "200",
-               "--out", str(out)]
-    child = subprocess.Popen(command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "npresnet.train",
+        *QUICK,
+        "--train-limit",
+        "256",
+        "--epochs",
+        "200",
+        "--out",
+        str(out),
+    ]
+    child = subprocess.Popen(
+        command, cwd=REPO, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        for line in child.stdout:                      # wait for the end of the first epoch (a checkpoint)
+        for line in child.stdout:  # wait for the end of the first epoch (a checkpoint)
             if line.startswith("epoch   1/200"):
                 break
         child.send_signal(signum)
@@ -243,17 +310,26 @@ def test_a_signal_stops_after_the_current_step_and_prints_the_resume_command(tmp
     assert child.returncode == code, stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     name = signal.Signals(signum).name
-    match = re.fullmatch(rf"stopped by {name} at iteration (\d+) \(epoch (\d+) unfinished\); the checkpoint "
-                         rf"{re.escape(str(out / 'checkpoint.npz'))} \(end of epoch (\d+)\) is intact\. "
-                         r"Continue with: (.*)", stderr.strip())
+    match = re.fullmatch(
+        rf"stopped by {name} at iteration (\d+) \(epoch (\d+) unfinished\); the checkpoint "
+        rf"{re.escape(str(out / 'checkpoint.npz'))} \(end of epoch (\d+)\) is intact\. "
+        r"Continue with: (.*)",
+        stderr.strip(),
+    )
     assert match, stderr
     epoch = int(match.group(3))
     assert int(match.group(2)) == epoch + 1 and read_checkpoint(out / "checkpoint.npz")[0]["epoch"] == epoch
     resume = shlex.split(match.group(4))
     assert resume == ["python", "-m", "npresnet.train", "--resume", str(out), "--epochs", "200"]
     # The printed command continues the run (here to one more epoch only).
-    proc = subprocess.run([sys.executable, *resume[1:], "--epochs", str(epoch + 1), "--progress", "none"], cwd=REPO,
-                          env=environment(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, *resume[1:], "--epochs", str(epoch + 1), "--progress", "none"],
+        cwd=REPO,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert read_checkpoint(out / "checkpoint.npz")[0]["epoch"] == epoch + 1 and temporaries(out) == []
 
@@ -273,14 +349,22 @@ def mpiexec() -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank0, rank1, shown", [
-    (["--seed", "0"], ["--seed", "1"], "--seed: rank 0 0, rank 1 1"),                      # trained silently
-    (["--batch", "32"], ["--batch", "16"], "--batch: rank 0 32, rank 1 16"),                # hung until the timeout
-    ([], ["--sync-bn"], "--sync-bn: rank 0 False, rank 1 True"),                            # hung
-    (["--epochs", "1"], ["--epochs", "2"], "--epochs: rank 0 1, rank 1 2"),                  # hung
-    (["--model", "resnet20"], ["--model", "resnet32"], "--model: rank 0 'resnet20', rank 1 'resnet32'"),  # MPI error
-    (["--dtype", "float32"], ["--dtype", "float64"], "--dtype: rank 0 'float32', rank 1 'float64'"),      # MPI error
-], ids=["seed", "batch", "sync-bn", "epochs", "model", "dtype"])
+@pytest.mark.parametrize(
+    "rank0, rank1, shown",
+    [
+        (["--seed", "0"], ["--seed", "1"], "--seed: rank 0 0, rank 1 1"),  # trained silently
+        (["--batch", "32"], ["--batch", "16"], "--batch: rank 0 32, rank 1 16"),  # hung until the timeout
+        ([], ["--sync-bn"], "--sync-bn: rank 0 False, rank 1 True"),  # hung
+        (["--epochs", "1"], ["--epochs", "2"], "--epochs: rank 0 1, rank 1 2"),  # hung
+        (
+            ["--model", "resnet20"],
+            ["--model", "resnet32"],
+            "--model: rank 0 'resnet20', rank 1 'resnet32'",
+        ),  # MPI error
+        (["--dtype", "float32"], ["--dtype", "float64"], "--dtype: rank 0 'float32', rank 1 'float64'"),  # MPI error
+    ],
+    ids=["seed", "batch", "sync-bn", "epochs", "model", "dtype"],
+)
 def test_mpi_ranks_started_with_different_settings_stop_at_once(tmp_path, rank0, rank1, shown):
     """One rank per half of an MPMD command line; the default --dist-timeout (300 s) is left as it is."""
     launcher = mpiexec()

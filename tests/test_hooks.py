@@ -19,22 +19,33 @@ def test_backward_hooks_fire_in_reverse_execution_order_children_before_parents(
     model = tiny_resnet()
     x = rng.standard_normal((2, 3, 8, 8))
     order = []
-    handles = [m.register_backward_hook(lambda mod, gi, go, name=name: order.append(name))
-               for name, m in model.named_modules()]
-    pre = [m.register_backward_pre_hook(lambda mod, go, name=name: order.append("pre " + name))
-           for name, m in model.named_modules() if name in ("", "layer3.0", "fc")]
+    handles = [
+        m.register_backward_hook(lambda mod, gi, go, name=name: order.append(name)) for name, m in model.named_modules()
+    ]
+    pre = [
+        m.register_backward_pre_hook(lambda mod, go, name=name: order.append("pre " + name))
+        for name, m in model.named_modules()
+        if name in ("", "layer3.0", "fc")
+    ]
     model.backward(rng.standard_normal(model(x).shape))
-    assert order[0] == "pre " and order[-1] == ""                 # the whole model: first in, last out
-    assert order[1:3] == ["pre fc", "fc"]                         # fc is the last layer of the forward
+    assert order[0] == "pre " and order[-1] == ""  # the whole model: first in, last out
+    assert order[1:3] == ["pre fc", "fc"]  # fc is the last layer of the forward
     block = [n for n in order if n.startswith(("layer3.0", "pre layer3.0"))]
     # layer3.0's children run inside its backward, so its own hook comes after all of theirs
     assert block[0] == "pre layer3.0" and block[-1] == "layer3.0"
-    assert block[1:-1] == ["layer3.0.relu_out", "layer3.0.bn2", "layer3.0.conv2", "layer3.0.relu1",
-                           "layer3.0.bn1", "layer3.0.conv1", "layer3.0.shortcut"]
-    assert order.index("layer3") < order.index("layer2.0.relu_out")     # the stages in reverse
+    assert block[1:-1] == [
+        "layer3.0.relu_out",
+        "layer3.0.bn2",
+        "layer3.0.conv2",
+        "layer3.0.relu1",
+        "layer3.0.bn1",
+        "layer3.0.conv1",
+        "layer3.0.shortcut",
+    ]
+    assert order.index("layer3") < order.index("layer2.0.relu_out")  # the stages in reverse
     assert order.index("layer1") < order.index("conv1")
     assert sorted(set(order) - {"pre ", "pre fc", "pre layer3.0"}) == sorted(n for n, _ in model.named_modules())
-    assert len(order) == len(handles) + len(pre)                  # each exactly once
+    assert len(order) == len(handles) + len(pre)  # each exactly once
 
 
 def test_backward_hooks_see_the_arrays_that_flow(rng):
@@ -43,18 +54,17 @@ def test_backward_hooks_see_the_arrays_that_flow(rng):
     seen = {}
     modules = dict(model.named_modules())
     for name in ("", "layer2.0", "layer2.0.conv1", "layer2.0.shortcut", "layer2.0.relu_out", "fc"):
-        modules[name].register_backward_hook(
-            lambda mod, gi, go, name=name: seen.__setitem__(name, (gi, go)))
+        modules[name].register_backward_hook(lambda mod, gi, go, name=name: seen.__setitem__(name, (gi, go)))
     # A second, unhooked model with the same weights gives the reference arrays.
     reference = tiny_resnet()
     logits = model(x)
     reference(x)
     dlogits = rng.standard_normal(logits.shape)
     dx = model.backward(dlogits)
-    np.testing.assert_array_equal(reference.backward(dlogits), dx)   # hooks change nothing
+    np.testing.assert_array_equal(reference.backward(dlogits), dx)  # hooks change nothing
 
     assert all(isinstance(gi, tuple) and isinstance(go, tuple) for gi, go in seen.values())
-    assert seen[""][0][0] is dx and seen[""][1][0] is dlogits       # the very objects, not copies
+    assert seen[""][0][0] is dx and seen[""][1][0] is dlogits  # the very objects, not copies
     assert seen["fc"][1][0] is dlogits
     assert seen["fc"][0][0].shape == (3, 64)
     # The block: grad_output is what its relu_out received; grad_input what conv1 and the shortcut sent back,
@@ -63,7 +73,7 @@ def test_backward_hooks_see_the_arrays_that_flow(rng):
     assert block_out is seen["layer2.0.relu_out"][1][0]
     assert block_out.shape == (3, 32, 4, 4) and block_in.shape == (3, 16, 8, 8)
     main, shortcut = seen["layer2.0.conv1"][0][0], seen["layer2.0.shortcut"][0][0]
-    assert seen["layer2.0.shortcut"][1][0] is seen["layer2.0.relu_out"][0][0]   # (+) copies its gradient
+    assert seen["layer2.0.shortcut"][1][0] is seen["layer2.0.relu_out"][0][0]  # (+) copies its gradient
     np.testing.assert_array_equal(main + shortcut, block_in)
     assert np.abs(main).sum() > 0 and np.abs(shortcut).sum() > 0
 
@@ -79,14 +89,14 @@ def test_a_backward_hook_can_replace_grad_input_and_a_pre_hook_grad_output(rng):
     handle = layer.register_backward_hook(lambda mod, gi, go: (3.0 * gi[0],))
     layer(x)
     np.testing.assert_allclose(layer.backward(dy), 3.0 * dx, rtol=1e-14)
-    np.testing.assert_allclose(layer.weight.grad, grad_w, rtol=1e-14)   # parameters are not affected
+    np.testing.assert_allclose(layer.weight.grad, grad_w, rtol=1e-14)  # parameters are not affected
     handle.remove()
 
     layer.zero_grad()
     pre = layer.register_backward_pre_hook(lambda mod, go: (2.0 * go[0],))
     layer(x)
     np.testing.assert_allclose(layer.backward(dy), 2.0 * dx, rtol=1e-14)
-    np.testing.assert_allclose(layer.weight.grad, 2.0 * grad_w, rtol=1e-14)   # the whole backward saw 2 dy
+    np.testing.assert_allclose(layer.weight.grad, 2.0 * grad_w, rtol=1e-14)  # the whole backward saw 2 dy
     pre.remove()
 
     bad = layer.register_backward_hook(lambda mod, gi, go: (gi[0], gi[0]))

@@ -33,13 +33,34 @@ ROOT = Path(__file__).resolve().parent.parent
 LIBRARY = sorted([*(ROOT / "npresnet").rglob("*.py"), *(ROOT / "kernels").glob("*.py")])
 
 #: Modules whose functions handle (possibly device) arrays on every step: the forward/backward path.
-ARRAY_PATH = sorted([*(ROOT / "npresnet" / "functional").glob("*.py"), *(ROOT / "npresnet" / "nn").glob("*.py"),
-                     *(ROOT / "npresnet" / "models").glob("*.py"), ROOT / "npresnet" / "optim.py"])
+ARRAY_PATH = sorted(
+    [
+        *(ROOT / "npresnet" / "functional").glob("*.py"),
+        *(ROOT / "npresnet" / "nn").glob("*.py"),
+        *(ROOT / "npresnet" / "models").glob("*.py"),
+        ROOT / "npresnet" / "optim.py",
+    ]
+)
 
 #: ``np.<name>`` that only make dtypes, scalars of a dtype, or dtype facts: safe on any backend.
 DTYPE_HELPERS = {
-    "dtype", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "intp", "uint8", "bool_",
-    "finfo", "iinfo", "issubdtype", "result_type", "promote_types", "can_cast",
+    "dtype",
+    "float16",
+    "float32",
+    "float64",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "intp",
+    "uint8",
+    "bool_",
+    "finfo",
+    "iinfo",
+    "issubdtype",
+    "result_type",
+    "promote_types",
+    "can_cast",
 }
 
 #: Generator constructors: they take seeds, never arrays.
@@ -47,28 +68,46 @@ HOST_RANDOM = {"random.default_rng", "random.Generator", "random.SeedSequence", 
 
 #: (path relative to the repository, function qualname, call) -> why it only sees host data.
 REVIEWED = {
-    ("npresnet/functional/pooling.py", "_avgpool_divisor", "np.arange"):
-        "window starts from Python ints (the (OH, OW) divisor table is built on the host)",
+    (
+        "npresnet/functional/pooling.py",
+        "_avgpool_divisor",
+        "np.arange",
+    ): "window starts from Python ints (the (OH, OW) divisor table is built on the host)",
     ("npresnet/functional/pooling.py", "_avgpool_divisor", "np.minimum"): "host ints (divisor table)",
     ("npresnet/functional/pooling.py", "_avgpool_divisor", "np.maximum"): "host ints (divisor table)",
     ("npresnet/functional/pooling.py", "_avgpool_divisor", "np.outer"): "host ints (divisor table)",
-    ("npresnet/functional/pooling.py", "avgpool2d_forward", "np.full"):
-        "divisor_override table from a Python int; moved with xp.asarray right after",
-    ("npresnet/nn/module.py", "Module._prepare_state_dict", "np.shape"):
-        "np.shape reads .shape first, so it does not convert a CuPy array",
+    (
+        "npresnet/functional/pooling.py",
+        "avgpool2d_forward",
+        "np.full",
+    ): "divisor_override table from a Python int; moved with xp.asarray right after",
+    (
+        "npresnet/nn/module.py",
+        "Module._prepare_state_dict",
+        "np.shape",
+    ): "np.shape reads .shape first, so it does not convert a CuPy array",
     ("npresnet/nn/module.py", "new_parameter", "np.asarray"): "fresh host initialisation, then to_backend",
     ("npresnet/nn/module.py", "new_buffer", "np.asarray"): "fresh host initialisation, then to_backend",
     ("npresnet/nn/batchnorm.py", "BatchNorm2d.__init__", "np.ones"): "initial values on the host",
     ("npresnet/nn/batchnorm.py", "BatchNorm2d.__init__", "np.zeros"): "initial values on the host",
     ("npresnet/nn/batchnorm.py", "BatchNorm2d.__init__", "np.array"): "initial num_batches_tracked",
-    ("npresnet/nn/batchnorm.py", "BatchNorm2d.forward", "int(self.num_batches_tracked)"):
-        "momentum=None only (cumulative average): one device -> host read per forward",
-    ("npresnet/functional/loss.py", "cross_entropy_forward", "bool(((target < 0) | (target >= K)).any())"):
-        "validates class indices (CuPy would wrap out-of-range ones silently): one sync per call",
+    (
+        "npresnet/nn/batchnorm.py",
+        "BatchNorm2d.forward",
+        "int(self.num_batches_tracked)",
+    ): "momentum=None only (cumulative average): one device -> host read per forward",
+    (
+        "npresnet/functional/loss.py",
+        "cross_entropy_forward",
+        "bool(((target < 0) | (target >= K)).any())",
+    ): "validates class indices (CuPy would wrap out-of-range ones silently): one sync per call",
     ("npresnet/functional/loss.py", "cross_entropy_forward", "int(target.min())"): "error message only",
     ("npresnet/functional/loss.py", "cross_entropy_forward", "int(target.max())"): "error message only",
-    ("npresnet/optim.py", "Optimizer._checked_state_value", "np.asarray"):
-        "load time: the 'step' count, np.asarray(to_numpy(value)) of a number or 0-d tensor, explicit",
+    (
+        "npresnet/optim.py",
+        "Optimizer._checked_state_value",
+        "np.asarray",
+    ): "load time: the 'step' count, np.asarray(to_numpy(value)) of a number or 0-d tensor, explicit",
     ("npresnet/optim.py", "Optimizer._checked_state_value", "to_numpy"): "load time, explicit",
 }
 
@@ -86,7 +125,7 @@ class _ImportTimeCupy(ast.NodeVisitor):
     def __init__(self) -> None:
         self.found: list[tuple[int, str]] = []
 
-    def visit_FunctionDef(self, node: ast.AST) -> None:      # bodies run later, when called
+    def visit_FunctionDef(self, node: ast.AST) -> None:  # bodies run later, when called
         for decorator in getattr(node, "decorator_list", []):
             self.visit(decorator)
 
@@ -117,8 +156,10 @@ def test_no_module_imports_cupy_at_import_time():
         finder = _ImportTimeCupy()
         finder.visit(ast.parse(path.read_text(), str(path)))
         problems += [f"{path.relative_to(ROOT)}:{line}: {what}" for line, what in finder.found]
-    assert not problems, ("CuPy must be imported lazily, inside the function that needs it "
-                          "(see npresnet.backend._import_cupy):\n  " + "\n  ".join(problems))
+    assert not problems, (
+        "CuPy must be imported lazily, inside the function that needs it "
+        "(see npresnet.backend._import_cupy):\n  " + "\n  ".join(problems)
+    )
 
 
 def _modules_after(code: str) -> set[str]:
@@ -155,7 +196,7 @@ for name in kernel_names if {with_kernels} else []:
 def test_importing_every_module_never_imports_cupy():
     loaded = _modules_after(_IMPORT_ALL.format(with_kernels=True))
     if importlib.util.find_spec("numba") is not None:
-        assert "numba" in loaded                         # the kernel modules really were imported
+        assert "numba" in loaded  # the kernel modules really were imported
     assert not loaded & {"cupy", "cupyx", "cupy_backends"}, sorted(loaded)
 
 
@@ -194,8 +235,12 @@ class _HostCalls(ast.NodeVisitor):
                 self.found.append((node.lineno, where, "np." + attr))
             elif func in ("to_numpy", "backend.to_numpy"):
                 self.found.append((node.lineno, where, "to_numpy"))
-            elif isinstance(node.func, ast.Attribute) and node.func.attr in ("item", "tolist", "get") \
-                    and not node.args and func not in ("results.get",):
+            elif (
+                isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("item", "tolist", "get")
+                and not node.args
+                and func not in ("results.get",)
+            ):
                 self.found.append((node.lineno, where, f".{node.func.attr}()"))
             elif func in ("int", "float", "bool") and len(node.args) == 1 and self._reads_device(node.args[0]):
                 self.found.append((node.lineno, where, ast.unparse(node)))
@@ -208,8 +253,11 @@ class _HostCalls(ast.NodeVisitor):
             if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.func.attr in _REDUCTIONS:
                 return True
         # an attribute of the module itself (a buffer such as self.num_batches_tracked lives on the device)
-        return (isinstance(arg, ast.Attribute) and ast.unparse(arg).startswith("self.")
-                and arg.attr not in ("size", "ndim", "nbytes", "itemsize"))      # Python ints on CuPy too
+        return (
+            isinstance(arg, ast.Attribute)
+            and ast.unparse(arg).startswith("self.")
+            and arg.attr not in ("size", "ndim", "nbytes", "itemsize")
+        )  # Python ints on CuPy too
 
 
 def _host_calls() -> list[tuple[str, int, str, str]]:
@@ -228,13 +276,17 @@ def _reviewed_key(rel: str, where: str, call: str) -> tuple[str, str, str] | Non
 
 
 def test_array_path_calls_no_numpy_on_device_arrays():
-    unreviewed = [f"{rel}:{line} in {where}(): {call}" for rel, line, where, call in _host_calls()
-                  if _reviewed_key(rel, where, call) is None]
+    unreviewed = [
+        f"{rel}:{line} in {where}(): {call}"
+        for rel, line, where, call in _host_calls()
+        if _reviewed_key(rel, where, call) is None
+    ]
     assert not unreviewed, (
         "NumPy calls or device -> host reads on the array path that nobody has reviewed. Use "
         "xp = get_array_module(x) and xp.<function>, or, if the call only ever sees host data (Python "
         "numbers, shapes), add it to REVIEWED in tests/test_import_guard.py with the reason:\n  "
-        + "\n  ".join(unreviewed))
+        + "\n  ".join(unreviewed)
+    )
 
 
 def test_reviewed_list_has_no_stale_entries():
@@ -243,16 +295,21 @@ def test_reviewed_list_has_no_stale_entries():
     assert not stale, "REVIEWED lists calls that are gone (delete these entries):\n  " + "\n  ".join(map(str, stale))
 
 
-@pytest.mark.parametrize("source, expected", [
-    ("def f(x):\n    return np.asarray(x)\n", ["np.asarray"]),
-    ("def f(x):\n    return np.add.at(x, 0, 1)\n", ["np.add.at"]),
-    ("def f(x):\n    return int(x.max())\n", ["int(x.max())"]),
-    ("def f(x):\n    return x.item() + float(x.sum())\n", [".item()", "float(x.sum())"]),
-    ("def f(x):\n    return np.dtype(x.dtype), np.float32(1), int(x.shape[0]), bool(x)\n", []),
-    ("def f(self):\n    return np.random.default_rng(0), int(self.num_batches_tracked)\n",
-     ["int(self.num_batches_tracked)"]),
-    ("y = np.zeros(3)\n", []),                       # module level: constants built once on the host
-])
+@pytest.mark.parametrize(
+    "source, expected",
+    [
+        ("def f(x):\n    return np.asarray(x)\n", ["np.asarray"]),
+        ("def f(x):\n    return np.add.at(x, 0, 1)\n", ["np.add.at"]),
+        ("def f(x):\n    return int(x.max())\n", ["int(x.max())"]),
+        ("def f(x):\n    return x.item() + float(x.sum())\n", [".item()", "float(x.sum())"]),
+        ("def f(x):\n    return np.dtype(x.dtype), np.float32(1), int(x.shape[0]), bool(x)\n", []),
+        (
+            "def f(self):\n    return np.random.default_rng(0), int(self.num_batches_tracked)\n",
+            ["int(self.num_batches_tracked)"],
+        ),
+        ("y = np.zeros(3)\n", []),  # module level: constants built once on the host
+    ],
+)
 def test_the_scanner_flags_what_it_should(source, expected):
     finder = _HostCalls()
     finder.visit(ast.parse(source))
@@ -260,9 +317,11 @@ def test_the_scanner_flags_what_it_should(source, expected):
 
 
 def test_the_import_scanner_flags_what_it_should():
-    source = ("import numpy\ntry:\n    import cupy\nexcept ImportError:\n    cupy = None\n"
-              "from cupyx import scipy\nimportlib.import_module('cupy')\n"
-              "def lazy():\n    import cupy\n    return cupy\n")
+    source = (
+        "import numpy\ntry:\n    import cupy\nexcept ImportError:\n    cupy = None\n"
+        "from cupyx import scipy\nimportlib.import_module('cupy')\n"
+        "def lazy():\n    import cupy\n    return cupy\n"
+    )
     finder = _ImportTimeCupy()
     finder.visit(ast.parse(source))
     assert [line for line, _ in finder.found] == [3, 6, 7]
@@ -278,8 +337,11 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     Relative imports are resolved against the package the file is installed as (kernels/ is
     ``npresnet.kernels``), so ``from .. import functional`` shows up as ``npresnet.functional``.
     """
-    package = "npresnet.kernels" if path.parent.name == "kernels" else \
-        ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    package = (
+        "npresnet.kernels"
+        if path.parent.name == "kernels"
+        else ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    )
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -288,7 +350,7 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
-                anchor = ".".join(parts[:len(parts) - node.level + 1])
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
                 base = f"{anchor}.{base}" if base else anchor
             found += [(node.lineno, f"{base}.{alias.name}" if not node.module else base) for alias in node.names]
         elif isinstance(node, ast.Call) and ast.unparse(node.func) in ("importlib.import_module", "import_module"):
@@ -315,8 +377,9 @@ def test_kernels_import_nothing_of_npresnet_but_themselves():
             if top in sys.stdlib_module_names or top in KERNEL_DEPENDENCIES or top == "__future__":
                 continue
             problems.append(f"{path.relative_to(ROOT)}:{line}: imports {name}")
-    assert not problems, "kernels/ must stay a leaf (numpy, numba and its own modules only):\n  " + \
-        "\n  ".join(problems)
+    assert not problems, "kernels/ must stay a leaf (numpy, numba and its own modules only):\n  " + "\n  ".join(
+        problems
+    )
 
 
 def test_the_kernels_package_loads_without_the_rest_of_npresnet():
@@ -334,8 +397,9 @@ for name in names:
         assert "npresnet" not in str(exc), exc
 print(json.dumps([len(names), sorted(m for m in sys.modules if m.split(".")[0] == "npresnet")]))
 """
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     count, loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert count > 5 and loaded == [], loaded
@@ -350,7 +414,8 @@ def test_a_checkout_that_is_not_installed_says_so_in_one_line():
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "ImportError: npresnet is not installed: run `pip install -e .` in the repository root (it maps the "
-        "top-level kernels/ folder to npresnet.kernels)")
+        "top-level kernels/ folder to npresnet.kernels)"
+    )
 
 
 def test_import_npresnet_is_enough_for_optim_schedules_and_data():

@@ -61,7 +61,7 @@ def test_block_norms_equal_an_independent_backward(rng, shortcut):
         np.testing.assert_allclose(record.input, np.linalg.norm(dx), rtol=1e-12)
         np.testing.assert_allclose(record.gain, np.linalg.norm(dx) / np.linalg.norm(out), rtol=1e-12)
         arrays = flow.arrays[record.name]
-        np.testing.assert_array_equal(arrays["main"] + arrays["shortcut"], arrays["input"])   # the fork's sum
+        np.testing.assert_array_equal(arrays["main"] + arrays["shortcut"], arrays["input"])  # the fork's sum
         assert record.out > 0 and record.main > 0
         if shortcut is None:
             assert record.shortcut == 0.0 and record.main == record.input
@@ -74,10 +74,12 @@ def test_block_norms_equal_an_independent_backward(rng, shortcut):
 def test_basic_and_bottleneck_blocks_including_the_identity_without_a_module(rng):
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1, bias=False, rng=rng),
-        BasicBlock(8, 8, rng=rng),                                                   # identity: no module
+        BasicBlock(8, 8, rng=rng),  # identity: no module
         BasicBlock(8, 16, 2, downsample=nn.Sequential(conv1x1(8, 16, 2, rng=rng), nn.BatchNorm2d(16)), rng=rng),
-        Bottleneck(16, 4, rng=rng),                                                  # 16 -> 16: identity
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 3, rng=rng),
+        Bottleneck(16, 4, rng=rng),  # 16 -> 16: identity
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 3, rng=rng),
     ).to(np.float64)
     x = rng.standard_normal((2, 3, 6, 6))
     flow = GradientFlow(model, keep_arrays=True)
@@ -102,7 +104,7 @@ def test_param_grad_norms_and_update_ratios_after_an_sgd_step(rng):
     flow = GradientFlow(model)
     before = {name: p.data.copy() for name, p in model.named_parameters()}
     loss = flow.step(x, y, nn.CrossEntropyLoss(), SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=wd))
-    assert not any(m._backward_hooks for m in model.modules())      # step() removed the hooks it added
+    assert not any(m._backward_hooks for m in model.modules())  # step() removed the hooks it added
 
     criterion = nn.CrossEntropyLoss()
     assert loss == pytest.approx(float(criterion(twin(x), y)), rel=1e-12)
@@ -120,14 +122,14 @@ def test_param_grad_norms_and_update_ratios_after_an_sgd_step(rng):
         if record.weight > 0:
             np.testing.assert_allclose(record.ratio, record.update / record.weight, rtol=1e-12)
         else:
-            assert np.isnan(record.ratio)          # BatchNorm biases start at 0
+            assert np.isnan(record.ratio)  # BatchNorm biases start at 0
 
 
 def test_hooks_are_removed_on_exit_and_records_follow_the_last_backward(rng):
     model = tiny()
     x = rng.standard_normal((2, 3, 8, 8))
     with GradientFlow(model) as flow:
-        assert sum(len(m._backward_hooks) for m in model.modules()) == 3 * 4     # block, relu_out, conv1, shortcut
+        assert sum(len(m._backward_hooks) for m in model.modules()) == 3 * 4  # block, relu_out, conv1, shortcut
         model(x)
         model.backward(rng.standard_normal((2, 5)))
         first = flow.block_flows[0].input
@@ -136,15 +138,14 @@ def test_hooks_are_removed_on_exit_and_records_follow_the_last_backward(rng):
         assert flow.block_flows[0].input > 3 * first
     assert all(not m._backward_hooks for m in model.modules())
     model(x)
-    model.backward(rng.standard_normal((2, 5)))                  # no longer recorded
+    model.backward(rng.standard_normal((2, 5)))  # no longer recorded
     assert flow.block_flows[0].input > 3 * first
 
 
 def test_table_dict_and_figure(rng, tmp_path):
     model = tiny()
     flow = GradientFlow(model)
-    flow.step(rng.standard_normal((4, 3, 8, 8)), np.arange(4), nn.CrossEntropyLoss(),
-              SGD(model.parameters(), lr=0.1))
+    flow.step(rng.standard_normal((4, 3, 8, 8)), np.arange(4), nn.CrossEntropyLoss(), SGD(model.parameters(), lr=0.1))
     text = flow.table()
     assert "layer2.0" in text and "residual" in text and "fc.weight" in text and "||dw||/||w||" in text
     assert text == format_table(flow.to_dict()) == str(flow)

@@ -16,8 +16,13 @@ from npresnet.io import load_torch
 
 def small_net(rng: np.random.Generator) -> nn.Sequential:
     """conv -> BN -> ReLU -> flatten -> linear on (N, 3, 4, 4) inputs."""
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 4 * 4, 5, rng=rng))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 5, rng=rng),
+    )
 
 
 def trained_net(rng: np.random.Generator, dtype) -> nn.Sequential:
@@ -29,8 +34,8 @@ def trained_net(rng: np.random.Generator, dtype) -> nn.Sequential:
     net = small_net(rng).to(dtype)
     for _ in range(2):
         net(rng.standard_normal((2, 3, 4, 4)).astype(dtype))
-    net[1].num_batches_tracked[...] = 2**40 + 3          # needs int64
-    net[0].weight.data.reshape(-1)[:2] = [-0.0, np.finfo(dtype).tiny / 2]     # -0, a subnormal
+    net[1].num_batches_tracked[...] = 2**40 + 3  # needs int64
+    net[0].weight.data.reshape(-1)[:2] = [-0.0, np.finfo(dtype).tiny / 2]  # -0, a subnormal
     net[1].running_mean[:2] = [np.inf, np.nan]
     return net
 
@@ -85,7 +90,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, rng, m
     before = path.read_bytes()
 
     def savez_that_dies_halfway(file, **arrays):
-        file.write(b"PK\x03\x04 half of a zip archive")       # some bytes reach the temporary file
+        file.write(b"PK\x03\x04 half of a zip archive")  # some bytes reach the temporary file
         raise error("disk full")
 
     monkeypatch.setattr(np, "savez", savez_that_dies_halfway)
@@ -94,7 +99,7 @@ def test_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, rng, m
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["weights.npz"]
     monkeypatch.undo()
-    npresnet.load(small_net(np.random.default_rng(2)), path)     # still a valid file
+    npresnet.load(small_net(np.random.default_rng(2)), path)  # still a valid file
 
 
 def test_failed_rename_keeps_the_old_file_and_leaves_no_temporary(tmp_path, rng, monkeypatch):
@@ -124,21 +129,28 @@ def test_save_overwrites_an_existing_file(tmp_path):
 
 
 def test_load_into_another_architecture_lists_every_mismatched_key(tmp_path, rng):
-    source = small_net(rng)                      # keys 0.*, 1.* (BN), 4.* (Linear 64 -> 5)
+    source = small_net(rng)  # keys 0.*, 1.* (BN), 4.* (Linear 64 -> 5)
     path = tmp_path / "weights.npz"
     npresnet.save(source, path)
-    other = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, rng=rng),      # 0.weight, 0.bias: wrong shapes
-                          nn.ReLU(), nn.BatchNorm2d(8),                 # 2.*: missing; 1.*: unexpected
-                          nn.Flatten(), nn.Linear(8 * 4 * 4, 5, rng=rng), # 4.weight: wrong shape, 4.bias fits
-                          nn.Linear(5, 2, rng=rng))                     # 5.*: missing
+    other = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, rng=rng),  # 0.weight, 0.bias: wrong shapes
+        nn.ReLU(),
+        nn.BatchNorm2d(8),  # 2.*: missing; 1.*: unexpected
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 5, rng=rng),  # 4.weight: wrong shape, 4.bias fits
+        nn.Linear(5, 2, rng=rng),
+    )  # 5.*: missing
     before = {key: value.copy() for key, value in other.state_dict().items()}
     with pytest.raises(RuntimeError) as info:
         npresnet.load(other, path)
     message = str(info.value)
     missing = ["2.weight", "2.bias", "2.running_mean", "2.running_var", "5.weight", "5.bias"]
     unexpected = ["1.weight", "1.bias", "1.running_mean", "1.running_var"]
-    wrong_shapes = ["0.weight: expected (8, 3, 3, 3), got (4, 3, 3, 3)", "0.bias: expected (8,), got (4,)",
-                    "4.weight: expected (5, 128), got (5, 64)"]
+    wrong_shapes = [
+        "0.weight: expected (8, 3, 3, 3), got (4, 3, 3, 3)",
+        "0.bias: expected (8,), got (4,)",
+        "4.weight: expected (5, 128), got (5, 64)",
+    ]
     for text in missing + unexpected + wrong_shapes:
         assert text in message, f"{text!r} not in:\n{message}"
     # Nothing was half-loaded.
@@ -185,9 +197,14 @@ def torch_net_and_twin(seed: int):
     """A torch conv -> BN -> ReLU -> flatten -> linear and an npresnet twin (same keys, other weights)."""
     torch = pytest.importorskip("torch")
     torch.manual_seed(seed)
-    reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
-                                    torch.nn.Flatten(), torch.nn.Linear(64, 5))
-    with torch.no_grad():                        # non-trivial running statistics and batch counter
+    reference = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 5),
+    )
+    with torch.no_grad():  # non-trivial running statistics and batch counter
         for _ in range(3):
             reference(torch.randn(2, 3, 4, 4))
     return reference.eval(), small_net(np.random.default_rng(seed)).eval()
@@ -256,6 +273,6 @@ def test_load_torch_rejects_a_checkpoint_without_a_state_dict(tmp_path):
 
 
 def test_load_torch_without_torch_says_torch_is_only_for_pth(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)       # makes `import torch` raise ImportError
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
     with pytest.raises(ImportError, match=r"needs PyTorch, only to read the \.pth file format"):
         load_torch(tmp_path / "weights.pth")

@@ -79,18 +79,28 @@ def versus_torch(close, to_torch, rng):
 CONV_CASES = {
     # id: (x shape, Conv2d kwargs)
     "3x3-pad1": ((2, 3, 7, 9), dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)),
-    "3x2-stride2x1-pad1x0": ((2, 3, 9, 6), dict(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1),
-                                                 padding=(1, 0))),
-    "dilation2x3": ((2, 2, 11, 10), dict(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1),
-                                         dilation=(2, 3))),
-    "groups2-stride2": ((3, 4, 8, 7), dict(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=2,
-                                           padding=1, groups=2)),
+    "3x2-stride2x1-pad1x0": (
+        (2, 3, 9, 6),
+        dict(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
+    ),
+    "dilation2x3": (
+        (2, 2, 11, 10),
+        dict(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1), dilation=(2, 3)),
+    ),
+    "groups2-stride2": (
+        (3, 4, 8, 7),
+        dict(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=2, padding=1, groups=2),
+    ),
     "depthwise": ((2, 3, 6, 5), dict(in_channels=3, out_channels=6, kernel_size=3, padding=1, groups=3)),
-    "no-bias-stride3": ((2, 3, 10, 8), dict(in_channels=3, out_channels=4, kernel_size=(4, 3), stride=(3, 2),
-                                            bias=False)),
+    "no-bias-stride3": (
+        (2, 3, 10, 8),
+        dict(in_channels=3, out_channels=4, kernel_size=(4, 3), stride=(3, 2), bias=False),
+    ),
     "batch1-1x1-stride2": ((1, 4, 7, 6), dict(in_channels=4, out_channels=8, kernel_size=1, stride=2, bias=False)),
-    "stem-7x7-stride2-pad3": ((2, 3, 17, 14), dict(in_channels=3, out_channels=4, kernel_size=7, stride=2,
-                                                   padding=3, bias=False)),
+    "stem-7x7-stride2-pad3": (
+        (2, 3, 17, 14),
+        dict(in_channels=3, out_channels=4, kernel_size=7, stride=2, padding=3, bias=False),
+    ),
     "kernel-equals-input": ((2, 2, 3, 4), dict(in_channels=2, out_channels=3, kernel_size=(3, 4))),
 }
 
@@ -101,12 +111,19 @@ def test_conv2d(case, dtype, versus_torch, rng):
     shape, kwargs = CONV_CASES[case]
     conv = nn.Conv2d(**kwargs, rng=rng).to(dtype)
     x = rng.standard_normal(shape).astype(dtype)
-    y, _ = versus_torch("Conv2d", conv, lambda xt, weight, bias=None: TF.conv2d(
-        xt, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups), x)
+    y, _ = versus_torch(
+        "Conv2d",
+        conv,
+        lambda xt, weight, bias=None: TF.conv2d(
+            xt, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups
+        ),
+        x,
+    )
     assert (conv.bias is None) == (kwargs.get("bias", True) is False)
 
 
 # ------------------------------------------------------------------------------------------ BatchNorm2d
+
 
 def _bn_pair(rng, dtype, C=3, **kwargs):
     """An npresnet BatchNorm2d with non-trivial gamma/beta and the torch module with the same state."""
@@ -122,9 +139,13 @@ def _bn_pair(rng, dtype, C=3, **kwargs):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_batchnorm_training_forward_backward(dtype, versus_torch, rng):
     bn, _ = _bn_pair(rng, dtype)
-    x = (3.0 + 2.0 * rng.standard_normal((4, 3, 5, 6))).astype(dtype)   # far from zero mean, unit var
-    versus_torch("BatchNorm2d train", bn, lambda xt, weight, bias: TF.batch_norm(
-        xt, None, None, weight, bias, training=True, eps=bn.eps), x)
+    x = (3.0 + 2.0 * rng.standard_normal((4, 3, 5, 6))).astype(dtype)  # far from zero mean, unit var
+    versus_torch(
+        "BatchNorm2d train",
+        bn,
+        lambda xt, weight, bias: TF.batch_norm(xt, None, None, weight, bias, training=True, eps=bn.eps),
+        x,
+    )
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -153,10 +174,15 @@ def test_batchnorm_eval_uses_running_stats(dtype, versus_torch, rng):
     bn.eval()
     running_mean, running_var = bn.running_mean.copy(), bn.running_var.copy()
     x = rng.standard_normal((2, 3, 4, 3)).astype(dtype)
-    versus_torch("BatchNorm2d eval", bn, lambda xt, weight, bias: TF.batch_norm(
-        xt, torch.from_numpy(running_mean), torch.from_numpy(running_var), weight, bias,
-        training=False, eps=bn.eps), x)
-    np.testing.assert_array_equal(bn.running_mean, running_mean)     # eval never updates them
+    versus_torch(
+        "BatchNorm2d eval",
+        bn,
+        lambda xt, weight, bias: TF.batch_norm(
+            xt, torch.from_numpy(running_mean), torch.from_numpy(running_var), weight, bias, training=False, eps=bn.eps
+        ),
+        x,
+    )
+    np.testing.assert_array_equal(bn.running_mean, running_mean)  # eval never updates them
     np.testing.assert_array_equal(bn.running_var, running_var)
     assert int(bn.num_batches_tracked) == 0
 
@@ -182,8 +208,12 @@ def test_batchnorm_no_running_stats_uses_batch_stats(dtype, training, versus_tor
     ref.train(training)
     x = (2.0 + rng.standard_normal((2, 3, 3, 4))).astype(dtype)
     # Batch statistics in both modes: torch's module, in the same mode, does exactly this too.
-    versus_torch(f"BatchNorm2d no-stats {'train' if training else 'eval'}", bn, lambda xt, weight, bias:
-                 TF.batch_norm(xt, None, None, weight, bias, training=True, eps=bn.eps), x)
+    versus_torch(
+        f"BatchNorm2d no-stats {'train' if training else 'eval'}",
+        bn,
+        lambda xt, weight, bias: TF.batch_norm(xt, None, None, weight, bias, training=True, eps=bn.eps),
+        x,
+    )
     close("BatchNorm2d no-stats", bn(x), ref(to_torch(x)).detach())
 
 
@@ -194,13 +224,14 @@ def test_batchnorm_single_value_per_channel_raises_in_training(shape, rng):
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         bn(x)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
-        torch.nn.BatchNorm2d(shape[1]).double()(torch.from_numpy(x))     # the same rule as torch
-    assert int(bn.num_batches_tracked) == 0                            # a failed forward counts nothing
+        torch.nn.BatchNorm2d(shape[1]).double()(torch.from_numpy(x))  # the same rule as torch
+    assert int(bn.num_batches_tracked) == 0  # a failed forward counts nothing
     bn.eval()
-    assert bn(x).shape == shape                                         # evaluation is fine
+    assert bn(x).shape == shape  # evaluation is fine
 
 
 # ------------------------------------------------------------------------------------------ ReLU, pools
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu(dtype, versus_torch, rng):
@@ -231,8 +262,8 @@ def test_maxpool2d_ties_go_to_first_max_like_torch(rng, to_torch):
     """Windows full of equal values (as after a ReLU): the whole gradient goes to the first maximum
     in row-major window order, exactly as torch does on the CPU."""
     x = np.zeros((2, 2, 6, 7))
-    x[0, 0, 2:4, 2:4] = 1.0                     # a 2x2 plateau of maxima
-    x[1, 1] = np.repeat(rng.integers(0, 2, (6, 1)), 7, axis=1)    # rows of ties
+    x[0, 0, 2:4, 2:4] = 1.0  # a 2x2 plateau of maxima
+    x[1, 1] = np.repeat(rng.integers(0, 2, (6, 1)), 7, axis=1)  # rows of ties
     pool = nn.MaxPool2d(3, stride=2, padding=1)
     y = pool(x)
     dy = rng.standard_normal(y.shape)
@@ -253,11 +284,15 @@ AVGPOOL_CASES = {
     "2x2": ((2, 3, 8, 6), dict(kernel_size=2)),
     "3x3-stride2-pad1-include": ((2, 2, 9, 7), dict(kernel_size=3, stride=2, padding=1, count_include_pad=True)),
     "3x3-stride2-pad1-exclude": ((2, 2, 9, 7), dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
-    "3x2-pad1x1-exclude": ((1, 2, 7, 8), dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 1),
-                                              count_include_pad=False)),
+    "3x2-pad1x1-exclude": (
+        (1, 2, 7, 8),
+        dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 1), count_include_pad=False),
+    ),
     "ceil-mode-include": ((2, 2, 8, 7), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)),
-    "ceil-mode-exclude": ((1, 3, 10, 9), dict(kernel_size=(3, 2), stride=(2, 3), padding=1, ceil_mode=True,
-                                              count_include_pad=False)),
+    "ceil-mode-exclude": (
+        (1, 3, 10, 9),
+        dict(kernel_size=(3, 2), stride=(2, 3), padding=1, ceil_mode=True, count_include_pad=False),
+    ),
     "divisor-override": ((2, 2, 7, 6), dict(kernel_size=3, stride=2, padding=1, divisor_override=4)),
     "divisor-override-ceil": ((2, 2, 8, 7), dict(kernel_size=2, stride=3, ceil_mode=True, divisor_override=3)),
 }
@@ -272,18 +307,21 @@ def test_avgpool2d(case, dtype, versus_torch, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape, output_size", [((2, 3, 5, 7), 1), ((2, 3, 5, 7), (3, 2)),
-                                                ((1, 2, 7, 5), (3, 4)), ((2, 2, 6, 4), (6, 4)),
-                                                ((2, 2, 4, 9), (2, 1))])
+@pytest.mark.parametrize(
+    "shape, output_size",
+    [((2, 3, 5, 7), 1), ((2, 3, 5, 7), (3, 2)), ((1, 2, 7, 5), (3, 4)), ((2, 2, 6, 4), (6, 4)), ((2, 2, 4, 9), (2, 1))],
+)
 def test_adaptive_avgpool2d(shape, output_size, dtype, versus_torch, rng):
     x = rng.standard_normal(shape).astype(dtype)
-    y, _ = versus_torch("AdaptiveAvgPool2d", nn.AdaptiveAvgPool2d(output_size),
-                        lambda xt: TF.adaptive_avg_pool2d(xt, output_size), x)
+    y, _ = versus_torch(
+        "AdaptiveAvgPool2d", nn.AdaptiveAvgPool2d(output_size), lambda xt: TF.adaptive_avg_pool2d(xt, output_size), x
+    )
     expected = (output_size, output_size) if isinstance(output_size, int) else output_size
     assert y.shape == (*shape[:2], *expected)
 
 
 # ------------------------------------------------------------------------------- Flatten, Linear, ...
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_flatten(dtype, versus_torch, rng):
@@ -316,16 +354,28 @@ def test_sequential_small_network(dtype, close, to_torch, rng):
     """Conv-BN-ReLU-MaxPool-Conv-BN-ReLU-AvgPool-Flatten-Linear, all parameter gradients by name.
     (No conv bias before a training BatchNorm: its exact gradient is 0, so only rounding noise.)"""
     ours = nn.Sequential(
-        nn.Conv2d(3, 4, (3, 2), stride=(1, 2), padding=1, bias=False, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Conv2d(3, 4, (3, 2), stride=(1, 2), padding=1, bias=False, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
         nn.MaxPool2d(3, stride=2, padding=1),
-        nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False, rng=rng), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d((2, 1)), nn.Flatten(), nn.Linear(12, 5, rng=rng),
+        nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False, rng=rng),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d((2, 1)),
+        nn.Flatten(),
+        nn.Linear(12, 5, rng=rng),
     ).to(dtype)
     ref = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, (3, 2), stride=(1, 2), padding=1, bias=False), torch.nn.BatchNorm2d(4),
-        torch.nn.ReLU(), torch.nn.MaxPool2d(3, stride=2, padding=1),
-        torch.nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False), torch.nn.BatchNorm2d(6), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d((2, 1)), torch.nn.Flatten(), torch.nn.Linear(12, 5),
+        torch.nn.Conv2d(3, 4, (3, 2), stride=(1, 2), padding=1, bias=False),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(3, stride=2, padding=1),
+        torch.nn.Conv2d(4, 6, 3, padding=1, groups=2, bias=False),
+        torch.nn.BatchNorm2d(6),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d((2, 1)),
+        torch.nn.Flatten(),
+        torch.nn.Linear(12, 5),
     ).to(torch.float64 if dtype == np.float64 else torch.float32)
     for bn in (ours[1], ours[5]):
         bn.weight.data = rng.uniform(0.5, 1.5, bn.num_features).astype(dtype)
@@ -355,6 +405,7 @@ def test_sequential_small_network(dtype, close, to_torch, rng):
 
 # ---------------------------------------------------------------------------------------------- Dropout
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_dropout_eval_is_identity(dtype, rng):
     drop = nn.Dropout(0.5, seed=0).eval()
@@ -368,7 +419,7 @@ def test_dropout_eval_is_identity(dtype, rng):
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
 def test_dropout_training_mask(p, dtype, rng):
     drop = nn.Dropout(p, seed=123)
-    x = rng.uniform(1.0, 2.0, (40, 50, 10)).astype(dtype)      # never 0, so y == 0 means "dropped"
+    x = rng.uniform(1.0, 2.0, (40, 50, 10)).astype(dtype)  # never 0, so y == 0 means "dropped"
     y = drop(x)
     assert y.dtype == dtype
     kept = y != 0
@@ -395,9 +446,9 @@ def test_dropout_seeded_reproducible_and_fresh_each_call(rng):
     x = rng.standard_normal((8, 16))
     a, b = nn.Dropout(0.5, seed=7), nn.Dropout(0.5, seed=7)
     first_a, first_b = a(x), b(x)
-    np.testing.assert_array_equal(first_a, first_b)                  # same seed, same masks
+    np.testing.assert_array_equal(first_a, first_b)  # same seed, same masks
     second_a = a(x)
-    assert not np.array_equal(first_a != 0, second_a != 0)           # a new mask on every call
+    assert not np.array_equal(first_a != 0, second_a != 0)  # a new mask on every call
     other = nn.Dropout(0.5, seed=8)(x)
     assert not np.array_equal(first_a != 0, other != 0)
 
@@ -414,6 +465,7 @@ def test_dropout_extreme_probabilities(dtype, rng):
 
 
 # ----------------------------------------------------------------------------------- CrossEntropyLoss
+
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.35])
@@ -451,10 +503,10 @@ def test_cross_entropy_large_logits_stable(scale, dtype, close, to_torch, rng):
     """Logits in the thousands overflow a naive exp(); the shifted log-sum-exp stays finite."""
     N, K = 6, 4
     logits = (scale * rng.standard_normal((N, K))).astype(dtype)
-    logits[0] = scale                                                  # a row of ties at a huge value
+    logits[0] = scale  # a row of ties at a huge value
     target = rng.integers(0, K, N)
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1, reduction="sum")
-    with np.errstate(over="raise", divide="raise", invalid="raise"):    # underflow to 0 is expected
+    with np.errstate(over="raise", divide="raise", invalid="raise"):  # underflow to 0 is expected
         loss = criterion(logits, target)
         dlogits = criterion.backward()
     assert np.isfinite(loss) and np.all(np.isfinite(dlogits))

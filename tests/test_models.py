@@ -14,15 +14,32 @@ from npresnet.models import BasicBlock, Bottleneck, CifarBlock, ShortcutA
 
 # docs/figures.md, with their sources: torchvision's documentation (ImageNet) and He et al. 2015 with option A (CIFAR).
 PARAMETER_COUNTS = {
-    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
-    "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "wide_resnet50_2": 68_883_240,
-    "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018, "resnet110": 1_727_962,
-    "plain20": 269_722, "plain32": 464_154, "plain44": 658_586, "plain56": 853_018, "plain110": 1_727_962,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "wide_resnet50_2": 68_883_240,
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "plain20": 269_722,
+    "plain32": 464_154,
+    "plain44": 658_586,
+    "plain56": 853_018,
+    "plain110": 1_727_962,
 }
 IMAGENET_LAYOUTS = {
-    "resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]), "resnet50": ("bottleneck", [3, 4, 6, 3]),
-    "resnet101": ("bottleneck", [3, 4, 23, 3]), "resnet152": ("bottleneck", [3, 8, 36, 3]),
-    "resnext50_32x4d": ("bottleneck", [3, 4, 6, 3]), "wide_resnet50_2": ("bottleneck", [3, 4, 6, 3]),
+    "resnet18": ("basic", [2, 2, 2, 2]),
+    "resnet34": ("basic", [3, 4, 6, 3]),
+    "resnet50": ("bottleneck", [3, 4, 6, 3]),
+    "resnet101": ("bottleneck", [3, 4, 23, 3]),
+    "resnet152": ("bottleneck", [3, 8, 36, 3]),
+    "resnext50_32x4d": ("bottleneck", [3, 4, 6, 3]),
+    "wide_resnet50_2": ("bottleneck", [3, 4, 6, 3]),
 }
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -40,7 +57,7 @@ def torchvision_keys(block: str, layers: list[int]) -> list[str]:
             prefix = f"layer{stage}.{i}"
             for c in range(1, convs + 1):
                 keys += [f"{prefix}.conv{c}.weight", *bn_keys(f"{prefix}.bn{c}")]
-            if i == 0 and (block == "bottleneck" or stage > 1):      # the shape changes: projection
+            if i == 0 and (block == "bottleneck" or stage > 1):  # the shape changes: projection
                 keys += [f"{prefix}.downsample.0.weight", *bn_keys(f"{prefix}.downsample.1")]
     return keys + ["fc.weight", "fc.bias"]
 
@@ -51,8 +68,12 @@ def cifar_keys(n: int, projection: bool) -> list[str]:
     for stage in (1, 2, 3):
         for i in range(n):
             prefix = f"layer{stage}.{i}"
-            keys += [f"{prefix}.conv1.weight", *bn_keys(f"{prefix}.bn1"), f"{prefix}.conv2.weight",
-                     *bn_keys(f"{prefix}.bn2")]
+            keys += [
+                f"{prefix}.conv1.weight",
+                *bn_keys(f"{prefix}.bn1"),
+                f"{prefix}.conv2.weight",
+                *bn_keys(f"{prefix}.bn2"),
+            ]
             if projection and i == 0 and stage > 1:
                 keys += [f"{prefix}.shortcut.0.weight", *bn_keys(f"{prefix}.shortcut.1")]
     return keys + ["fc.weight", "fc.bias"]
@@ -84,7 +105,7 @@ def test_parameter_count_and_state_dict_keys(name):
 def test_cifar_option_b_adds_projections():
     model = models.resnet20(shortcut="B", seed=0)
     assert list(model.state_dict()) == cifar_keys(3, projection=True)
-    projections = 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64          # two 1x1 convs + BN
+    projections = 16 * 32 + 2 * 32 + 32 * 64 + 2 * 64  # two 1x1 convs + BN
     assert model.num_parameters() == PARAMETER_COUNTS["resnet20"] + projections
     assert isinstance(model.layer2[0].shortcut, nn.Sequential)
     assert isinstance(models.resnet20(seed=0).layer2[0].shortcut, ShortcutA)
@@ -110,8 +131,12 @@ def test_v1_and_v15_differ_only_in_stride_placement():
     for (name, m15), (_, m1) in zip(v15.named_modules(), v1.named_modules()):
         assert type(m15) is type(m1)
         if isinstance(m15, nn.Conv2d):
-            same = (m15.kernel_size, m15.padding, m15.dilation, m15.groups) == (m1.kernel_size, m1.padding,
-                                                                                m1.dilation, m1.groups)
+            same = (m15.kernel_size, m15.padding, m15.dilation, m15.groups) == (
+                m1.kernel_size,
+                m1.padding,
+                m1.dilation,
+                m1.groups,
+            )
             assert same, name
             if m15.stride != m1.stride:
                 moved.append((name, m15.stride, m1.stride))
@@ -166,7 +191,7 @@ def test_replace_stride_with_dilation_keeps_resolution():
         assert model(x).shape == (1, 3)
     assert shapes == {"layer2": (1, 512, 8, 8), "layer3": (1, 1024, 8, 8), "layer4": (1, 2048, 8, 8)}
     assert model.layer4[1].conv2.dilation == (4, 4) and model.layer4[1].conv2.padding == (4, 4)
-    assert model.layer4[0].conv2.dilation == (2, 2)          # the first block keeps the previous dilation
+    assert model.layer4[0].conv2.dilation == (2, 2)  # the first block keeps the previous dilation
 
 
 def test_torchvision_style_errors():
@@ -195,7 +220,7 @@ def test_torchvision_style_errors():
     with pytest.raises(TypeError, match="rng must be a numpy.random.Generator"):
         models.resnet20(rng=0)
     with pytest.raises(ValueError, match="expects input with 3 channels"):
-        models.resnet20(seed=0)(np.zeros((1, 32, 32, 3), np.float32))        # NHWC by mistake
+        models.resnet20(seed=0)(np.zeros((1, 32, 32, 3), np.float32))  # NHWC by mistake
 
 
 def test_plain_networks_have_no_shortcut():
@@ -237,10 +262,10 @@ def test_initialisation_follows_torchvision():
         if isinstance(m, nn.Conv2d):
             w = m.weight.data.astype(np.float64)
             O, _, KH, KW = w.shape
-            std = np.sqrt(2.0 / (O * KH * KW))                  # kaiming normal, fan_out, ReLU gain
+            std = np.sqrt(2.0 / (O * KH * KW))  # kaiming normal, fan_out, ReLU gain
             assert m.bias is None, name
             assert m.weight.dtype == np.float32
-            if w.size >= 100_000:                                # enough samples for 1% accuracy
+            if w.size >= 100_000:  # enough samples for 1% accuracy
                 assert abs(w.std() / std - 1) < 0.01, name
                 assert abs(w.mean()) < 0.01 * std, name
         elif isinstance(m, nn.BatchNorm2d):
@@ -248,7 +273,7 @@ def test_initialisation_follows_torchvision():
             np.testing.assert_array_equal(m.bias.data, 0.0)
             np.testing.assert_array_equal(m.running_mean, 0.0)
             np.testing.assert_array_equal(m.running_var, 1.0)
-    bound = 1 / np.sqrt(2048)                                    # torch.nn.Linear's default
+    bound = 1 / np.sqrt(2048)  # torch.nn.Linear's default
     w = model.fc.weight.data
     assert np.abs(w).max() <= bound and abs(w.std() / (bound / np.sqrt(3)) - 1) < 0.01
     assert np.abs(model.fc.bias.data).max() <= bound and model.fc.bias.data.std() > bound / 3
@@ -271,20 +296,37 @@ def test_shortcut_a_forward_and_adjoint():
     dy = rng.standard_normal(y.shape)
     dx = shortcut.backward(dy)
     assert np.isclose((y * dy).sum(), (x * dx).sum(), rtol=1e-13)
-    npresnet.gradcheck(ShortcutA(3, 7, stride=2), rng.standard_normal((2, 3, 4, 5)))      # odd padding 2 + 2
+    npresnet.gradcheck(ShortcutA(3, 7, stride=2), rng.standard_normal((2, 3, 4, 5)))  # odd padding 2 + 2
 
 
-@pytest.mark.parametrize("make_block, channels", [
-    (lambda: BasicBlock(4, 4), 4),
-    (lambda: BasicBlock(4, 8, stride=2, downsample=nn.Sequential(models.conv1x1(4, 8, 2), nn.BatchNorm2d(8))), 4),
-    (lambda: Bottleneck(8, 2, stride=2, groups=2, base_width=64,
-                        downsample=nn.Sequential(models.conv1x1(8, 8, 2), nn.BatchNorm2d(8))), 8),
-    (lambda: Bottleneck(4, 2, stride=2, stride_in_1x1=True,
-                        downsample=nn.Sequential(models.conv1x1(4, 8, 2), nn.BatchNorm2d(8))), 4),
-    (lambda: CifarBlock(4, 8, stride=2, shortcut="A"), 4),
-    (lambda: CifarBlock(4, 8, stride=2, shortcut="B"), 4),
-    (lambda: CifarBlock(4, 4, shortcut=None), 4),
-], ids=["basic", "basic-downsample", "bottleneck-groups", "bottleneck-v1", "cifar-A", "cifar-B", "plain"])
+@pytest.mark.parametrize(
+    "make_block, channels",
+    [
+        (lambda: BasicBlock(4, 4), 4),
+        (lambda: BasicBlock(4, 8, stride=2, downsample=nn.Sequential(models.conv1x1(4, 8, 2), nn.BatchNorm2d(8))), 4),
+        (
+            lambda: Bottleneck(
+                8,
+                2,
+                stride=2,
+                groups=2,
+                base_width=64,
+                downsample=nn.Sequential(models.conv1x1(8, 8, 2), nn.BatchNorm2d(8)),
+            ),
+            8,
+        ),
+        (
+            lambda: Bottleneck(
+                4, 2, stride=2, stride_in_1x1=True, downsample=nn.Sequential(models.conv1x1(4, 8, 2), nn.BatchNorm2d(8))
+            ),
+            4,
+        ),
+        (lambda: CifarBlock(4, 8, stride=2, shortcut="A"), 4),
+        (lambda: CifarBlock(4, 8, stride=2, shortcut="B"), 4),
+        (lambda: CifarBlock(4, 4, shortcut=None), 4),
+    ],
+    ids=["basic", "basic-downsample", "bottleneck-groups", "bottleneck-v1", "cifar-A", "cifar-B", "plain"],
+)
 def test_block_gradients_full(make_block, channels):
     """Every element of the input and of every parameter, by central differences (train mode)."""
     rng = np.random.default_rng(3)
@@ -294,8 +336,9 @@ def test_block_gradients_full(make_block, channels):
     npresnet.gradcheck(block, x, mode="full", eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name, kwargs", [pytest.param("resnet18", {"num_classes": 5}, marks=pytest.mark.slow),
-                                          ("resnet20", {})])
+@pytest.mark.parametrize(
+    "name, kwargs", [pytest.param("resnet18", {"num_classes": 5}, marks=pytest.mark.slow), ("resnet20", {})]
+)
 def test_whole_network_gradcheck_directional(name, kwargs):
     """One random direction per array (the input and all ~62 parameters), train mode, float64."""
     rng = np.random.default_rng(0)
@@ -317,7 +360,7 @@ def test_backward_returns_input_gradient_and_fills_every_grad(name):
     assert logits.shape == (2, 4) and logits.dtype == np.float32
     dx = model.backward(rng.standard_normal(logits.shape).astype(np.float32))
     assert dx.shape == x.shape and dx.dtype == np.float32 and np.abs(dx).max() > 0
-    np.testing.assert_array_equal(x, x_before)               # nothing is updated in place
+    np.testing.assert_array_equal(x, x_before)  # nothing is updated in place
     for key, p in model.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, key
     with pytest.raises(RuntimeError, match="without a matching forward"):
@@ -334,7 +377,7 @@ def test_fine_tuning_frozen_backbone_with_new_head():
     pretrained = models.resnet18(num_classes=10, seed=0)
     randomize_batchnorm(pretrained, np.random.default_rng(1))
     stats_rng = np.random.default_rng(2)
-    for m in pretrained.modules():                         # as if trained: non-trivial running statistics
+    for m in pretrained.modules():  # as if trained: non-trivial running statistics
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean[...] = stats_rng.normal(0, 0.1, m.running_mean.shape)
             m.running_var[...] = stats_rng.uniform(0.5, 1.5, m.running_var.shape)
@@ -347,12 +390,13 @@ def test_fine_tuning_frozen_backbone_with_new_head():
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["fc.0.weight", "fc.0.bias", "fc.3.weight", "fc.3.bias"]
     assert model.num_parameters(trainable_only=True) == 512 * 32 + 32 + 32 * 3 + 3
-    model.eval()                 # frozen backbone: running statistics too
+    model.eval()  # frozen backbone: running statistics too
     model.fc.train()
 
     # The same head in torch, fed the same features (captured at the backbone's output).
-    head_t = torch.nn.Sequential(torch.nn.Linear(512, 32), torch.nn.ReLU(), torch.nn.Dropout(0.0),
-                                 torch.nn.Linear(32, 3)).double()
+    head_t = torch.nn.Sequential(
+        torch.nn.Linear(512, 32), torch.nn.ReLU(), torch.nn.Dropout(0.0), torch.nn.Linear(32, 3)
+    ).double()
     head_t.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.fc.state_dict().items()})
     features = {}
     model.avgpool.register_forward_hook(lambda m, i, out: features.__setitem__("x", out.reshape(len(out), -1)))
@@ -368,15 +412,16 @@ def test_fine_tuning_frozen_backbone_with_new_head():
         assert dx.shape == x.shape
 
         head_t.zero_grad()
-        loss_t = torch.nn.functional.cross_entropy(head_t(torch.from_numpy(features["x"].copy())),
-                                                   torch.from_numpy(target))
+        loss_t = torch.nn.functional.cross_entropy(
+            head_t(torch.from_numpy(features["x"].copy())), torch.from_numpy(target)
+        )
         loss_t.backward()
         assert abs(float(loss) - loss_t.item()) <= 1e-12 * abs(loss_t.item())
         for (name, p), p_t in zip(model.fc.named_parameters(), head_t.parameters()):
             reference = p_t.grad.numpy()
             assert np.abs(p.grad - reference).max() <= 1e-10 * np.abs(reference).max(), name
 
-        for p in model.parameters():                       # SGD by hand
+        for p in model.parameters():  # SGD by hand
             if p.requires_grad:
                 p.data -= lr * p.grad
             else:

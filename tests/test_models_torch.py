@@ -37,8 +37,11 @@ FLOAT32_LIMIT = 1e-4
 def rel_err(ours: Any, reference: Any) -> float:
     """max |ours - reference| / max |reference|, in float64."""
     a = np.asarray(ours, dtype=np.float64)
-    b = reference.detach().numpy().astype(np.float64) if isinstance(reference, torch.Tensor) else np.asarray(
-        reference, dtype=np.float64)
+    b = (
+        reference.detach().numpy().astype(np.float64)
+        if isinstance(reference, torch.Tensor)
+        else np.asarray(reference, dtype=np.float64)
+    )
     assert a.shape == b.shape, f"shape mismatch: ours {a.shape}, torch {b.shape}"
     return float(np.max(np.abs(a - b), initial=0.0)) / max(float(np.max(np.abs(b), initial=0.0)), 1e-300)
 
@@ -111,7 +114,7 @@ SLOW_KEY_MODELS = ["resnet101", "resnet152", "wide_resnet50_2"]
 @pytest.mark.parametrize("name", FAST_KEY_MODELS + [pytest.param(n, marks=pytest.mark.slow) for n in SLOW_KEY_MODELS])
 def test_state_dict_keys_and_shapes_equal_torchvision(name):
     kwargs = {"num_classes": 13}
-    with torch.device("meta"):                    # shapes and names only: nothing is allocated
+    with torch.device("meta"):  # shapes and names only: nothing is allocated
         expected = {k: tuple(v.shape) for k, v in torch_build(name, **kwargs).state_dict().items()}
     ours = {k: tuple(np.shape(v)) for k, v in models.get_model(name, seed=0, **kwargs).state_dict().items()}
     assert list(ours) == list(expected)
@@ -140,10 +143,14 @@ PARITY_CASES = [
     pytest.param("resnet20", {}, CIFAR_INPUT, id="resnet20-A"),
     pytest.param("resnet20", {"shortcut": "B"}, CIFAR_INPUT, id="resnet20-B"),
     pytest.param("plain20", {}, CIFAR_INPUT, id="plain20"),
-    pytest.param("resnet50", {"num_classes": 7, "replace_stride_with_dilation": [False, True, True]},
-                 IMAGENET_INPUT, id="resnet50-dilated", marks=pytest.mark.slow),
-    pytest.param("wide_resnet50_2", {"num_classes": 7}, IMAGENET_INPUT, id="wide_resnet50_2",
-                 marks=pytest.mark.slow),
+    pytest.param(
+        "resnet50",
+        {"num_classes": 7, "replace_stride_with_dilation": [False, True, True]},
+        IMAGENET_INPUT,
+        id="resnet50-dilated",
+        marks=pytest.mark.slow,
+    ),
+    pytest.param("wide_resnet50_2", {"num_classes": 7}, IMAGENET_INPUT, id="wide_resnet50_2", marks=pytest.mark.slow),
 ]
 
 
@@ -154,10 +161,13 @@ def test_training_step_matches_torch_float64(name, kwargs, shape):
     assert max(errors.values()) < FLOAT64_LIMIT, worst(errors)
 
 
-@pytest.mark.parametrize("name, kwargs, shape", [
-    pytest.param("resnet18", {"num_classes": 7}, IMAGENET_INPUT, id="resnet18"),
-    pytest.param("resnet20", {}, CIFAR_INPUT, id="resnet20-A"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, shape",
+    [
+        pytest.param("resnet18", {"num_classes": 7}, IMAGENET_INPUT, id="resnet18"),
+        pytest.param("resnet20", {}, CIFAR_INPUT, id="resnet20-A"),
+    ],
+)
 def test_training_step_matches_torch_float32(name, kwargs, shape):
     errors = compare_with_torch(name, kwargs, shape, np.float32)
     print(f"\n{name} {kwargs} float32: worst {worst(errors, 1)}")

@@ -26,8 +26,7 @@ class Block(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, rng=rng)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU()
-        self.downsample = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False, rng=rng),
-                                        nn.BatchNorm2d(channels))
+        self.downsample = nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False, rng=rng), nn.BatchNorm2d(channels))
 
     def forward(self, x):
         return self.relu(self.bn1(self.conv1(x)) + self.downsample(x))
@@ -43,35 +42,52 @@ class TorchBlock(torch.nn.Module):
         self.conv1 = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False)
         self.bn1 = torch.nn.BatchNorm2d(channels)
         self.relu = torch.nn.ReLU()
-        self.downsample = torch.nn.Sequential(torch.nn.Conv2d(channels, channels, 1, bias=False),
-                                              torch.nn.BatchNorm2d(channels))
+        self.downsample = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, channels, 1, bias=False), torch.nn.BatchNorm2d(channels)
+        )
 
     def forward(self, x):
         return self.relu(self.bn1(self.conv1(x)) + self.downsample(x))
 
 
 def small_net(rng=None) -> nn.Sequential:
-    return nn.Sequential(OrderedDict([
-        ("stem", nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(4), nn.ReLU())),
-        ("layer1", nn.Sequential(Block(4, rng), Block(4, rng))),
-        ("pool", nn.AdaptiveAvgPool2d(1)),
-        ("flatten", nn.Flatten()),
-        ("fc", nn.Linear(4, 3, rng=rng)),
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                (
+                    "stem",
+                    nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(4), nn.ReLU()),
+                ),
+                ("layer1", nn.Sequential(Block(4, rng), Block(4, rng))),
+                ("pool", nn.AdaptiveAvgPool2d(1)),
+                ("flatten", nn.Flatten()),
+                ("fc", nn.Linear(4, 3, rng=rng)),
+            ]
+        )
+    )
 
 
 def small_torch_net() -> torch.nn.Sequential:
-    return torch.nn.Sequential(OrderedDict([
-        ("stem", torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4),
-                                     torch.nn.ReLU())),
-        ("layer1", torch.nn.Sequential(TorchBlock(4), TorchBlock(4))),
-        ("pool", torch.nn.AdaptiveAvgPool2d(1)),
-        ("flatten", torch.nn.Flatten()),
-        ("fc", torch.nn.Linear(4, 3)),
-    ]))
+    return torch.nn.Sequential(
+        OrderedDict(
+            [
+                (
+                    "stem",
+                    torch.nn.Sequential(
+                        torch.nn.Conv2d(3, 4, 3, padding=1, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU()
+                    ),
+                ),
+                ("layer1", torch.nn.Sequential(TorchBlock(4), TorchBlock(4))),
+                ("pool", torch.nn.AdaptiveAvgPool2d(1)),
+                ("flatten", torch.nn.Flatten()),
+                ("fc", torch.nn.Linear(4, 3)),
+            ]
+        )
+    )
 
 
 # --------------------------------------------------------------------------------- names and order
+
 
 def test_conv_bn_state_dict_keys_match_torch():
     ours = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
@@ -103,6 +119,7 @@ def test_shared_parameter_is_listed_once():
 
 # ---------------------------------------------------------------------------------- load_state_dict
 
+
 def _torch_net_with_nontrivial_state(rng) -> torch.nn.Module:
     ref = small_torch_net()
     with torch.no_grad():
@@ -126,7 +143,7 @@ def test_load_torch_state_dict_and_match_forward(dtype, rng):
         if key.endswith("num_batches_tracked"):
             assert value.dtype == np.int64 and int(value) == int(tvalue)
         else:
-            assert value.dtype == dtype, key                     # converted to the module's dtype
+            assert value.dtype == dtype, key  # converted to the module's dtype
             np.testing.assert_array_equal(value, tvalue.numpy().astype(dtype))
     x = rng.standard_normal((2, 3, 6, 5))
     expected = ref.double()(torch.from_numpy(x)).detach().numpy()
@@ -135,14 +152,16 @@ def test_load_torch_state_dict_and_match_forward(dtype, rng):
 
 
 def test_load_numpy_state_dict_copies(rng):
-    source = {k: rng.standard_normal(v.shape) if v.dtype.kind == "f" else np.array(5)
-              for k, v in small_net().state_dict().items()}
+    source = {
+        k: rng.standard_normal(v.shape) if v.dtype.kind == "f" else np.array(5)
+        for k, v in small_net().state_dict().items()
+    }
     model = small_net()
     model.load_state_dict(source)
     state = model.state_dict()
     for key, value in source.items():
         np.testing.assert_array_equal(state[key], value.astype(state[key].dtype))
-    source["fc.weight"][...] = 0.0                               # the module holds copies, not views
+    source["fc.weight"][...] = 0.0  # the module holds copies, not views
     assert np.all(state["fc.weight"] != 0)
     assert state["stem.1.num_batches_tracked"].dtype == np.int64
 
@@ -150,7 +169,7 @@ def test_load_numpy_state_dict_copies(rng):
 def test_state_dict_round_trip(rng):
     a, b = small_net(rng).to(np.float64), small_net().to(np.float64)
     x = rng.standard_normal((2, 3, 5, 4))
-    a(x)                                                        # a training step changes the buffers
+    a(x)  # a training step changes the buffers
     a.eval()
     b.eval()
     b.load_state_dict({k: np.array(v) for k, v in a.state_dict().items()})
@@ -171,10 +190,10 @@ def test_missing_num_batches_tracked_is_tolerated(rng):
     model[1].num_batches_tracked = np.array(7, dtype=np.int64)
     state = {k: np.array(v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     state["1.running_mean"] = rng.standard_normal(4)
-    result = model.load_state_dict(state)                      # strict, and still fine
+    result = model.load_state_dict(state)  # strict, and still fine
     assert result.missing_keys == [] and result.unexpected_keys == []
     np.testing.assert_array_equal(model[1].running_mean, state["1.running_mean"].astype(np.float32))
-    assert int(model[1].num_batches_tracked) == 7               # left as it was
+    assert int(model[1].num_batches_tracked) == 7  # left as it was
 
 
 def test_extra_num_batches_tracked_is_tolerated():
@@ -188,8 +207,12 @@ def test_extra_num_batches_tracked_is_tolerated():
 
 def test_strict_false_returns_missing_and_unexpected_and_loads_the_rest(rng):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    state = {"0.weight": rng.standard_normal((4, 3, 3, 3)), "1.bias": rng.standard_normal(4),
-             "2.weight": np.zeros(3), "head.bias": np.zeros(2)}
+    state = {
+        "0.weight": rng.standard_normal((4, 3, 3, 3)),
+        "1.bias": rng.standard_normal(4),
+        "2.weight": np.zeros(3),
+        "head.bias": np.zeros(2),
+    }
     with pytest.raises(RuntimeError, match="missing keys"):
         model.load_state_dict(state)
     result = model.load_state_dict(state, strict=False)
@@ -202,12 +225,13 @@ def test_strict_false_returns_missing_and_unexpected_and_loads_the_rest(rng):
 
 # ------------------------------------------------------------------------------------ train / eval
 
+
 def test_train_eval_flags_are_recursive_and_per_module():
     model = small_net()
     assert all(m.training for m in model.modules())
     assert model.eval() is model
     assert not any(m.training for m in model.modules())
-    model.layer1[1].train()                                     # one subtree back to training
+    model.layer1[1].train()  # one subtree back to training
     flags = {name: m.training for name, m in model.named_modules()}
     assert flags["layer1.1"] and flags["layer1.1.bn1"] and flags["layer1.1.downsample.1"]
     assert not flags["layer1.0.bn1"] and not flags["stem.1"] and not flags[""]
@@ -221,7 +245,7 @@ def test_eval_changes_batchnorm_behaviour(rng):
     bn = nn.BatchNorm2d(2).to(np.float64)
     x = 5.0 + rng.standard_normal((4, 2, 3, 3))
     train_out = bn(x)
-    np.testing.assert_allclose(train_out.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)    # batch statistics
+    np.testing.assert_allclose(train_out.mean(axis=(0, 2, 3)), 0.0, atol=1e-12)  # batch statistics
     bn.eval()
     eval_out = bn(x)
     expected = (x - bn.running_mean.reshape(1, 2, 1, 1)) / np.sqrt(bn.running_var.reshape(1, 2, 1, 1) + bn.eps)
@@ -230,6 +254,7 @@ def test_eval_changes_batchnorm_behaviour(rng):
 
 
 # ------------------------------------------------------------------------------------------ gradients
+
 
 def test_zero_grad_resets_every_gradient(rng):
     model = small_net(rng).to(np.float64)
@@ -257,7 +282,7 @@ def test_gradients_accumulate_over_two_backward_calls(rng):
         model.backward(dy)
     for name, param in model.named_parameters():
         np.testing.assert_allclose(param.grad, separately[0][name] + separately[1][name], rtol=1e-12, atol=1e-14)
-        assert not np.allclose(param.grad, separately[1][name])        # it did not just overwrite
+        assert not np.allclose(param.grad, separately[1][name])  # it did not just overwrite
 
 
 def test_first_gradient_is_a_copy_not_an_alias(rng):
@@ -298,7 +323,7 @@ def test_frozen_parameters_get_no_gradient_and_skip_the_weight_gemm(layer, rng, 
     dx_trainable, dx_frozen = trainable.backward(dy), frozen.backward(dy)
     assert frozen.weight.grad is None and frozen.bias.grad is None
     assert trainable.weight.grad is not None and trainable.bias.grad is not None
-    np.testing.assert_array_equal(dx_frozen, dx_trainable)              # the input gradient still flows
+    np.testing.assert_array_equal(dx_frozen, dx_trainable)  # the input gradient still flows
     assert spy.calls == [{"need_weight_grad": True}, {"need_weight_grad": False}]
 
     # Freezing only the weight: the bias still learns, the weight gets nothing.
@@ -325,16 +350,23 @@ def test_frozen_batchnorm_and_unfreeze(rng):
 
 # ------------------------------------------------------------------------------------ registration
 
+
 def test_attribute_assignment_registers_children_and_parameters(rng):
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
     model.fc = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    assert [k for k, _ in model.named_parameters()] == ["0.weight", "0.bias", "fc.0.weight", "fc.0.bias",
-                                                        "fc.2.weight", "fc.2.bias"]
+    assert [k for k, _ in model.named_parameters()] == [
+        "0.weight",
+        "0.bias",
+        "fc.0.weight",
+        "fc.0.bias",
+        "fc.2.weight",
+        "fc.2.bias",
+    ]
     assert [name for name, _ in model.named_children()] == ["0", "1", "2", "fc"]
-    assert model(rng.standard_normal((2, 3, 5, 5)).astype(np.float32)).shape == (2, 2)   # the new child runs
-    model.fc = nn.Linear(4, 5)                                   # replacing keeps one entry
+    assert model(rng.standard_normal((2, 3, 5, 5)).astype(np.float32)).shape == (2, 2)  # the new child runs
+    model.fc = nn.Linear(4, 5)  # replacing keeps one entry
     assert [k for k in model.state_dict() if k.startswith("fc")] == ["fc.weight", "fc.bias"]
-    model.fc = None                                              # a plain value unregisters it
+    model.fc = None  # a plain value unregisters it
     assert "fc" not in dict(model.named_children())
     del model.fc
 
@@ -367,6 +399,7 @@ def test_sequential_indexing_and_append():
 
 # ------------------------------------------------------------------------------------ to(): conversions
 
+
 def test_to_float64_and_back(rng):
     model = small_net(rng)
     assert all(p.dtype == np.float32 for p in model.parameters())
@@ -376,8 +409,8 @@ def test_to_float64_and_back(rng):
     for name, value in model.state_dict().items():
         expected = np.int64 if name.endswith("num_batches_tracked") else np.float64
         assert value.dtype == expected, name
-    assert all(p.grad.dtype == np.float64 for p in model.parameters())         # gradients follow
-    assert model._cache is None and model.stem[0]._cache is None              # stale caches dropped
+    assert all(p.grad.dtype == np.float64 for p in model.parameters())  # gradients follow
+    assert model._cache is None and model.stem[0]._cache is None  # stale caches dropped
     assert model(rng.standard_normal((1, 3, 4, 4))).dtype == np.float64
     model.to("float32")
     assert all(v.dtype in (np.float32, np.int64) for v in model.state_dict().values())
@@ -395,6 +428,7 @@ def test_to_numpy_is_a_no_op_on_numpy(rng):
 
 # ------------------------------------------------------------------------------------------- no_grad
 
+
 def test_no_grad_keeps_no_cache_and_backward_then_fails_clearly(rng):
     model = small_net(rng).to(np.float64)
     x = rng.standard_normal((2, 3, 5, 4))
@@ -404,7 +438,7 @@ def test_no_grad_keeps_no_cache_and_backward_then_fails_clearly(rng):
         assert not npresnet.is_grad_enabled()
         without = model(x)
     assert npresnet.is_grad_enabled()
-    np.testing.assert_array_equal(without, with_grad)            # training BN: batch statistics both times
+    np.testing.assert_array_equal(without, with_grad)  # training BN: batch statistics both times
     assert all(m._cache is None for m in model.modules())
     with pytest.raises(RuntimeError, match=r"backward\(\) called without a matching forward\(\).*no_grad"):
         model.backward(rng.standard_normal(without.shape))
@@ -426,23 +460,28 @@ def test_no_grad_as_decorator_and_restored_after_an_exception():
 
 # ----------------------------------------------------------------------------------------- forward hooks
 
+
 def test_forward_hooks_fire_replace_and_are_removable(rng):
     model = small_net(rng).to(np.float64)
     x = rng.standard_normal((2, 3, 5, 4))
     seen = []
-    handles = [m.register_forward_hook(lambda mod, inputs, out, name=name: seen.append(
-        (name, type(mod).__name__, inputs[0].shape, out.shape))) for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles = [
+        m.register_forward_hook(
+            lambda mod, inputs, out, name=name: seen.append((name, type(mod).__name__, inputs[0].shape, out.shape))
+        )
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
     y = model(x)
     conv_names = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    assert len(conv_names) == 5 and [s[0] for s in seen] == [*conv_names, "fc"]    # execution order
+    assert len(conv_names) == 5 and [s[0] for s in seen] == [*conv_names, "fc"]  # execution order
     assert seen[-1] == ("fc", "Linear", (2, 4), (2, 3))
     for handle in handles:
         handle.remove()
     seen.clear()
     np.testing.assert_array_equal(model(x), y)
     assert seen == []
-    handles[0].remove()                                          # removing twice is harmless
+    handles[0].remove()  # removing twice is harmless
 
     doubled = model.fc.register_forward_hook(lambda mod, inputs, out: 2 * out)
     np.testing.assert_allclose(model(x), 2 * y, rtol=1e-12)
@@ -450,8 +489,8 @@ def test_forward_hooks_fire_replace_and_are_removable(rng):
     np.testing.assert_allclose(model(x), y, rtol=1e-12)
 
 
-
 # ----------------------------------------------------------------------------------------- preserved_state
+
 
 class Probe(nn.Module):
     """BatchNorm (buffers), two seeded Dropouts (generators) and a conv: all the state a forward moves."""
@@ -476,27 +515,27 @@ def test_preserved_state_undoes_every_forward_side_effect(rng, fail):
     x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
     dout = rng.standard_normal((4, 2, 5, 5)).astype(np.float32)
     probed, twin = Probe(), Probe()
-    probed.bn.eval()                                            # a per-module flag that must come back too
+    probed.bn.eval()  # a per-module flag that must come back too
     twin.bn.eval()
-    probed(x), twin(x)                                          # caches held, generators created, statistics moved
+    probed(x), twin(x)  # caches held, generators created, statistics moved
     running_mean = probed.bn.running_mean
     context = pytest.raises(RuntimeError, match="boom") if fail else contextlib.nullcontext()
     with context, probed.preserved_state():
         probed.train()
-        probed(2 * x)                                           # new caches, new statistics, generators advanced
-        probed.body[1].load_rng_state({})                       # a generator dropped ...
+        probed(2 * x)  # new caches, new statistics, generators advanced
+        probed.body[1].load_rng_state({})  # a generator dropped ...
         probed.eval()
         probed(x)
-        probed.bn.running_var = probed.bn.running_var * 3       # a buffer rebound to a new array
+        probed.bn.running_var = probed.bn.running_var * 3  # a buffer rebound to a new array
         probed.bn.num_batches_tracked[...] = 99
         if fail:
             raise RuntimeError("boom")
     assert probed.bn.running_mean is running_mean
     assert [m.training for m in probed.modules()] == [m.training for m in twin.modules()]
-    np.testing.assert_array_equal(probed.backward(dout), twin.backward(dout))   # the cache held on entry
+    np.testing.assert_array_equal(probed.backward(dout), twin.backward(dout))  # the cache held on entry
     for (key, value), (_, expected) in zip(probed.named_buffers(), twin.named_buffers()):
         np.testing.assert_array_equal(value, expected, err_msg=key)
-    np.testing.assert_array_equal(probed(x), twin(x))           # the generators continue where they were
+    np.testing.assert_array_equal(probed(x), twin(x))  # the generators continue where they were
 
 
 def test_saved_for_backward_shows_the_cache_until_backward_consumes_it(rng):
@@ -507,12 +546,12 @@ def test_saved_for_backward_shows_the_cache_until_backward_consumes_it(rng):
     assert conv.saved_for_backward is conv._cache and conv.saved_for_backward is not None
     with npresnet.no_grad():
         conv(x)
-    assert conv.saved_for_backward is None          # no_grad keeps nothing
+    assert conv.saved_for_backward is None  # no_grad keeps nothing
     conv(x)
     conv.backward(np.ones_like(y))
-    assert conv.saved_for_backward is None          # backward consumed it
+    assert conv.saved_for_backward is None  # backward consumed it
     with pytest.raises(AttributeError):
-        conv.saved_for_backward = 1                 # read-only
+        conv.saved_for_backward = 1  # read-only
 
 
 def test_preserved_state_drops_generators_created_inside():
@@ -527,6 +566,7 @@ def test_preserved_state_drops_generators_created_inside():
 
 # ----------------------------------------------------------------------------------------- replace_child
 
+
 def test_replace_child_keeps_the_position_and_names_the_children(rng):
     model = small_net(rng)
     keys = list(model.state_dict())
@@ -534,7 +574,7 @@ def test_replace_child_keeps_the_position_and_names_the_children(rng):
     new = nn.BatchNorm2d(4)
     assert model.stem.replace_child("1", new) is old
     assert model.stem[1] is new and model.state_dict()["stem.1.running_var"] is new.running_var
-    assert list(model.state_dict()) == keys                       # same position: same key order
+    assert list(model.state_dict()) == keys  # same position: same key order
     with pytest.raises(AttributeError, match="Sequential has no child module 'bn'; its children are: 0, 1, 2"):
         model.stem.replace_child("bn", new)
     with pytest.raises(TypeError, match=r"replace_child\('0', ...\) expects a Module, got ndarray"):
@@ -543,27 +583,31 @@ def test_replace_child_keeps_the_position_and_names_the_children(rng):
 
 # ----------------------------------------------------------------------------------------- dropout RNG state
 
+
 def test_dropout_rng_state_round_trip_resumes_the_mask_sequence():
     x = np.ones((3, 16), np.float32)
     drop = nn.Dropout(0.5, seed=7)
     assert drop.rng_state() == {}
     drop(x)
-    state = json.loads(json.dumps(drop.rng_state()))             # plain data: survives JSON
+    state = json.loads(json.dumps(drop.rng_state()))  # plain data: survives JSON
     expected = [drop(x) for _ in range(3)]
-    resumed = nn.Dropout(0.5, seed=123)                          # another seed: only the loaded state counts
+    resumed = nn.Dropout(0.5, seed=123)  # another seed: only the loaded state counts
     resumed.load_rng_state(state)
     for want in expected:
         np.testing.assert_array_equal(resumed(x), want)
-    resumed.load_rng_state({})                                   # back to the seed
+    resumed.load_rng_state({})  # back to the seed
     np.testing.assert_array_equal(resumed(x), nn.Dropout(0.5, seed=123)(x))
 
 
-@pytest.mark.parametrize("state, error, message", [
-    ([1, 2], TypeError, "expects a dict like {'numpy': {...}}, got list"),
-    ({"cupy": {}}, ValueError, "unexpected key(s) ['cupy']; expected only 'numpy'"),
-    ({"numpy": {"bit_generator": "Nope"}}, ValueError, "expected a NumPy bit-generator state"),
-    ({"numpy": {"bit_generator": "PCG64"}}, ValueError, "invalid PCG64 state"),
-])
+@pytest.mark.parametrize(
+    "state, error, message",
+    [
+        ([1, 2], TypeError, "expects a dict like {'numpy': {...}}, got list"),
+        ({"cupy": {}}, ValueError, "unexpected key(s) ['cupy']; expected only 'numpy'"),
+        ({"numpy": {"bit_generator": "Nope"}}, ValueError, "expected a NumPy bit-generator state"),
+        ({"numpy": {"bit_generator": "PCG64"}}, ValueError, "invalid PCG64 state"),
+    ],
+)
 def test_dropout_load_rng_state_rejects_bad_states_and_changes_nothing(state, error, message):
     x = np.ones((2, 8), np.float32)
     drop, twin = nn.Dropout(0.5, seed=2), nn.Dropout(0.5, seed=2)
@@ -575,16 +619,23 @@ def test_dropout_load_rng_state_rejects_bad_states_and_changes_nothing(state, er
 
 # ----------------------------------------------------------------------------------------- residual blocks
 
-@pytest.mark.parametrize("make, shortcut, residual", [
-    (lambda: models.BasicBlock(4, 4), None, True),
-    (lambda: models.BasicBlock(4, 8, 2, downsample=nn.Sequential(nn.Conv2d(4, 8, 1, 2), nn.BatchNorm2d(8))),
-     "downsample", True),
-    (lambda: models.Bottleneck(16, 4), None, True),
-    (lambda: models.CifarBlock(4, 4, shortcut="A"), "shortcut", True),
-    (lambda: models.CifarBlock(4, 8, 2, shortcut="A"), "shortcut", True),
-    (lambda: models.CifarBlock(4, 8, 2, shortcut="B"), "shortcut", True),
-    (lambda: models.CifarBlock(4, 8, 2, shortcut=None), None, False),
-])
+
+@pytest.mark.parametrize(
+    "make, shortcut, residual",
+    [
+        (lambda: models.BasicBlock(4, 4), None, True),
+        (
+            lambda: models.BasicBlock(4, 8, 2, downsample=nn.Sequential(nn.Conv2d(4, 8, 1, 2), nn.BatchNorm2d(8))),
+            "downsample",
+            True,
+        ),
+        (lambda: models.Bottleneck(16, 4), None, True),
+        (lambda: models.CifarBlock(4, 4, shortcut="A"), "shortcut", True),
+        (lambda: models.CifarBlock(4, 8, 2, shortcut="A"), "shortcut", True),
+        (lambda: models.CifarBlock(4, 8, 2, shortcut="B"), "shortcut", True),
+        (lambda: models.CifarBlock(4, 8, 2, shortcut=None), None, False),
+    ],
+)
 def test_blocks_declare_their_branches(make, shortcut, residual):
     block = make()
     assert isinstance(block, models.ResidualBlock)
@@ -599,12 +650,14 @@ def test_dropout_generators_survive_a_checkpoint(tmp_path):
     from npresnet.checkpoint import load_checkpoint, save_checkpoint
 
     x = np.ones((2, 16), np.float32)
-    model = nn.Sequential(nn.Dropout(0.5, seed=1), nn.Linear(16, 16, rng=np.random.default_rng(0)),
-                          nn.Dropout(0.5, seed=2))
+    model = nn.Sequential(
+        nn.Dropout(0.5, seed=1), nn.Linear(16, 16, rng=np.random.default_rng(0)), nn.Dropout(0.5, seed=2)
+    )
     model(x)
     save_checkpoint(tmp_path / "ckpt.npz", model)
     expected = model(x)
-    resumed = nn.Sequential(nn.Dropout(0.5, seed=8), nn.Linear(16, 16, rng=np.random.default_rng(9)),
-                            nn.Dropout(0.5, seed=9))
+    resumed = nn.Sequential(
+        nn.Dropout(0.5, seed=8), nn.Linear(16, 16, rng=np.random.default_rng(9)), nn.Dropout(0.5, seed=9)
+    )
     load_checkpoint(tmp_path / "ckpt.npz", resumed)
     np.testing.assert_array_equal(resumed(x), expected)

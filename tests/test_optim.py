@@ -51,8 +51,10 @@ def _run_pair(make_ours, make_torch, dtype, groups=False):
         ours_params = optim.weight_decay_groups(model, 5e-4)
         name_of = {id(p): n for n, p in model.named_parameters()}
         torch_named = dict(reference.named_parameters())
-        torch_params = [{"params": [torch_named[name_of[id(p)]] for p in g["params"]],
-                         "weight_decay": g["weight_decay"]} for g in ours_params]
+        torch_params = [
+            {"params": [torch_named[name_of[id(p)]] for p in g["params"]], "weight_decay": g["weight_decay"]}
+            for g in ours_params
+        ]
     else:
         ours_params, torch_params = model.parameters(), reference.parameters()
     opt, topt = make_ours(ours_params), make_torch(torch_params)
@@ -81,7 +83,7 @@ def _run_pair(make_ours, make_torch, dtype, groups=False):
 
 def _check(ours_losses, torch_losses, state, torch_state, dtype, max_rel_err):
     loss_err = float(np.max(np.abs(ours_losses - torch_losses) / np.abs(torch_losses)))
-    if dtype == np.float64:                      # (the calm float32 runs learn only a little in 20 steps)
+    if dtype == np.float64:  # (the calm float32 runs learn only a little in 20 steps)
         assert ours_losses[-5:].mean() < 0.9 * ours_losses[:5].mean(), "the parity run should actually learn"
     errors = {k: max_rel_err(v, torch_state[k]) for k, v in state.items() if np.asarray(v).dtype.kind == "f"}
     worst = max(errors, key=errors.get)
@@ -110,7 +112,8 @@ def test_sgd_matches_torch_for_20_resnet20_steps(dtype, nesterov, max_rel_err):
     lr = 0.1 if dtype == np.float64 else (1e-3 if nesterov else 3e-3)
     kwargs = dict(lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=nesterov)
     losses, torch_losses, state, torch_state, opt = _run_pair(
-        lambda p: optim.SGD(p, **kwargs), lambda p: torch.optim.SGD(p, **kwargs), dtype)
+        lambda p: optim.SGD(p, **kwargs), lambda p: torch.optim.SGD(p, **kwargs), dtype
+    )
     _check(losses, torch_losses, state, torch_state, dtype, max_rel_err)
     assert all("momentum_buffer" in s for s in opt.state.values()) and len(opt.state) == len(opt.params)
 
@@ -118,8 +121,11 @@ def test_sgd_matches_torch_for_20_resnet20_steps(dtype, nesterov, max_rel_err):
 def test_sgd_parameter_groups_without_decay_on_bn_and_bias_match_torch(max_rel_err):
     kwargs = dict(lr=0.1, momentum=0.9, nesterov=True, dampening=0.0)
     losses, torch_losses, state, torch_state, opt = _run_pair(
-        lambda p: optim.SGD(p, weight_decay=1.0, **kwargs), lambda p: torch.optim.SGD(p, **kwargs),
-        np.float64, groups=True)
+        lambda p: optim.SGD(p, weight_decay=1.0, **kwargs),
+        lambda p: torch.optim.SGD(p, **kwargs),
+        np.float64,
+        groups=True,
+    )
     _check(losses, torch_losses, state, torch_state, np.float64, max_rel_err)
     assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
 
@@ -128,8 +134,10 @@ def test_sgd_parameter_groups_without_decay_on_bn_and_bias_match_torch(max_rel_e
 def test_adam_matches_torch_for_20_resnet20_steps(dtype, max_rel_err):
     lr = 1e-3 if dtype == np.float64 else 1e-4
     losses, torch_losses, state, torch_state, opt = _run_pair(
-        lambda p: optim.Adam(p, lr=lr, weight_decay=5e-4), lambda p: torch.optim.Adam(p, lr=lr, weight_decay=5e-4),
-        dtype)
+        lambda p: optim.Adam(p, lr=lr, weight_decay=5e-4),
+        lambda p: torch.optim.Adam(p, lr=lr, weight_decay=5e-4),
+        dtype,
+    )
     _check(losses, torch_losses, state, torch_state, dtype, max_rel_err)
     assert all(s["step"] == STEPS for s in opt.state.values())
 
@@ -137,7 +145,8 @@ def test_adam_matches_torch_for_20_resnet20_steps(dtype, max_rel_err):
 def test_adamw_amsgrad_matches_torch(max_rel_err):
     kwargs = dict(lr=1e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05, amsgrad=True)
     losses, torch_losses, state, torch_state, opt = _run_pair(
-        lambda p: optim.AdamW(p, **kwargs), lambda p: torch.optim.AdamW(p, **kwargs), np.float64)
+        lambda p: optim.AdamW(p, **kwargs), lambda p: torch.optim.AdamW(p, **kwargs), np.float64
+    )
     _check(losses, torch_losses, state, torch_state, np.float64, max_rel_err)
     assert all("max_exp_avg_sq" in s for s in opt.state.values())
 
@@ -150,12 +159,15 @@ def _tiny_problem(rng):
     return w, b, grads
 
 
-@pytest.mark.parametrize("name, kwargs", [
-    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01)),
-    ("SGD", dict(lr=0.1)),
-    ("Adam", dict(lr=0.01, betas=(0.3, 0.9), weight_decay=0.1)),   # 1 - beta1 >= 0.5: torch's other lerp branch
-    ("AdamW", dict(lr=0.01, amsgrad=True)),
-])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01)),
+        ("SGD", dict(lr=0.1)),
+        ("Adam", dict(lr=0.01, betas=(0.3, 0.9), weight_decay=0.1)),  # 1 - beta1 >= 0.5: torch's other lerp branch
+        ("AdamW", dict(lr=0.01, amsgrad=True)),
+    ],
+)
 def test_update_rules_on_a_tiny_problem_match_torch(name, kwargs, rng):
     w, b, grads = _tiny_problem(rng)
     tw, tb = (torch.tensor(p.data.copy(), requires_grad=True) for p in (w, b))
@@ -177,9 +189,13 @@ def test_state_dict_round_trip_continues_exactly(rng):
         w.grad, b.grad = gw.copy(), gb.copy()
         opt.step()
     w2.data, b2.data = w.data.copy(), b.data.copy()
-    snapshot = {"state": {i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()}
-                          for i, s in opt.state_dict()["state"].items()},
-                "param_groups": opt.state_dict()["param_groups"]}
+    snapshot = {
+        "state": {
+            i: {k: (v.copy() if hasattr(v, "copy") else v) for k, v in s.items()}
+            for i, s in opt.state_dict()["state"].items()
+        },
+        "param_groups": opt.state_dict()["param_groups"],
+    }
     restored = optim.Adam([w2, b2], lr=0.5)
     restored.load_state_dict(snapshot)
     assert restored.param_groups[0]["lr"] == 0.01
@@ -284,19 +300,23 @@ def _lr_sequences(make_ours, make_torch, steps=40):
 
 
 SCHEDULES = {
-    "multistep": (lambda o: schedules.MultiStepLR(o, [5, 12, 12, 30], 0.5),
-                  lambda o: T.MultiStepLR(o, [5, 12, 12, 30], 0.5)),
+    "multistep": (
+        lambda o: schedules.MultiStepLR(o, [5, 12, 12, 30], 0.5),
+        lambda o: T.MultiStepLR(o, [5, 12, 12, 30], 0.5),
+    ),
     "cosine": (lambda o: schedules.CosineAnnealingLR(o, 15, 1e-3), lambda o: T.CosineAnnealingLR(o, 15, 1e-3)),
     "linear": (lambda o: schedules.LinearLR(o, 0.1, 0.9, 7), lambda o: T.LinearLR(o, 0.1, 0.9, 7)),
     "constant": (lambda o: schedules.ConstantLR(o, 0.25, 6), lambda o: T.ConstantLR(o, 0.25, 6)),
     "warmup+cosine": (
-        lambda o: schedules.SequentialLR(o, [schedules.LinearLR(o, 0.1, 1.0, 5), schedules.CosineAnnealingLR(o, 30)],
-                                         [5]),
-        lambda o: T.SequentialLR(o, [T.LinearLR(o, 0.1, 1.0, 5), T.CosineAnnealingLR(o, 30)], [5])),
+        lambda o: schedules.SequentialLR(
+            o, [schedules.LinearLR(o, 0.1, 1.0, 5), schedules.CosineAnnealingLR(o, 30)], [5]
+        ),
+        lambda o: T.SequentialLR(o, [T.LinearLR(o, 0.1, 1.0, 5), T.CosineAnnealingLR(o, 30)], [5]),
+    ),
     "warmup+multistep": (
-        lambda o: schedules.SequentialLR(o, [schedules.ConstantLR(o, 0.1, 4), schedules.MultiStepLR(o, [10, 20])],
-                                         [4]),
-        lambda o: T.SequentialLR(o, [T.ConstantLR(o, 0.1, 4), T.MultiStepLR(o, [10, 20])], [4])),
+        lambda o: schedules.SequentialLR(o, [schedules.ConstantLR(o, 0.1, 4), schedules.MultiStepLR(o, [10, 20])], [4]),
+        lambda o: T.SequentialLR(o, [T.ConstantLR(o, 0.1, 4), T.MultiStepLR(o, [10, 20])], [4]),
+    ),
 }
 
 
@@ -318,6 +338,7 @@ def test_schedule_state_dict_resumes_exactly(name):
     for _ in range(11):
         sched.step()
     import json
+
     saved_sched, saved_groups = json.loads(json.dumps(sched.state_dict())), opt.state_dict()["param_groups"]
     opt2 = optim.SGD([{"params": [p]}, {"params": [q], "lr": 0.03}], lr=0.1, momentum=0.9)
     sched2 = make_ours(opt2)

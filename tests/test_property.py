@@ -20,7 +20,7 @@ from npresnet import nn
 from npresnet.testing import tie_free
 from npresnet.testing.strategies import conv2d_configs, pool2d_configs, seeds
 
-pytestmark = pytest.mark.slow      # hundreds of random configurations against torch per run
+pytestmark = pytest.mark.slow  # hundreds of random configurations against torch per run
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True)
 
@@ -33,10 +33,11 @@ def _compare(max_rel_err, tol, label: str, pairs) -> None:
 
 # ---------------------------------------------------------------------------------------------- Conv2d
 
-CONV_CONFIGS = conv2d_configs()      # groups, non-square kernels, stride, padding, dilation, batch 1..3
+CONV_CONFIGS = conv2d_configs()  # groups, non-square kernels, stride, padding, dilation, batch 1..3
 # What the direct 3x3 kernels take (stride 1, one group, <= 32 channels, padding <= 2*dilation).
-THIN_CONV3X3_CONFIGS = conv2d_configs(kernel=3, stride=1, groups=1, channels_per_group=(1, 32), padding=(0, 6),
-                                      padding_within_kernel=True)
+THIN_CONV3X3_CONFIGS = conv2d_configs(
+    kernel=3, stride=1, groups=1, channels_per_group=(1, 32), padding=(0, 6), padding_within_kernel=True
+)
 
 
 @settings(max_examples=150, **SETTINGS)
@@ -72,7 +73,7 @@ def _check_conv_against_torch(config, max_rel_err, tol, to_torch) -> None:
 
 # ------------------------------------------------------------------------------------------- MaxPool2d
 
-MAXPOOL_CONFIGS = pool2d_configs()   # only what torch takes: padding <= kernel / 2, no window of padding only
+MAXPOOL_CONFIGS = pool2d_configs()  # only what torch takes: padding <= kernel / 2, no window of padding only
 
 
 @settings(max_examples=150, **SETTINGS)
@@ -93,7 +94,7 @@ def test_maxpool2d_matches_torch(config, max_rel_err, tol, to_torch):
 
 # ------------------------------------------------------------------------------------------- AvgPool2d
 
-AVGPOOL_CONFIGS = pool2d_configs(kind="avg")    # also count_include_pad and divisor_override
+AVGPOOL_CONFIGS = pool2d_configs(kind="avg")  # also count_include_pad and divisor_override
 
 
 @settings(max_examples=100, **SETTINGS)
@@ -114,9 +115,14 @@ def test_avgpool2d_matches_torch(config, max_rel_err, tol, to_torch):
 
 # ----------------------------------------------------------------------------------- AdaptiveAvgPool2d
 
+
 @settings(max_examples=50, **SETTINGS)
-@given(batch=st.integers(1, 3), size=st.tuples(st.integers(1, 11), st.integers(1, 11)),
-       out=st.tuples(st.integers(1, 6), st.integers(1, 6)), seed=seeds)
+@given(
+    batch=st.integers(1, 3),
+    size=st.tuples(st.integers(1, 11), st.integers(1, 11)),
+    out=st.tuples(st.integers(1, 6), st.integers(1, 6)),
+    seed=seeds,
+)
 def test_adaptive_avgpool2d_matches_torch(batch, size, out, seed, max_rel_err, tol, to_torch):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 2, *size))
@@ -133,8 +139,15 @@ def test_adaptive_avgpool2d_matches_torch(batch, size, out, seed, max_rel_err, t
 
 def test_strategies_reach_the_interesting_corners():
     """Guard against a strategy that silently stops drawing what this file claims to test."""
-    seen = {"groups>1": False, "dilation>1": False, "H!=W": False, "KH!=KW": False, "stride>1": False,
-            "padding": False, "batch1": False}
+    seen = {
+        "groups>1": False,
+        "dilation>1": False,
+        "H!=W": False,
+        "KH!=KW": False,
+        "stride>1": False,
+        "padding": False,
+        "batch1": False,
+    }
     ceil_seen = {True: False, False: False}
 
     @settings(max_examples=200, deadline=None, database=None)

@@ -35,11 +35,11 @@ NUMBER = re.compile(r"(?<![\w.,-])\d+(?:,\d{3})*(?:\.\d+)?(?![\w-]|\.\d)")
 
 @dataclass
 class Answer:
-    section: str            # the question it answers
-    kind: str               # "console" or "python"
-    source: str             # the command line (without "$ ") or the code
-    output: str             # what the page shows
-    span: tuple[int, int]   # where the output sits in the page's lines [start, end)
+    section: str  # the question it answers
+    kind: str  # "console" or "python"
+    source: str  # the command line (without "$ ") or the code
+    output: str  # what the page shows
+    span: tuple[int, int]  # where the output sits in the page's lines [start, end)
 
 
 def parse(lines: list[str]) -> tuple[list[Answer], dict[str, list[str]]]:
@@ -57,29 +57,37 @@ def parse(lines: list[str]) -> tuple[list[Answer], dict[str, list[str]]]:
         elif line.startswith("```"):
             kind = line[3:].strip()
             end = lines.index("```", i + 1)
-            body = lines[i + 1:end]
+            body = lines[i + 1 : end]
             if kind == "console" and body and body[0].startswith("$ "):
                 if len(body) > 1:
                     answers.append(Answer(section, "console", body[0][2:], "\n".join(body[1:]), (i + 2, end)))
                     i = end + 1
-                else:                               # the output is the markdown table after the block
+                else:  # the output is the markdown table after the block
                     start = end + 1
                     stop = start
                     while stop < len(lines) and lines[stop].startswith("|"):
                         stop += 1
-                    answers.append(Answer(section, "console", body[0][2:], "\n".join(lines[start:stop]),
-                                          (start, stop)))
+                    answers.append(Answer(section, "console", body[0][2:], "\n".join(lines[start:stop]), (start, stop)))
                     i = stop
             elif kind == "python":
                 text_start = end + 1
                 while text_start < len(lines) and not lines[text_start].strip():
                     text_start += 1
                 if text_start >= len(lines) or lines[text_start] != "```text":
-                    raise AssertionError(f"{PAGE.name} line {end + 1}: a python block must be followed by a "
-                                         "```text block with its output")
+                    raise AssertionError(
+                        f"{PAGE.name} line {end + 1}: a python block must be followed by a "
+                        "```text block with its output"
+                    )
                 text_end = lines.index("```", text_start + 1)
-                answers.append(Answer(section, "python", "\n".join(body), "\n".join(lines[text_start + 1:text_end]),
-                                      (text_start + 1, text_end)))
+                answers.append(
+                    Answer(
+                        section,
+                        "python",
+                        "\n".join(body),
+                        "\n".join(lines[text_start + 1 : text_end]),
+                        (text_start + 1, text_end),
+                    )
+                )
                 i = text_end + 1
             else:
                 prose.setdefault(section, []).extend(body)
@@ -99,7 +107,7 @@ def run(answer: Answer) -> str:
         from npresnet.summary import main
 
         with contextlib.redirect_stdout(out):
-            assert main(shlex.split(answer.source[len(COMMAND):])) == 0
+            assert main(shlex.split(answer.source[len(COMMAND) :])) == 0
     else:
         with contextlib.redirect_stdout(out):
             exec(compile(answer.source, str(PAGE), "exec"), {"__name__": "__page__"})
@@ -126,7 +134,8 @@ def test_each_output_on_the_page_is_what_the_command_prints(answer):
             f"{PAGE.name}, under {answer.section!r}, line {answer.span[0] + first + 1}: the page says\n"
             f"    {page[first] if first < len(page) else '(nothing)'}\nbut `{answer.source.splitlines()[0]}` "
             f"prints\n    {fresh[first] if first < len(fresh) else '(nothing)'}\n"
-            f"(python tests/test_resnet_figures_page.py --write regenerates the outputs)")
+            f"(python tests/test_resnet_figures_page.py --write regenerates the outputs)"
+        )
 
 
 @pytest.mark.parametrize("section", [s for s in PROSE if any(a.section == s for a in ANSWERS)])
@@ -134,8 +143,10 @@ def test_every_number_in_the_prose_is_in_the_outputs(section):
     figures = {n for a in ANSWERS if a.section == section for n in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", a.output)}
     for line in PROSE[section]:
         for number in NUMBER.findall(line.replace("|", " ")):
-            assert number in figures, (f"{PAGE.name}, under {section!r}: {number} in the text appears in none of "
-                                       f"the section's outputs: {line.strip()!r}")
+            assert number in figures, (
+                f"{PAGE.name}, under {section!r}: {number} in the text appears in none of "
+                f"the section's outputs: {line.strip()!r}"
+            )
 
 
 def write() -> None:
@@ -144,7 +155,7 @@ def write() -> None:
     for answer in sorted(ANSWERS, key=lambda a: a.span[0], reverse=True):
         start, stop = answer.span
         lines[start:stop] = run(answer).splitlines()
-    temporary = PAGE.with_name(f".{PAGE.name}.{os.getpid()}.tmp")      # atomic: the page is whole or untouched
+    temporary = PAGE.with_name(f".{PAGE.name}.{os.getpid()}.tmp")  # atomic: the page is whole or untouched
     temporary.write_text("\n".join(lines) + "\n", encoding="utf-8")
     os.replace(temporary, PAGE)
 

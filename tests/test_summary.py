@@ -20,8 +20,14 @@ FIGURES_PAGE = Path(__file__).resolve().parents[1] / "docs" / "figures.md"
 
 
 def tiny_net(rng: np.random.Generator) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(),
-                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 5, rng=rng))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 5, rng=rng),
+    )
 
 
 def test_tiny_net_figures_by_hand(rng):
@@ -40,7 +46,7 @@ def test_tiny_net_figures_by_hand(rng):
     assert (s.total_macs, s.total_flops, s.macs_per_sample) == (3616, 7232, 1808)
     assert s.weighted_layers == 2
     assert s.input_bytes == 2 * 3 * 8 * 8 * 4
-    assert s.param_bytes == 205 * 4 + (4 + 4) * 4 + 8         # + running mean/var (float32), batch counter (int64)
+    assert s.param_bytes == 205 * 4 + (4 + 4) * 4 + 8  # + running mean/var (float32), batch counter (int64)
 
 
 def test_grouped_dilated_rectangular_conv_macs(rng):
@@ -54,12 +60,23 @@ def test_grouped_dilated_rectangular_conv_macs(rng):
 
 def test_printed_table_labels_macs_and_flops(rng):
     text = str(summary(tiny_net(rng), (2, 3, 8, 8)))
-    for expected in ["Layer (type)", "Output shape", "Params", "MACs", "0 (Conv2d)", "[2, 4, 4, 4]", "3,456",
-                     "Total params: 205", "Trainable params: 205",
-                     "Total MACs (multiply-accumulates, conv + linear, batch of 2): 3,616",
-                     "Total FLOPs (= 2 x MACs, batch of 2): 7,232",
-                     "Input size (MB): ", "Params + buffers size (MB): ",
-                     "Activations held for backward (MB, measured): ", "Total size (MB): "]:
+    for expected in [
+        "Layer (type)",
+        "Output shape",
+        "Params",
+        "MACs",
+        "0 (Conv2d)",
+        "[2, 4, 4, 4]",
+        "3,456",
+        "Total params: 205",
+        "Trainable params: 205",
+        "Total MACs (multiply-accumulates, conv + linear, batch of 2): 3,616",
+        "Total FLOPs (= 2 x MACs, batch of 2): 7,232",
+        "Input size (MB): ",
+        "Params + buffers size (MB): ",
+        "Activations held for backward (MB, measured): ",
+        "Total size (MB): ",
+    ]:
         assert expected in text, f"{expected!r} not in:\n{text}"
     unmeasured = str(summary(tiny_net(rng), (2, 3, 8, 8), measure_memory=False))
     assert "Activations held for backward (MB, measured): not measured" in unmeasured
@@ -97,10 +114,10 @@ def test_held_for_backward_dedupes_by_memory_block(rng):
     c = rng.standard_normal(10)
     m1, m2, m3, m4 = nn.ReLU(), nn.ReLU(), nn.ReLU(), nn.ReLU()
     net = nn.Sequential(m1, m2, m3, m4)
-    object.__setattr__(m1, "_cache", (a, a[1:], 3, (a.T, None)))        # views of one block
+    object.__setattr__(m1, "_cache", (a, a[1:], 3, (a.T, None)))  # views of one block
     object.__setattr__(m2, "_cache", {"x": a.reshape(-1)[::2], "y": [b]})
-    object.__setattr__(m3, "_cache", np.lib.stride_tricks.sliding_window_view(c, 4))   # nbytes 7*4*8 > c's
-    object.__setattr__(m4, "_cache", b)                                   # the same array in two caches
+    object.__setattr__(m3, "_cache", np.lib.stride_tricks.sliding_window_view(c, 4))  # nbytes 7*4*8 > c's
+    object.__setattr__(m4, "_cache", b)  # the same array in two caches
     assert held_for_backward(net) == a.nbytes + b.nbytes + c.nbytes
     assert held_for_backward(net, exclude=[b[2:]]) == a.nbytes + c.nbytes
     object.__setattr__(m3, "_cache", None)
@@ -117,7 +134,7 @@ def test_measure_memory_needs_gradients_on(rng):
 
 def test_wrong_input_is_a_clear_error(rng):
     with pytest.raises(TypeError, match="float64"):
-        summary(tiny_net(rng), (2, 3, 8, 8), dtype=np.float64)     # float32 model
+        summary(tiny_net(rng), (2, 3, 8, 8), dtype=np.float64)  # float32 model
     with pytest.raises(ValueError, match="input_shape"):
         summary(tiny_net(rng), (0, 3, 8, 8))
     with pytest.raises(TypeError, match="npresnet Module"):
@@ -129,8 +146,14 @@ def test_wrong_input_is_a_clear_error(rng):
 
 def net_with_state(seed: int) -> nn.Sequential:
     rng = np.random.default_rng(seed)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Dropout(0.5, seed=1), nn.Linear(4 * 6 * 6, 3, rng=rng))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, rng=rng),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Dropout(0.5, seed=1),
+        nn.Linear(4 * 6 * 6, 3, rng=rng),
+    )
 
 
 @pytest.mark.parametrize("measure_memory", [True, False])
@@ -139,19 +162,19 @@ def test_summary_leaves_the_model_unchanged(measure_memory):
     dy = np.random.default_rng(3).standard_normal((2, 3)).astype(np.float32)
     subject, reference = net_with_state(0), net_with_state(0)
     for net in (subject, reference):
-        net[1].eval()                            # a per-module flag that model.train() would overwrite
-        net(x)                                   # running statistics move; caches pending for backward
+        net[1].eval()  # a per-module flag that model.train() would overwrite
+        net(x)  # running statistics move; caches pending for backward
     buffers = {key: value for key, value in subject.named_buffers()}
     hook_calls = []
     subject[0].register_forward_hook(lambda m, i, o: hook_calls.append(o.shape))
 
     summary(subject, (4, 3, 6, 6), measure_memory=measure_memory)
 
-    assert hook_calls == [(4, 4, 6, 6)]          # the user's hook ran, and is still registered
+    assert hook_calls == [(4, 4, 6, 6)]  # the user's hook ran, and is still registered
     assert [m.training for m in subject.modules()] == [m.training for m in reference.modules()]
     assert all(len(m._forward_hooks) == (1 if m is subject[0] else 0) for m in subject.modules())
     for key, value in subject.named_buffers():
-        assert value is buffers[key], key       # the same array objects
+        assert value is buffers[key], key  # the same array objects
         np.testing.assert_array_equal(value, reference.state_dict()[key], err_msg=key)
     # The pending caches survived: backward gives exactly the reference's gradients.
     np.testing.assert_array_equal(subject.backward(dy), reference.backward(dy))
@@ -216,11 +239,11 @@ def resnet_macs(block: str, layers: list[int], stride_in_1x1: bool) -> int:
             if block == "BasicBlock":
                 macs += planes * out * out * inplanes * 9 + planes * out * out * planes * 9
             else:
-                first = out if stride_in_1x1 else size       # where the 1x1 reduce conv runs
+                first = out if stride_in_1x1 else size  # where the 1x1 reduce conv runs
                 macs += planes * first * first * inplanes
                 macs += planes * out * out * planes * 9 + planes * expansion * out * out * planes
             if stride != 1 or inplanes != planes * expansion:
-                macs += planes * expansion * out * out * inplanes       # projection shortcut
+                macs += planes * expansion * out * out * inplanes  # projection shortcut
             size, inplanes = out, planes * expansion
     return macs + inplanes * 1000
 
@@ -231,13 +254,13 @@ def test_imagenet_answers_equal_the_published_figures(row):
     layers = [int(b) for b in row["blocks per stage"].split(",")]
     params, without_fc = number(cell(row, "params (torchvision)")), number(cell(row, "params without fc"))
     gmacs_v15, gmacs_v1 = float(cell(row, "GMACs, v1.5")), float(cell(row, "GMACs, v1 "))
-    variants = ["v1.5", "v1"] if block == "Bottleneck" else ["v1.5"]   # v1 only moves a Bottleneck's stride
+    variants = ["v1.5", "v1"] if block == "Bottleneck" else ["v1.5"]  # v1 only moves a Bottleneck's stride
     for variant in variants:
         s = summary(models.get_model(name, variant=variant, seed=0), (1, 3, 224, 224), measure_memory=False)
         a = answers(s)
         assert a["blocks_per_stage"] == layers and a["blocks"] == sum(layers)
         assert [t.split()[0] for t in a["block_types"]] == [block]
-        assert a["weighted_layers"] == s.weighted_layers == int(row["weighted layers"]) == int(name[len("resnet"):])
+        assert a["weighted_layers"] == s.weighted_layers == int(row["weighted layers"]) == int(name[len("resnet") :])
         per_block = 2 if block == "BasicBlock" else 3
         assert a["weighted_layers_counted_as"] == f"1 stem conv + {sum(layers)} x {per_block} convs + 1 fc"
         assert a["projection_shortcuts"] == (3 if block == "BasicBlock" else 4)
@@ -245,18 +268,19 @@ def test_imagenet_answers_equal_the_published_figures(row):
         assert a["params_without_classifier"] == without_fc
         assert a["classifier"] == "fc" and a["classifier_params"] == params - without_fc
         assert s.rows[0] == LayerRow("conv1", "Conv2d", (1, 64, 112, 112), 64 * 3 * 7 * 7, 118_013_952)
-        assert s.rows[-1] == LayerRow("fc", "Linear", (1, 1000), params - without_fc,
-                                      (512 if block == "BasicBlock" else 2048) * 1000)
+        assert s.rows[-1] == LayerRow(
+            "fc", "Linear", (1, 1000), params - without_fc, (512 if block == "BasicBlock" else 2048) * 1000
+        )
         assert a["macs"] == s.total_macs == resnet_macs(block, layers, stride_in_1x1=variant == "v1")
-        if block == "Bottleneck":   # v1 strides in the first 1x1 conv, v1.5 in the 3x3 (same parameters)
+        if block == "Bottleneck":  # v1 strides in the first 1x1 conv, v1.5 in the 3x3 (same parameters)
             shapes = {r.name: r.output_shape for r in s.rows}
             assert shapes["layer2.0.conv1"] == ((1, 128, 28, 28) if variant == "v1" else (1, 128, 56, 56))
             assert shapes["layer2.0.conv2"] == (1, 128, 28, 28)
         if name == "resnet50":
             assert a["macs"] == {"v1.5": 4_089_184_256, "v1": 3_857_973_248}[variant]
-        if variant == "v1.5":   # torchvision's "GFLOPS" (which are MACs), given to 3-4 significant digits
+        if variant == "v1.5":  # torchvision's "GFLOPS" (which are MACs), given to 3-4 significant digits
             assert round(a["macs"] / 1e9, 2) == gmacs_v15
-        else:   # the paper's "FLOPs (multiply-adds)", given to one decimal (not always rounded: 3.86 -> 3.8)
+        else:  # the paper's "FLOPs (multiply-adds)", given to one decimal (not always rounded: 3.86 -> 3.8)
             assert abs(a["macs"] / 1e9 - gmacs_v1) < 0.1
         assert a["flops"] == s.total_flops == 2 * a["macs"]
 
@@ -291,27 +315,34 @@ def test_resnet50_measured_memory_and_state():
     by_name = {r.name: r for r in s.rows}
     relu_bytes = sum(4 * int(np.prod(r.output_shape)) for r in s.rows if r.type == "ReLU")
     bn_bytes = sum(4 * int(np.prod(r.output_shape)) for r in s.rows if r.type == "BatchNorm2d")
-    strided_1x1 = sum(4 * int(np.prod(by_name[name].output_shape)) // m.out_channels * m.in_channels
-                      for name, m in model.named_modules()
-                      if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1))
+    strided_1x1 = sum(
+        4 * int(np.prod(by_name[name].output_shape)) // m.out_channels * m.in_channels
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+    )
     assert s.activation_bytes >= relu_bytes + bn_bytes
     pool_bytes = sum(2 * 4 * int(np.prod(r.output_shape)) for r in s.rows if r.type == "MaxPool2d")
     assert s.activation_bytes <= relu_bytes + bn_bytes + strided_1x1 + pool_bytes + 4 * 30_000
-    assert s.param_bytes == 4 * (25_557_032 + 2 * sum(m.num_features for m in model.modules()
-                                                      if isinstance(m, nn.BatchNorm2d))) + 8 * 53
+    assert (
+        s.param_bytes
+        == 4 * (25_557_032 + 2 * sum(m.num_features for m in model.modules() if isinstance(m, nn.BatchNorm2d))) + 8 * 53
+    )
     assert s.memory.batchnorm_in_eval == () and s.memory.batchnorm_layers == 53
     np.testing.assert_array_equal(model.layer1[0].bn1.running_var, running_var)
     assert int(model.bn1.num_batches_tracked) == 0
     assert all(m.saved_for_backward is None for m in model.modules())
 
 
-@pytest.mark.parametrize("name, shortcut, params, macs", [
-    ("resnet20", "A", 269_722, 40_551_040),
-    ("resnet20", "B", 272_474, 40_813_184),   # + two 1x1 projections (16->32 at 16x16, 32->64 at 8x8) + their BN
-    ("plain20", None, 269_722, 40_551_040),
-    ("resnet56", "A", 853_018, None),
-    ("resnet110", "A", 1_727_962, None),
-])
+@pytest.mark.parametrize(
+    "name, shortcut, params, macs",
+    [
+        ("resnet20", "A", 269_722, 40_551_040),
+        ("resnet20", "B", 272_474, 40_813_184),  # + two 1x1 projections (16->32 at 16x16, 32->64 at 8x8) + their BN
+        ("plain20", None, 269_722, 40_551_040),
+        ("resnet56", "A", 853_018, None),
+        ("resnet110", "A", 1_727_962, None),
+    ],
+)
 def test_cifar_resnet_figures(name, shortcut, params, macs):
     model = models.get_model(name, seed=0) if shortcut is None else models.get_model(name, shortcut=shortcut, seed=0)
     s = summary(model, (1, 3, 32, 32), measure_memory=name == "resnet20")
@@ -321,8 +352,15 @@ def test_cifar_resnet_figures(name, shortcut, params, macs):
     # 3x3 stem 16@32x32; stage 1: 6 convs 16->16 @32x32; stages 2, 3: one 16->32 @16x16 (32->64 @8x8)
     # and 5 convs 32->32 (64->64); fc 64->10.
     if macs is not None:
-        hand = (16 * 32 * 32 * 3 * 9 + 6 * 16 * 32 * 32 * 16 * 9 + 32 * 16 * 16 * 16 * 9 + 5 * 32 * 16 * 16 * 32 * 9
-                + 64 * 8 * 8 * 32 * 9 + 5 * 64 * 8 * 8 * 64 * 9 + 64 * 10)
+        hand = (
+            16 * 32 * 32 * 3 * 9
+            + 6 * 16 * 32 * 32 * 16 * 9
+            + 32 * 16 * 16 * 16 * 9
+            + 5 * 32 * 16 * 16 * 32 * 9
+            + 64 * 8 * 8 * 32 * 9
+            + 5 * 64 * 8 * 8 * 64 * 9
+            + 64 * 10
+        )
         assert hand == 40_551_040
         assert s.total_macs == macs
 
@@ -354,7 +392,7 @@ def test_trainable_and_frozen_after_requires_grad_false(capsys):
     model.requires_grad_(False)
     a = answers(summary(model, measure_memory=False))
     assert (a["trainable_params"], a["frozen_params"]) == (0, params)
-    model.fc.requires_grad_(True)                     # fine-tuning the head only
+    model.fc.requires_grad_(True)  # fine-tuning the head only
     a = answers(summary(model, measure_memory=False))
     assert (a["trainable_params"], a["frozen_params"]) == (params - without_fc, without_fc)
     assert main(["resnet50", "--freeze", "backbone", "--no-memory"]) == 0
@@ -366,8 +404,13 @@ def test_stage_table_sits_between_the_layers_and_the_totals(capsys):
     s = summary(models.resnet50(seed=0), measure_memory=False)
     rows = stage_table(s.calls, s.structure)
     assert [(r.name, r.output_shape, r.blocks) for r in rows] == [
-        ("stem", (1, 64, 56, 56), 0), ("layer1", (1, 256, 56, 56), 3), ("layer2", (1, 512, 28, 28), 4),
-        ("layer3", (1, 1024, 14, 14), 6), ("layer4", (1, 2048, 7, 7), 3), ("head", (1, 1000), 0)]
+        ("stem", (1, 64, 56, 56), 0),
+        ("layer1", (1, 256, 56, 56), 3),
+        ("layer2", (1, 512, 28, 28), 4),
+        ("layer3", (1, 1024, 14, 14), 6),
+        ("layer4", (1, 2048, 7, 7), 3),
+        ("head", (1, 1000), 0),
+    ]
     assert rows[0].members == ("conv1", "bn1", "relu", "maxpool") and rows[-1].members == ("avgpool", "fc")
     assert sum(r.params for r in rows) == s.total_params and sum(r.macs for r in rows) == s.total_macs
     lines = str(s).splitlines()
@@ -386,7 +429,7 @@ def test_depth_shows_the_whole_network_the_stages_or_the_blocks(capsys):
     assert [r.name for r in blocks if r.type == "CifarBlock"] == [f"layer{i}.{j}" for i in (1, 2, 3) for j in range(3)]
     for table in (top, blocks):
         assert sum(r.params for r in table) == s.total_params and sum(r.macs for r in table) == s.total_macs
-    assert s.table(3) == s.table() == s.rows           # every leaf of ResNet-20 is at most 3 deep
+    assert s.table(3) == s.table() == s.rows  # every leaf of ResNet-20 is at most 3 deep
     assert main(["resnet20", "--depth", "1", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "layer2 (Sequential)" in out and "layer2.0" not in out
@@ -403,8 +446,13 @@ def test_memory_at_batch_1_where_batchnorm_sees_one_value_per_channel():
     # channel, which training mode refuses (as torch does). They run on their running statistics instead.
     model = models.resnet18(seed=0)
     one = summary(model, (1, 3, 32, 32))
-    assert one.memory.batchnorm_in_eval == ("layer4.0.bn1", "layer4.0.bn2", "layer4.0.downsample.1",
-                                            "layer4.1.bn1", "layer4.1.bn2")
+    assert one.memory.batchnorm_in_eval == (
+        "layer4.0.bn1",
+        "layer4.0.bn2",
+        "layer4.0.downsample.1",
+        "layer4.1.bn1",
+        "layer4.1.bn2",
+    )
     assert one.memory.batchnorm_layers == 20 and "5 of 20 BatchNorm layers" in one.memory.method
     two = summary(model, (2, 3, 32, 32))
     assert two.memory.batchnorm_in_eval == ()
@@ -422,18 +470,24 @@ def test_memory_at_batch_1_where_batchnorm_sees_one_value_per_channel():
 def test_command_line_at_batch_1_says_how_memory_was_measured(capsys):
     assert main(["resnet18", "--input-shape", "1,3,32,32"]) == 0
     out = capsys.readouterr().out
-    assert ("activation memory, training step at batch 1: " in out
-            and "5 of 20 BatchNorm layers see one value per channel (N*H*W = 1) and used their running statistics "
-                "(eval mode)" in out)
+    assert (
+        "activation memory, training step at batch 1: " in out
+        and "5 of 20 BatchNorm layers see one value per channel (N*H*W = 1) and used their running statistics "
+        "(eval mode)"
+        in out
+    )
 
 
-@pytest.mark.parametrize("shape, message", [
-    ("3,224,224", "expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got '3,224,224' (3 values)"),
-    ("1,3,224,224,1", "(5 values)"),
-    ("1,3,x,224", "4 comma-separated integers"),
-    ("1,3,0,224", "at least 1"),
-    ("1,1,224,224", "resnet18 takes 3 input channels (C, the second value), got 1"),
-])
+@pytest.mark.parametrize(
+    "shape, message",
+    [
+        ("3,224,224", "expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got '3,224,224' (3 values)"),
+        ("1,3,224,224,1", "(5 values)"),
+        ("1,3,x,224", "4 comma-separated integers"),
+        ("1,3,0,224", "at least 1"),
+        ("1,1,224,224", "resnet18 takes 3 input channels (C, the second value), got 1"),
+    ],
+)
 def test_bad_input_shape_is_an_argparse_error(capsys, shape, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["resnet18", "--input-shape", shape, "--no-memory"])
@@ -491,14 +545,17 @@ def test_one_model_markdown_and_json_agree(capsys):
     assert main(["resnet20", "--depth", "2", "--format", "markdown"]) == 0
     layers, stages, questions = markdown_tables(capsys.readouterr().out)
     assert layers[0] == ["Layer", "Type", "Output shape", "Params", "MACs"]
-    assert [(r[0], r[1], number(r[3]), number(r[4])) for r in layers[1:]] == \
-        [(r["name"], r["type"], r["params"], r["macs"]) for r in model["layers"]]
-    assert [(r[0], r[2], number(r[3]), number(r[4])) for r in stages[1:]] == \
-        [(r["stage"], str(r["blocks"] or "-"), r["params"], r["macs"]) for r in model["stages"]]
+    assert [(r[0], r[1], number(r[3]), number(r[4])) for r in layers[1:]] == [
+        (r["name"], r["type"], r["params"], r["macs"]) for r in model["layers"]
+    ]
+    assert [(r[0], r[2], number(r[3]), number(r[4])) for r in stages[1:]] == [
+        (r["stage"], str(r["blocks"] or "-"), r["params"], r["macs"]) for r in model["stages"]
+    ]
     answered = dict(questions[1:])
     a = model["answers"]
-    assert answered["parameters"].startswith(f"{a['params']:,}; without the classifier fc (Linear 64 -> 10: 650): "
-                                             f"{a['params_without_classifier']:,}")
+    assert answered["parameters"].startswith(
+        f"{a['params']:,}; without the classifier fc (Linear 64 -> 10: 650): {a['params_without_classifier']:,}"
+    )
     assert answered["residual blocks"] == "3+3+3 = 9 CifarBlock (3x3, 3x3 convs)"
     assert sum(r["params"] for r in model["stages"]) == a["params"] == 269_722
 
@@ -510,7 +567,7 @@ def test_side_by_side_text_has_one_column_per_model(capsys):
     assert header.split() == names and set(rule) == {"-"}
     rows = {}
     for line in body:
-        cells = re.split(r"\s{2,}", line.strip())       # cells are at least two spaces apart
+        cells = re.split(r"\s{2,}", line.strip())  # cells are at least two spaces apart
         assert len(cells) == 1 + len(names), line
         rows[cells[0]] = cells[1:]
     assert rows["parameters"] == [cell(row, "params (torchvision)") for row in IMAGENET[:3]]
@@ -530,12 +587,14 @@ def test_command_line(capsys):
     assert "Weighted layers (conv + linear on the main path): 50" in out
     assert main(["resnet34", "--no-memory"]) == 0
     out = capsys.readouterr().out
-    for answer in ["residual blocks: 3+4+6+3 = 16 BasicBlock (3x3, 3x3 convs)",
-                   "weighted layers: 34 = 1 stem conv + 16 x 2 convs + 1 fc; the 3 projection shortcuts "
-                   "(conv 1x1 + BatchNorm2d) are not counted, as in the paper",
-                   "parameters: 21,797,672; without the classifier fc (Linear 512 -> 1000: 513,000): 21,284,672",
-                   "trainable: 21,797,672; frozen (requires_grad=False): 0",
-                   "MACs: 3,663,761,408 (3.66 G) at 1x3x224x224; FLOPs (2 x MACs): 7,327,522,816 (7.33 G)"]:
+    for answer in [
+        "residual blocks: 3+4+6+3 = 16 BasicBlock (3x3, 3x3 convs)",
+        "weighted layers: 34 = 1 stem conv + 16 x 2 convs + 1 fc; the 3 projection shortcuts "
+        "(conv 1x1 + BatchNorm2d) are not counted, as in the paper",
+        "parameters: 21,797,672; without the classifier fc (Linear 512 -> 1000: 513,000): 21,284,672",
+        "trainable: 21,797,672; frozen (requires_grad=False): 0",
+        "MACs: 3,663,761,408 (3.66 G) at 1x3x224x224; FLOPs (2 x MACs): 7,327,522,816 (7.33 G)",
+    ]:
         assert f"  {answer}\n" in out, answer
     assert main(["resnet20", "--input-shape", "2,3,32,32"]) == 0
     out = capsys.readouterr().out
@@ -553,8 +612,12 @@ def test_python_dash_m_runs_the_command():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "npresnet.summary", "resnet20", "--no-memory", "--depth", "0"],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "npresnet.summary", "resnet20", "--no-memory", "--depth", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "Total params: 269,722" in result.stdout
-    assert "RuntimeWarning" not in result.stderr        # runpy's "found in sys.modules" warning: __main__.py runs it
+    assert "RuntimeWarning" not in result.stderr  # runpy's "found in sys.modules" warning: __main__.py runs it

@@ -66,7 +66,7 @@ class SquareLinear(nn.Module):
 
     def backward(self, dy):
         x = self._pop_cache()
-        dweight = dy.T @ x                                        # (F, F): dL/dW[o, i] = sum_n dy[n, o] x[n, i]
+        dweight = dy.T @ x  # (F, F): dL/dW[o, i] = sum_n dy[n, o] x[n, i]
         self.weight.accumulate_grad(dweight.T if self.bug else dweight)
         self.bias.accumulate_grad(dy.sum(axis=0))
         return dy @ self.weight.data
@@ -93,7 +93,7 @@ class BatchNorm(nn.Module):
         x_hat, invstd = self._pop_cache()
         self.weight.accumulate_grad((dy * x_hat).sum(axis=(0, 2, 3)))
         self.bias.accumulate_grad(dy.sum(axis=(0, 2, 3)))
-        g = dy * self.weight.data.reshape(1, -1, 1, 1)            # dL/dx_hat
+        g = dy * self.weight.data.reshape(1, -1, 1, 1)  # dL/dx_hat
         dx = g - g.mean(axis=(0, 2, 3), keepdims=True)
         if not self.bug:
             dx -= x_hat * (g * x_hat).mean(axis=(0, 2, 3), keepdims=True)
@@ -170,16 +170,46 @@ class TorchResidual(torch.nn.Module):
 
 # name: (build(bug), torch twin, input shape, the array a failure must name in gradcheck / in torch terms, hint)
 LAYERS = {
-    "transposed weight gradient": (lambda bug: SquareLinear(5, bug), lambda: torch.nn.Linear(5, 5), (3, 5),
-                                   "weight", "weight.grad", "wrong places"),
-    "batchnorm missing a term": (lambda bug: BatchNorm(3, bug), lambda: torch.nn.BatchNorm2d(
-        3, track_running_stats=False), (2, 3, 3, 4), "input 0", "input gradient", ""),
-    "gradient routed to the wrong max": (lambda bug: MaxPool2x2(bug), lambda: torch.nn.MaxPool2d(2), (2, 2, 4, 6),
-                                         "input 0", "input gradient", "routed"),
-    "residual fork forgets a branch": (lambda bug: Residual(2, bug), lambda: TorchResidual(2), (2, 2, 5, 4),
-                                       "input 0", "input gradient", "every branch"),
-    "1% scale error": (lambda bug: LeakyReLU(0.1, bug), lambda: torch.nn.LeakyReLU(0.1), (3, 4, 5),
-                       "input 0", "input gradient", "1.01 x"),
+    "transposed weight gradient": (
+        lambda bug: SquareLinear(5, bug),
+        lambda: torch.nn.Linear(5, 5),
+        (3, 5),
+        "weight",
+        "weight.grad",
+        "wrong places",
+    ),
+    "batchnorm missing a term": (
+        lambda bug: BatchNorm(3, bug),
+        lambda: torch.nn.BatchNorm2d(3, track_running_stats=False),
+        (2, 3, 3, 4),
+        "input 0",
+        "input gradient",
+        "",
+    ),
+    "gradient routed to the wrong max": (
+        lambda bug: MaxPool2x2(bug),
+        lambda: torch.nn.MaxPool2d(2),
+        (2, 2, 4, 6),
+        "input 0",
+        "input gradient",
+        "routed",
+    ),
+    "residual fork forgets a branch": (
+        lambda bug: Residual(2, bug),
+        lambda: TorchResidual(2),
+        (2, 2, 5, 4),
+        "input 0",
+        "input gradient",
+        "every branch",
+    ),
+    "1% scale error": (
+        lambda bug: LeakyReLU(0.1, bug),
+        lambda: torch.nn.LeakyReLU(0.1),
+        (3, 4, 5),
+        "input 0",
+        "input gradient",
+        "1.01 x",
+    ),
 }
 
 
@@ -187,7 +217,7 @@ def run_tool(tool: str, case: str, bug: bool) -> None:
     build, torch_twin, shape, _, _, _ = LAYERS[case]
     layer = build(bug)
     if tool == "gradcheck":
-        x = tie_free(shape, np.random.default_rng(3))             # tie- and kink-free
+        x = tie_free(shape, np.random.default_rng(3))  # tie- and kink-free
         gradcheck(layer.to(np.float64), x)
     elif tool == "check_module":
         check_module(layer, shape)
@@ -214,17 +244,17 @@ def test_each_tool_catches_the_planted_bug(case, tool):
     with pytest.raises(AssertionError) as info:
         run_tool(tool, case, bug=True)
     message = str(info.value)
-    assert not isinstance(info.value, NondifferentiableError), message      # a bug, not a kink
+    assert not isinstance(info.value, NondifferentiableError), message  # a bug, not a kink
     blamed = re.findall(r"^  (\S[^:]*): (?:\d+ of \d+ element|analytic|npresnet)", message, re.MULTILINE)
     if tool == "assert_matches_torch":
         assert isinstance(info.value, TorchMismatchError)
-        assert blamed == [torch_name], message                            # only the wrong array is blamed
+        assert blamed == [torch_name], message  # only the wrong array is blamed
     else:
         assert isinstance(info.value, GradcheckError)
         assert blamed == [culprit + (" (directional)" if tool.endswith("directional") else "")], message
     for measure in ("max |a-n|/(|a|+|n|)", "norm ratio", "max |a-n| ="):
         assert measure in message, message
-    if tool == "check_module directional":              # one slope: a ratio, never a diagnosis
+    if tool == "check_module directional":  # one slope: a ratio, never a diagnosis
         assert "hint: along the check direction analytic = " in message and "constant factor" not in message
     elif hint:
         assert hint in message, message
@@ -255,11 +285,11 @@ class ForgetsGamma(BatchNorm):
 
 def test_constant_parameters_are_replaced_so_a_missing_gamma_shows():
     layer = ForgetsGamma(3)
-    assert check_module(layer, (2, 3, 3, 3), randomize_constants=False).passed     # gamma = 1: vacuous
+    assert check_module(layer, (2, 3, 3, 3), randomize_constants=False).passed  # gamma = 1: vacuous
     with pytest.raises(GradcheckError, match="input 0") as info:
         check_module(layer, (2, 3, 3, 3))
     assert "2 constant array(s) replaced by random values near them: weight, bias" in str(info.value)
-    np.testing.assert_array_equal(layer.weight.data, np.ones(3))                  # the user's layer untouched
+    np.testing.assert_array_equal(layer.weight.data, np.ones(3))  # the user's layer untouched
 
 
 def test_check_module_works_on_a_float64_copy_and_leaves_the_module_alone():
@@ -268,7 +298,7 @@ def test_check_module_works_on_a_float64_copy_and_leaves_the_module_alone():
     report = check_module(block, (2, 2, 5, 5))
     assert report.passed and [a.name for a in report.arrays] == ["input 0", "0.weight", "0.bias", "1.weight", "1.bias"]
     for key, value in block.state_dict().items():
-        assert value.dtype == before[key].dtype, key                               # still float32
+        assert value.dtype == before[key].dtype, key  # still float32
         np.testing.assert_array_equal(value, before[key], err_msg=key)
     assert all(p.grad is None for p in block.parameters())
 
@@ -313,9 +343,9 @@ def test_assert_matches_torch_compares_buffers_and_leaves_the_module_alone():
     bn = nn.BatchNorm2d(3).to(np.float64)
     x = np.random.default_rng(6).standard_normal((2, 3, 4, 4))
     assert_matches_torch(bn, torch.nn.BatchNorm2d(3), x)
-    np.testing.assert_array_equal(bn.running_mean, np.zeros(3))                  # preserved_state
+    np.testing.assert_array_equal(bn.running_mean, np.zeros(3))  # preserved_state
     assert bn.weight.grad is None and int(bn.num_batches_tracked) == 0
-    with pytest.raises(TorchMismatchError) as info:                            # momentum differs: buffers
+    with pytest.raises(TorchMismatchError) as info:  # momentum differs: buffers
         assert_matches_torch(nn.BatchNorm2d(3, momentum=0.2).to(np.float64), torch.nn.BatchNorm2d(3), x)
     message = str(info.value)
     assert "2 of 7 arrays differ" in message and "running_mean (buffer)" in message
@@ -354,8 +384,10 @@ except ImportError as error:
 def test_assert_matches_torch_without_torch_is_one_clear_error():
     result = subprocess.run([sys.executable, "-c", _NO_TORCH], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("ImportError: assert_matches_torch needs PyTorch as the referee, and it is not "
-                                     "installed: pip install torch (the CPU wheel is enough)")
+    assert result.stdout.strip() == (
+        "ImportError: assert_matches_torch needs PyTorch as the referee, and it is not "
+        "installed: pip install torch (the CPU wheel is enough)"
+    )
 
 
 def test_import_npresnet_needs_neither_hypothesis_nor_torch_nor_pytest():
@@ -378,25 +410,37 @@ STRATEGIES = {
     "maxpool2d": pool2d_configs(),
     "avgpool2d": pool2d_configs(kind="avg"),
     "batchnorm2d": batchnorm_configs(),
-    "thin conv3x3": conv2d_configs(kernel=3, stride=1, groups=1, channels_per_group=(1, 32), padding=(0, 6),
-                                   padding_within_kernel=True),
+    "thin conv3x3": conv2d_configs(
+        kernel=3, stride=1, groups=1, channels_per_group=(1, 32), padding=(0, 6), padding_within_kernel=True
+    ),
 }
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_torch_accepts_every_configuration_and_npresnet_matches_it(name):
-    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=40,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(STRATEGIES[name])
     def check(config):
         arrays = arrays_for(config)
         torch_layer = config.torch_layer()
         x = torch.from_numpy(arrays.x.copy()).requires_grad_(True)
-        y = torch_layer(x)                                     # none raises in torch
+        y = torch_layer(x)  # none raises in torch
         y.backward(torch.from_numpy(arrays.dy))
         assert tuple(y.shape) == config.output_shape and min(y.shape) >= 1
-        assert_matches_torch(config.layer(), config.torch_layer(), arrays.x,
-                             train=getattr(config, "training", True), rtol=1e-10, atol=1e-10)
+        assert_matches_torch(
+            config.layer(),
+            config.torch_layer(),
+            arrays.x,
+            train=getattr(config, "training", True),
+            rtol=1e-10,
+            atol=1e-10,
+        )
 
     check()
 
@@ -407,8 +451,13 @@ def test_the_strategies_reach_the_corners():
     def saw(what: str, value: object) -> None:
         seen.setdefault(what, set()).add(value)
 
-    @settings(max_examples=300, deadline=None, database=None, derandomize=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=300,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    )
     @given(conv=conv2d_configs(), pool=pool2d_configs(), avg=pool2d_configs(kind="avg"), bn=batchnorm_configs())
     def record(conv, pool, avg, bn):
         for kind, c in (("conv", conv), ("pool", pool), ("avg", avg)):
@@ -422,8 +471,10 @@ def test_the_strategies_reach_the_corners():
         for kind, c in (("conv", conv), ("pool", pool)):
             saw(f"{kind} dilation > 1", max(c.dilation) > 1)
         saw("conv groups > 1", conv.groups > 1)
-        saw("conv padding beyond the kernel's reach", any(p > d * (k - 1) for p, d, k in
-                                                          zip(conv.padding, conv.dilation, conv.kernel_size)))
+        saw(
+            "conv padding beyond the kernel's reach",
+            any(p > d * (k - 1) for p, d, k in zip(conv.padding, conv.dilation, conv.kernel_size)),
+        )
         saw("pool default stride", pool.stride is None)
         saw("avg divisor_override", avg.divisor_override is not None)
         saw("avg count_include_pad", avg.count_include_pad)
@@ -435,9 +486,10 @@ def test_the_strategies_reach_the_corners():
 
     record()
     one_sided = {"pool default stride", "avg divisor_override"}
-    missing = [what for what, values in seen.items()
-               if True not in values or (what not in one_sided and False not in values)]
-    assert "conv ceil_mode" in seen and seen.pop("conv ceil_mode") == {False}    # convolutions have no ceil_mode
+    missing = [
+        what for what, values in seen.items() if True not in values or (what not in one_sided and False not in values)
+    ]
+    assert "conv ceil_mode" in seen and seen.pop("conv ceil_mode") == {False}  # convolutions have no ceil_mode
     missing = [m for m in missing if m != "conv ceil_mode"]
     assert not missing, f"never drawn (or always drawn): {missing}"
 
@@ -458,12 +510,12 @@ class KinkAt(nn.Module):
 
 
 def test_check_module_draws_again_when_a_kink_spoils_the_check():
-    unlucky = float(kink_free((2, 3), np.random.default_rng(0))[1, 2])     # what seed 0 draws at (1, 2)
+    unlucky = float(kink_free((2, 3), np.random.default_rng(0))[1, 2])  # what seed 0 draws at (1, 2)
     report = check_module(KinkAt(unlucky), (2, 3))
     assert report.passed
     assert "seed=0 put a kink within eps of the point (input 0): drew again" in report.notes
     assert "inputs drawn with seed=1: input 0 (2, 3) kink-free" in report.notes
-    with pytest.raises(NondifferentiableError, match="kink") as info:       # arrays given: nothing to redraw
+    with pytest.raises(NondifferentiableError, match="kink") as info:  # arrays given: nothing to redraw
         check_module(KinkAt(unlucky), kink_free((2, 3), np.random.default_rng(0)))
     assert "drew again" not in str(info.value)
 
@@ -480,8 +532,10 @@ def test_beyond_torch_pool_configs_reach_what_npresnet_takes_and_torch_refuses()
         stride = c.stride or c.kernel_size
         if any(p > k // 2 for p, k in zip(c.padding, c.kernel_size)):
             seen.add("padding above half the kernel")
-        if not all(_windows_all_see_input(n, k, s, p, d, c.ceil_mode) for n, k, s, p, d in
-                   zip(c.size, c.kernel_size, stride, c.padding, c.dilation)):
+        if not all(
+            _windows_all_see_input(n, k, s, p, d, c.ceil_mode)
+            for n, k, s, p, d in zip(c.size, c.kernel_size, stride, c.padding, c.dilation)
+        ):
             seen.add("a window of padding only")
         assert min(c.output_size) >= 1
 

@@ -37,18 +37,25 @@ def parse_blocks(text: str) -> list[dict]:
             heading = line[3:].strip()
         if line.startswith("```") and line.strip() != "```" and not line.startswith("````"):
             end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
-            blocks.append({"lang": line.strip()[3:], "heading": heading, "line": i + 2,
-                           "code": "\n".join(lines[i + 1:end])})
+            blocks.append(
+                {"lang": line.strip()[3:], "heading": heading, "line": i + 2, "code": "\n".join(lines[i + 1 : end])}
+            )
             i = end
         i += 1
     return blocks
 
 
 BLOCKS = parse_blocks(PAGE.read_text(encoding="utf-8"))
-FILES = {b["code"].splitlines()[0][len("# file: "):]: b["code"] for b in BLOCKS
-         if b["lang"] == "python" and b["code"].startswith("# file: ")}
-RUNNABLE = [(i, b) for i, b in enumerate(BLOCKS)
-            if b["lang"] == "console" or (b["lang"] == "python" and not b["code"].startswith("# file: "))]
+FILES = {
+    b["code"].splitlines()[0][len("# file: ") :]: b["code"]
+    for b in BLOCKS
+    if b["lang"] == "python" and b["code"].startswith("# file: ")
+}
+RUNNABLE = [
+    (i, b)
+    for i, b in enumerate(BLOCKS)
+    if b["lang"] == "console" or (b["lang"] == "python" and not b["code"].startswith("# file: "))
+]
 
 
 def _shown_after(index: int) -> list[str]:
@@ -74,14 +81,20 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
-    for name in FILES:                              # the page's modules must not leak into other tests
+    for name in FILES:  # the page's modules must not leak into other tests
         sys.modules.pop(Path(name).stem, None)
 
 
 def test_the_page_has_the_promised_parts():
     text = PAGE.read_text(encoding="utf-8")
-    for tool in ("check_module(", "assert_matches_torch(", "conv2d_configs(", "def test_matches_torch(rng, float64)",
-                 "python -m npresnet.gradcheck", "ForgetsTheDirectPath"):
+    for tool in (
+        "check_module(",
+        "assert_matches_torch(",
+        "conv2d_configs(",
+        "def test_matches_torch(rng, float64)",
+        "python -m npresnet.gradcheck",
+        "ForgetsTheDirectPath",
+    ):
         assert tool in text, f"the page never shows {tool}"
     assert "mylayers.py" in FILES and "test_mylayers.py" in FILES
 
@@ -97,8 +110,12 @@ def test_block_runs_on_its_own(project, index, block):
         return
     lines = block["code"].splitlines()
     assert lines and lines[0].startswith("$ "), f"{where}: a console block starts with '$ command'"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
-           "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")])),
+        "OPENBLAS_NUM_THREADS": "1",
+        "NUMBA_NUM_THREADS": "1",
+    }
     command = shlex.split(lines[0][2:])
     command[0] = sys.executable if command[0] == "python" else command[0]
     result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=300)

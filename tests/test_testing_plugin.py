@@ -41,9 +41,9 @@ def test_the_plugin_is_registered_as_a_pytest11_entry_point():
 
 def test_rng_is_seeded_per_test_and_the_same_on_every_run(pytester):
     first, second = _draws(pytester)
-    assert first != second                                   # each test its own stream
+    assert first != second  # each test its own stream
     again_first, again_second = _draws(pytester)
-    assert (again_first, again_second) == (first, second)    # and the same numbers next run
+    assert (again_first, again_second) == (first, second)  # and the same numbers next run
 
 
 def test_npresnet_seed_fixes_every_test_seed(pytester):
@@ -60,11 +60,13 @@ def test_a_failing_test_prints_its_seed_and_the_replay_command(pytester):
     match = re.search(r"rng seed (\d+); replay: pytest test_fails.py::test_unlucky --npresnet-seed (\d+)", output)
     assert match and match.group(1) == match.group(2), output
     # the printed seed replays the same draw
-    pytester.makepyfile(test_replay=f"""
+    pytester.makepyfile(
+        test_replay=f"""
 import numpy as np
 def test_same(rng):
     assert rng.random() == np.random.default_rng({match.group(1)}).random()
-""")
+"""
+    )
     pytester.runpytest_inprocess("test_replay.py", "--npresnet-seed", match.group(1)).assert_outcomes(passed=1)
 
 
@@ -76,7 +78,8 @@ def test_a_passing_test_prints_no_seed(pytester):
 
 
 def test_float64_casts_arrays_modules_and_tuples(pytester):
-    pytester.makepyfile(test_cast="""
+    pytester.makepyfile(
+        test_cast="""
 import numpy as np
 from npresnet import nn
 
@@ -90,15 +93,19 @@ def test_cast(float64):
     bn64 = float64(bn)
     assert bn64.weight.dtype == np.float64 and bn.weight.dtype == np.float32   # a copy
     assert bn64.running_var.dtype == np.float64 and bn64.num_batches_tracked.dtype.kind == "i"
-""")
+"""
+    )
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
 
 
 def test_a_project_rng_fixture_overrides_the_plugin(pytester):
-    pytester.makeconftest("import numpy as np, pytest\n@pytest.fixture\ndef rng():\n"
-                          "    return np.random.default_rng(7)\n")
-    pytester.makepyfile(test_own="import numpy as np\ndef test_own(rng):\n"
-                                 "    assert rng.random() == np.random.default_rng(7).random()\n")
+    pytester.makeconftest(
+        "import numpy as np, pytest\n@pytest.fixture\ndef rng():\n    return np.random.default_rng(7)\n"
+    )
+    pytester.makepyfile(
+        test_own="import numpy as np\ndef test_own(rng):\n"
+        "    assert rng.random() == np.random.default_rng(7).random()\n"
+    )
     pytester.runpytest_inprocess().assert_outcomes(passed=1)
 
 

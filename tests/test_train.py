@@ -32,9 +32,21 @@ QUIET = dict(progress="none", prefetch=1)
 
 def tiny_config(out_dir, **overrides):
     """ResNet-20 on the first 96 training and 64 test digits: 3 iterations per epoch."""
-    values = dict(model="resnet20", data="digits", epochs=2, batch_size=32, eval_batch_size=64, lr=0.05,
-                  schedule="multistep", milestones=[1.34], warmup_steps=2, train_limit=96, test_limit=64,
-                  out_dir=str(out_dir), **QUIET)
+    values = dict(
+        model="resnet20",
+        data="digits",
+        epochs=2,
+        batch_size=32,
+        eval_batch_size=64,
+        lr=0.05,
+        schedule="multistep",
+        milestones=[1.34],
+        warmup_steps=2,
+        train_limit=96,
+        test_limit=64,
+        out_dir=str(out_dir),
+        **QUIET,
+    )
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -47,7 +59,7 @@ def silent(line):
     pass
 
 
-@pytest.mark.slow          # several epochs of ResNet-20 on real digits
+@pytest.mark.slow  # several epochs of ResNet-20 on real digits
 def test_short_digits_training_learns(tmp_path):
     """ResNet-20 on the full digits training set for 3 epochs: the loss must fall well below its start."""
     losses = []
@@ -62,7 +74,7 @@ def test_short_digits_training_learns(tmp_path):
         return loss
 
     trainer.criterion.forward = recording_forward
-    trainer.save = lambda: None                      # nothing written to disk in this test
+    trainer.save = lambda: None  # nothing written to disk in this test
     result = trainer.fit()
     assert len(losses) == 3 * 23
     start, end = np.mean(losses[:3]), np.mean(losses[-3:])
@@ -87,8 +99,9 @@ def test_resume_is_bit_exact(tmp_path):
     assert (meta_a["epoch"], meta_a["step"]) == (meta_b["epoch"], meta_b["step"]) == (2, 6)
     timing = ("epoch_time_s", "eval_time_s", "images_per_s")
     for row_a, row_b in zip(straight.history, resumed.history, strict=True):
-        assert ({k: v for k, v in row_a.items() if k not in timing}
-                == {k: v for k, v in row_b.items() if k not in timing})
+        assert {k: v for k, v in row_a.items() if k not in timing} == {
+            k: v for k, v in row_b.items() if k not in timing
+        }
     lrs = [row["lr"] for row in straight.history]
     assert lrs[0] < lrs[1], "the warm-up should have raised the lr by epoch 2"
 
@@ -126,11 +139,11 @@ def test_resume_refuses_a_run_with_other_settings(tmp_path):
     with pytest.raises(ValueError, match=r"lr: checkpoint 0.05, now 0.1"):
         train(tiny_config(tmp_path, lr=0.1), resume=str(tmp_path), log=silent)
     with pytest.raises(FileExistsError, match="already exists"):
-        train(tiny_config(tmp_path), log=silent)                    # a fresh run must not overwrite it
+        train(tiny_config(tmp_path), log=silent)  # a fresh run must not overwrite it
     assert file_digest(tmp_path / "checkpoint.npz") == digest
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")         # overflow on the way to the NaN: the point here
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to the NaN: the point here
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     train_set, test_set = digits()
     train_set, test_set = train_set.subset(np.arange(96)), test_set.subset(np.arange(64))
@@ -140,10 +153,17 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     poisoned = train_set.images.copy()
     poisoned[50, 0, 3, 3] = np.nan
     bad = ArrayDataset(poisoned, train_set.labels, train_set.classes)
-    with pytest.raises(TrainingDiverged, match=r"training loss is nan at iteration [456] .*last good checkpoint "
-                                               r".*checkpoint.npz \(end of epoch 1\) is kept"):
-        train(tiny_config(tmp_path, epochs=2, train_limit=None, test_limit=None), datasets=(bad, test_set),
-              resume=str(tmp_path), log=silent)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"training loss is nan at iteration [456] .*last good checkpoint "
+        r".*checkpoint.npz \(end of epoch 1\) is kept",
+    ):
+        train(
+            tiny_config(tmp_path, epochs=2, train_limit=None, test_limit=None),
+            datasets=(bad, test_set),
+            resume=str(tmp_path),
+            log=silent,
+        )
     assert {name: file_digest(tmp_path / name) for name in files} == files
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
@@ -153,15 +173,19 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert not os.path.exists(fresh / "checkpoint.npz")
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")         # overflow on the way to the non-finite test loss
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # overflow on the way to the non-finite test loss
 def test_weights_blown_up_by_the_last_step_stop_at_the_end_of_the_epoch(tmp_path):
     """One iteration per epoch; at the end of epoch 1 the schedule multiplies lr by 1e35. Epoch 2's only
     training loss is computed before that step and is finite; the step blows the weights up, and only
     the end-of-epoch check (the test loss, the weights) can see it: epoch 1's checkpoint must stay."""
-    config = tiny_config(tmp_path, epochs=2, train_limit=32, batch_size=32, warmup_steps=0, milestones=[1.0],
-                         gamma=1e35)
-    with pytest.raises(TrainingDiverged, match=r"the weights or the test loss became non-finite in epoch 2; the "
-                                               r"last good checkpoint .*checkpoint.npz \(end of epoch 1\) is kept"):
+    config = tiny_config(
+        tmp_path, epochs=2, train_limit=32, batch_size=32, warmup_steps=0, milestones=[1.0], gamma=1e35
+    )
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"the weights or the test loss became non-finite in epoch 2; the "
+        r"last good checkpoint .*checkpoint.npz \(end of epoch 1\) is kept",
+    ):
         train(config, log=silent)
     meta, arrays = ckpt.read_checkpoint(tmp_path / "checkpoint.npz")
     assert meta["epoch"] == 1 and meta["step"] == 1
@@ -193,8 +217,26 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 
 def test_command_line_run_resume_metrics_and_plot(tmp_path, capsys):
     out = tmp_path / "cli"
-    args = ["--epochs", "1", "--batch", "32", "--train-limit", "64", "--test-limit", "32", "--lr", "0.05",
-            "--out", str(out), "--plot", str(out / "curves.png"), "--progress", "plain", "--threads", "1"]
+    args = [
+        "--epochs",
+        "1",
+        "--batch",
+        "32",
+        "--train-limit",
+        "64",
+        "--test-limit",
+        "32",
+        "--lr",
+        "0.05",
+        "--out",
+        str(out),
+        "--plot",
+        str(out / "curves.png"),
+        "--progress",
+        "plain",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     assert main(["--resume", str(out), "--epochs", "2", "--progress", "plain"]) == 0
     captured = capsys.readouterr()
@@ -220,10 +262,26 @@ def test_every_config_field_is_one_option_with_help_and_one_default():
         assert action.help and action.help.count("(default:") <= 1, f"{action.option_strings}: {action.help!r}"
     text = " ".join(parser.format_help().split())
     assert "(default: None)" not in text
-    assert text.count("(default:") == sum(a.help.count("(default:") for a in actions), \
+    assert text.count("(default:") == sum(a.help.count("(default:") for a in actions), (
         "the help formatter adds defaults of its own"
-    config, _, _ = config_from_args(["--betas", "0.8", "0.99", "--eps", "1e-6", "--milestone-steps", "10", "20",
-                                     "--nesterov", "--no-augment", "--no-decay-bn-bias", "--dtype", "float64"])
+    )
+    config, _, _ = config_from_args(
+        [
+            "--betas",
+            "0.8",
+            "0.99",
+            "--eps",
+            "1e-6",
+            "--milestone-steps",
+            "10",
+            "20",
+            "--nesterov",
+            "--no-augment",
+            "--no-decay-bn-bias",
+            "--dtype",
+            "float64",
+        ]
+    )
     assert (config.betas, config.eps, config.milestone_steps) == ((0.8, 0.99), 1e-6, [10, 20])
     assert (config.nesterov, config.augment, config.decay_bn_and_bias, config.dtype) == (True, False, False, "float64")
     with pytest.raises(ValueError, match=r"optimizer must be one of \('sgd', 'adam', 'adamw'\), got 'lion'"):
@@ -232,6 +290,7 @@ def test_every_config_field_is_one_option_with_help_and_one_default():
 
 def test_train_command_keeps_its_name(capsys):
     import npresnet.train as command
+
     assert command.main is main and command.TrainConfig is TrainConfig
     with pytest.raises(SystemExit) as stop:
         command.main(["--help"])
@@ -240,10 +299,21 @@ def test_train_command_keeps_its_name(capsys):
 
 def test_cifar_paper_preset(tmp_path):
     config, resume, _ = config_from_args(["--preset", "cifar-paper", "--data-root", str(tmp_path), "--epochs", "3"])
-    assert resume is None and config.epochs == 3                    # explicit options win over the preset
-    expected = dict(model="resnet20", data="cifar10", batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
-                    weight_decay=1e-4, milestone_steps=[32000, 48000], gamma=0.1, max_steps=64000,
-                    normalize="pixel-mean", augment=True)
+    assert resume is None and config.epochs == 3  # explicit options win over the preset
+    expected = dict(
+        model="resnet20",
+        data="cifar10",
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        milestone_steps=[32000, 48000],
+        gamma=0.1,
+        max_steps=64000,
+        normalize="pixel-mean",
+        augment=True,
+    )
     assert {k: getattr(config, k) for k in expected} == expected and PRESETS["cifar-paper"]["epochs"] == 164
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (300, 3, 32, 32), dtype=np.uint8)
@@ -251,7 +321,10 @@ def test_cifar_paper_preset(tmp_path):
     trainer = Trainer(config, datasets=(fake, fake), log=silent)
     assert trainer.scheduler.milestones == [32000, 48000] and trainer.steps_per_epoch == 3
     assert [type(t).__name__ for t in trainer.train_loader.transform.transforms] == [
-        "Normalize", "RandomCrop", "RandomHorizontalFlip"]
+        "Normalize",
+        "RandomCrop",
+        "RandomHorizontalFlip",
+    ]
     assert trainer.train_loader.transform.transforms[1].padding == 4
     assert trainer.train_loader.transform.transforms[0].mean.shape == (3, 32, 32)
 

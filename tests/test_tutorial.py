@@ -34,6 +34,8 @@ def python_blocks(text: str) -> list[tuple[str, int, str]]:
 with open(TUTORIAL, encoding="utf-8") as _f:
     TEXT = _f.read()
 BLOCKS = python_blocks(TEXT)
+
+
 def test_the_tutorial_has_the_promised_steps():
     headings = [h for h, _, _ in BLOCKS]
     for topic in ("Linear", "ReLU", "Max-pooling", "Average pooling", "im2col", "BatchNorm", "residual add"):
@@ -51,8 +53,9 @@ def test_every_block_runs_in_order(capsys):  # capsys: keep the tutorial's print
         try:
             exec(compile(code, f"{TUTORIAL}:{line}", "exec"), namespace)
         except Exception as error:
-            raise AssertionError(f"tutorial block {index} (section {heading!r}, line {line}) failed: "
-                                 f"{type(error).__name__}: {error}") from error
+            raise AssertionError(
+                f"tutorial block {index} (section {heading!r}, line {line}) failed: {type(error).__name__}: {error}"
+            ) from error
 
 
 def test_figures_referenced_exist():

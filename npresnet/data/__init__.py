@@ -19,6 +19,18 @@ from .loader import ArrayDataset, DataLoader
 from .transforms import Compose, Normalize, RandomCrop, RandomHorizontalFlip
 
 __all__ = [
-    "CIFAR10_CLASSES", "ArrayDataset", "Compose", "DataLoader", "ImageFolder", "Normalize", "RandomCrop",
-    "RandomHorizontalFlip", "Splits", "cifar10", "digits", "read_cifar10_file", "stratified_split", "transforms",
+    "CIFAR10_CLASSES",
+    "ArrayDataset",
+    "Compose",
+    "DataLoader",
+    "ImageFolder",
+    "Normalize",
+    "RandomCrop",
+    "RandomHorizontalFlip",
+    "Splits",
+    "cifar10",
+    "digits",
+    "read_cifar10_file",
+    "stratified_split",
+    "transforms",
 ]

@@ -57,7 +57,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     test = []
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        test.append(members[:int(round(test_fraction * len(members)))])
+        test.append(members[: int(round(test_fraction * len(members)))])
     test_indices = np.sort(np.concatenate(test))
     return np.setdiff1d(np.arange(len(labels)), test_indices), test_indices
 
@@ -71,13 +71,15 @@ def digits(test_fraction: float = 0.2, seed: int = 0, channels: int = 3) -> Spli
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grey) or 3 (grey repeated for RGB models), got {channels}")
     bunch = load_digits()
-    images = (bunch.images.astype(np.float32) / np.float32(16))[:, None]          # (1797, 1, 8, 8)
+    images = (bunch.images.astype(np.float32) / np.float32(16))[:, None]  # (1797, 1, 8, 8)
     images = np.ascontiguousarray(np.repeat(images, channels, axis=1))
     labels = bunch.target.astype(np.int64)
     train, test = stratified_split(labels, test_fraction, seed)
     classes = [str(d) for d in range(10)]
-    return Splits(ArrayDataset(images[train], labels[train], classes, name="digits/train"),
-                  ArrayDataset(images[test], labels[test], classes, name="digits/test"))
+    return Splits(
+        ArrayDataset(images[train], labels[train], classes, name="digits/train"),
+        ArrayDataset(images[test], labels[test], classes, name="digits/test"),
+    )
 
 
 def read_cifar10_file(path: str | os.PathLike, records: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -92,18 +94,24 @@ def read_cifar10_file(path: str | os.PathLike, records: int | None = None) -> tu
     size = os.path.getsize(path)
     count, remainder = divmod(size, CIFAR10_RECORD_BYTES)
     if remainder or count == 0:
-        raise ValueError(f"{path}: {size} bytes is not a whole, non-zero number of {CIFAR10_RECORD_BYTES}-byte "
-                         "CIFAR-10 records (1 label byte + 3072 pixel bytes): the file is truncated or not in the "
-                         "binary format")
+        raise ValueError(
+            f"{path}: {size} bytes is not a whole, non-zero number of {CIFAR10_RECORD_BYTES}-byte "
+            "CIFAR-10 records (1 label byte + 3072 pixel bytes): the file is truncated or not in the "
+            "binary format"
+        )
     if records is not None and count != records:
-        raise ValueError(f"{path}: holds {count} records, expected {records}: the file is truncated or not an "
-                         "official CIFAR-10 batch (pass records_per_file=None to accept any count)")
+        raise ValueError(
+            f"{path}: holds {count} records, expected {records}: the file is truncated or not an "
+            "official CIFAR-10 batch (pass records_per_file=None to accept any count)"
+        )
     raw = np.fromfile(path, dtype=np.uint8).reshape(count, CIFAR10_RECORD_BYTES)
     labels = raw[:, 0].astype(np.int64)
     bad = np.flatnonzero(labels > 9)
     if bad.size:
-        raise ValueError(f"{path}: record {int(bad[0])} has label {int(labels[bad[0]])}, expected 0..9 "
-                         "(is this CIFAR-100 or a corrupt file?)")
+        raise ValueError(
+            f"{path}: record {int(bad[0])} has label {int(labels[bad[0]])}, expected 0..9 "
+            "(is this CIFAR-100 or a corrupt file?)"
+        )
     return np.ascontiguousarray(raw[:, 1:].reshape(count, 3, 32, 32)), labels
 
 
@@ -114,9 +122,11 @@ def _cifar10_directory(root: str) -> str:
             return candidate
     if not os.path.isdir(root):
         raise FileNotFoundError(f"CIFAR-10 directory not found: {root}")
-    raise FileNotFoundError(f"{root} holds no CIFAR-10 binary files: expected {', '.join(expected)} there or in "
-                            f"{os.path.join(root, 'cifar-10-batches-bin')} (the unpacked cifar-10-binary.tar.gz; "
-                            "the Python/pickle version is not read)")
+    raise FileNotFoundError(
+        f"{root} holds no CIFAR-10 binary files: expected {', '.join(expected)} there or in "
+        f"{os.path.join(root, 'cifar-10-batches-bin')} (the unpacked cifar-10-binary.tar.gz; "
+        "the Python/pickle version is not read)"
+    )
 
 
 def cifar10(root: str | os.PathLike, records_per_file: int | None = 10000) -> Splits:
@@ -136,8 +146,10 @@ def cifar10(root: str | os.PathLike, records_per_file: int | None = 10000) -> Sp
             classes = names
     train_images = np.concatenate([images for images, _ in parts[:-1]])
     train_labels = np.concatenate([labels for _, labels in parts[:-1]])
-    return Splits(ArrayDataset(train_images, train_labels, classes, name="cifar10/train"),
-                  ArrayDataset(parts[-1][0], parts[-1][1], classes, name="cifar10/test"))
+    return Splits(
+        ArrayDataset(train_images, train_labels, classes, name="cifar10/train"),
+        ArrayDataset(parts[-1][0], parts[-1][1], classes, name="cifar10/test"),
+    )
 
 
 class ImageFolder:
@@ -172,8 +184,9 @@ class ImageFolder:
             files += [os.path.join(folder, f) for f in found]
             labels += [label] * len(found)
         if not files:
-            raise FileNotFoundError(f"{root}: the class folders {classes} hold no images "
-                                    f"({', '.join(IMAGE_EXTENSIONS)})")
+            raise FileNotFoundError(
+                f"{root}: the class folders {classes} hold no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
         self.root, self.files, self.channels, self.name = root, files, channels, f"ImageFolder({root})"
         self.classes, self.num_classes = classes, len(classes)
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -202,11 +215,13 @@ class ImageFolder:
                 with Image.open(path) as image:
                     return image.convert("RGB" if self.channels == 3 else "L")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ValueError(f"{path}: refused as a possible decompression bomb ({exc}); to read it, raise "
-                             "PIL.Image.MAX_IMAGE_PIXELS") from exc
+            raise ValueError(
+                f"{path}: refused as a possible decompression bomb ({exc}); to read it, raise "
+                "PIL.Image.MAX_IMAGE_PIXELS"
+            ) from exc
         except MemoryError as exc:
             raise ValueError(f"{path}: too large to decode in memory ({exc})") from exc
-        except Exception as exc:            # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
+        except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError, ...
             raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
 
     def read(self, index: int) -> np.ndarray:
@@ -215,8 +230,10 @@ class ImageFolder:
         image = self._open(path)
         if image.size[::-1] != self.size:
             if not self.resize:
-                raise ValueError(f"{path} is {image.size[1]}x{image.size[0]} but the first image is "
-                                 f"{self.size[0]}x{self.size[1]}; pass size=(H, W) to resize them all")
+                raise ValueError(
+                    f"{path} is {image.size[1]}x{image.size[0]} but the first image is "
+                    f"{self.size[0]}x{self.size[1]}; pass size=(H, W) to resize them all"
+                )
             image = image.resize(self.size[::-1], self._Image.Resampling.BILINEAR)
         array = np.asarray(image, dtype=np.uint8)
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

@@ -32,8 +32,14 @@ class ArrayDataset:
     Labels must lie in [0, num_classes); ``num_classes`` defaults to ``len(classes)`` or max + 1.
     """
 
-    def __init__(self, images: np.ndarray, labels: Any, classes: Sequence[str] | None = None,
-                 num_classes: int | None = None, name: str = "dataset") -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Any,
+        classes: Sequence[str] | None = None,
+        num_classes: int | None = None,
+        name: str = "dataset",
+    ) -> None:
         images, labels = np.asarray(images), np.asarray(labels)
         self.name = name
         if images.ndim != 4:
@@ -41,8 +47,9 @@ class ArrayDataset:
         if images.dtype != np.uint8 and images.dtype.kind != "f":
             raise TypeError(f"{name}: images must be uint8 or floating point, got dtype {images.dtype}")
         if labels.ndim != 1 or labels.dtype.kind not in "iu":
-            raise TypeError(f"{name}: labels must be a 1-D integer array, got dtype {labels.dtype} and shape "
-                            f"{labels.shape}")
+            raise TypeError(
+                f"{name}: labels must be a 1-D integer array, got dtype {labels.dtype} and shape {labels.shape}"
+            )
         if len(images) != len(labels):
             raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels; they must match one to one")
         if num_classes is None:
@@ -51,8 +58,10 @@ class ArrayDataset:
         if len(labels):
             bad = np.flatnonzero((labels < 0) | (labels >= self.num_classes))
             if bad.size:
-                raise ValueError(f"{name}: labels must lie in [0, {self.num_classes}), but label {int(labels[bad[0]])} "
-                                 f"at index {int(bad[0])} does not ({bad.size} bad label(s) in all)")
+                raise ValueError(
+                    f"{name}: labels must lie in [0, {self.num_classes}), but label {int(labels[bad[0]])} "
+                    f"at index {int(bad[0])} does not ({bad.size} bad label(s) in all)"
+                )
         self.images, self.labels = images, labels.astype(np.int64)
         self.classes = list(classes) if classes is not None else [str(i) for i in range(self.num_classes)]
 
@@ -74,8 +83,9 @@ class ArrayDataset:
     def subset(self, indices: Any, name: str | None = None) -> ArrayDataset:
         """A new dataset of the given samples (e.g. a quick run on the first 500 images)."""
         indices = np.asarray(indices)
-        return ArrayDataset(self.images[indices], self.labels[indices], self.classes, self.num_classes,
-                            name or self.name)
+        return ArrayDataset(
+            self.images[indices], self.labels[indices], self.classes, self.num_classes, name or self.name
+        )
 
     def statistics(self, per_pixel: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """mean and std of the images as ``get_batch`` returns them: per channel (C,) or per pixel (C, H, W)."""
@@ -133,9 +143,18 @@ class DataLoader:
     Each ``iter(loader)`` runs one epoch, by default the next one; ``set_epoch(e)`` chooses it.
     """
 
-    def __init__(self, dataset: Any, batch_size: int, shuffle: bool = False, drop_last: bool = False,
-                 seed: int = 0, transform: Callable[[Any, np.random.Generator], Any] | None = None,
-                 prefetch: int = 0, backend: str = "numpy", dtype: Any = np.float32) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        transform: Callable[[Any, np.random.Generator], Any] | None = None,
+        prefetch: int = 0,
+        backend: str = "numpy",
+        dtype: Any = np.float32,
+    ) -> None:
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if prefetch < 0:
@@ -180,14 +199,16 @@ class DataLoader:
         self.epoch += 1
         order = self.order(epoch)
         starts = range(0, len(self) * self.batch_size, self.batch_size)
-        jobs = [(epoch, i, order[s:s + self.batch_size]) for i, s in enumerate(starts)]
+        jobs = [(epoch, i, order[s : s + self.batch_size]) for i, s in enumerate(starts)]
         if self.prefetch == 0:
             return (self.make_batch(*job) for job in jobs)
         return _prefetched(self.make_batch, jobs, self.prefetch)
 
     def __repr__(self) -> str:
-        return (f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
-                f"drop_last={self.drop_last}, seed={self.seed}, prefetch={self.prefetch}, backend={self.backend!r})")
+        return (
+            f"DataLoader({self.dataset!r}, batch_size={self.batch_size}, shuffle={self.shuffle}, "
+            f"drop_last={self.drop_last}, seed={self.seed}, prefetch={self.prefetch}, backend={self.backend!r})"
+        )
 
 
 def _prefetched(make: Callable[..., Any], jobs: list[tuple], depth: int) -> Generator[Any, None, None]:
@@ -214,7 +235,7 @@ def _prefetched(make: Callable[..., Any], jobs: list[tuple], depth: int) -> Gene
             for job in jobs:
                 if not put(("ok", make(*job))):
                     return
-        except BaseException as exc:           # handed to the consumer, which re-raises it
+        except BaseException as exc:  # handed to the consumer, which re-raises it
             put(("error", exc))
             return
         put(("ok", done))
@@ -232,4 +253,3 @@ def _prefetched(make: Callable[..., Any], jobs: list[tuple], depth: int) -> Gene
     finally:
         stop.set()
         thread.join()
-

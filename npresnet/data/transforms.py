@@ -67,10 +67,14 @@ class RandomCrop:
         padded = xp.pad(x, ((0, 0), (0, 0), (p, p), (p, p))) if p else x
         top = xp.asarray(rng.integers(0, H + 2 * p - OH + 1, size=N))
         left = xp.asarray(rng.integers(0, W + 2 * p - OW + 1, size=N))
-        rows = top[:, None] + xp.arange(OH)                # (N, OH)
-        cols = left[:, None] + xp.arange(OW)               # (N, OW)
-        return padded[xp.arange(N)[:, None, None, None], xp.arange(C)[None, :, None, None],
-                      rows[:, None, :, None], cols[:, None, None, :]]
+        rows = top[:, None] + xp.arange(OH)  # (N, OH)
+        cols = left[:, None] + xp.arange(OW)  # (N, OW)
+        return padded[
+            xp.arange(N)[:, None, None, None],
+            xp.arange(C)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
 
     def __repr__(self) -> str:
         return f"RandomCrop(size={self.size}, padding={self.padding})"
@@ -112,16 +116,18 @@ class Normalize:
         key = (backend_name(x), x.dtype.name)
         if key not in self._converted:
             shape = (1, -1, 1, 1) if self.mean.ndim == 1 else (1, *self.mean.shape)
-            self._converted[key] = tuple(to_backend(a.astype(x.dtype).reshape(shape), key[0])
-                                         for a in (self.mean, self.std))
+            self._converted[key] = tuple(
+                to_backend(a.astype(x.dtype).reshape(shape), key[0]) for a in (self.mean, self.std)
+            )
         return self._converted[key]
 
     def __call__(self, x: Any, rng: np.random.Generator | None = None) -> Any:
         check_nchw(x, None, "batch", "Normalize")
         expected = self.mean.shape[0]
         if x.shape[1] != expected or (self.mean.ndim == 3 and tuple(x.shape[1:]) != self.mean.shape):
-            raise ValueError(f"Normalize has statistics of shape {self.mean.shape}, got a batch of shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"Normalize has statistics of shape {self.mean.shape}, got a batch of shape {tuple(x.shape)}"
+            )
         mean, std = self._constants(x)
         return (x - mean) / std
 

@@ -56,6 +56,20 @@ from .sharding import DistributedSampler, ShardedDataLoader, data_loader
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from .world import DEFAULT_TIMEOUT_S, SINGLE_PROCESS, World, current_world, init_distributed
 
-__all__ = ["DEFAULT_BUCKET_MB", "DEFAULT_TIMEOUT_S", "SINGLE_PROCESS", "DistributedSampler", "GradientAverager",
-           "ShardedDataLoader", "SyncBatchNorm", "World", "broadcast_module", "broadcast_optimizer", "bucket_indices",
-           "convert_sync_batchnorm", "current_world", "data_loader", "init_distributed"]
+__all__ = [
+    "DEFAULT_BUCKET_MB",
+    "DEFAULT_TIMEOUT_S",
+    "SINGLE_PROCESS",
+    "DistributedSampler",
+    "GradientAverager",
+    "ShardedDataLoader",
+    "SyncBatchNorm",
+    "World",
+    "broadcast_module",
+    "broadcast_optimizer",
+    "bucket_indices",
+    "convert_sync_batchnorm",
+    "current_world",
+    "data_loader",
+    "init_distributed",
+]

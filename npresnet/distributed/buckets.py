@@ -45,7 +45,7 @@ def _pack(arrays: list[Any], indices: list[int], buffer: np.ndarray) -> None:
     offset = 0
     for i in indices:
         a = arrays[i]
-        buffer[offset:offset + a.size] = to_numpy(a).ravel()
+        buffer[offset : offset + a.size] = to_numpy(a).ravel()
         offset += a.size
 
 
@@ -55,7 +55,7 @@ def _unpack(buffer: np.ndarray, arrays: list[Any], indices: list[int]) -> None:
     for i in indices:
         a = arrays[i]
         xp = get_array_module(a)
-        a[...] = xp.asarray(buffer[offset:offset + a.size].reshape(a.shape))
+        a[...] = xp.asarray(buffer[offset : offset + a.size].reshape(a.shape))
         offset += a.size
 
 
@@ -78,16 +78,20 @@ class GradientAverager:
         self.world = world
         self.params = [p for p in parameters if p.requires_grad]
         self.buckets = bucket_indices([p.data for p in self.params], bucket_mb * 2**20)
-        self.buffers = [np.empty(sum(self.params[i].size for i in bucket), dtype=self.params[bucket[0]].dtype)
-                        for bucket in self.buckets]
+        self.buffers = [
+            np.empty(sum(self.params[i].size for i in bucket), dtype=self.params[bucket[0]].dtype)
+            for bucket in self.buckets
+        ]
 
     def __call__(self) -> None:
         if self.world.size == 1:
             return
         missing = [i for i, p in enumerate(self.params) if p.grad is None]
         if missing:
-            raise RuntimeError(f"parameter {missing[0]} ({self.params[missing[0]]}) has no gradient on rank "
-                               f"{self.world.rank}: every trainable parameter must take part in the loss")
+            raise RuntimeError(
+                f"parameter {missing[0]} ({self.params[missing[0]]}) has no gradient on rank "
+                f"{self.world.rank}: every trainable parameter must take part in the loss"
+            )
         grads = [p.grad for p in self.params]
         requests = []
         for bucket, buffer in zip(self.buckets, self.buffers):
@@ -126,14 +130,16 @@ def broadcast_optimizer(optimizer: Any, world: World, root: int = 0, scheduler: 
     payload = None
     if world.rank == root:
         state = optimizer.state_dict()
-        state = {"state": {i: {k: (np.array(to_numpy(v)) if hasattr(v, "shape") else v) for k, v in s.items()}
-                           for i, s in state["state"].items()},
-                 "param_groups": state["param_groups"]}
+        state = {
+            "state": {
+                i: {k: (np.array(to_numpy(v)) if hasattr(v, "shape") else v) for k, v in s.items()}
+                for i, s in state["state"].items()
+            },
+            "param_groups": state["param_groups"],
+        }
         payload = {"optimizer": state, "scheduler": scheduler.state_dict() if scheduler is not None else None}
     payload = world.broadcast_object(payload, root, "broadcast of the optimizer state")
     if world.rank != root:
         optimizer.load_state_dict(payload["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(payload["scheduler"])
-
-

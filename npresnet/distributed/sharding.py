@@ -34,11 +34,11 @@ class DistributedSampler:
 
     PADDINGS = ("repeat", "drop", "none")
 
-    def __init__(self, n: int, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
-                 padding: str = "repeat") -> None:
+    def __init__(
+        self, n: int, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0, padding: str = "repeat"
+    ) -> None:
         if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got rank {rank} of "
-                             f"{num_replicas}")
+            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got rank {rank} of {num_replicas}")
         if padding not in self.PADDINGS:
             raise ValueError(f"padding must be one of {self.PADDINGS}, got {padding!r}")
         if n < num_replicas:
@@ -61,14 +61,14 @@ class DistributedSampler:
         R = self.num_replicas
         if self.padding == "repeat":
             extra = R * -(-self.n // R) - self.n
-            order = np.concatenate([order, np.resize(order, extra)])       # np.resize repeats cyclically
+            order = np.concatenate([order, np.resize(order, extra)])  # np.resize repeats cyclically
         elif self.padding == "drop":
-            order = order[:R * (self.n // R)]
+            order = order[: R * (self.n // R)]
         return order
 
     def indices(self, epoch: int) -> np.ndarray:
         """This rank's samples in epoch ``epoch``, in the order they are served."""
-        return self.global_order(epoch)[self.rank::self.num_replicas]
+        return self.global_order(epoch)[self.rank :: self.num_replicas]
 
 
 class ShardedDataLoader(DataLoader):
@@ -78,10 +78,19 @@ class ShardedDataLoader(DataLoader):
     so every rank and batch has its own stream, still independent of what was drawn before.
     """
 
-    def __init__(self, dataset: Any, batch_size: int, *, num_replicas: int, rank: int, padding: str = "repeat",
-                 shuffle: bool = False, seed: int = 0, **kwargs: Any) -> None:
-        self.sampler = DistributedSampler(len(dataset), num_replicas, rank, shuffle=shuffle, seed=seed,
-                                          padding=padding)
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        num_replicas: int,
+        rank: int,
+        padding: str = "repeat",
+        shuffle: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.sampler = DistributedSampler(len(dataset), num_replicas, rank, shuffle=shuffle, seed=seed, padding=padding)
         super().__init__(dataset, batch_size, shuffle=shuffle, seed=seed, **kwargs)
 
     def __len__(self) -> int:
@@ -113,7 +122,4 @@ def data_loader(world: World, dataset: Any, batch_size: int, *, train: bool, **k
     padding = "repeat" if train else "none"
     shard = len(DistributedSampler(len(dataset), world.size, world.rank, padding=padding))
     kwargs.setdefault("drop_last", train and shard % batch_size == 1)
-    return ShardedDataLoader(dataset, batch_size, num_replicas=world.size, rank=world.rank, padding=padding,
-                             **kwargs)
-
-
+    return ShardedDataLoader(dataset, batch_size, num_replicas=world.size, rank=world.rank, padding=padding, **kwargs)

@@ -55,8 +55,15 @@ class SyncBatchNorm(BatchNorm2d):
     (CuPy: the (C,) vectors are staged through host memory).
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, world: World | None = None) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        world: World | None = None,
+    ) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.world = world if world is not None else (current_world() or SINGLE_PROCESS)
 
@@ -64,7 +71,7 @@ class SyncBatchNorm(BatchNorm2d):
         if not self.training or self.world.size == 1:
             return super().forward(x)
         check_nchw(x, self.num_features, "input", "SyncBatchNorm")
-        weight = self.weight.data if self.weight is not None else None          # (C,) gamma; None without affine
+        weight = self.weight.data if self.weight is not None else None  # (C,) gamma; None without affine
         bias = self.bias.data if self.bias is not None else None
         reference = weight if weight is not None else self.running_mean
         if reference is not None:
@@ -72,15 +79,18 @@ class SyncBatchNorm(BatchNorm2d):
         xp = get_array_module(x)
         C = x.shape[1]
         n_local, mean_local, m2_local, _ = channel_moments(x)
-        local = np.concatenate([[n_local], to_numpy(mean_local).astype(np.float64),
-                                to_numpy(m2_local).astype(np.float64)])
-        gathered = self.world.allgather(local, "SyncBatchNorm statistics")          # (R, 2C + 1)
-        counts, means, m2s = gathered[:, 0], gathered[:, 1:C + 1], gathered[:, C + 1:]
+        local = np.concatenate(
+            [[n_local], to_numpy(mean_local).astype(np.float64), to_numpy(m2_local).astype(np.float64)]
+        )
+        gathered = self.world.allgather(local, "SyncBatchNorm statistics")  # (R, 2C + 1)
+        counts, means, m2s = gathered[:, 0], gathered[:, 1 : C + 1], gathered[:, C + 1 :]
         n = int(counts.sum())
         if n <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got {n} over all ranks "
-                             f"(input of shape {tuple(x.shape)} on rank {self.world.rank})")
-        mean, var = combine_channel_moments(counts, means, m2s)                   # biased var
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got {n} over all ranks "
+                f"(input of shape {tuple(x.shape)} on rank {self.world.rank})"
+            )
+        mean, var = combine_channel_moments(counts, means, m2s)  # biased var
         if self.track_running_stats:
             momentum = self.momentum if self.momentum is not None else 1.0 / (int(self.num_batches_tracked) + 1)
             self.running_mean *= 1 - momentum
@@ -96,7 +106,7 @@ class SyncBatchNorm(BatchNorm2d):
 
     def backward(self, dout: Any) -> Any:
         cache = self._pop_cache()
-        if isinstance(cache, BatchNormCache):        # evaluation mode or a single process: BatchNorm2d's math
+        if isinstance(cache, BatchNormCache):  # evaluation mode or a single process: BatchNorm2d's math
             dx, dweight, dbias = batchnorm2d_backward(dout, cache)
         else:
             dx, dweight, dbias = self._synced_backward(dout, *cache)
@@ -110,8 +120,9 @@ class SyncBatchNorm(BatchNorm2d):
         x_hat, invstd, weight = cache.x_hat, cache.invstd, cache.weight
         check_nchw(dout, self.num_features, "upstream gradient", "SyncBatchNorm")
         if tuple(dout.shape) != tuple(x_hat.shape):
-            raise ValueError(f"SyncBatchNorm: upstream gradient must have shape {tuple(x_hat.shape)}, "
-                             f"got {tuple(dout.shape)}")
+            raise ValueError(
+                f"SyncBatchNorm: upstream gradient must have shape {tuple(x_hat.shape)}, got {tuple(dout.shape)}"
+            )
         xp = get_array_module(dout)
         dbias, dweight = grad_sums(dout, x_hat)
         sums = np.concatenate([to_numpy(dbias), to_numpy(dweight)]).astype(np.float64)
@@ -138,8 +149,9 @@ def convert_sync_batchnorm(model: Module, world: World | None = None) -> Module:
 
     def convert(module: Module) -> Module:
         if isinstance(module, BatchNorm2d) and not isinstance(module, SyncBatchNorm):
-            sync = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                 module.track_running_stats, world=world)
+            sync = SyncBatchNorm(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats, world=world
+            )
             for name, param in module.named_parameters(recurse=False):
                 sync.register_parameter(name, param)
             for name, buffer in module.named_buffers(recurse=False):
@@ -148,7 +160,7 @@ def convert_sync_batchnorm(model: Module, world: World | None = None) -> Module:
             return sync
         for name, child in list(module.named_children()):
             if child is not None:
-                module.replace_child(name, convert(child))     # in place: keeps the children's order
+                module.replace_child(name, convert(child))  # in place: keeps the children's order
         return module
 
     return convert(model)

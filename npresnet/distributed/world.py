@@ -18,7 +18,7 @@ import numpy as np
 __all__ = ["ABORT_GRACE_S", "DEFAULT_TIMEOUT_S", "SINGLE_PROCESS", "World", "current_world", "init_distributed"]
 
 DEFAULT_TIMEOUT_S = 300.0
-ABORT_GRACE_S = 0.5              # pause between printing why and MPI_Abort, so the message is not lost
+ABORT_GRACE_S = 0.5  # pause between printing why and MPI_Abort, so the message is not lost
 
 
 def _import_mpi() -> Any:
@@ -26,9 +26,10 @@ def _import_mpi() -> Any:
     try:
         from mpi4py import MPI
     except ImportError as exc:
-        raise ImportError("--distributed needs mpi4py and an MPI runtime: pip install 'npresnet[mpi]' (mpi4py and "
-                          "the mpich wheel), then run: mpiexec -n 2 python -m npresnet.train --distributed ...",
-                          ) from exc
+        raise ImportError(
+            "--distributed needs mpi4py and an MPI runtime: pip install 'npresnet[mpi]' (mpi4py and "
+            "the mpich wheel), then run: mpiexec -n 2 python -m npresnet.train --distributed ...",
+        ) from exc
     return MPI
 
 
@@ -47,7 +48,7 @@ class World:
         self.comm, self.timeout = comm, float(timeout)
         self.rank = 0 if comm is None else comm.Get_rank()
         self.size = 1 if comm is None else comm.Get_size()
-        self._MPI: Any = None if comm is None else _import_mpi()        # the mpi4py.MPI module (untyped)
+        self._MPI: Any = None if comm is None else _import_mpi()  # the mpi4py.MPI module (untyped)
 
     @property
     def is_main(self) -> bool:
@@ -83,9 +84,12 @@ class World:
         pause = 0.0
         while not MPI.Request.Testall(requests):
             if time.monotonic() > deadline:
-                self.abort(f"{what} did not complete within {self.timeout:g} s: another rank has died or hung "
-                           "(see its output above). Stopping all ranks; the last checkpoint is intact, continue "
-                           "with --resume.", code=3)
+                self.abort(
+                    f"{what} did not complete within {self.timeout:g} s: another rank has died or hung "
+                    "(see its output above). Stopping all ranks; the last checkpoint is intact, continue "
+                    "with --resume.",
+                    code=3,
+                )
             if pause:
                 time.sleep(pause)
             pause = min(1e-3, pause * 2 if pause else 2e-5)
@@ -186,5 +190,3 @@ def init_distributed(timeout: float = DEFAULT_TIMEOUT_S) -> World:
 def current_world() -> World | None:
     """The world ``init_distributed`` made, or None if MPI was never initialised here."""
     return _current
-
-

@@ -66,10 +66,24 @@ __all__ = ["QUICK", "RECIPE", "main", "run", "train_network"]
 # One recipe for every network (the paper's CIFAR recipe, scaled to digits' 12 iterations per epoch):
 # SGD, lr 0.1, momentum 0.9, weight decay 1e-4, batch 128, lr / 10 at 50% and 75% of training, a short
 # linear warm-up (the paper warms ResNet-110 up; here all four nets get the same one), pad-1 crop.
-RECIPE: dict[str, Any] = dict(data="digits", epochs=60, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
-                              weight_decay=1e-4, schedule="multistep", milestones=[30, 45], gamma=0.1,
-                              warmup_steps=24, warmup="linear", warmup_factor=0.1, augment=True,
-                              normalize="channel", seed=0)
+RECIPE: dict[str, Any] = dict(
+    data="digits",
+    epochs=60,
+    batch_size=128,
+    optimizer="sgd",
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="multistep",
+    milestones=[30, 45],
+    gamma=0.1,
+    warmup_steps=24,
+    warmup="linear",
+    warmup_factor=0.1,
+    augment=True,
+    normalize="channel",
+    seed=0,
+)
 QUICK: dict[str, Any] = dict(epochs=10, milestones=[6, 8])
 
 
@@ -88,8 +102,14 @@ def _flow_batch(trainer: Trainer, size: int) -> tuple[Any, Any]:
     for every network."""
     _, test_transform = build_transforms(trainer.config, trainer.train_set)
     subset = trainer.train_set.subset(np.arange(min(size, len(trainer.train_set))))
-    loader = D.DataLoader(subset, len(subset), transform=test_transform, prefetch=0,
-                          backend=trainer.config.backend, dtype=np.dtype(trainer.config.dtype))
+    loader = D.DataLoader(
+        subset,
+        len(subset),
+        transform=test_transform,
+        prefetch=0,
+        backend=trainer.config.backend,
+        dtype=np.dtype(trainer.config.dtype),
+    )
     return next(iter(loader))
 
 
@@ -106,8 +126,15 @@ def measure_flow(trainer: Trainer, batch: tuple[Any, Any]) -> dict[str, Any]:
     return flow.to_dict()
 
 
-def train_network(depth: int, residual: bool, settings: dict[str, Any], work_dir: str, flow_batch: int = 128,
-                  log: Callable[[str], None] = print, progress: str = "none") -> dict[str, Any]:
+def train_network(
+    depth: int,
+    residual: bool,
+    settings: dict[str, Any],
+    work_dir: str,
+    flow_batch: int = 128,
+    log: Callable[[str], None] = print,
+    progress: str = "none",
+) -> dict[str, Any]:
     """Train one network with the recipe ``settings``; its record for ``results.json``."""
     name = network_name(depth, residual)
     config = TrainConfig(**{**settings, "model": name, "out_dir": os.path.join(work_dir, name), "progress": progress})
@@ -122,26 +149,50 @@ def train_network(depth: int, residual: bool, settings: dict[str, Any], work_dir
     # The training error of the last epoch is measured on augmented batches in training mode (as the
     # paper's curves); also measure it in eval mode without augmentation, on all training images.
     _, test_transform = build_transforms(config, trainer.train_set)
-    train_eval = trainer.evaluate(D.DataLoader(trainer.train_set, config.eval_batch_size, transform=test_transform,
-                                               prefetch=0, backend=config.backend, dtype=np.dtype(config.dtype)))
+    train_eval = trainer.evaluate(
+        D.DataLoader(
+            trainer.train_set,
+            config.eval_batch_size,
+            transform=test_transform,
+            prefetch=0,
+            backend=config.backend,
+            dtype=np.dtype(config.dtype),
+        )
+    )
     last = result.history[-1]
-    log(f"[{name}] done in {seconds:.0f}s: train error {100 * (1 - last['train_acc']):.2f}% "
-        f"(eval mode {100 * (1 - train_eval['test_acc']):.2f}%), test error {100 * (1 - last['test_acc']):.2f}%")
+    log(
+        f"[{name}] done in {seconds:.0f}s: train error {100 * (1 - last['train_acc']):.2f}% "
+        f"(eval mode {100 * (1 - train_eval['test_acc']):.2f}%), test error {100 * (1 - last['test_acc']):.2f}%"
+    )
     return {
-        "depth": depth, "residual": residual, "parameters": trainer.model.num_parameters(), "recipe": settings,
-        "history": result.history, "train_seconds": seconds,
-        "final_train_error": 1.0 - last["train_acc"],             # last epoch: augmented batches, train mode
-        "final_train_error_eval": 1.0 - train_eval["test_acc"],   # eval mode, no augmentation
+        "depth": depth,
+        "residual": residual,
+        "parameters": trainer.model.num_parameters(),
+        "recipe": settings,
+        "history": result.history,
+        "train_seconds": seconds,
+        "final_train_error": 1.0 - last["train_acc"],  # last epoch: augmented batches, train mode
+        "final_train_error_eval": 1.0 - train_eval["test_acc"],  # eval mode, no augmentation
         "final_test_error": 1.0 - last["test_acc"],
         "final_train_loss": last["train_loss"],
-        "flow_init": flow_init, "flow_trained": flow_trained,
-        "flow_init_summary": summarize(flow_init), "flow_trained_summary": summarize(flow_trained),
+        "flow_init": flow_init,
+        "flow_trained": flow_trained,
+        "flow_init_summary": summarize(flow_init),
+        "flow_trained_summary": summarize(flow_trained),
     }
 
 
-def run(depths: Sequence[int] = (20, 56), out_dir: str = "docs/degradation", work_dir: str = "runs/degradation",
-        recipe: dict[str, Any] | None = None, flow_batch: int = 128, log: Callable[[str], None] | None = None,
-        progress: str = "none", kinds: Sequence[str] = ("plain", "resnet"), reuse: bool = False) -> dict[str, Any]:
+def run(
+    depths: Sequence[int] = (20, 56),
+    out_dir: str = "docs/degradation",
+    work_dir: str = "runs/degradation",
+    recipe: dict[str, Any] | None = None,
+    flow_batch: int = 128,
+    log: Callable[[str], None] | None = None,
+    progress: str = "none",
+    kinds: Sequence[str] = ("plain", "resnet"),
+    reuse: bool = False,
+) -> dict[str, Any]:
     """Train plain and residual networks of each depth with one recipe; write figures and metrics.
 
     Returns the ``results.json`` content. ``recipe`` overrides entries of ``RECIPE`` (any
@@ -158,10 +209,17 @@ def run(depths: Sequence[int] = (20, 56), out_dir: str = "docs/degradation", wor
         raise ValueError(f"kinds must be 'plain' and/or 'resnet', got {list(kinds)}")
     os.makedirs(out_dir, exist_ok=True)
     started = time.perf_counter()
-    results: dict[str, Any] = {"recipe": settings, "depths": list(depths), "networks": {},
-                               "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                                           "processor": platform.processor() or platform.machine(),
-                                           "cpus": os.cpu_count()}}
+    results: dict[str, Any] = {
+        "recipe": settings,
+        "depths": list(depths),
+        "networks": {},
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+        },
+    }
     for depth in depths:
         for residual in (False, True):
             if ("resnet" if residual else "plain") not in kinds:
@@ -195,8 +253,14 @@ def write_outputs(results: dict[str, Any], out_dir: str) -> None:
     writer = None
     for name, net in results["networks"].items():
         for row in net["history"]:
-            full = {"network": name, "depth": net["depth"], "residual": net["residual"], **row,
-                    "train_error": 1.0 - row["train_acc"], "test_error": 1.0 - row["test_acc"]}
+            full = {
+                "network": name,
+                "depth": net["depth"],
+                "residual": net["residual"],
+                **row,
+                "train_error": 1.0 - row["train_acc"],
+                "test_error": 1.0 - row["test_acc"],
+            }
             if writer is None:
                 writer = csv.DictWriter(buffer, fieldnames=list(full))
                 writer.writeheader()
@@ -212,22 +276,29 @@ def write_outputs(results: dict[str, Any], out_dir: str) -> None:
         for when in ("init", "trained"):
             flows = {name: net[f"flow_{when}"] for name, net in results["networks"].items()}
             label = "at initialisation" if when == "init" else "after training"
-            plot_gradient_flow(flows, os.path.join(out_dir, f"gradient_flow_{when}.png"),
-                               suptitle=f"gradient norm per block, one training step {label} (same batch)")
+            plot_gradient_flow(
+                flows,
+                os.path.join(out_dir, f"gradient_flow_{when}.png"),
+                suptitle=f"gradient norm per block, one training step {label} (same batch)",
+            )
     except ImportError as exc:
         print(f"note: figures skipped: {exc}", file=sys.stderr)
 
 
 def summary_table(results: dict[str, Any]) -> str:
     """A markdown table of the final errors and the gradient norms at the first and last block."""
-    lines = ["| network | params | train error (last epoch) | train error (eval mode) | test error | "
-             "train loss | input-gradient norm, block 1 / last block (init) | train time |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| network | params | train error (last epoch) | train error (eval mode) | test error | "
+        "train loss | input-gradient norm, block 1 / last block (init) | train time |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, net in results["networks"].items():
         s = net["flow_init_summary"]
-        lines.append(f"| {name} | {net['parameters']:,} | {100 * net['final_train_error']:.2f}% | "
-                     f"{100 * net['final_train_error_eval']:.2f}% | {100 * net['final_test_error']:.2f}% | "
-                     f"{net['final_train_loss']:.4f} | {s['first_over_last']:.2f} | {net['train_seconds']:.0f}s |")
+        lines.append(
+            f"| {name} | {net['parameters']:,} | {100 * net['final_train_error']:.2f}% | "
+            f"{100 * net['final_train_error_eval']:.2f}% | {100 * net['final_test_error']:.2f}% | "
+            f"{net['final_train_loss']:.4f} | {s['first_over_last']:.2f} | {net['train_seconds']:.0f}s |"
+        )
     return "\n".join(lines)
 
 
@@ -243,12 +314,27 @@ def plot_training_error(results: dict[str, Any], path: str) -> None:
                 continue
             steps = [r["step"] for r in net["history"]]
             colour = colours[k % len(colours)]
-            ax.plot(steps, [100 * (1 - r["train_acc"]) for r in net["history"]], "--", color=colour, lw=1,
-                    label=f"{network_name(depth, residual)} train")
-            ax.plot(steps, [100 * (1 - r["test_acc"]) for r in net["history"]], "-", color=colour, lw=2,
-                    label=f"{network_name(depth, residual)} test")
-        ax.set(xlabel="iterations", title="plain networks" if not residual else "ResNets (option A shortcuts)",
-               yscale="log")
+            ax.plot(
+                steps,
+                [100 * (1 - r["train_acc"]) for r in net["history"]],
+                "--",
+                color=colour,
+                lw=1,
+                label=f"{network_name(depth, residual)} train",
+            )
+            ax.plot(
+                steps,
+                [100 * (1 - r["test_acc"]) for r in net["history"]],
+                "-",
+                color=colour,
+                lw=2,
+                label=f"{network_name(depth, residual)} test",
+            )
+        ax.set(
+            xlabel="iterations",
+            title="plain networks" if not residual else "ResNets (option A shortcuts)",
+            yscale="log",
+        )
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -261,20 +347,34 @@ def plot_training_error(results: dict[str, Any], path: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- command line
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m npresnet.experiments.degradation",
-                                description="Plain vs residual networks on digits: the degradation problem.")
+    p = argparse.ArgumentParser(
+        prog="python -m npresnet.experiments.degradation",
+        description="Plain vs residual networks on digits: the degradation problem.",
+    )
     p.add_argument("--quick", action="store_true", help=f"a short run ({QUICK['epochs']} epochs): a few minutes")
     p.add_argument("--out", default="docs/degradation", help="where figures and metrics go (default docs/degradation)")
     p.add_argument("--work", default="runs/degradation", help="where the training runs' checkpoints go")
     p.add_argument("--depths", type=int, nargs="+", default=[20, 56], help="6n+2 depths (default 20 56)")
-    p.add_argument("--epochs", type=int, default=None, help=f"override the recipe's {RECIPE['epochs']} epochs "
-                   "(the lr drops stay at 50%% and 75%%)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"override the recipe's {RECIPE['epochs']} epochs (the lr drops stay at 50%% and 75%%)",
+    )
     p.add_argument("--seed", type=int, default=None, help="initial weights and data order (default 0)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--kinds", nargs="+", default=["plain", "resnet"], choices=["plain", "resnet"],
-                   help="which networks to train (default both)")
-    p.add_argument("--reuse", action="store_true",
-                   help="do not retrain networks whose record in --work has the same recipe (combine separate runs)")
+    p.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["plain", "resnet"],
+        choices=["plain", "resnet"],
+        help="which networks to train (default both)",
+    )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="do not retrain networks whose record in --work has the same recipe (combine separate runs)",
+    )
     p.add_argument("--progress", choices=["none", "plain", "tqdm", "auto"], default="none")
     return p
 
@@ -293,8 +393,15 @@ def recipe_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        results = run(args.depths, args.out, args.work, recipe_from_args(args), progress=args.progress,
-                      kinds=args.kinds, reuse=args.reuse)
+        results = run(
+            args.depths,
+            args.out,
+            args.work,
+            recipe_from_args(args),
+            progress=args.progress,
+            kinds=args.kinds,
+            reuse=args.reuse,
+        )
     except (ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,7 +26,7 @@ def relu_backward(dout: Any, cache: Any) -> Any:
     """dx = dout * (x > 0), same shape as the input."""
     y = cache
     check_grad_like(dout, y.shape, y, "relu")
-    fast = kernels.get("relu_backward", dout)        # one fused pass instead of two (same bits)
+    fast = kernels.get("relu_backward", dout)  # one fused pass instead of two (same bits)
     if fast is not None:
         return fast(dout, y)
     xp = get_array_module(dout)

@@ -48,17 +48,24 @@ def _per_channel(v: Any) -> Any:
 
 
 class BatchNormCache(NamedTuple):
-    x_hat: Any          # (N, C, H, W) normalised input (training), or None (evaluation: see x, mean)
-    invstd: Any         # (C,) 1 / sqrt(var + eps)
+    x_hat: Any  # (N, C, H, W) normalised input (training), or None (evaluation: see x, mean)
+    invstd: Any  # (C,) 1 / sqrt(var + eps)
     weight: Any | None  # (C,) gamma, or None when affine=False
-    batch_stats: bool   # True if mu/var came from this batch (they then depend on x)
-    x: Any = None       # evaluation mode only: the input, so backward can rebuild x_hat for dgamma
-    mean: Any = None    # evaluation mode only: the running mean used
+    batch_stats: bool  # True if mu/var came from this batch (they then depend on x)
+    x: Any = None  # evaluation mode only: the input, so backward can rebuild x_hat for dgamma
+    mean: Any = None  # evaluation mode only: the running mean used
 
 
-def batchnorm2d_forward(x: Any, weight: Any | None, bias: Any | None, running_mean: Any | None,
-                        running_var: Any | None, training: bool, momentum: float = 0.1,
-                        eps: float = 1e-5) -> tuple[Any, BatchNormCache]:
+def batchnorm2d_forward(
+    x: Any,
+    weight: Any | None,
+    bias: Any | None,
+    running_mean: Any | None,
+    running_var: Any | None,
+    training: bool,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+) -> tuple[Any, BatchNormCache]:
     """Like ``torch.nn.functional.batch_norm`` on an (N, C, H, W) input.
 
     Args:
@@ -73,27 +80,28 @@ def batchnorm2d_forward(x: Any, weight: Any | None, bias: Any | None, running_me
     """
     check_nchw(x, None, "input", "batch_norm")
     C = x.shape[1]
-    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
-                    ("running_var", running_var)):
+    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if v is not None:
             check_like(x, v, "input", f"batch_norm {name}")
             if tuple(v.shape) != (C,):
-                raise ValueError(f"batch_norm {name} must have shape ({C},) for input {tuple(x.shape)}, "
-                                 f"got {tuple(v.shape)}")
+                raise ValueError(
+                    f"batch_norm {name} must have shape ({C},) for input {tuple(x.shape)}, got {tuple(v.shape)}"
+                )
     xp = get_array_module(x)
     fast = kernels.get("batchnorm2d_train_forward", x) if training else None
     if training:
         n = x.size // C
         if n <= 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input of shape "
-                             f"{tuple(x.shape)}")
-    if fast is not None:                             # one fused pass for the statistics, one for y
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input of shape {tuple(x.shape)}"
+            )
+    if fast is not None:  # one fused pass for the statistics, one for y
         y, x_hat, mean, var, invstd = fast(x, weight, bias, eps)
         _update_running(running_mean, running_var, mean, var, momentum, n)
         return y, BatchNormCache(x_hat, invstd, weight, training)
     if training:
         n, mean, m2, centred = channel_moments(x)
-        var = m2 / n                                                   # biased
+        var = m2 / n  # biased
         _update_running(running_mean, running_var, mean, var, momentum, n)
     else:
         if running_mean is None or running_var is None:
@@ -172,15 +180,16 @@ def batch_stats_input_grad(dout: Any, x_hat: Any, mean_g: Any, mean_gx: Any, sca
     return dx
 
 
-def _update_running(running_mean: Any | None, running_var: Any | None, mean: Any, var: Any, momentum: float,
-                    n: int) -> None:
+def _update_running(
+    running_mean: Any | None, running_var: Any | None, mean: Any, var: Any, momentum: float, n: int
+) -> None:
     """running = (1 - momentum) * running + momentum * batch statistic, in place; var made unbiased."""
     if running_mean is not None:
         running_mean *= 1 - momentum
         running_mean += momentum * mean
     if running_var is not None:
         running_var *= 1 - momentum
-        running_var += momentum * (var * (n / (n - 1)))                 # unbiased
+        running_var += momentum * (var * (n / (n - 1)))  # unbiased
 
 
 def batchnorm2d_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, Any]:
@@ -193,7 +202,7 @@ def batchnorm2d_backward(dout: Any, cache: BatchNormCache) -> tuple[Any, Any, An
         dx (N, C, H, W), dweight (C,), dbias (C,).
     """
     x_hat, invstd, weight = cache.x_hat, cache.invstd, cache.weight
-    if x_hat is None:                                # evaluation mode: rebuild x_hat from x
+    if x_hat is None:  # evaluation mode: rebuild x_hat from x
         x_hat = (cache.x - _per_channel(cache.mean)) * _per_channel(invstd)
     check_grad_like(dout, x_hat.shape, x_hat, "batch_norm")
     fast = kernels.get("batchnorm2d_train_backward", dout) if cache.batch_stats else None

@@ -39,8 +39,7 @@ def window_slice(offset: int, dilation: int, stride: int, out_size: int) -> slic
     return slice(start, start + stride * (out_size - 1) + 1, stride)
 
 
-def pad_nchw(x: Any, padding: tuple[int, int], value: float = 0.0,
-             extra: tuple[int, int] = (0, 0)) -> Any:
+def pad_nchw(x: Any, padding: tuple[int, int], value: float = 0.0, extra: tuple[int, int] = (0, 0)) -> Any:
     """Pad H by ``padding[0]`` (+ ``extra[0]`` at the bottom) and W by ``padding[1]`` (+ ``extra[1]``)."""
     (ph, pw), (eh, ew) = padding, extra
     if ph == pw == eh == ew == 0:
@@ -49,8 +48,9 @@ def pad_nchw(x: Any, padding: tuple[int, int], value: float = 0.0,
     return xp.pad(x, ((0, 0), (0, 0), (ph, ph + eh), (pw, pw + ew)), mode="constant", constant_values=value)
 
 
-def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-           dilation: tuple[int, int]) -> Any:
+def im2col(
+    x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+) -> Any:
     """Copy every convolution window of ``x`` into a column.
 
     Args:
@@ -60,7 +60,7 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], paddin
     Returns:
         cols: (C, KH, KW, N, OH, OW), C-contiguous.
     """
-    fast = kernels.get("im2col", x)              # the Numba kernel (same result, bitwise), or None
+    fast = kernels.get("im2col", x)  # the Numba kernel (same result, bitwise), or None
     if fast is not None:
         return fast(x, kernel_size, stride, padding, dilation)
     xp = get_array_module(x)
@@ -77,8 +77,13 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], paddin
     return cols
 
 
-def col2im(cols: Any, x_shape: tuple[int, int, int, int], stride: tuple[int, int],
-           padding: tuple[int, int], dilation: tuple[int, int]) -> Any:
+def col2im(
+    cols: Any,
+    x_shape: tuple[int, int, int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Any:
     """Add every column entry back to the input pixel it came from (the adjoint of ``im2col``).
 
     Args:
@@ -102,4 +107,4 @@ def col2im(cols: Any, x_shape: tuple[int, int, int, int], stride: tuple[int, int
             columns = window_slice(j, DW, SW, OW)
             # Accumulate: overlapping windows send several contributions to one pixel.
             x_padded[:, :, rows, columns] += cols[:, i, j].transpose(1, 0, 2, 3)
-    return x_padded[:, :, PH:PH + H, PW:PW + W]
+    return x_padded[:, :, PH : PH + H, PW : PW + W]

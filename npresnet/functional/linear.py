@@ -16,8 +16,8 @@ from ..checks import check_floating, check_grad_like, check_like
 
 
 class LinearCache(NamedTuple):
-    x: Any        # (N, in), the input flattened over its leading dims
-    weight: Any   # (out, in)
+    x: Any  # (N, in), the input flattened over its leading dims
+    weight: Any  # (out, in)
     x_shape: tuple[int, ...]
     has_bias: bool
 
@@ -37,8 +37,9 @@ def linear_forward(x: Any, weight: Any, bias: Any | None = None) -> tuple[Any, L
     return y.reshape(*x.shape[:-1], out_features), LinearCache(x2, weight, tuple(x.shape), bias is not None)
 
 
-def linear_backward(dout: Any, cache: LinearCache, need_input_grad: bool = True,
-                    need_weight_grad: bool = True) -> tuple[Any | None, Any | None, Any | None]:
+def linear_backward(
+    dout: Any, cache: LinearCache, need_input_grad: bool = True, need_weight_grad: bool = True
+) -> tuple[Any | None, Any | None, Any | None]:
     """Returns dx (*, in), dweight (out, in), dbias (out,) or None."""
     x, weight = cache.x, cache.weight
     out_features = weight.shape[0]

@@ -25,14 +25,15 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 class CrossEntropyCache(NamedTuple):
-    probs: Any        # (N, K) softmax(z)
-    target: Any       # (N,) int
+    probs: Any  # (N, K) softmax(z)
+    target: Any  # (N,) int
     label_smoothing: float
     reduction: str
 
 
-def cross_entropy_forward(logits: Any, target: Any, label_smoothing: float = 0.0,
-                          reduction: str = "mean") -> tuple[Any, CrossEntropyCache]:
+def cross_entropy_forward(
+    logits: Any, target: Any, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> tuple[Any, CrossEntropyCache]:
     """logits (N, K), target (N,) integer class indices -> loss (0-d array, or (N,) for 'none')."""
     check_floating(logits, "logits")
     if logits.ndim != 2:
@@ -43,16 +44,21 @@ def cross_entropy_forward(logits: Any, target: Any, label_smoothing: float = 0.0
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     N, K = logits.shape
     if backend_name(target) != backend_name(logits):
-        raise TypeError(f"target is a {backend_name(target)} array but logits are "
-                        f"{backend_name(logits)}; move one with npresnet.backend.to_backend")
+        raise TypeError(
+            f"target is a {backend_name(target)} array but logits are "
+            f"{backend_name(logits)}; move one with npresnet.backend.to_backend"
+        )
     if target.dtype.kind not in "iu" or target.shape != (N,):
-        raise TypeError(f"cross_entropy expects integer class indices of shape ({N},), got dtype "
-                        f"{target.dtype} and shape {tuple(target.shape)}")
+        raise TypeError(
+            f"cross_entropy expects integer class indices of shape ({N},), got dtype "
+            f"{target.dtype} and shape {tuple(target.shape)}"
+        )
     xp = get_array_module(logits)
     # One device -> host read (CuPy would wrap out-of-range indices silently); details only on error.
     if N and bool(((target < 0) | (target >= K)).any()):
-        raise ValueError(f"target class indices must lie in [0, {K}), got min {int(target.min())} "
-                         f"and max {int(target.max())}")
+        raise ValueError(
+            f"target class indices must lie in [0, {K}), got min {int(target.min())} and max {int(target.max())}"
+        )
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
     rows = xp.arange(N)
@@ -77,8 +83,10 @@ def cross_entropy_backward(dout: Any, cache: CrossEntropyCache) -> Any:
     expected = (N,) if cache.reduction == "none" else ()
     got = tuple(getattr(dout, "shape", ()))
     if got != expected:
-        raise ValueError(f"cross_entropy.backward expects dout of shape {expected} (the loss's, reduction="
-                         f"{cache.reduction!r}), got {got}")
+        raise ValueError(
+            f"cross_entropy.backward expects dout of shape {expected} (the loss's, reduction="
+            f"{cache.reduction!r}), got {got}"
+        )
     dlogits = probs - eps / K
     dlogits[xp.arange(N), target] -= 1.0 - eps
     if cache.reduction == "none":

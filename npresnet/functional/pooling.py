@@ -32,28 +32,33 @@ from ..kernels.geometry import PoolGeometry, conv_output_size
 from .im2col import pad_nchw, window_slice
 
 
-def pool_geometry(x_shape: tuple[int, ...], kernel_size: Any, stride: Any, padding: Any, dilation: Any,
-                  ceil_mode: bool, layer: str) -> PoolGeometry:
+def pool_geometry(
+    x_shape: tuple[int, ...], kernel_size: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool, layer: str
+) -> PoolGeometry:
     """Validate pooling arguments (PyTorch's rules) and compute the output size."""
     kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None else pair(stride, "stride")
     padding, dilation = pair(padding, "padding"), pair(dilation, "dilation")
     if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1 or min(padding) < 0:
-        raise ValueError(f"{layer} needs kernel_size, stride, dilation >= 1 and padding >= 0, got "
-                         f"{kernel}, {stride}, {dilation}, {padding}")
+        raise ValueError(
+            f"{layer} needs kernel_size, stride, dilation >= 1 and padding >= 0, got "
+            f"{kernel}, {stride}, {dilation}, {padding}"
+        )
     for k, p, d in zip(kernel, padding, dilation):
         if p > (d * (k - 1) + 1) // 2:
-            raise ValueError(f"{layer}: padding {padding} must be at most half the (dilated) kernel "
-                             f"size {kernel}")
+            raise ValueError(f"{layer}: padding {padding} must be at most half the (dilated) kernel size {kernel}")
     H, W = x_shape[2], x_shape[3]
     OH = conv_output_size(H, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     OW = conv_output_size(W, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
     if OH < 1 or OW < 1:
-        raise ValueError(f"{layer}: input of spatial size {H}x{W} (padding {padding}) is smaller than the "
-                         f"kernel {kernel}")
+        raise ValueError(
+            f"{layer}: input of spatial size {H}x{W} (padding {padding}) is smaller than the kernel {kernel}"
+        )
     # How far past the symmetric padding the last window reaches (only with ceil_mode).
-    extra = tuple(max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
-                  for o, s, d, k, n, p in zip((OH, OW), stride, dilation, kernel, (H, W), padding))
+    extra = tuple(
+        max(0, (o - 1) * s + d * (k - 1) + 1 - (n + 2 * p))
+        for o, s, d, k, n, p in zip((OH, OW), stride, dilation, kernel, (H, W), padding)
+    )
     return PoolGeometry(kernel, stride, padding, dilation, (OH, OW), extra)
 
 
@@ -67,22 +72,23 @@ def _offsets(geom: PoolGeometry):
 
 def _unpad(x_padded: Any, x_shape: tuple[int, ...], padding: tuple[int, int]) -> Any:
     (PH, PW), H, W = padding, x_shape[2], x_shape[3]
-    return x_padded[:, :, PH:PH + H, PW:PW + W]
+    return x_padded[:, :, PH : PH + H, PW : PW + W]
 
 
 class MaxPoolCache(NamedTuple):
-    argmax: Any            # (N, C, OH, OW) winning offset k = i*KW + j inside each window
+    argmax: Any  # (N, C, OH, OW) winning offset k = i*KW + j inside each window
     x_shape: tuple[int, int, int, int]
     dtype: Any
     geometry: PoolGeometry
 
 
-def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
-                      ceil_mode: bool = False) -> tuple[Any, MaxPoolCache]:
+def maxpool2d_forward(
+    x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, ceil_mode: bool = False
+) -> tuple[Any, MaxPoolCache]:
     """Like ``torch.nn.functional.max_pool2d``. x: (N, C, H, W) -> y: (N, C, OH, OW)."""
     check_nchw(x, None, "input", "max_pool2d")
     geom = pool_geometry(x.shape, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
-    fast = kernels.get("maxpool2d_forward", x)       # the Numba kernel (same result, bitwise), or None
+    fast = kernels.get("maxpool2d_forward", x)  # the Numba kernel (same result, bitwise), or None
     if fast is not None:
         y, argmax = fast(x, geom)
         return y, MaxPoolCache(argmax, tuple(x.shape), x.dtype, geom)
@@ -93,7 +99,7 @@ def maxpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any
     argmax = xp.zeros((N, C, *geom.out), dtype=np.int32)
     for k, rows, cols in _offsets(geom):
         window = x_padded[:, :, rows, cols]
-        wins = (window > y) | xp.isnan(window)   # strict '>': the first maximum keeps its place
+        wins = (window > y) | xp.isnan(window)  # strict '>': the first maximum keeps its place
         y = xp.where(wins, window, y)
         argmax = xp.where(wins, k, argmax)
     return y, MaxPoolCache(argmax, tuple(x.shape), x.dtype, geom)
@@ -117,7 +123,7 @@ def maxpool2d_backward(dout: Any, cache: MaxPoolCache) -> Any:
 
 
 class AvgPoolCache(NamedTuple):
-    divisor: Any           # (OH, OW) number of cells each output averaged over
+    divisor: Any  # (OH, OW) number of cells each output averaged over
     x_shape: tuple[int, int, int, int]
     dtype: Any
     geometry: PoolGeometry
@@ -135,9 +141,15 @@ def _avgpool_divisor(geom: PoolGeometry, H: int, W: int, count_include_pad: bool
     return np.outer(counts[0], counts[1])
 
 
-def avgpool2d_forward(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, ceil_mode: bool = False,
-                      count_include_pad: bool = True,
-                      divisor_override: int | None = None) -> tuple[Any, AvgPoolCache]:
+def avgpool2d_forward(
+    x: Any,
+    kernel_size: Any,
+    stride: Any = None,
+    padding: Any = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> tuple[Any, AvgPoolCache]:
     """Like ``torch.nn.functional.avg_pool2d``. x: (N, C, H, W) -> y: (N, C, OH, OW)."""
     check_nchw(x, None, "input", "avg_pool2d")
     geom = pool_geometry(x.shape, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
@@ -180,7 +192,7 @@ def _adaptive_windows(size: int, out: int) -> list[tuple[int, int]]:
 
 class AdaptivePoolCache(NamedTuple):
     x_shape: tuple[int, int, int, int]
-    out: tuple[int, int]   # (OH, OW)
+    out: tuple[int, int]  # (OH, OW)
     dtype: Any
 
 
@@ -216,5 +228,5 @@ def adaptive_avgpool2d_backward(dout: Any, cache: AdaptivePoolCache) -> Any:
     dx = xp.zeros(x_shape, dtype=dout.dtype)
     for oh, (h0, h1) in enumerate(_adaptive_windows(H, OH)):
         for ow, (w0, w1) in enumerate(_adaptive_windows(W, OW)):
-            dx[:, :, h0:h1, w0:w1] += dout[:, :, oh:oh + 1, ow:ow + 1] / ((h1 - h0) * (w1 - w0))
+            dx[:, :, h0:h1, w0:w1] += dout[:, :, oh : oh + 1, ow : ow + 1] / ((h1 - h0) * (w1 - w0))
     return dx

@@ -38,5 +38,13 @@ gradient next to a kink, is a ``GradcheckError`` ("your backward is wrong").
 from .check import gradcheck
 from .report import ArrayReport, GradcheckError, GradcheckReport, Kink, NondifferentiableError, compare, rel_error
 
-__all__ = ["ArrayReport", "GradcheckError", "GradcheckReport", "Kink", "NondifferentiableError", "compare",
-           "gradcheck", "rel_error"]
+__all__ = [
+    "ArrayReport",
+    "GradcheckError",
+    "GradcheckReport",
+    "Kink",
+    "NondifferentiableError",
+    "compare",
+    "gradcheck",
+    "rel_error",
+]

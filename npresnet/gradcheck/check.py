@@ -19,8 +19,9 @@ from .report import GradcheckError, GradcheckReport, Kink, NondifferentiableErro
 _STREAM_V, _STREAM_DIRECTIONS = 0x6763_7631, 0x6763_6431  # gradcheck's own random streams
 
 
-def _on_kink(analytic: np.ndarray, numeric: np.ndarray, right: np.ndarray, left: np.ndarray,
-             atol: float, rtol: float) -> np.ndarray:
+def _on_kink(
+    analytic: np.ndarray, numeric: np.ndarray, right: np.ndarray, left: np.ndarray, atol: float, rtol: float
+) -> np.ndarray:
     """Mask of the failing elements explained by a kink within eps (see the module docstring):
     the one-sided slopes differ beyond tolerance and the analytic gradient equals one of them."""
 
@@ -55,9 +56,10 @@ class _Target:
             self.module = None
             self.forward_fn, self.backward_fn = target
         else:
-            raise TypeError("gradcheck checks a Module or a (forward, backward) pair of functions, "
-                            f"got {type(target).__name__}")
-        self.inputs = [a.copy() if _is_array(a) else a for a in inputs]   # working copies, perturbed in place
+            raise TypeError(
+                f"gradcheck checks a Module or a (forward, backward) pair of functions, got {type(target).__name__}"
+            )
+        self.inputs = [a.copy() if _is_array(a) else a for a in inputs]  # working copies, perturbed in place
         # Not default_rng(seed): users often draw their inputs from default_rng(0), and v == x would make
         # e.g. BatchNorm's input gradient vanish. A separate stream for gradcheck's own draws:
         self.rng = np.random.default_rng([seed, _STREAM_V])
@@ -71,18 +73,19 @@ class _Target:
         return arrays
 
     def _forward(self) -> tuple[Any, Any]:
-        args = [a.copy() if _is_array(a) else a for a in self.inputs]   # an op may update its inputs
+        args = [a.copy() if _is_array(a) else a for a in self.inputs]  # an op may update its inputs
         if self.module is not None:
             return self.module(*args), None
         result = self.forward_fn(*args)
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise TypeError(f"the forward of a (forward, backward) pair must return (out, cache), got "
-                            f"{type(result).__name__}")
+            raise TypeError(
+                f"the forward of a (forward, backward) pair must return (out, cache), got {type(result).__name__}"
+            )
         return result
 
     def _dot_v(self, out: Any) -> float:
         """L = sum(v * out) in float64; draws v on the first call."""
-        out = np.asarray(out) if isinstance(out, (np.generic, float)) else out   # a loss may be a scalar
+        out = np.asarray(out) if isinstance(out, (np.generic, float)) else out  # a loss may be a scalar
         xp = get_array_module(out)
         if self.v is None:
             self.v = xp.asarray(self.rng.standard_normal(out.shape)).astype(out.dtype)
@@ -105,7 +108,7 @@ class _Target:
         if self.module is None:
             out, cache = self._forward()
             centre = self._dot_v(out)
-            result = self.backward_fn(self.v.copy(), cache)   # a copy: a backward may work in place on dout
+            result = self.backward_fn(self.v.copy(), cache)  # a copy: a backward may work in place on dout
             for i, g in enumerate(result if isinstance(result, tuple) else (result,)):
                 if g is not None and i in float_inputs:
                     grads[f"input {i}"] = g
@@ -120,7 +123,7 @@ class _Target:
                 if g is not None:
                     grads[f"input {i}"] = g
             for name, p in params:
-                if p.requires_grad:   # a parameter the forward never used has gradient 0
+                if p.requires_grad:  # a parameter the forward never used has gradient 0
                     grads[name] = p.grad if p.grad is not None else get_array_module(p.data).zeros_like(p.data)
         return centre, grads
 
@@ -163,19 +166,31 @@ def _kink_message(report: GradcheckReport, eps: float) -> str:
         if a.kinks:
             k = a.kinks[0]
             where = f" at {k.index}" if k.index else " along the check direction"
-            lines.append(f"{a.name}{where} ({len(a.kinks)} element(s) in all): the slope is {k.right:.6g} to the "
-                         f"right but {k.left:.6g} to the left, and the analytic gradient {k.analytic:.6g} is one "
-                         "of them")
-    return (f"gradcheck ({report.mode}) cannot check these elements: a kink lies within eps={eps:g} of the point "
-            "(a ReLU input at or near 0, or a max-pool tie), where the function has no derivative:\n  "
-            + "\n  ".join(lines)
-            + "\nResample the inputs away from kinks: npresnet.testing.kink_free(...) for ReLU inputs, "
-            "npresnet.testing.tie_free(...) for max-pool inputs.")
+            lines.append(
+                f"{a.name}{where} ({len(a.kinks)} element(s) in all): the slope is {k.right:.6g} to the "
+                f"right but {k.left:.6g} to the left, and the analytic gradient {k.analytic:.6g} is one "
+                "of them"
+            )
+    return (
+        f"gradcheck ({report.mode}) cannot check these elements: a kink lies within eps={eps:g} of the point "
+        "(a ReLU input at or near 0, or a max-pool tie), where the function has no derivative:\n  "
+        + "\n  ".join(lines)
+        + "\nResample the inputs away from kinks: npresnet.testing.kink_free(...) for ReLU inputs, "
+        "npresnet.testing.tie_free(...) for max-pool inputs."
+    )
 
 
-def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, atol: float = 1e-5,
-              rtol: float = 1e-3, seed: int = 0, allow_float32: bool = False,
-              raise_exception: bool = True) -> GradcheckReport:
+def gradcheck(
+    target: Any,
+    *inputs: Any,
+    mode: str = "full",
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    seed: int = 0,
+    allow_float32: bool = False,
+    raise_exception: bool = True,
+) -> GradcheckReport:
     """Check the backward of ``target`` against finite differences of ``L = sum(v * f(inputs))``.
 
     Args:
@@ -212,29 +227,33 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
     centre, analytic = t.gradients(float_inputs)
     again = t.loss()
     if abs(again - centre) > eps * atol:
-        raise ValueError(f"gradcheck needs a deterministic forward, but L = sum(v * f) was {centre!r} and then "
-                         f"{again!r} at the same point. Something draws random numbers that Module.preserved_state() "
-                         "does not rewind (npresnet's Dropout is rewound): seed it per call, or put it in eval().")
+        raise ValueError(
+            f"gradcheck needs a deterministic forward, but L = sum(v * f) was {centre!r} and then "
+            f"{again!r} at the same point. Something draws random numbers that Module.preserved_state() "
+            "does not rewind (npresnet's Dropout is rewound): seed it per call, or put it in eval()."
+        )
     report = GradcheckReport(mode, atol, rtol)
     report.unchecked = [name for name, _ in candidates if name not in analytic]
     checked = [(name, array) for name, array in candidates if name in analytic]
     if not checked:
-        raise ValueError("gradcheck found nothing to check: no floating input has a gradient and no parameter "
-                         "requires grad")
+        raise ValueError(
+            "gradcheck found nothing to check: no floating input has a gradient and no parameter requires grad"
+        )
 
     directions = np.random.default_rng([seed, _STREAM_DIRECTIONS])
     for name, array in checked:
         grad = analytic[name]
         if tuple(grad.shape) != tuple(array.shape):
-            raise GradcheckError(f"{name}: backward returned a gradient of shape {tuple(grad.shape)}, "
-                                 f"expected {tuple(array.shape)}")
+            raise GradcheckError(
+                f"{name}: backward returned a gradient of shape {tuple(grad.shape)}, expected {tuple(array.shape)}"
+            )
         grad = to_numpy(grad).astype(np.float64)
-        if mode == "full":     # slope along every axis: the gradient itself
+        if mode == "full":  # slope along every axis: the gradient itself
             plus, minus = np.empty(array.shape), np.empty(array.shape)
             for index in np.ndindex(*array.shape):
                 plus[index], minus[index] = _losses_either_side(t, array, index, eps)
             along = grad
-        else:                  # slope along one random unit direction d: sum(grad * d)
+        else:  # slope along one random unit direction d: sum(grad * d)
             d = directions.standard_normal(array.shape)
             d_array = get_array_module(array).asarray(d / max(np.linalg.norm(d), 1e-300)).astype(array.dtype)
             d = to_numpy(d_array).astype(np.float64)
@@ -245,14 +264,20 @@ def gradcheck(target: Any, *inputs: Any, mode: str = "full", eps: float = 1e-6, 
         right, left = (plus - centre) / eps, (centre - minus) / eps
         kinks = _on_kink(along, numeric, right, left, atol, rtol)
         result = compare(name, along, numeric, atol, rtol, exclude=kinks)
-        result.kinks = [Kink(tuple(int(i) for i in index), float(right[tuple(index)]), float(left[tuple(index)]),
-                             float(along[tuple(index)])) for index in np.argwhere(kinks)]
+        result.kinks = [
+            Kink(
+                tuple(int(i) for i in index),
+                float(right[tuple(index)]),
+                float(left[tuple(index)]),
+                float(along[tuple(index)]),
+            )
+            for index in np.argwhere(kinks)
+        ]
         report.arrays.append(result)
 
     if raise_exception and not report.passed:
         raise failure(report, eps, forks=t.module is not None and any(True for _ in t.module.children()))
     return report
-
 
 
 def failure(report: GradcheckReport, eps: float, forks: bool = False) -> GradcheckError:
@@ -267,4 +292,5 @@ def failure(report: GradcheckReport, eps: float, forks: bool = False) -> Gradche
         f"L = sum(v * f) for {len(failed)} array(s):\n  "
         + "\n  ".join(a.describe(report.atol, report.rtol) for a in failed)
         + (f"\n({kinked} element(s) on a kink were left out)" if kinked else "")
-        + where_to_look([a.name for a in failed], [a.name for a in report.arrays if a.allclose], forks=forks))
+        + where_to_look([a.name for a in failed], [a.name for a in report.arrays if a.allclose], forks=forks)
+    )

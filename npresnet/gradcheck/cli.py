@@ -26,8 +26,10 @@ from ..nn import Module
 
 #: Full mode runs 2 forward passes per checked element; beyond this many elements it is refused.
 FULL_MODE_LIMIT = 20_000
-DEFAULT_SHAPES = {**{name: (2, 3, 32, 32) for name in CIFAR_MODELS},
-                  **{name: (2, 3, 64, 64) for name in IMAGENET_MODELS}}
+DEFAULT_SHAPES = {
+    **{name: (2, 3, 32, 32) for name in CIFAR_MODELS},
+    **{name: (2, 3, 64, 64) for name in IMAGENET_MODELS},
+}
 
 
 class UsageError(Exception):
@@ -41,22 +43,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m npresnet.gradcheck", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Gradient-check a whole model or your own layer against finite differences (on a "
-                            "float64 copy,\nwith drawn inputs and a random upstream gradient) and print a line per "
-                            "array.",
-                epilog="MODEL_OR_MODULE_PATH: a model name (" + ", ".join([*CIFAR_MODELS][:3]) + ", resnet18, ...) or "
-                       "package.module:Name\n(a Module class or a function returning one, called with no arguments)."
-                       "\n\nexamples:\n  python -m npresnet.gradcheck resnet20 --mode directional\n"
-                       "  python -m npresnet.gradcheck mylayers:SqueezeExcite --input-shape 2 8 4 4\n\n"
-                       "exit status: 0 passed, 1 the check failed, 2 bad arguments")
+    p = _Parser(
+        prog="python -m npresnet.gradcheck",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Gradient-check a whole model or your own layer against finite differences (on a "
+        "float64 copy,\nwith drawn inputs and a random upstream gradient) and print a line per "
+        "array.",
+        epilog="MODEL_OR_MODULE_PATH: a model name (" + ", ".join([*CIFAR_MODELS][:3]) + ", resnet18, ...) or "
+        "package.module:Name\n(a Module class or a function returning one, called with no arguments)."
+        "\n\nexamples:\n  python -m npresnet.gradcheck resnet20 --mode directional\n"
+        "  python -m npresnet.gradcheck mylayers:SqueezeExcite --input-shape 2 8 4 4\n\n"
+        "exit status: 0 passed, 1 the check failed, 2 bad arguments",
+    )
     p.add_argument("model", metavar="MODEL_OR_MODULE_PATH", help="resnet20, ... or package.module:Name")
-    p.add_argument("--mode", choices=["full", "directional"], default="full",
-                   help="full: every element (small layers); directional: one random direction per array "
-                        "(whole models). Default: full")
-    p.add_argument("--input-shape", type=int, nargs="+", metavar="N",
-                   help="input shape, e.g. 2 3 32 32 (default for a named model: 2 3 32 32 for CIFAR, 2 3 64 64 "
-                        "for ImageNet models; required for package.module:Name)")
+    p.add_argument(
+        "--mode",
+        choices=["full", "directional"],
+        default="full",
+        help="full: every element (small layers); directional: one random direction per array "
+        "(whole models). Default: full",
+    )
+    p.add_argument(
+        "--input-shape",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="input shape, e.g. 2 3 32 32 (default for a named model: 2 3 32 32 for CIFAR, 2 3 64 64 "
+        "for ImageNet models; required for package.module:Name)",
+    )
     p.add_argument("--eval", action="store_true", help="check the module in eval mode (default: training mode)")
     p.add_argument("--seed", type=int, default=0, help="seeds the model, the inputs and the check (default 0)")
     p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
@@ -111,21 +125,32 @@ def run(args: argparse.Namespace) -> int:
     from ..testing import check_module  # npresnet.testing imports this package: import it late
 
     if not args.eps > 0 or args.atol < 0 or args.rtol < 0:
-        raise UsageError(f"--eps must be positive and --atol, --rtol non-negative, got {args.eps}, {args.atol}, "
-                         f"{args.rtol}")
+        raise UsageError(
+            f"--eps must be positive and --atol, --rtol non-negative, got {args.eps}, {args.atol}, {args.rtol}"
+        )
     module = load_module(args.model, args.seed).train(not args.eval)
     shape = _input_shape(args)
     if args.mode == "full":
         elements = sum(p.size for p in module.parameters() if p.requires_grad) + math.prod(shape)
         if elements > FULL_MODE_LIMIT:
-            raise UsageError(f"full mode runs 2 forward passes per element, and {args.model} with input {shape} has "
-                             f"{elements:,} (input and parameters): use --mode directional (2 passes per array)")
+            raise UsageError(
+                f"full mode runs 2 forward passes per element, and {args.model} with input {shape} has "
+                f"{elements:,} (input and parameters): use --mode directional (2 passes per array)"
+            )
     print(f"gradcheck {args.model}: input {shape}, {'eval' if args.eval else 'training'} mode, seed {args.seed}")
     start = time.perf_counter()
     try:
-        report = check_module(module, shape, mode=args.mode, seed=args.seed, eps=args.eps, atol=args.atol,
-                              rtol=args.rtol, raise_exception=False)
-    except (ValueError, TypeError) as exc:           # e.g. an input shape the model cannot take
+        report = check_module(
+            module,
+            shape,
+            mode=args.mode,
+            seed=args.seed,
+            eps=args.eps,
+            atol=args.atol,
+            rtol=args.rtol,
+            raise_exception=False,
+        )
+    except (ValueError, TypeError) as exc:  # e.g. an input shape the model cannot take
         raise UsageError(f"{args.model} on input {shape}: {exc}") from None
     print(report)
     print(f"{len(report.arrays)} array(s) checked in {time.perf_counter() - start:.1f} s")

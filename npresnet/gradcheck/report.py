@@ -33,8 +33,8 @@ class Kink(NamedTuple):
     """An element whose check was spoiled by a kink within eps of the point."""
 
     index: tuple[int, ...]  # type: ignore[assignment]   # shadows tuple.index: the element's index
-    right: float      # one-sided slope (L(t + eps) - L(t)) / eps
-    left: float       # one-sided slope (L(t) - L(t - eps)) / eps
+    right: float  # one-sided slope (L(t + eps) - L(t)) / eps
+    left: float  # one-sided slope (L(t) - L(t - eps)) / eps
     analytic: float
 
 
@@ -43,17 +43,17 @@ class ArrayReport:
     """How one array's analytic gradient compares with the numerical one (kinks excluded)."""
 
     name: str
-    max_rel_error: float           # max |a-n| / max(1e-8, |a|+|n|) over the elements (CS231n)
-    norm_ratio: float              # ||a-n|| / (||a|| + ||n||)
+    max_rel_error: float  # max |a-n| / max(1e-8, |a|+|n|) over the elements (CS231n)
+    norm_ratio: float  # ||a-n|| / (||a|| + ||n||)
     max_abs_error: float
-    allclose: bool                 # |a-n| <= atol + rtol*|n| everywhere
-    worst_index: tuple[int, ...]   # element with the largest allclose violation
-    analytic: float                # the two gradients at worst_index
+    allclose: bool  # |a-n| <= atol + rtol*|n| everywhere
+    worst_index: tuple[int, ...]  # element with the largest allclose violation
+    analytic: float  # the two gradients at worst_index
     numeric: float
-    num_failed: int = 0            # elements outside atol + rtol*|n|
+    num_failed: int = 0  # elements outside atol + rtol*|n|
     size: int = 1
-    kinks: list[Kink] = field(default_factory=list)   # elements on a kink: not checked
-    hint: str = ""                 # the likely cause of a failure (see diagnose)
+    kinks: list[Kink] = field(default_factory=list)  # elements on a kink: not checked
+    hint: str = ""  # the likely cause of a failure (see diagnose)
 
     @property
     def passed(self) -> bool:
@@ -62,15 +62,21 @@ class ArrayReport:
     def describe(self, atol: float, rtol: float, labels: tuple[str, str] = ("analytic", "numeric")) -> str:
         """Where and by how much the check failed, the three measures, and a hint if there is one."""
         ours, reference = labels
-        values = (f"{ours} {self.analytic:.10g}, {reference} {self.numeric:.10g}, |a-n| = "
-                  f"{abs(self.analytic - self.numeric):.3g} > {atol + rtol * abs(self.numeric):.3g} allowed")
+        values = (
+            f"{ours} {self.analytic:.10g}, {reference} {self.numeric:.10g}, |a-n| = "
+            f"{abs(self.analytic - self.numeric):.3g} > {atol + rtol * abs(self.numeric):.3g} allowed"
+        )
         if self.worst_index:
-            head = (f"{self.name}: {self.num_failed} of {self.size} element(s) fail |a-n| <= atol + rtol*|n|. "
-                    f"Worst at {self.worst_index}: {values}.")
+            head = (
+                f"{self.name}: {self.num_failed} of {self.size} element(s) fail |a-n| <= atol + rtol*|n|. "
+                f"Worst at {self.worst_index}: {values}."
+            )
         else:
             head = f"{self.name}: {values} (atol + rtol*|n|)."
-        text = (f"{head}\n    max |a-n|/(|a|+|n|) = {self.max_rel_error:.3g}, "
-                f"norm ratio ||a-n||/(||a||+||n||) = {self.norm_ratio:.3g}, max |a-n| = {self.max_abs_error:.3g}")
+        text = (
+            f"{head}\n    max |a-n|/(|a|+|n|) = {self.max_rel_error:.3g}, "
+            f"norm ratio ||a-n||/(||a||+||n||) = {self.norm_ratio:.3g}, max |a-n| = {self.max_abs_error:.3g}"
+        )
         return text + (f"\n    hint: {self.hint}" if self.hint else "")
 
 
@@ -82,8 +88,8 @@ class GradcheckReport:
     atol: float
     rtol: float
     arrays: list[ArrayReport] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)   # floating inputs the backward returns no gradient for
-    notes: list[str] = field(default_factory=list)       # what a caller changed before checking (check_module)
+    unchecked: list[str] = field(default_factory=list)  # floating inputs the backward returns no gradient for
+    notes: list[str] = field(default_factory=list)  # what a caller changed before checking (check_module)
 
     @property
     def passed(self) -> bool:
@@ -94,15 +100,19 @@ class GradcheckReport:
         return max((a.max_rel_error for a in self.arrays), default=0.0)
 
     def __str__(self) -> str:
-        lines = [f"gradcheck ({self.mode}), atol={self.atol:g} rtol={self.rtol:g}: "
-                 + ("passed" if self.passed else "FAILED")]
+        lines = [
+            f"gradcheck ({self.mode}), atol={self.atol:g} rtol={self.rtol:g}: "
+            + ("passed" if self.passed else "FAILED")
+        ]
         width = max((len(a.name) for a in self.arrays), default=0)
         for a in self.arrays:
             status = "ok  " if a.passed else ("FAIL" if not a.allclose else "KINK")
             size = f"{a.size:>6} elements  " if self.mode == "full" else ""
-            lines.append(f"  {status} {a.name:<{width}}  {size}max rel {a.max_rel_error:.2e}  "
-                         f"norm ratio {a.norm_ratio:.2e}  max abs {a.max_abs_error:.2e}"
-                         + (f"  ({len(a.kinks)} on a kink)" if a.kinks else ""))
+            lines.append(
+                f"  {status} {a.name:<{width}}  {size}max rel {a.max_rel_error:.2e}  "
+                f"norm ratio {a.norm_ratio:.2e}  max abs {a.max_abs_error:.2e}"
+                + (f"  ({len(a.kinks)} on a kink)" if a.kinks else "")
+            )
         if self.unchecked:
             lines.append("  not checked (backward returns no gradient): " + ", ".join(self.unchecked))
         lines += [f"  note: {note}" for note in self.notes]
@@ -115,8 +125,13 @@ def rel_error(analytic: Any, numeric: Any) -> float:
     return float(np.max(np.abs(a - n) / np.maximum(_REL_FLOOR, np.abs(a) + np.abs(n)), initial=0.0))
 
 
-def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float,
-             labels: tuple[str, str] = ("analytic", "numeric")) -> str:
+def diagnose(
+    analytic: np.ndarray,
+    numeric: np.ndarray,
+    atol: float,
+    rtol: float,
+    labels: tuple[str, str] = ("analytic", "numeric"),
+) -> str:
     """The usual cause behind a failing comparison, from the pattern of the two arrays ("" if none fits).
 
     Tried in order: a result that is zero (never computed or never accumulated) or that should be;
@@ -134,24 +149,35 @@ def diagnose(analytic: np.ndarray, numeric: np.ndarray, atol: float, rtol: float
     if a.size > 1:
         zero_a, zero_n = np.abs(a) <= atol, np.abs(n) <= atol
         if np.any(zero_n & ~zero_a) and np.any(zero_a & ~zero_n):
-            return (f"{ours} is nonzero where {reference} is zero, and zero where it is not: is each gradient routed "
-                    "to the element the forward used (e.g. the maximum of its window)?")
+            return (
+                f"{ours} is nonzero where {reference} is zero, and zero where it is not: is each gradient routed "
+                "to the element the forward used (e.g. the maximum of its window)?"
+            )
         tolerance = atol + rtol * np.abs(np.sort(n))
         if np.all(np.abs(np.sort(a) - np.sort(n)) <= tolerance):
             return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
-    big = np.abs(n) > max(atol, 1e-3 * scale)      # holds the largest |n| (> atol): never empty
+    big = np.abs(n) > max(atol, 1e-3 * scale)  # holds the largest |n| (> atol): never empty
     ratios = a[big] / n[big]
     ratio = float(np.median(ratios))
-    if a.size == 1:                  # one slope (directional mode): a ratio, not yet a diagnosis
+    if a.size == 1:  # one slope (directional mode): a ratio, not yet a diagnosis
         return f"along the check direction {ours} = {ratio:.6g} x {reference}; mode='full' shows the wrong elements"
     if np.all(np.abs(ratios - ratio) <= 1e-4 * abs(ratio)) and abs(ratio - 1) > rtol and abs(ratio) > 1e-6:
-        return (f"{ours} = {ratio:.6g} x {reference} everywhere: one constant factor is wrong "
-                "(a missing or extra 1/N, 2, or scale)")
+        return (
+            f"{ours} = {ratio:.6g} x {reference} everywhere: one constant factor is wrong "
+            "(a missing or extra 1/N, 2, or scale)"
+        )
     return ""
 
 
-def compare(name: str, analytic: Any, numeric: Any, atol: float, rtol: float,
-            exclude: Any = None, labels: tuple[str, str] = ("analytic", "numeric")) -> ArrayReport:
+def compare(
+    name: str,
+    analytic: Any,
+    numeric: Any,
+    atol: float,
+    rtol: float,
+    exclude: Any = None,
+    labels: tuple[str, str] = ("analytic", "numeric"),
+) -> ArrayReport:
     """Compare two gradients of the same shape by the three measures, leaving out the elements
     where the boolean mask ``exclude`` is True. A failing report carries a ``hint`` (``diagnose``)."""
     a = np.asarray(to_numpy(analytic), np.float64)
@@ -164,13 +190,24 @@ def compare(name: str, analytic: Any, numeric: Any, atol: float, rtol: float,
     rel = diff / np.maximum(np.abs(a) + np.abs(n), _REL_FLOOR)
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(violation)), a.shape)) if a.size else ()
     a_kept, n_kept = np.where(keep, a, 0.0), np.where(keep, n, 0.0)
-    norm = float(np.linalg.norm(a_kept - n_kept)
-                 / max(np.linalg.norm(a_kept) + np.linalg.norm(n_kept), np.finfo(np.float64).tiny))
+    norm = float(
+        np.linalg.norm(a_kept - n_kept)
+        / max(np.linalg.norm(a_kept) + np.linalg.norm(n_kept), np.finfo(np.float64).tiny)
+    )
     allclose = bool(np.all(violation <= 0))
-    return ArrayReport(name, float(rel.max(initial=0.0)), norm, float(diff.max(initial=0.0)), allclose, worst,
-                       float(a[worst]) if a.size else 0.0, float(n[worst]) if a.size else 0.0,
-                       int(np.count_nonzero(violation > 0)), int(a.size),
-                       hint="" if allclose else diagnose(a_kept, n_kept, atol, rtol, labels))
+    return ArrayReport(
+        name,
+        float(rel.max(initial=0.0)),
+        norm,
+        float(diff.max(initial=0.0)),
+        allclose,
+        worst,
+        float(a[worst]) if a.size else 0.0,
+        float(n[worst]) if a.size else 0.0,
+        int(np.count_nonzero(violation > 0)),
+        int(a.size),
+        hint="" if allclose else diagnose(a_kept, n_kept, atol, rtol, labels),
+    )
 
 
 def where_to_look(failed: list[str], passed: list[str], forks: bool) -> str:
@@ -180,9 +217,13 @@ def where_to_look(failed: list[str], passed: list[str], forks: bool) -> str:
     parameters_ok = any(not name.startswith("input") for name in passed)
     if not failed or not parameters_ok or not all(name.startswith("input") for name in failed):
         return ""
-    text = ("\nEvery parameter gradient is right but the input gradient is not: look at what backward returns "
-            "for the input.")
+    text = (
+        "\nEvery parameter gradient is right but the input gradient is not: look at what backward returns "
+        "for the input."
+    )
     if forks:
-        text += (" Where the forward forks (a residual block: x feeds the main branch and the shortcut), the "
-                 "input gradient is the sum of the gradients coming back along every branch.")
+        text += (
+            " Where the forward forks (a residual block: x feeds the main branch and the shortcut), the "
+            "input gradient is the sum of the gradients coming back along every branch."
+        )
     return text

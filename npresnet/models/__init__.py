@@ -63,8 +63,8 @@ IMAGENET_MODELS: dict[str, Callable[..., ResNet]] = {
     f.__name__: f for f in (resnet18, resnet34, resnet50, resnet101, resnet152, resnext50_32x4d, wide_resnet50_2)
 }
 CIFAR_MODELS: dict[str, Callable[..., CifarResNet]] = {
-    f.__name__: f for f in (resnet20, resnet32, resnet44, resnet56, resnet110,
-                            plain20, plain32, plain44, plain56, plain110)
+    f.__name__: f
+    for f in (resnet20, resnet32, resnet44, resnet56, resnet110, plain20, plain32, plain44, plain56, plain110)
 }
 
 
@@ -77,8 +77,34 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "CIFAR_MODELS", "IMAGENET_MODELS", "BasicBlock", "Bottleneck", "CifarBlock", "CifarResNet", "ResNet",
-    "ResidualBlock", "ShortcutA", "conv1x1", "conv3x3", "get_model", "init_weights", "plain20", "plain32", "plain44",
-    "plain56", "plain110", "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56",
-    "resnet101", "resnet110", "resnet152", "resnext50_32x4d", "wide_resnet50_2",
+    "CIFAR_MODELS",
+    "IMAGENET_MODELS",
+    "BasicBlock",
+    "Bottleneck",
+    "CifarBlock",
+    "CifarResNet",
+    "ResNet",
+    "ResidualBlock",
+    "ShortcutA",
+    "conv1x1",
+    "conv3x3",
+    "get_model",
+    "init_weights",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet34",
+    "resnet44",
+    "resnet50",
+    "resnet56",
+    "resnet101",
+    "resnet110",
+    "resnet152",
+    "resnext50_32x4d",
+    "wide_resnet50_2",
 ]

@@ -26,11 +26,26 @@ from .. import nn
 NormLayer = Callable[[int], nn.Module]
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1,
-            rng: np.random.Generator | None = None) -> nn.Conv2d:
+def conv3x3(
+    in_planes: int,
+    out_planes: int,
+    stride: int = 1,
+    groups: int = 1,
+    dilation: int = 1,
+    rng: np.random.Generator | None = None,
+) -> nn.Conv2d:
     """3x3 convolution, no bias, padding = dilation (keeps H x W at stride 1), as torchvision."""
-    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=dilation, groups=groups,
-                     bias=False, dilation=dilation, rng=rng)
+    return nn.Conv2d(
+        in_planes,
+        out_planes,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        groups=groups,
+        bias=False,
+        dilation=dilation,
+        rng=rng,
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1, rng: np.random.Generator | None = None) -> nn.Conv2d:
@@ -84,14 +99,24 @@ class BasicBlock(ResidualBlock):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1, norm_layer: NormLayer | None = None,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: NormLayer | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         norm_layer = norm_layer if norm_layer is not None else nn.BatchNorm2d
         if groups != 1 or base_width != 64:
-            raise ValueError("BasicBlock only supports groups=1 and base_width=64, "
-                             f"got groups={groups}, base_width={base_width}")
+            raise ValueError(
+                f"BasicBlock only supports groups=1 and base_width=64, got groups={groups}, base_width={base_width}"
+            )
         if dilation > 1:
             raise NotImplementedError(f"Dilation > 1 not supported in BasicBlock (got dilation={dilation})")
         self.conv1 = conv3x3(inplanes, planes, stride, rng=rng)
@@ -100,7 +125,7 @@ class BasicBlock(ResidualBlock):
         self.conv2 = conv3x3(planes, planes, rng=rng)
         self.bn2 = norm_layer(planes)
         self.relu_out = nn.ReLU()
-        self.downsample = downsample   # registered last, so its keys follow bn2's as in torchvision
+        self.downsample = downsample  # registered last, so its keys follow bn2's as in torchvision
         self.stride = stride
 
     @property
@@ -119,11 +144,11 @@ class BasicBlock(ResidualBlock):
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = out + shortcut              # a new array: never add in place into one a cache may hold
+        out = out + shortcut  # a new array: never add in place into one a cache may hold
         return self.relu_out(out)
 
     def backward(self, dout: Any) -> Any:
-        d_sum = self.relu_out.backward(dout)        # gradient at the (+) node
+        d_sum = self.relu_out.backward(dout)  # gradient at the (+) node
         # (+) passes its gradient unchanged to both of its inputs.
         d_branch = self.conv2.backward(self.bn2.backward(d_sum))
         dx_branch = self.conv1.backward(self.bn1.backward(self.relu1.backward(d_branch)))
@@ -151,9 +176,19 @@ class Bottleneck(ResidualBlock):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1, norm_layer: NormLayer | None = None,
-                 stride_in_1x1: bool = False, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        groups: int = 1,
+        base_width: int = 64,
+        dilation: int = 1,
+        norm_layer: NormLayer | None = None,
+        stride_in_1x1: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         norm_layer = norm_layer if norm_layer is not None else nn.BatchNorm2d
         width = int(planes * (base_width / 64.0)) * groups
@@ -167,7 +202,7 @@ class Bottleneck(ResidualBlock):
         self.conv3 = conv1x1(width, planes * self.expansion, rng=rng)
         self.bn3 = norm_layer(planes * self.expansion)
         self.relu_out = nn.ReLU()
-        self.downsample = downsample   # registered last, so its keys follow bn3's as in torchvision
+        self.downsample = downsample  # registered last, so its keys follow bn3's as in torchvision
         self.stride = stride
 
     @property
@@ -187,11 +222,11 @@ class Bottleneck(ResidualBlock):
         out = self.relu2(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        out = out + shortcut              # a new array: never add in place into one a cache may hold
+        out = out + shortcut  # a new array: never add in place into one a cache may hold
         return self.relu_out(out)
 
     def backward(self, dout: Any) -> Any:
-        d_sum = self.relu_out.backward(dout)        # gradient at the (+) node
+        d_sum = self.relu_out.backward(dout)  # gradient at the (+) node
         # (+) passes its gradient unchanged to both of its inputs.
         d_branch = self.conv3.backward(self.bn3.backward(d_sum))
         d_branch = self.conv2.backward(self.bn2.backward(self.relu2.backward(d_branch)))

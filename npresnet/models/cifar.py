@@ -59,21 +59,25 @@ class ShortcutA(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int = 2) -> None:
         super().__init__()
         if out_channels < in_channels:
-            raise ValueError(f"option A pads channels with zeros, so out_channels ({out_channels}) must be >= "
-                             f"in_channels ({in_channels})")
+            raise ValueError(
+                f"option A pads channels with zeros, so out_channels ({out_channels}) must be >= "
+                f"in_channels ({in_channels})"
+            )
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
         self.before = (out_channels - in_channels) // 2
 
     def forward(self, x: Any) -> Any:
         N, C, H, W = x.shape
         if C != self.in_channels:
-            raise ValueError(f"ShortcutA expects input with {self.in_channels} channels in dim 1 (N, C, H, W), "
-                             f"got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"ShortcutA expects input with {self.in_channels} channels in dim 1 (N, C, H, W), "
+                f"got shape {tuple(x.shape)}"
+            )
         xp = get_array_module(x)
         s = self.stride
         subsampled = x[:, :, ::s, ::s]
         y = xp.zeros((N, self.out_channels, *subsampled.shape[2:]), dtype=x.dtype)
-        y[:, self.before:self.before + C] = subsampled
+        y[:, self.before : self.before + C] = subsampled
         self._save_for_backward(tuple(x.shape))
         return y
 
@@ -82,7 +86,7 @@ class ShortcutA(nn.Module):
         xp = get_array_module(dout)
         s, C = self.stride, self.in_channels
         dx = xp.zeros(x_shape, dtype=dout.dtype)
-        dx[:, :, ::s, ::s] = dout[:, self.before:self.before + C]
+        dx[:, :, ::s, ::s] = dout[:, self.before : self.before + C]
         return dx
 
     def extra_repr(self) -> str:
@@ -103,8 +107,14 @@ class CifarBlock(ResidualBlock):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, shortcut: str | None = "A",
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        shortcut: str | None = "A",
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be 'A', 'B' or None (plain), got {shortcut!r}")
@@ -131,7 +141,7 @@ class CifarBlock(ResidualBlock):
 
     @property
     def shortcut_branch(self) -> nn.Module | None:
-        return self.shortcut             # Identity, ShortcutA or a projection; None in a plain block
+        return self.shortcut  # Identity, ShortcutA or a projection; None in a plain block
 
     @property
     def output_activation(self) -> nn.Module:
@@ -144,15 +154,15 @@ class CifarBlock(ResidualBlock):
     def forward(self, x: Any) -> Any:
         out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.shortcut is not None:       # residual
-            out = out + self.shortcut(x)     # a new array: never add in place into one a cache may hold
+        if self.shortcut is not None:  # residual
+            out = out + self.shortcut(x)  # a new array: never add in place into one a cache may hold
         return self.relu_out(out)
 
     def backward(self, dout: Any) -> Any:
-        d_sum = self.relu_out.backward(dout)        # gradient at the (+) node (or at bn2's output if plain)
+        d_sum = self.relu_out.backward(dout)  # gradient at the (+) node (or at bn2's output if plain)
         d_branch = self.conv2.backward(self.bn2.backward(d_sum))
         dx_branch = self.conv1.backward(self.bn1.backward(self.relu1.backward(d_branch)))
-        if self.shortcut is None:           # plain
+        if self.shortcut is None:  # plain
             return dx_branch
         # (+) passed d_sum to the shortcut too; x forked into both paths, so its gradient is the sum.
         return dx_branch + self.shortcut.backward(d_sum)
@@ -171,9 +181,15 @@ class CifarResNet(nn.Module):
     ``model(x)``: (N, 3, H, W) -> logits (N, K). ``model.backward(dlogits)`` -> dL/dx.
     """
 
-    def __init__(self, num_blocks: int, num_classes: int = 10, shortcut: str | None = "A",
-                 zero_init_residual: bool = False, seed: int | None = None,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        num_classes: int = 10,
+        shortcut: str | None = "A",
+        zero_init_residual: bool = False,
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut must be 'A', 'B' or None (plain), got {shortcut!r}")
@@ -200,13 +216,13 @@ class CifarResNet(nn.Module):
     def forward(self, x: Any) -> Any:
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
-        x = self.avgpool(x)                          # (N, 64, 1, 1)
+        x = self.avgpool(x)  # (N, 64, 1, 1)
         self._save_for_backward(x.shape)
-        return self.fc(x.reshape(x.shape[0], -1))    # flatten to (N, 64), then (N, K)
+        return self.fc(x.reshape(x.shape[0], -1))  # flatten to (N, 64), then (N, K)
 
     def backward(self, dlogits: Any) -> Any:
         """dlogits (N, K) -> dL/dx (N, 3, H, W): the forward in reverse."""
-        d = self.fc.backward(dlogits).reshape(self._pop_cache())   # un-flatten to (N, 64, 1, 1)
+        d = self.fc.backward(dlogits).reshape(self._pop_cache())  # un-flatten to (N, 64, 1, 1)
         d = self.avgpool.backward(d)
         d = self.layer1.backward(self.layer2.backward(self.layer3.backward(d)))
         return self.conv1.backward(self.bn1.backward(self.relu.backward(d)))

@@ -64,7 +64,7 @@ def init_weights(model: nn.Module, rng: np.random.Generator, zero_init_residual:
         if isinstance(module, nn.Conv2d):
             weight = module.weight.data
             out_channels, _, kh, kw = weight.shape
-            std = math.sqrt(2.0 / (out_channels * kh * kw))        # gain sqrt(2) over sqrt(fan_out)
+            std = math.sqrt(2.0 / (out_channels * kh * kw))  # gain sqrt(2) over sqrt(fan_out)
             module.weight.data = _like(rng.normal(0.0, std, weight.shape), weight)
         elif isinstance(module, nn.BatchNorm2d) and module.weight is not None and module.bias is not None:  # affine
             module.weight.data[...] = 1
@@ -72,7 +72,7 @@ def init_weights(model: nn.Module, rng: np.random.Generator, zero_init_residual:
     if zero_init_residual:
         for module in model.modules():
             last_bn = getattr(module, "bn3" if isinstance(module, Bottleneck) else "bn2", None)
-            if isinstance(last_bn, nn.BatchNorm2d) and last_bn.weight is not None:        # affine
+            if isinstance(last_bn, nn.BatchNorm2d) and last_bn.weight is not None:  # affine
                 last_bn.weight.data[...] = 0
 
 
@@ -102,10 +102,20 @@ class ResNet(nn.Module):
     accumulating every parameter's ``.grad``.
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: Sequence[int], num_classes: int = 1000,
-                 zero_init_residual: bool = False, groups: int = 1, width_per_group: int = 64,
-                 replace_stride_with_dilation: Sequence[bool] | None = None, norm_layer: NormLayer | None = None,
-                 variant: str = "v1.5", seed: int | None = None, rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        zero_init_residual: bool = False,
+        groups: int = 1,
+        width_per_group: int = 64,
+        replace_stride_with_dilation: Sequence[bool] | None = None,
+        norm_layer: NormLayer | None = None,
+        variant: str = "v1.5",
+        seed: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -114,8 +124,9 @@ class ResNet(nn.Module):
         if replace_stride_with_dilation is None:
             replace_stride_with_dilation = [False, False, False]
         if len(replace_stride_with_dilation) != 3:
-            raise ValueError("replace_stride_with_dilation should be None or a 3-element tuple, "
-                             f"got {replace_stride_with_dilation}")
+            raise ValueError(
+                f"replace_stride_with_dilation should be None or a 3-element tuple, got {replace_stride_with_dilation}"
+            )
         rng = make_rng(seed, rng)
         self._norm_layer = norm_layer if norm_layer is not None else nn.BatchNorm2d
         self._block_options: dict[str, Any] = {"stride_in_1x1": variant == "v1"} if block is Bottleneck else {}
@@ -137,8 +148,15 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(512 * block.expansion, num_classes, rng=rng)
         init_weights(self, rng, zero_init_residual)
 
-    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1,
-                    dilate: bool = False, rng: np.random.Generator | None = None) -> nn.Sequential:
+    def _make_layer(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
+        rng: np.random.Generator | None = None,
+    ) -> nn.Sequential:
         """One stage: ``blocks`` blocks; the first may change the stride and the channel count."""
         norm_layer = self._norm_layer
         downsample = None
@@ -147,26 +165,49 @@ class ResNet(nn.Module):
             self.dilation *= stride
             stride = 1
         if stride != 1 or self.inplanes != planes * block.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * block.expansion, stride, rng=rng),
-                                       norm_layer(planes * block.expansion))
-        layers = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous_dilation,
-                        norm_layer, rng=rng, **self._block_options)]
+            downsample = nn.Sequential(
+                conv1x1(self.inplanes, planes * block.expansion, stride, rng=rng), norm_layer(planes * block.expansion)
+            )
+        layers = [
+            block(
+                self.inplanes,
+                planes,
+                stride,
+                downsample,
+                self.groups,
+                self.base_width,
+                previous_dilation,
+                norm_layer,
+                rng=rng,
+                **self._block_options,
+            )
+        ]
         self.inplanes = planes * block.expansion
         for _ in range(1, blocks):
-            layers.append(block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                                dilation=self.dilation, norm_layer=norm_layer, rng=rng, **self._block_options))
+            layers.append(
+                block(
+                    self.inplanes,
+                    planes,
+                    groups=self.groups,
+                    base_width=self.base_width,
+                    dilation=self.dilation,
+                    norm_layer=norm_layer,
+                    rng=rng,
+                    **self._block_options,
+                )
+            )
         return nn.Sequential(*layers)
 
     def forward(self, x: Any) -> Any:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = self.avgpool(x)                          # (N, 512E, 1, 1)
+        x = self.avgpool(x)  # (N, 512E, 1, 1)
         self._save_for_backward(x.shape)
-        return self.fc(x.reshape(x.shape[0], -1))    # flatten to (N, 512E), then (N, K)
+        return self.fc(x.reshape(x.shape[0], -1))  # flatten to (N, 512E), then (N, K)
 
     def backward(self, dlogits: Any) -> Any:
         """dlogits (N, K) -> dL/dx (N, 3, H, W): the forward in reverse."""
-        d = self.fc.backward(dlogits).reshape(self._pop_cache())   # un-flatten to (N, 512E, 1, 1)
+        d = self.fc.backward(dlogits).reshape(self._pop_cache())  # un-flatten to (N, 512E, 1, 1)
         d = self.avgpool.backward(d)
         d = self.layer1.backward(self.layer2.backward(self.layer3.backward(self.layer4.backward(d))))
         return self.conv1.backward(self.bn1.backward(self.relu.backward(self.maxpool.backward(d))))

@@ -42,8 +42,14 @@ class BatchNorm2d(Module):
     running_var: Any
     num_batches_tracked: Any
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
         super().__init__()
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
@@ -58,20 +64,21 @@ class BatchNorm2d(Module):
 
     def forward(self, x: Any) -> Any:
         check_nchw(x, self.num_features, "input", "BatchNorm2d")
-        weight = self.weight.data if self.weight is not None else None      # None unless affine
+        weight = self.weight.data if self.weight is not None else None  # None unless affine
         bias = self.bias.data if self.bias is not None else None
         reference = weight if weight is not None else self.running_mean
         if reference is not None:
             check_like(x, reference, "input", "BatchNorm2d parameters")
         update_running = self.training and self.track_running_stats
         momentum = self.momentum
-        if update_running and momentum is None:             # cumulative moving average
+        if update_running and momentum is None:  # cumulative moving average
             momentum = 1.0 / (int(self.num_batches_tracked) + 1)
         y, cache = F.batchnorm2d_forward(
             x,
             weight,
             bias,
-            self.running_mean, self.running_var,
+            self.running_mean,
+            self.running_var,
             training=self.training or not self.track_running_stats,
             momentum=momentum if momentum is not None else 0.0,
             eps=self.eps,
@@ -83,11 +90,13 @@ class BatchNorm2d(Module):
 
     def backward(self, dout: Any) -> Any:
         dx, dweight, dbias = F.batchnorm2d_backward(dout, self._pop_cache())
-        if self.weight is not None and self.bias is not None:       # affine
+        if self.weight is not None and self.bias is not None:  # affine
             self.weight.accumulate_grad(dweight)
             self.bias.accumulate_grad(dbias)
         return dx
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}")
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+        )

@@ -31,14 +31,21 @@ class Conv2d(Module):
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = C/groups * KH * KW, from ``rng``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
-                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
-                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         super().__init__()
         if groups < 1 or in_channels % groups or out_channels % groups:
-            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
-                             f"out_channels={out_channels}")
+            raise ValueError(f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = pair(kernel_size, "kernel_size")
         self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
@@ -54,8 +61,7 @@ class Conv2d(Module):
         check_nchw(x, self.in_channels, "input", "Conv2d")
         check_like(x, self.weight.data, "input", "Conv2d parameters")
         bias = self.bias.data if self.bias is not None else None
-        y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding, self.dilation,
-                                    self.groups)
+        y, cache = F.conv2d_forward(x, self.weight.data, bias, self.stride, self.padding, self.dilation, self.groups)
         self._save_for_backward(cache)
         return y
 

@@ -61,20 +61,25 @@ class Dropout(Module):
         ``TypeError`` naming what was expected.
         """
         if not isinstance(state, dict):
-            raise TypeError("Dropout.load_rng_state expects a dict like {'numpy': {...}}, "
-                            f"got {type(state).__name__}")
+            raise TypeError(
+                f"Dropout.load_rng_state expects a dict like {{'numpy': {{...}}}}, got {type(state).__name__}"
+            )
         unknown = [key for key in state if key != "numpy"]
         if unknown:
-            raise ValueError(f"Dropout.load_rng_state: unexpected key(s) {unknown}; expected only 'numpy' "
-                             "(CuPy generators have no state to load)")
+            raise ValueError(
+                f"Dropout.load_rng_state: unexpected key(s) {unknown}; expected only 'numpy' "
+                "(CuPy generators have no state to load)"
+            )
         generator = None
         if "numpy" in state:
             saved = state["numpy"]
             name = saved.get("bit_generator") if isinstance(saved, dict) else None
             bit_generator_class = getattr(np.random, name, None) if isinstance(name, str) else None
             if not (isinstance(bit_generator_class, type) and issubclass(bit_generator_class, np.random.BitGenerator)):
-                raise ValueError("Dropout.load_rng_state: expected a NumPy bit-generator state, a dict with "
-                                 f"'bit_generator' naming one (e.g. 'PCG64'), got {saved!r:.120}")
+                raise ValueError(
+                    "Dropout.load_rng_state: expected a NumPy bit-generator state, a dict with "
+                    f"'bit_generator' naming one (e.g. 'PCG64'), got {saved!r:.120}"
+                )
             bit_generator = bit_generator_class()
             try:
                 bit_generator.state = saved

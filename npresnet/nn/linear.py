@@ -26,8 +26,9 @@ class Linear(Module):
     Initialised as PyTorch does: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias, from ``rng``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 rng: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, rng: np.random.Generator | None = None
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         rng = rng if rng is not None else np.random.default_rng()

@@ -34,7 +34,7 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits: Any, target: Any) -> Any:
         xp = get_array_module(logits)
-        if not hasattr(target, "dtype"):                       # a Python list of class indices
+        if not hasattr(target, "dtype"):  # a Python list of class indices
             target = xp.asarray(target)
         loss, cache = F.cross_entropy_forward(logits, target, self.label_smoothing, self.reduction)
         self._save_for_backward(cache)

@@ -89,7 +89,7 @@ def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
         pre_hooks: dict[int, Callable] = state.get("_backward_pre_hooks") or {}
         hooks: dict[int, Callable] = state.get("_backward_hooks") or {}
         if not (pre_hooks or hooks) or state.get("_in_backward"):
-            return backward(self, *args, **kwargs)     # no hooks, or a super().backward() inside the hooked call
+            return backward(self, *args, **kwargs)  # no hooks, or a super().backward() inside the hooked call
         bound = signature.bind(self, *args, **kwargs)
         bound.apply_defaults()
         grad_output = tuple(bound.arguments.values())[1:]
@@ -108,8 +108,10 @@ def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
             if replaced is not None:
                 replaced = _as_tuple(replaced)
                 if len(replaced) != len(grad_input):
-                    raise ValueError(f"a backward hook of {type(self).__name__} returned {len(replaced)} "
-                                     f"gradient(s), expected {len(grad_input)} (one per entry of grad_input)")
+                    raise ValueError(
+                        f"a backward hook of {type(self).__name__} returned {len(replaced)} "
+                        f"gradient(s), expected {len(grad_input)} (one per entry of grad_input)"
+                    )
                 grad_input = replaced
         return grad_input if isinstance(result, tuple) else grad_input[0]
 
@@ -151,7 +153,7 @@ class Module:
             self._unregister(name)
             registry = self._parameters if isinstance(value, Parameter) else self._modules
             registry[name] = value
-        elif name in self._parameters:          # e.g. self.bias = None
+        elif name in self._parameters:  # e.g. self.bias = None
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r}; wrap it in Parameter")
             self._parameters[name] = None
@@ -395,7 +397,7 @@ class Module:
         """
         if isinstance(target, str) and target.lower() in BACKENDS:
             backend = target.lower()
-            xp_for(backend)          # a clear error now if CuPy has no usable device, parameters or not
+            xp_for(backend)  # a clear error now if CuPy has no usable device, parameters or not
 
             def convert(a: Any) -> Any:
                 return to_backend(a, backend)
@@ -462,8 +464,11 @@ class Module:
         """Check ``state_dict`` against this module without changing anything: (problems, the missing
         and unexpected keys, [(module, name, is_param, converted array)] for ``_apply_state_dict``)."""
         if not hasattr(state_dict, "items") or not hasattr(state_dict, "keys"):
-            return [f"a state_dict must be a dict of arrays, got {type(state_dict).__name__}"], \
-                IncompatibleKeys([], []), []
+            return (
+                [f"a state_dict must be a dict of arrays, got {type(state_dict).__name__}"],
+                IncompatibleKeys([], []),
+                [],
+            )
         entries = {key: (module, name, is_param) for key, module, name, is_param in self._state_entries()}
 
         def tolerated(key: str) -> bool:

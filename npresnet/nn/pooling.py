@@ -26,16 +26,20 @@ class MaxPool2d(Module):
     """Like ``torch.nn.MaxPool2d``: (N, C, H, W) -> (N, C, OH, OW); pads with -inf; ties go to the
     first maximum in the window's scan order."""
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-                 ceil_mode: bool = False) -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        ceil_mode: bool = False,
+    ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode = dilation, ceil_mode
 
     def forward(self, x: Any) -> Any:
-        y, cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                                       self.ceil_mode)
+        y, cache = F.maxpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
         self._save_for_backward(cache)
         return y
 
@@ -43,24 +47,39 @@ class MaxPool2d(Module):
         return F.maxpool2d_backward(dout, self._pop_cache())
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+        return (
+            f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+        )
 
 
 class AvgPool2d(Module):
     """Like ``torch.nn.AvgPool2d`` (``count_include_pad=True`` by default)."""
 
-    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
-                 padding: int | tuple[int, int] = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-                 divisor_override: int | None = None) -> None:
+    def __init__(
+        self,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] | None = None,
+        padding: int | tuple[int, int] = 0,
+        ceil_mode: bool = False,
+        count_include_pad: bool = True,
+        divisor_override: int | None = None,
+    ) -> None:
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.divisor_override = divisor_override
 
     def forward(self, x: Any) -> Any:
-        y, cache = F.avgpool2d_forward(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                                       self.count_include_pad, self.divisor_override)
+        y, cache = F.avgpool2d_forward(
+            x,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.ceil_mode,
+            self.count_include_pad,
+            self.divisor_override,
+        )
         self._save_for_backward(cache)
         return y
 

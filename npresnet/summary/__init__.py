@@ -34,5 +34,20 @@ from .record import LayerRow, Summary, layer_macs, summary
 from .report import answers, as_dict, markdown, to_json
 from .structure import SHORTCUT_NAMES, StageRow, Structure, stage_table
 
-__all__ = ["LayerRow", "MemoryMeasurement", "SHORTCUT_NAMES", "StageRow", "Structure", "Summary", "answers",
-           "as_dict", "held_for_backward", "layer_macs", "main", "markdown", "stage_table", "summary", "to_json"]
+__all__ = [
+    "LayerRow",
+    "MemoryMeasurement",
+    "SHORTCUT_NAMES",
+    "StageRow",
+    "Structure",
+    "Summary",
+    "answers",
+    "as_dict",
+    "held_for_backward",
+    "layer_macs",
+    "main",
+    "markdown",
+    "stage_table",
+    "summary",
+    "to_json",
+]

@@ -18,11 +18,14 @@ def input_shape(value: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in value.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N,C,H,W as 4 comma-separated integers like 1,3,224,224, "
-                                         f"got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected N,C,H,W as 4 comma-separated integers like 1,3,224,224, got {value!r}"
+        ) from None
     if len(shape) != 4:
-        raise argparse.ArgumentTypeError(f"expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got "
-                                         f"{value!r} ({len(shape)} value{'s' if len(shape) != 1 else ''})")
+        raise argparse.ArgumentTypeError(
+            f"expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got "
+            f"{value!r} ({len(shape)} value{'s' if len(shape) != 1 else ''})"
+        )
     if min(shape) < 1:
         raise argparse.ArgumentTypeError(f"every size in N,C,H,W must be at least 1, got {value!r}")
     return shape
@@ -32,27 +35,56 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m npresnet.summary",
         description="A model's layers, stages, parameters, MACs/FLOPs and measured memory, and the answers to "
-                    "the usual questions (blocks, weighted layers, parameters without the classifier). "
-                    "Several models: one table, a column per model.")
+        "the usual questions (blocks, weighted layers, parameters without the classifier). "
+        "Several models: one table, a column per model.",
+    )
     p.add_argument("models", nargs="+", metavar="MODEL", help="factories in npresnet.models, e.g. resnet50 resnet20")
-    p.add_argument("--input-shape", type=input_shape, default=None, metavar="N,C,H,W",
-                   help="the batch (default 1,3,224,224; 1,3,32,32 for the CIFAR models)")
-    p.add_argument("--variant", choices=("v1.5", "v1"), default=None,
-                   help="ImageNet ResNets: a Bottleneck's stride on its 3x3 conv (v1.5, torchvision) or its first "
-                        "1x1 (v1, the paper)")
-    p.add_argument("--shortcut", choices=("A", "B"), default=None,
-                   help="CIFAR ResNets: option A (zero-padding identity) or B (1x1 projections)")
+    p.add_argument(
+        "--input-shape",
+        type=input_shape,
+        default=None,
+        metavar="N,C,H,W",
+        help="the batch (default 1,3,224,224; 1,3,32,32 for the CIFAR models)",
+    )
+    p.add_argument(
+        "--variant",
+        choices=("v1.5", "v1"),
+        default=None,
+        help="ImageNet ResNets: a Bottleneck's stride on its 3x3 conv (v1.5, torchvision) or its first "
+        "1x1 (v1, the paper)",
+    )
+    p.add_argument(
+        "--shortcut",
+        choices=("A", "B"),
+        default=None,
+        help="CIFAR ResNets: option A (zero-padding identity) or B (1x1 projections)",
+    )
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="parameters and input")
-    p.add_argument("--freeze", choices=("none", "backbone", "all"), default="none",
-                   help="before counting: backbone = model.requires_grad_(False) then the classifier's "
-                        "requires_grad_(True) (fine-tuning a new head); all = everything frozen")
-    p.add_argument("--depth", type=int, default=None, metavar="N",
-                   help="how deep the per-layer table goes, as torchinfo: 0 the whole network, 1 stem layers, "
-                        "stages and head, 2 blocks, ... (default: every layer)")
-    p.add_argument("--format", choices=("text", "markdown", "json"), default="text", dest="output_format",
-                   help="text (default), markdown tables (to paste into notes) or JSON (for scripts and tests)")
-    p.add_argument("--no-memory", action="store_true",
-                   help="skip the activation measurement (eval-mode forward under no_grad)")
+    p.add_argument(
+        "--freeze",
+        choices=("none", "backbone", "all"),
+        default="none",
+        help="before counting: backbone = model.requires_grad_(False) then the classifier's "
+        "requires_grad_(True) (fine-tuning a new head); all = everything frozen",
+    )
+    p.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="how deep the per-layer table goes, as torchinfo: 0 the whole network, 1 stem layers, "
+        "stages and head, 2 blocks, ... (default: every layer)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("text", "markdown", "json"),
+        default="text",
+        dest="output_format",
+        help="text (default), markdown tables (to paste into notes) or JSON (for scripts and tests)",
+    )
+    p.add_argument(
+        "--no-memory", action="store_true", help="skip the activation measurement (eval-mode forward under no_grad)"
+    )
     return p
 
 
@@ -69,8 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.depth is not None and args.depth < 0:
         p.error(f"--depth must be 0 or more, got {args.depth}")
     # --variant applies to the ImageNet ResNets, --shortcut to the CIFAR ResNets (not the plain nets).
-    takes = {name: {"variant"} if name in models.IMAGENET_MODELS
-             else {"shortcut"} & set(inspect.signature(known[name]).parameters) for name in args.models}
+    takes = {
+        name: {"variant"}
+        if name in models.IMAGENET_MODELS
+        else {"shortcut"} & set(inspect.signature(known[name]).parameters)
+        for name in args.models
+    }
     for option in ("variant", "shortcut"):
         if getattr(args, option) is not None and not any(option in t for t in takes.values()):
             p.error(f"--{option} does not apply to {', '.join(args.models)}")
@@ -82,8 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape = args.input_shape or ((1, 3, 32, 32) if name in cifar else (1, 3, 224, 224))
         first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
         if shape[1] != first_conv.in_channels:
-            p.error(f"--input-shape {','.join(map(str, shape))}: {name} takes {first_conv.in_channels} input "
-                    f"channels (C, the second value), got {shape[1]}")
+            p.error(
+                f"--input-shape {','.join(map(str, shape))}: {name} takes {first_conv.in_channels} input "
+                f"channels (C, the second value), got {shape[1]}"
+            )
         if args.freeze != "none":
             model.requires_grad_(False)
         if args.freeze == "backbone":

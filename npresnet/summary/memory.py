@@ -30,8 +30,8 @@ from ..backend import is_cupy_array
 
 @dataclasses.dataclass(frozen=True)
 class MemoryMeasurement:
-    activation_bytes: int                    # held for backward after one training-mode forward
-    batchnorm_layers: int                    # BatchNorm2d modules in the model
+    activation_bytes: int  # held for backward after one training-mode forward
+    batchnorm_layers: int  # BatchNorm2d modules in the model
     batchnorm_in_eval: tuple[str, ...] = ()  # those that saw one value per channel and used running statistics
 
     @property
@@ -39,9 +39,11 @@ class MemoryMeasurement:
         """How the figure was measured, for the report."""
         if not self.batchnorm_in_eval:
             return "training-mode forward, batch statistics in every BatchNorm"
-        return (f"training-mode forward; {len(self.batchnorm_in_eval)} of {self.batchnorm_layers} BatchNorm layers "
-                "see one value per channel (N*H*W = 1) and used their running statistics (eval mode), "
-                "as a training step at this batch must")
+        return (
+            f"training-mode forward; {len(self.batchnorm_in_eval)} of {self.batchnorm_layers} BatchNorm layers "
+            "see one value per channel (N*H*W = 1) and used their running statistics (eval mode), "
+            "as a training step at this batch must"
+        )
 
 
 @contextmanager
@@ -59,10 +61,14 @@ def one_value_batchnorm_to_eval(model: nn.Module) -> Iterator[list[str]]:
                 flags.append((module, module.training))
                 object.__setattr__(module, "training", False)
                 switched.append(name)
+
         return to_eval_if_one_value
 
-    handles = [module.register_forward_pre_hook(hook_for(name)) for name, module in model.named_modules()
-               if isinstance(module, nn.BatchNorm2d)]
+    handles = [
+        module.register_forward_pre_hook(hook_for(name))
+        for name, module in model.named_modules()
+        if isinstance(module, nn.BatchNorm2d)
+    ]
     try:
         yield switched
     finally:

@@ -14,18 +14,18 @@ from ..grad_mode import is_grad_enabled, no_grad
 from .memory import MemoryMeasurement, held_for_backward, one_value_batchnorm_to_eval
 from .structure import Structure, describe
 
-MB = 2 ** 20
+MB = 2**20
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerRow:
     """One call of a module during the summary's forward pass."""
 
-    name: str                   # dotted path, as in state_dict keys ("layer1.0.conv1"); "" is the model
-    type: str                   # class name ("Conv2d")
-    output_shape: tuple         # (N, O, OH, OW); a tuple of shapes for a multi-output module
-    params: int                 # parameter elements of the module and its children (0 on repeated calls)
-    macs: int                   # multiply-accumulates of this call and the calls inside it, whole batch
+    name: str  # dotted path, as in state_dict keys ("layer1.0.conv1"); "" is the model
+    type: str  # class name ("Conv2d")
+    output_shape: tuple  # (N, O, OH, OW); a tuple of shapes for a multi-output module
+    params: int  # parameter elements of the module and its children (0 on repeated calls)
+    macs: int  # multiply-accumulates of this call and the calls inside it, whole batch
 
     @property
     def depth(self) -> int:
@@ -37,19 +37,19 @@ class LayerRow:
 class Summary:
     """What :func:`summary` measured. ``str(summary)`` is the printed report (``report.text``)."""
 
-    model_name: str                 # the class and its options, "ResNet(variant='v1.5')"
+    model_name: str  # the class and its options, "ResNet(variant='v1.5')"
     input_shape: tuple[int, ...]
     dtype: np.dtype
-    rows: list[LayerRow]            # the leaf modules' calls, in call order: the per-layer table
-    calls: list[LayerRow]           # every module's calls (containers too), in the order they finished
-    structure: Structure            # blocks, stages, shortcuts, classifier, weighted layers
+    rows: list[LayerRow]  # the leaf modules' calls, in call order: the per-layer table
+    calls: list[LayerRow]  # every module's calls (containers too), in the order they finished
+    structure: Structure  # blocks, stages, shortcuts, classifier, weighted layers
     total_params: int
     trainable_params: int
-    total_macs: int                 # for the whole batch input_shape[0]
+    total_macs: int  # for the whole batch input_shape[0]
     input_bytes: int
-    param_bytes: int                # parameters and buffers
+    param_bytes: int  # parameters and buffers
     memory: MemoryMeasurement | None  # None with measure_memory=False
-    label: str = ""                 # what the report calls the model ("resnet50"); model_name if empty
+    label: str = ""  # what the report calls the model ("resnet50"); model_name if empty
 
     @property
     def name(self) -> str:
@@ -113,6 +113,7 @@ class Summary:
 
     def __str__(self) -> str:
         from .report import text
+
         return text(self)
 
 
@@ -141,8 +142,13 @@ def _output_shape(output: Any) -> tuple:
     return tuple(int(s) for s in getattr(output, "shape", ()))
 
 
-def summary(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224), dtype: Any = np.float32,
-            measure_memory: bool = True, label: str = "") -> Summary:
+def summary(
+    model: nn.Module,
+    input_shape: Sequence[int] = (1, 3, 224, 224),
+    dtype: Any = np.float32,
+    measure_memory: bool = True,
+    label: str = "",
+) -> Summary:
     """Run one forward pass of a random batch of ``input_shape`` through ``model`` and tabulate it.
 
     Args:
@@ -162,9 +168,11 @@ def summary(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224), dty
     if not input_shape or min(input_shape) < 1:
         raise ValueError(f"input_shape must be positive sizes with the batch first, got {input_shape}")
     if measure_memory and not is_grad_enabled():
-        raise RuntimeError("summary(measure_memory=True) measures what a forward with gradients on keeps for "
-                           "backward, so it cannot run inside no_grad(); call it outside, or pass "
-                           "measure_memory=False")
+        raise RuntimeError(
+            "summary(measure_memory=True) measures what a forward with gradients on keeps for "
+            "backward, so it cannot run inside no_grad(); call it outside, or pass "
+            "measure_memory=False"
+        )
     dtype = np.dtype(dtype)
     params = list(model.parameters())
     buffers = list(model.buffers())
@@ -176,7 +184,7 @@ def summary(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224), dty
     rows: list[LayerRow] = []
     calls: list[LayerRow] = []
     called: set[int] = set()
-    leaf_count_at_entry: dict[int, list[int]] = {}      # id(module) -> stack of len(rows) when it was entered
+    leaf_count_at_entry: dict[int, list[int]] = {}  # id(module) -> stack of len(rows) when it was entered
 
     def enter(module: nn.Module, inputs: tuple) -> None:
         leaf_count_at_entry.setdefault(id(module), []).append(len(rows))
@@ -188,17 +196,23 @@ def summary(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224), dty
             own_params = sum(p.size for p in module.parameters()) if first_call else 0
             start = leaf_count_at_entry[id(module)].pop()
             if id(module) in leaves:
-                row = LayerRow(name, type(module).__name__, _output_shape(output), own_params,
-                               layer_macs(module, output))
+                row = LayerRow(
+                    name, type(module).__name__, _output_shape(output), own_params, layer_macs(module, output)
+                )
                 rows.append(row)
             else:
-                row = LayerRow(name, type(module).__name__, _output_shape(output), own_params,
-                               sum(r.macs for r in rows[start:]))
+                row = LayerRow(
+                    name, type(module).__name__, _output_shape(output), own_params, sum(r.macs for r in rows[start:])
+                )
             calls.append(row)
+
         return hook
 
-    handles = [handle for name, module in named
-               for handle in (module.register_forward_pre_hook(enter), module.register_forward_hook(record(name)))]
+    handles = [
+        handle
+        for name, module in named
+        for handle in (module.register_forward_pre_hook(enter), module.register_forward_hook(record(name)))
+    ]
     memory = None
     try:
         with model.preserved_state():
@@ -209,7 +223,8 @@ def summary(model: nn.Module, input_shape: Sequence[int] = (1, 3, 224, 224), dty
                 memory = MemoryMeasurement(
                     activation_bytes=held_for_backward(model, exclude=[x, *(p.data for p in params), *buffers]),
                     batchnorm_layers=sum(1 for m in model.modules() if isinstance(m, nn.BatchNorm2d)),
-                    batchnorm_in_eval=tuple(switched))
+                    batchnorm_in_eval=tuple(switched),
+                )
             else:
                 model.eval()
                 with no_grad():

@@ -79,8 +79,10 @@ def _shortcut_note(a: dict[str, Any]) -> str:
     n = a["projection_shortcuts"]
     if n:
         kinds = [k for k in a["shortcut_kinds"] if k.startswith("conv")]
-        return (f"the {n} projection shortcut{'s' if n > 1 else ''} ({', '.join(kinds)}) "
-                f"{'are' if n > 1 else 'is'} not counted, as in the paper")
+        return (
+            f"the {n} projection shortcut{'s' if n > 1 else ''} ({', '.join(kinds)}) "
+            f"{'are' if n > 1 else 'is'} not counted, as in the paper"
+        )
     return f"the shortcuts ({', '.join(a['shortcut_kinds'])}) have no weights"
 
 
@@ -98,16 +100,27 @@ def answer_lines(s: Summary) -> list[tuple[str, str]]:
         kind = "residual blocks" if a["residual"] else "blocks (plain, no shortcuts)"
         lines.append((kind, f"{_blocks_text(a)} {' + '.join(a['block_types'])}"))
     note = _shortcut_note(a)
-    lines.append(("weighted layers", f"{a['weighted_layers']} = {a['weighted_layers_counted_as']}"
-                  + (f"; {note}" if note else "")))
+    lines.append(
+        (
+            "weighted layers",
+            f"{a['weighted_layers']} = {a['weighted_layers_counted_as']}" + (f"; {note}" if note else ""),
+        )
+    )
     params = f"{a['params']:,}"
     if a["classifier"]:
-        params += (f"; without the classifier {a['classifier']} ({a['classifier_layers']}: "
-                   f"{a['classifier_params']:,}): {a['params_without_classifier']:,}")
+        params += (
+            f"; without the classifier {a['classifier']} ({a['classifier_layers']}: "
+            f"{a['classifier_params']:,}): {a['params_without_classifier']:,}"
+        )
     lines.append(("parameters", params))
     lines.append(("trainable", f"{a['trainable_params']:,}; frozen (requires_grad=False): {a['frozen_params']:,}"))
-    lines.append(("MACs", f"{a['macs']:,} ({scaled(a['macs'])}) at {_input(s)}; "
-                          f"FLOPs (2 x MACs): {a['flops']:,} ({scaled(a['flops'])})"))
+    lines.append(
+        (
+            "MACs",
+            f"{a['macs']:,} ({scaled(a['macs'])}) at {_input(s)}; "
+            f"FLOPs (2 x MACs): {a['flops']:,} ({scaled(a['flops'])})",
+        )
+    )
     lines.append((f"activation memory, training step at batch {s.batch}", _memory_text(s)))
     return lines
 
@@ -122,25 +135,40 @@ def comparison_rows(summaries: Sequence[Summary]) -> list[tuple[str, list[str]]]
     row("input", lambda s, a: f"{_input(s)} {s.dtype.name}")
     row("blocks per stage", lambda s, a: _blocks_text(a) if a["blocks"] else "-")
     row("block type", lambda s, a: " + ".join(a["block_types"]) or "-")
-    row("shortcuts", lambda s, a: ("none (plain)" if a["blocks"] and not a["residual"]
-                                   else ", ".join(a["shortcut_kinds"]) or "-"))
+    row(
+        "shortcuts",
+        lambda s, a: "none (plain)" if a["blocks"] and not a["residual"] else ", ".join(a["shortcut_kinds"]) or "-",
+    )
     row("weighted layers", lambda s, a: str(a["weighted_layers"]))
     row("  counted as", lambda s, a: a["weighted_layers_counted_as"])
     row("  projection shortcuts, not counted", lambda s, a: str(a["projection_shortcuts"]))
     row("parameters", lambda s, a: f"{a['params']:,}")
     row("  without the classifier", lambda s, a: f"{a['params_without_classifier']:,}")
-    row("  classifier", lambda s, a: (f"{a['classifier']}: {a['classifier_layers']} ({a['classifier_params']:,})"
-                                      if a["classifier"] else "-"))
+    row(
+        "  classifier",
+        lambda s, a: (
+            f"{a['classifier']}: {a['classifier_layers']} ({a['classifier_params']:,})" if a["classifier"] else "-"
+        ),
+    )
     row("  trainable", lambda s, a: f"{a['trainable_params']:,}")
     row("  frozen", lambda s, a: f"{a['frozen_params']:,}")
     row("MACs", lambda s, a: f"{a['macs']:,} ({scaled(a['macs'])})")
     row("FLOPs (2 x MACs)", lambda s, a: f"{a['flops']:,} ({scaled(a['flops'])})")
-    row("activation memory, training step (MB)",
-        lambda s, a: "not measured" if a["activation_bytes"] is None else f"{a['activation_mb']:,.2f}")
-    row("  BatchNorm during the measurement",
-        lambda s, a: ("-" if s.memory is None else "batch statistics" if not s.memory.batchnorm_in_eval
-                      else f"{len(s.memory.batchnorm_in_eval)} of {s.memory.batchnorm_layers} in eval mode "
-                           "(one value per channel)"))
+    row(
+        "activation memory, training step (MB)",
+        lambda s, a: "not measured" if a["activation_bytes"] is None else f"{a['activation_mb']:,.2f}",
+    )
+    row(
+        "  BatchNorm during the measurement",
+        lambda s, a: (
+            "-"
+            if s.memory is None
+            else "batch statistics"
+            if not s.memory.batchnorm_in_eval
+            else f"{len(s.memory.batchnorm_in_eval)} of {s.memory.batchnorm_layers} in eval mode "
+            "(one value per channel)"
+        ),
+    )
     return table
 
 
@@ -158,29 +186,40 @@ def _columns(headers: Sequence[str], body: Sequence[Sequence[str]], left: int = 
 
 
 def _layer_cells(row: LayerRow) -> list[str]:
-    return [f"{row.name or '(model)'} ({row.type})", format_shape(row.output_shape), f"{row.params:,}",
-            f"{row.macs:,}"]
+    return [f"{row.name or '(model)'} ({row.type})", format_shape(row.output_shape), f"{row.params:,}", f"{row.macs:,}"]
 
 
 def _stage_cells(row: StageRow) -> list[str]:
-    return [row.name, format_shape(row.output_shape), str(row.blocks) if row.blocks else "-", f"{row.params:,}",
-            f"{row.macs:,}"]
+    return [
+        row.name,
+        format_shape(row.output_shape),
+        str(row.blocks) if row.blocks else "-",
+        f"{row.params:,}",
+        f"{row.macs:,}",
+    ]
 
 
 def text(s: Summary, depth: int | None = None) -> str:
     """The report of one model: per-layer table, per-stage table, totals, answers."""
-    layer_lines, width = _columns(("Layer (type)", "Output shape", "Params", "MACs"),
-                                  [_layer_cells(r) for r in s.table(depth)])
+    layer_lines, width = _columns(
+        ("Layer (type)", "Output shape", "Params", "MACs"), [_layer_cells(r) for r in s.table(depth)]
+    )
     stages = stage_table(s.calls, s.structure)
-    stage_lines, stage_width = _columns(("Stage", "Output shape", "Blocks", "Params", "MACs"),
-                                        [_stage_cells(r) for r in stages])
+    stage_lines, stage_width = _columns(
+        ("Stage", "Output shape", "Blocks", "Params", "MACs"), [_stage_cells(r) for r in stages]
+    )
     width = max(width, stage_width if stages else 0)
     batch = s.batch
-    activations = ("not measured (measure_memory=False)" if s.activation_bytes is None
-                   else f"{s.activations_mb:,.2f}")
+    activations = "not measured (measure_memory=False)" if s.activation_bytes is None else f"{s.activations_mb:,.2f}"
     title = f"{s.label} = {s.model_name}" if s.label else s.model_name
-    out = [f"{title}: input {s.input_shape} {s.dtype.name}",
-           "=" * width, layer_lines[0], "=" * width, *layer_lines[1:], "=" * width]
+    out = [
+        f"{title}: input {s.input_shape} {s.dtype.name}",
+        "=" * width,
+        layer_lines[0],
+        "=" * width,
+        *layer_lines[1:],
+        "=" * width,
+    ]
     if stages:
         out += [stage_lines[0], "-" * width, *stage_lines[1:], "=" * width]
     out += [
@@ -217,24 +256,35 @@ def _markdown_table(headers: Sequence[str], body: Sequence[Sequence[str]], left:
         return cell.replace("|", "\\|")
 
     align = ["---" if i < left else "---:" for i in range(len(headers))]
-    return ["| " + " | ".join(escape(h) for h in headers) + " |", "|" + "|".join(align) + "|",
-            *("| " + " | ".join(escape(c) for c in cells) + " |" for cells in body)]
+    return [
+        "| " + " | ".join(escape(h) for h in headers) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(escape(c) for c in cells) + " |" for cells in body),
+    ]
 
 
 def markdown(s: Sequence[Summary] | Summary, depth: int | None = None) -> str:
     """One model: its tables and answers as markdown; several: the side-by-side table."""
     if not isinstance(s, Summary):
         rows = comparison_rows(s)
-        return "\n".join(_markdown_table(["", *(m.name for m in s)],
-                                         [[label.strip(), *cells] for label, cells in rows]))
+        return "\n".join(
+            _markdown_table(["", *(m.name for m in s)], [[label.strip(), *cells] for label, cells in rows])
+        )
     out = [f"### {s.name}: input {_input(s)} {s.dtype.name}", ""]
-    out += _markdown_table(["Layer", "Type", "Output shape", "Params", "MACs"],
-                           [[r.name or "(model)", r.type, format_shape(r.output_shape), f"{r.params:,}",
-                             f"{r.macs:,}"] for r in s.table(depth)], left=2)
+    out += _markdown_table(
+        ["Layer", "Type", "Output shape", "Params", "MACs"],
+        [
+            [r.name or "(model)", r.type, format_shape(r.output_shape), f"{r.params:,}", f"{r.macs:,}"]
+            for r in s.table(depth)
+        ],
+        left=2,
+    )
     stages = stage_table(s.calls, s.structure)
     if stages:
-        out += ["", *_markdown_table(["Stage", "Output shape", "Blocks", "Params", "MACs"],
-                                     [_stage_cells(r) for r in stages])]
+        out += [
+            "",
+            *_markdown_table(["Stage", "Output shape", "Blocks", "Params", "MACs"], [_stage_cells(r) for r in stages]),
+        ]
     out += ["", *_markdown_table(["Question", "Answer"], answer_lines(s), left=2)]
     return "\n".join(out)
 
@@ -249,11 +299,21 @@ def as_dict(s: Summary, depth: int | None = None) -> dict[str, Any]:
         "class": s.model_name,
         "input_shape": list(s.input_shape),
         "dtype": s.dtype.name,
-        "layers": [{"name": r.name, "type": r.type, "output_shape": r.output_shape, "params": r.params,
-                    "macs": r.macs} for r in s.table(depth)],
-        "stages": [{"stage": r.name, "members": list(r.members), "output_shape": r.output_shape,
-                    "blocks": r.blocks, "params": r.params, "macs": r.macs}
-                   for r in stage_table(s.calls, s.structure)],
+        "layers": [
+            {"name": r.name, "type": r.type, "output_shape": r.output_shape, "params": r.params, "macs": r.macs}
+            for r in s.table(depth)
+        ],
+        "stages": [
+            {
+                "stage": r.name,
+                "members": list(r.members),
+                "output_shape": r.output_shape,
+                "blocks": r.blocks,
+                "params": r.params,
+                "macs": r.macs,
+            }
+            for r in stage_table(s.calls, s.structure)
+        ],
         "input_bytes": s.input_bytes,
         "param_bytes": s.param_bytes,
         "answers": answers(s),

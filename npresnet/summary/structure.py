@@ -40,8 +40,8 @@ SHORTCUT_NAMES = frozenset({"downsample", "shortcut", "projection"})
 class StageRow:
     """One row of the per-stage table: the stem, a stage of blocks, or the head."""
 
-    name: str                   # "stem", "layer1", ..., "head"
-    members: tuple[str, ...]    # the model's children in it ("conv1", "bn1", "relu", "maxpool")
+    name: str  # "stem", "layer1", ..., "head"
+    members: tuple[str, ...]  # the model's children in it ("conv1", "bn1", "relu", "maxpool")
     output_shape: tuple
     blocks: int
     params: int
@@ -50,19 +50,19 @@ class StageRow:
 
 @dataclasses.dataclass(frozen=True)
 class Structure:
-    stages: tuple[str, ...]                 # children of the model that hold blocks
+    stages: tuple[str, ...]  # children of the model that hold blocks
     blocks_per_stage: tuple[int, ...]
-    block_types: tuple[str, ...]            # "Bottleneck (1x1, 3x3, 1x1 convs)", one per distinct kind
-    residual: bool                          # False: the blocks have no shortcut (a plain network)
+    block_types: tuple[str, ...]  # "Bottleneck (1x1, 3x3, 1x1 convs)", one per distinct kind
+    residual: bool  # False: the blocks have no shortcut (a plain network)
     weighted_layers: int
-    stem_layers: int                        # weighted layers called before the first block
-    block_layers: tuple[int, ...]           # weighted layers on each block's main path
-    head_layers: int                        # weighted layers called after the last block
-    weighted_convs: int                     # of weighted_layers, the convolutions (the rest are linear)
-    projection_shortcuts: int               # shortcut branches with weights (not counted)
-    shortcut_kinds: tuple[str, ...]         # "Identity", "ShortcutA", "Sequential(Conv2d 1x1, BatchNorm2d)"
-    classifier: str                         # the classifier's name ("fc"), "" if none
-    classifier_text: str                    # "Linear 2048 -> 1000"
+    stem_layers: int  # weighted layers called before the first block
+    block_layers: tuple[int, ...]  # weighted layers on each block's main path
+    head_layers: int  # weighted layers called after the last block
+    weighted_convs: int  # of weighted_layers, the convolutions (the rest are linear)
+    projection_shortcuts: int  # shortcut branches with weights (not counted)
+    shortcut_kinds: tuple[str, ...]  # "Identity", "ShortcutA", "Sequential(Conv2d 1x1, BatchNorm2d)"
+    classifier: str  # the classifier's name ("fc"), "" if none
+    classifier_text: str  # "Linear 2048 -> 1000"
     classifier_params: int
 
     @property
@@ -81,8 +81,11 @@ class Structure:
         if self.block_layers:
             kinds = set(self.block_layers)
             per_block = kinds.pop() if len(kinds) == 1 else None
-            terms.append(f"{len(self.block_layers)} x {per_block} convs" if per_block is not None
-                         else f"{sum(self.block_layers)} convs in {len(self.block_layers)} blocks")
+            terms.append(
+                f"{len(self.block_layers)} x {per_block} convs"
+                if per_block is not None
+                else f"{sum(self.block_layers)} convs in {len(self.block_layers)} blocks"
+            )
         if self.head_layers:
             where = self.classifier or "head"
             terms.append(f"1 {where}" if self.head_layers == 1 else f"{self.head_layers} layers in {where}")
@@ -116,8 +119,9 @@ def _shortcut_kind(branch: nn.Module | None) -> str:
 def classifier_name(model: nn.Module) -> str:
     """The name of the model's child, outside every block, that holds its last linear layer ("fc"); "" if none."""
     blocks = {name for name, m in model.named_modules() if isinstance(m, ResidualBlock)}
-    linears = [name for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and name and not _inside(name, blocks)]
+    linears = [
+        name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name and not _inside(name, blocks)
+    ]
     return linears[-1].split(".")[0] if linears else ""
 
 
@@ -168,8 +172,7 @@ def describe(model: nn.Module, rows: Sequence[LayerRow]) -> Structure:
 
     block_types: list[str] = []
     for name, block in blocks:
-        convs = [m for n, m in block.named_modules(name)
-                 if isinstance(m, nn.Conv2d) and not _inside(n, shortcut_roots)]
+        convs = [m for n, m in block.named_modules(name) if isinstance(m, nn.Conv2d) and not _inside(n, shortcut_roots)]
         text = f"{type(block).__name__} ({', '.join(_conv_text(c) for c in convs)} convs)"
         if text not in block_types:
             block_types.append(text)
@@ -179,17 +182,27 @@ def describe(model: nn.Module, rows: Sequence[LayerRow]) -> Structure:
     if classifier:
         head = named[classifier]
         layers = [m for m in head.modules() if not any(True for _ in m.children())]
-        classifier_text = ", ".join(f"Linear {m.in_features} -> {m.out_features}" if isinstance(m, nn.Linear)
-                                    else type(m).__name__ for m in layers)
+        classifier_text = ", ".join(
+            f"Linear {m.in_features} -> {m.out_features}" if isinstance(m, nn.Linear) else type(m).__name__
+            for m in layers
+        )
         classifier_params = sum(p.size for p in head.parameters())
 
     return Structure(
-        stages=tuple(stages), blocks_per_stage=blocks_per_stage, block_types=tuple(block_types),
-        residual=any(block.is_residual for _, block in blocks), weighted_layers=len(weighted),
-        stem_layers=stem_layers if blocks else 0, block_layers=block_layers, head_layers=head_layers if blocks else 0,
+        stages=tuple(stages),
+        blocks_per_stage=blocks_per_stage,
+        block_types=tuple(block_types),
+        residual=any(block.is_residual for _, block in blocks),
+        weighted_layers=len(weighted),
+        stem_layers=stem_layers if blocks else 0,
+        block_layers=block_layers,
+        head_layers=head_layers if blocks else 0,
         weighted_convs=sum(1 for w in weighted if isinstance(named[w], nn.Conv2d)),
-        projection_shortcuts=projections, shortcut_kinds=tuple(shortcut_kinds),
-        classifier=classifier, classifier_text=classifier_text, classifier_params=classifier_params,
+        projection_shortcuts=projections,
+        shortcut_kinds=tuple(shortcut_kinds),
+        classifier=classifier,
+        classifier_text=classifier_text,
+        classifier_params=classifier_params,
     )
 
 
@@ -202,12 +215,19 @@ def stage_table(calls: Sequence[LayerRow], structure: Structure) -> list[StageRo
     stage_index = [i for i, call in enumerate(top) if call.name in structure.stages]
     blocks = dict(zip(structure.stages, structure.blocks_per_stage))
     groups: list[tuple[str, list[LayerRow]]] = []
-    if top[:stage_index[0]]:
-        groups.append(("stem", top[:stage_index[0]]))
-    groups.extend((call.name, [call]) for call in top[stage_index[0]:stage_index[-1] + 1])
-    if top[stage_index[-1] + 1:]:
-        groups.append(("head", top[stage_index[-1] + 1:]))
-    return [StageRow(name, tuple(c.name for c in members), members[-1].output_shape,
-                     blocks.get(name, 0) if name not in ("stem", "head") else 0,
-                     sum(c.params for c in members), sum(c.macs for c in members))
-            for name, members in groups]
+    if top[: stage_index[0]]:
+        groups.append(("stem", top[: stage_index[0]]))
+    groups.extend((call.name, [call]) for call in top[stage_index[0] : stage_index[-1] + 1])
+    if top[stage_index[-1] + 1 :]:
+        groups.append(("head", top[stage_index[-1] + 1 :]))
+    return [
+        StageRow(
+            name,
+            tuple(c.name for c in members),
+            members[-1].output_shape,
+            blocks.get(name, 0) if name not in ("stem", "head") else 0,
+            sum(c.params for c in members),
+            sum(c.macs for c in members),
+        )
+        for name, members in groups
+    ]

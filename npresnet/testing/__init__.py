@@ -33,9 +33,25 @@ from .torch_parity import TorchMismatchError, assert_matches_torch
 # name -> the module of npresnet.testing that defines it, imported on first use (strategies import hypothesis)
 _LAZY = {"conv2d_configs": "strategies", "pool2d_configs": "strategies", "batchnorm_configs": "strategies"}
 
-__all__ = ["Arrays", "BatchNormConfig", "Conv2dConfig", "GradcheckError", "GradcheckReport", "NondifferentiableError",
-           "Pool2dConfig", "TorchMismatchError", "arrays_for", "assert_matches_torch", "check_module", "compare",
-           "gradcheck", "kink_free", "rel_error", "tie_free", *_LAZY]
+__all__ = [
+    "Arrays",
+    "BatchNormConfig",
+    "Conv2dConfig",
+    "GradcheckError",
+    "GradcheckReport",
+    "NondifferentiableError",
+    "Pool2dConfig",
+    "TorchMismatchError",
+    "arrays_for",
+    "assert_matches_torch",
+    "check_module",
+    "compare",
+    "gradcheck",
+    "kink_free",
+    "rel_error",
+    "tie_free",
+    *_LAZY,
+]
 
 
 def __getattr__(name: str) -> Any:

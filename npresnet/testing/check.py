@@ -30,7 +30,7 @@ from ..gradcheck.check import failure
 from ..nn import MaxPool2d, Module
 from .inputs import kink_free, tie_free
 
-_STREAM_CONSTANTS = 0x6E70_6B31     # check_module's own random stream for the replaced constants
+_STREAM_CONSTANTS = 0x6E70_6B31  # check_module's own random stream for the replaced constants
 
 
 def _is_shape(value: Any) -> bool:
@@ -55,9 +55,18 @@ def _randomize_constants(module: Module, rng: np.random.Generator) -> list[str]:
     return replaced
 
 
-def check_module(module: Module, *inputs: Any, mode: str = "full", seed: int = 0, eps: float = 1e-6,
-                 atol: float = 1e-5, rtol: float = 1e-3, randomize_constants: bool = True, kink_retries: int = 3,
-                 raise_exception: bool = True) -> GradcheckReport:
+def check_module(
+    module: Module,
+    *inputs: Any,
+    mode: str = "full",
+    seed: int = 0,
+    eps: float = 1e-6,
+    atol: float = 1e-5,
+    rtol: float = 1e-3,
+    randomize_constants: bool = True,
+    kink_retries: int = 3,
+    raise_exception: bool = True,
+) -> GradcheckReport:
     """Gradient-check ``module`` (a float64 copy of it) on the given inputs or input shapes.
 
     Args:
@@ -85,8 +94,10 @@ def check_module(module: Module, *inputs: Any, mode: str = "full", seed: int = 0
         TypeError / ValueError: ``module`` is not a Module, or an input is neither a shape nor an array.
     """
     if not isinstance(module, Module):
-        raise TypeError(f"check_module checks an npresnet.nn.Module, got {type(module).__name__}; for a "
-                        "(forward, backward) pair of functions use npresnet.gradcheck.gradcheck")
+        raise TypeError(
+            f"check_module checks an npresnet.nn.Module, got {type(module).__name__}; for a "
+            "(forward, backward) pair of functions use npresnet.gradcheck.gradcheck"
+        )
     if not inputs:
         raise ValueError("check_module needs the input(s): a shape such as (2, 3, 8, 8) or an array per argument")
     checked = copy.deepcopy(module).to(np.float64)
@@ -96,11 +107,12 @@ def check_module(module: Module, *inputs: Any, mode: str = "full", seed: int = 0
         if replaced:
             shown = ", ".join(replaced[:4]) + (f" and {len(replaced) - 4} more" if len(replaced) > 4 else "")
             notes.append(f"{len(replaced)} constant array(s) replaced by random values near them: {shown}")
-    last_attempt = kink_retries if any(_is_shape(value) for value in inputs) else 0   # arrays: nothing to redraw
+    last_attempt = kink_retries if any(_is_shape(value) for value in inputs) else 0  # arrays: nothing to redraw
     for attempt in range(1 + last_attempt):
         arrays, drawn = _inputs(checked, inputs, np.random.default_rng(seed + attempt))
-        report = gradcheck(checked, *arrays, mode=mode, eps=eps, atol=atol, rtol=rtol, seed=seed + attempt,
-                           raise_exception=False)
+        report = gradcheck(
+            checked, *arrays, mode=mode, eps=eps, atol=atol, rtol=rtol, seed=seed + attempt, raise_exception=False
+        )
         only_kinks = not report.passed and all(a.allclose for a in report.arrays)
         if not only_kinks or attempt == last_attempt:
             break
@@ -130,7 +142,9 @@ def _inputs(module: Module, inputs: Sequence[Any], rng: np.random.Generator) -> 
         elif hasattr(value, "dtype") and hasattr(value, "shape"):
             array = value.astype(np.float64) if value.dtype.kind == "f" else value
         else:
-            raise TypeError(f"check_module input {i}: expected a shape (a tuple of positive ints) or an array, "
-                            f"got {type(value).__name__} {value!r}"[:300])
+            raise TypeError(
+                f"check_module input {i}: expected a shape (a tuple of positive ints) or an array, "
+                f"got {type(value).__name__} {value!r}"[:300]
+            )
         arrays.append(to_backend(array, backend))
     return arrays, drawn

@@ -33,7 +33,7 @@ class Conv2dConfig:
     batch: int
     in_channels: int
     out_channels: int
-    size: Pair                    # (H, W)
+    size: Pair  # (H, W)
     kernel_size: Pair
     stride: Pair
     padding: Pair
@@ -50,8 +50,10 @@ class Conv2dConfig:
     @property
     def output_size(self) -> Pair:
         """(OH, OW), each >= 1 for every config the strategies draw."""
-        return tuple(conv_output_size(n, k, s, p, d) for n, k, s, p, d in
-                     zip(self.size, self.kernel_size, self.stride, self.padding, self.dilation))
+        return tuple(
+            conv_output_size(n, k, s, p, d)
+            for n, k, s, p, d in zip(self.size, self.kernel_size, self.stride, self.padding, self.dilation)
+        )
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -63,9 +65,16 @@ class Conv2dConfig:
 
     def layer_kwargs(self) -> dict[str, Any]:
         """The constructor arguments, the same for ``npresnet.nn.Conv2d`` and ``torch.nn.Conv2d``."""
-        return dict(in_channels=self.in_channels, out_channels=self.out_channels, kernel_size=self.kernel_size,
-                    stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
-                    bias=self.bias)
+        return dict(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            bias=self.bias,
+        )
 
     def layer(self) -> Module:
         """The npresnet layer in ``dtype``, with the weight and bias of ``arrays_for(self)``."""
@@ -81,16 +90,16 @@ class Conv2dConfig:
 class Pool2dConfig:
     """``nn.MaxPool2d`` (``kind="max"``) or ``nn.AvgPool2d`` (``kind="avg"``) on an (N, C, H, W) input."""
 
-    kind: str                     # "max" or "avg"
+    kind: str  # "max" or "avg"
     batch: int
     channels: int
     size: Pair
     kernel_size: Pair
-    stride: Pair | None           # None: the kernel size (torch's default)
+    stride: Pair | None  # None: the kernel size (torch's default)
     padding: Pair
-    dilation: Pair = (1, 1)       # max pooling only
+    dilation: Pair = (1, 1)  # max pooling only
     ceil_mode: bool = False
-    count_include_pad: bool = True       # average pooling only
+    count_include_pad: bool = True  # average pooling only
     divisor_override: int | None = None  # average pooling only
     dtype: str = "float64"
     seed: int = 0
@@ -102,8 +111,10 @@ class Pool2dConfig:
     @property
     def output_size(self) -> Pair:
         stride = self.stride or self.kernel_size
-        return tuple(conv_output_size(n, k, s, p, d, self.ceil_mode) for n, k, s, p, d in
-                     zip(self.size, self.kernel_size, stride, self.padding, self.dilation))
+        return tuple(
+            conv_output_size(n, k, s, p, d, self.ceil_mode)
+            for n, k, s, p, d in zip(self.size, self.kernel_size, stride, self.padding, self.dilation)
+        )
 
     @property
     def output_shape(self) -> tuple[int, int, int, int]:
@@ -155,13 +166,19 @@ class BatchNormConfig:
         return self.training or not self.track_running_stats
 
     def layer_kwargs(self) -> dict[str, Any]:
-        return dict(num_features=self.channels, eps=self.eps, momentum=self.momentum, affine=self.affine,
-                    track_running_stats=self.track_running_stats)
+        return dict(
+            num_features=self.channels,
+            eps=self.eps,
+            momentum=self.momentum,
+            affine=self.affine,
+            track_running_stats=self.track_running_stats,
+        )
 
     def layer(self) -> Module:
         """The npresnet layer in ``dtype`` and mode, with the parameters and statistics of ``arrays_for(self)``."""
         return _with_arrays(BatchNorm2d(**self.layer_kwargs()).to(np.dtype(self.dtype)), arrays_for(self)).train(
-            self.training)
+            self.training
+        )
 
     def torch_layer(self) -> Any:
         import torch
@@ -209,14 +226,19 @@ def arrays_for(config: Conv2dConfig | Pool2dConfig | BatchNormConfig) -> Arrays:
         weight = rng.standard_normal(config.weight_shape) / np.sqrt(np.prod(config.weight_shape[1:]))
         bias = rng.standard_normal(config.out_channels) if config.bias else None
         dy = rng.standard_normal(config.output_shape)
-        return Arrays(x.astype(dtype), dy.astype(dtype), weight.astype(dtype),
-                      None if bias is None else bias.astype(dtype))
+        return Arrays(
+            x.astype(dtype), dy.astype(dtype), weight.astype(dtype), None if bias is None else bias.astype(dtype)
+        )
     if isinstance(config, BatchNormConfig):
         C = config.channels
         shift, scale = rng.standard_normal(C), rng.uniform(0.5, 2.0, C)
         x = kink_free(config.input_shape, rng) * scale.reshape(1, C, 1, 1) + shift.reshape(1, C, 1, 1)
-        return Arrays(x.astype(dtype), rng.standard_normal(config.output_shape).astype(dtype),
-                      weight=rng.uniform(0.5, 1.5, C).astype(dtype), bias=rng.standard_normal(C).astype(dtype),
-                      running_mean=rng.standard_normal(C).astype(dtype),
-                      running_var=rng.uniform(0.5, 2.0, C).astype(dtype))
+        return Arrays(
+            x.astype(dtype),
+            rng.standard_normal(config.output_shape).astype(dtype),
+            weight=rng.uniform(0.5, 1.5, C).astype(dtype),
+            bias=rng.standard_normal(C).astype(dtype),
+            running_mean=rng.standard_normal(C).astype(dtype),
+            running_var=rng.uniform(0.5, 2.0, C).astype(dtype),
+        )
     raise TypeError(f"arrays_for expects a Conv2dConfig, Pool2dConfig or BatchNormConfig, got {type(config).__name__}")

@@ -18,8 +18,9 @@ def tie_free(shape: tuple[int, ...], rng: np.random.Generator, dtype: Any = np.f
     return values.reshape(shape).astype(dtype)
 
 
-def kink_free(shape: tuple[int, ...], rng: np.random.Generator, margin: float = 1e-2,
-              dtype: Any = np.float64) -> np.ndarray:
+def kink_free(
+    shape: tuple[int, ...], rng: np.random.Generator, margin: float = 1e-2, dtype: Any = np.float64
+) -> np.ndarray:
     """Standard normal values with none closer than ``margin`` to 0 (ReLU's kink)."""
     x = rng.standard_normal(shape)
     near = np.abs(x) < margin

@@ -32,9 +32,14 @@ _SEED_KEY = pytest.StashKey[int]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("npresnet", "npresnet testing tools")
-    group.addoption("--npresnet-seed", type=int, default=None, metavar="N",
-                    help="seed every test's rng fixture with N (default: a seed derived from the test id; "
-                         "a failing test prints its seed)")
+    group.addoption(
+        "--npresnet-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed every test's rng fixture with N (default: a seed derived from the test id; "
+        "a failing test prints its seed)",
+    )
 
 
 def seed_for(config: pytest.Config, nodeid: str) -> int:
@@ -61,10 +66,10 @@ def to_float64(thing: Any) -> Any:
     """A float64 copy of an array, a Module, or each element of a tuple or list (others as they are)."""
     if isinstance(thing, (tuple, list)):
         return type(thing)(to_float64(t) for t in thing)
-    if hasattr(thing, "named_parameters") and hasattr(thing, "to"):          # an npresnet Module
+    if hasattr(thing, "named_parameters") and hasattr(thing, "to"):  # an npresnet Module
         return copy.deepcopy(thing).to(np.float64)
     if hasattr(thing, "dtype") and hasattr(thing, "astype"):
-        return thing.astype(np.float64) if thing.dtype.kind == "f" else thing.copy()    # class targets stay ints
+        return thing.astype(np.float64) if thing.dtype.kind == "f" else thing.copy()  # class targets stay ints
     if isinstance(thing, float):
         return np.float64(thing)
     return thing

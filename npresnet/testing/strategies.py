@@ -55,10 +55,21 @@ def _smallest_input(kernel: int, padding: int, dilation: int) -> int:
 
 
 @st.composite
-def conv2d_configs(draw: Any, *, batch: Bound = (1, 3), channels_per_group: Bound = (1, 3), groups: Bound = (1, 3),
-                   kernel: Bound = (1, 4), stride: Bound = (1, 3), padding: Bound = (0, 3), dilation: Bound = (1, 3),
-                   extra: Bound = (0, 7), padding_within_kernel: bool = False, bias: bool | None = None,
-                   dtypes: Sequence[Any] = (np.float64,)) -> Conv2dConfig:
+def conv2d_configs(
+    draw: Any,
+    *,
+    batch: Bound = (1, 3),
+    channels_per_group: Bound = (1, 3),
+    groups: Bound = (1, 3),
+    kernel: Bound = (1, 4),
+    stride: Bound = (1, 3),
+    padding: Bound = (0, 3),
+    dilation: Bound = (1, 3),
+    extra: Bound = (0, 7),
+    padding_within_kernel: bool = False,
+    bias: bool | None = None,
+    dtypes: Sequence[Any] = (np.float64,),
+) -> Conv2dConfig:
     """``Conv2dConfig``s: in and out channels are multiples of ``groups``; any padding torch accepts
     (also wider than the kernel reaches, unless ``padding_within_kernel``: then padding <= d*(k-1),
     what the direct 3x3 kernels take)."""
@@ -94,11 +105,23 @@ def _windows_all_see_input(n: int, k: int, s: int, p: int, d: int, ceil_mode: bo
 
 
 @st.composite
-def pool2d_configs(draw: Any, *, kind: str = "max", batch: Bound = (1, 3), channels: Bound = (1, 3),
-                   kernel: Bound = (1, 4), stride: Bound = (1, 3), default_stride: bool = True,
-                   dilation: Bound = (1, 3), extra: Bound = (0, 7), ceil_mode: bool | None = None,
-                   count_include_pad: bool | None = None, divisor_override: bool = True,
-                   torch_valid: bool = True, dtypes: Sequence[Any] = (np.float64,)) -> Pool2dConfig:
+def pool2d_configs(
+    draw: Any,
+    *,
+    kind: str = "max",
+    batch: Bound = (1, 3),
+    channels: Bound = (1, 3),
+    kernel: Bound = (1, 4),
+    stride: Bound = (1, 3),
+    default_stride: bool = True,
+    dilation: Bound = (1, 3),
+    extra: Bound = (0, 7),
+    ceil_mode: bool | None = None,
+    count_include_pad: bool | None = None,
+    divisor_override: bool = True,
+    torch_valid: bool = True,
+    dtypes: Sequence[Any] = (np.float64,),
+) -> Pool2dConfig:
     """``Pool2dConfig``s for max (``kind="max"``) or average (``kind="avg"``: no dilation) pooling.
 
     ``default_stride`` also draws ``stride=None`` (the kernel size); ``divisor_override`` also draws
@@ -112,13 +135,20 @@ def pool2d_configs(draw: Any, *, kind: str = "max", batch: Bound = (1, 3), chann
     dilations = (draw(_ints(dilation)), draw(_ints(dilation))) if kind == "max" else (1, 1)
     reach = [(d * (k - 1) + 1) // 2 if not torch_valid else k // 2 for k, d in zip(kernel_size, dilations)]
     paddings = (draw(st.integers(0, reach[0])), draw(st.integers(0, reach[1])))
-    strides = draw((st.none() | st.tuples(_ints(stride), _ints(stride))) if default_stride
-                   else st.tuples(_ints(stride), _ints(stride)))
+    strides = draw(
+        (st.none() | st.tuples(_ints(stride), _ints(stride)))
+        if default_stride
+        else st.tuples(_ints(stride), _ints(stride))
+    )
     ceil = draw(_flags(ceil_mode))
     size = tuple(_smallest_input(k, p, d) + draw(_ints(extra)) for k, p, d in zip(kernel_size, paddings, dilations))
     if torch_valid:
-        assume(all(_windows_all_see_input(n, k, s, p, d, ceil) for n, k, s, p, d in
-                   zip(size, kernel_size, strides or kernel_size, paddings, dilations)))
+        assume(
+            all(
+                _windows_all_see_input(n, k, s, p, d, ceil)
+                for n, k, s, p, d in zip(size, kernel_size, strides or kernel_size, paddings, dilations)
+            )
+        )
     avg = kind == "avg"
     return Pool2dConfig(
         kind=kind,
@@ -138,10 +168,17 @@ def pool2d_configs(draw: Any, *, kind: str = "max", batch: Bound = (1, 3), chann
 
 
 @st.composite
-def batchnorm_configs(draw: Any, *, batch: Bound = (1, 4), channels: Bound = (1, 4), size: Bound = (1, 5),
-                      training: bool | None = None, affine: bool | None = None,
-                      track_running_stats: bool | None = None,
-                      dtypes: Sequence[Any] = (np.float64,)) -> BatchNormConfig:
+def batchnorm_configs(
+    draw: Any,
+    *,
+    batch: Bound = (1, 4),
+    channels: Bound = (1, 4),
+    size: Bound = (1, 5),
+    training: bool | None = None,
+    affine: bool | None = None,
+    track_running_stats: bool | None = None,
+    dtypes: Sequence[Any] = (np.float64,),
+) -> BatchNormConfig:
     """``BatchNormConfig``s in train and eval mode, with and without affine parameters and running
     statistics, momentum 0.1, another value or None (cumulative average). Whenever the batch's own
     statistics are used, the batch holds more than one value per channel (N*H*W > 1), as torch demands."""
@@ -158,5 +195,5 @@ def batchnorm_configs(draw: Any, *, batch: Bound = (1, 4), channels: Bound = (1,
         seed=draw(seeds),
     )
     if config.uses_batch_statistics and config.batch * config.size[0] * config.size[1] == 1:
-        config = BatchNormConfig(**{**config.__dict__, "size": (1, 2)})     # one more value per channel
+        config = BatchNormConfig(**{**config.__dict__, "size": (1, 2)})  # one more value per channel
     return config

@@ -25,8 +25,11 @@ from ..gradcheck.report import ArrayReport, compare, where_to_look
 from ..nn import Module
 
 #: torch.testing.assert_close's defaults, per dtype: (rtol, atol).
-DEFAULT_TOLERANCES = {np.dtype(np.float64): (1e-7, 1e-7), np.dtype(np.float32): (1.3e-6, 1e-5),
-                      np.dtype(np.float16): (1e-3, 1e-5)}
+DEFAULT_TOLERANCES = {
+    np.dtype(np.float64): (1e-7, 1e-7),
+    np.dtype(np.float32): (1.3e-6, 1e-5),
+    np.dtype(np.float16): (1e-3, 1e-5),
+}
 
 
 class TorchMismatchError(AssertionError):
@@ -37,13 +40,23 @@ def _import_torch() -> Any:
     try:
         import torch
     except ImportError as error:
-        raise ImportError("assert_matches_torch needs PyTorch as the referee, and it is not installed: "
-                          "pip install torch (the CPU wheel is enough)") from error
+        raise ImportError(
+            "assert_matches_torch needs PyTorch as the referee, and it is not installed: "
+            "pip install torch (the CPU wheel is enough)"
+        ) from error
     return torch
 
 
-def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bool = True,
-                         rtol: float | None = None, atol: float | None = None, seed: int = 0) -> None:
+def assert_matches_torch(
+    module: Module,
+    torch_module: Any,
+    x: Any,
+    *,
+    train: bool = True,
+    rtol: float | None = None,
+    atol: float | None = None,
+    seed: int = 0,
+) -> None:
     """Assert that ``module`` and ``torch_module`` agree on ``x``: output, input gradient(s), every
     parameter gradient and every buffer.
 
@@ -66,8 +79,9 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
     if not isinstance(module, Module):
         raise TypeError(f"assert_matches_torch: module must be an npresnet.nn.Module, got {type(module).__name__}")
     if not isinstance(torch_module, torch.nn.Module):
-        raise TypeError(f"assert_matches_torch: torch_module must be a torch.nn.Module, got "
-                        f"{type(torch_module).__name__}")
+        raise TypeError(
+            f"assert_matches_torch: torch_module must be a torch.nn.Module, got {type(torch_module).__name__}"
+        )
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
     dtype = _dtype_of(module, xs)
     default_rtol, default_atol = DEFAULT_TOLERANCES.get(dtype, (1e-7, 1e-7))
@@ -79,7 +93,7 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
         stack.enter_context(module.preserved_state())
         stack.callback(_put_back_gradients, params, saved_grads)
         device = next((t.device for t in torch_module.parameters()), torch.device("cpu"))
-        if device.type == "cuda":                     # TF32 would make the referee itself inexact on a GPU
+        if device.type == "cuda":  # TF32 would make the referee itself inexact on a GPU
             stack.enter_context(_no_tf32(torch))
         torch_dtype = getattr(torch, dtype.name)
         torch_module.to(torch_dtype)
@@ -97,8 +111,9 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
         y = module(*xs)
         yt = torch_module(*xts)
         if tuple(y.shape) != tuple(yt.shape):
-            raise ValueError(f"assert_matches_torch: output shapes differ: npresnet {tuple(y.shape)}, "
-                             f"torch {tuple(yt.shape)}")
+            raise ValueError(
+                f"assert_matches_torch: output shapes differ: npresnet {tuple(y.shape)}, torch {tuple(yt.shape)}"
+            )
         dy = np.random.default_rng(seed).standard_normal(y.shape).astype(y.dtype)
         dx = module.backward(get_array_module(y).asarray(dy))
         yt.backward(torch.from_numpy(dy).to(device))
@@ -113,8 +128,9 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
         for name, p in params:
             reference = torch_params[name].grad
             ours = p.grad if p.grad is not None else np.zeros(p.shape, p.dtype)
-            pairs.append((f"{name}.grad", ours, reference if reference is not None else torch.zeros_like(
-                torch_params[name])))
+            pairs.append(
+                (f"{name}.grad", ours, reference if reference is not None else torch.zeros_like(torch_params[name]))
+            )
         torch_buffers = dict(torch_module.named_buffers())
         pairs += [(f"{name} (buffer)", buf, torch_buffers[name]) for name, buf in module.named_buffers()]
         reports = [_compare(name, ours, reference, atol, rtol) for name, ours, reference in pairs]
@@ -126,8 +142,10 @@ def assert_matches_torch(module: Module, torch_module: Any, x: Any, *, train: bo
             f"assert_matches_torch ({dtype}, train={train}, rtol={rtol:g}, atol={atol:g}): {len(failed)} of "
             f"{len(reports)} arrays differ from torch (a = npresnet, n = torch):\n  "
             + "\n  ".join(r.describe(atol, rtol, labels=("npresnet", "torch")) for r in failed)
-            + "\nagree: " + (", ".join(r.name for r in reports if r.allclose) or "nothing")
-            + where_to_look([r.name for r in failed], agreeing_gradients, forks=any(True for _ in module.children())))
+            + "\nagree: "
+            + (", ".join(r.name for r in reports if r.allclose) or "nothing")
+            + where_to_look([r.name for r in failed], agreeing_gradients, forks=any(True for _ in module.children()))
+        )
 
 
 def _put_back_gradients(params: list, saved: list) -> None:
@@ -150,12 +168,16 @@ def _copy_state(module: Module, torch_module: Any, torch: Any) -> None:
     theirs = torch_module.state_dict()
     missing, unexpected = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
     if missing or unexpected:
-        raise ValueError("assert_matches_torch matches parameters and buffers by state_dict key, and the keys "
-                         f"differ: only in torch: {missing or 'none'}; only in npresnet: {unexpected or 'none'}")
+        raise ValueError(
+            "assert_matches_torch matches parameters and buffers by state_dict key, and the keys "
+            f"differ: only in torch: {missing or 'none'}; only in npresnet: {unexpected or 'none'}"
+        )
     for key, value in ours.items():
         if tuple(value.shape) != tuple(theirs[key].shape):
-            raise ValueError(f"assert_matches_torch: {key} has shape {tuple(value.shape)} in npresnet but "
-                             f"{tuple(theirs[key].shape)} in torch")
+            raise ValueError(
+                f"assert_matches_torch: {key} has shape {tuple(value.shape)} in npresnet but "
+                f"{tuple(theirs[key].shape)} in torch"
+            )
     with torch.no_grad():
         for key, value in ours.items():
             theirs[key].copy_(torch.from_numpy(np.array(to_numpy(value), copy=True)))
@@ -166,7 +188,7 @@ def _compare(name: str, ours: Any, reference: Any, atol: float, rtol: float) -> 
     t = reference.detach().cpu().numpy()
     if a.shape != t.shape:
         raise TorchMismatchError(f"assert_matches_torch: {name} has shape {a.shape} in npresnet but {t.shape} in torch")
-    exact = a.dtype.kind in "iub"                      # integer buffers (num_batches_tracked) must be equal
+    exact = a.dtype.kind in "iub"  # integer buffers (num_batches_tracked) must be equal
     return compare(name, a, t, 0.0 if exact else atol, 0.0 if exact else rtol, labels=("npresnet", "torch"))
 
 

@@ -40,6 +40,19 @@ from .datasets import build_transforms, load_datasets
 from .records import plot_history, write_metrics
 from .trainer import Trainer, TrainingDiverged, TrainResult, train
 
-__all__ = ["PRESETS", "RESUMABLE_CHANGES", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged",
-           "build_parser", "build_transforms", "config_from_args", "load_datasets", "main", "plot_history", "train",
-           "write_metrics"]
+__all__ = [
+    "PRESETS",
+    "RESUMABLE_CHANGES",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "TrainingDiverged",
+    "build_parser",
+    "build_transforms",
+    "config_from_args",
+    "load_datasets",
+    "main",
+    "plot_history",
+    "train",
+    "write_metrics",
+]

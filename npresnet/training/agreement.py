@@ -52,8 +52,7 @@ def check_ranks_agree(world: World, config: TrainConfig, **invocation: Any) -> N
     digests = world.allgather(digest, what="comparison of the ranks' settings")
     if (digests == digests[0]).all():
         return
-    every = [world.broadcast_object(settings, root=r, what="exchange of differing settings")
-             for r in range(world.size)]
+    every = [world.broadcast_object(settings, root=r, what="exchange of differing settings") for r in range(world.size)]
     flags = _flags()
     differing = []
     for key in sorted({k for s in every for k in s}):
@@ -61,5 +60,7 @@ def check_ranks_agree(world: World, config: TrainConfig, **invocation: Any) -> N
         if any(json.dumps(v, default=repr) != json.dumps(values[0], default=repr) for v in values):
             shown = ", ".join(f"rank {r} {v!r}" for r, v in enumerate(values))
             differing.append(f"{flags.get(key, key)}: {shown}")
-    raise RanksDisagree(f"the {world.size} MPI ranks were started with different settings, so they cannot train "
-                        f"one model together: {'; '.join(differing)}. Start every rank with the same options.")
+    raise RanksDisagree(
+        f"the {world.size} MPI ranks were started with different settings, so they cannot train "
+        f"one model together: {'; '.join(differing)}. Start every rank with the same options."
+    )

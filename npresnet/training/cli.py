@@ -38,12 +38,12 @@ def _argument(field: dataclasses.Field[Any], kind: Any) -> tuple[str, dict[str, 
     arguments = [a for a in typing.get_args(kind) if a is not type(None)]
     if kind is bool:
         spec["action"] = "store_false" if field.default else "store_true"
-    elif typing.get_origin(kind) is tuple:                       # tuple[float, float]
+    elif typing.get_origin(kind) is tuple:  # tuple[float, float]
         spec.update(type=arguments[0], nargs=len(arguments))
     elif typing.get_origin(kind) is list or (arguments and typing.get_origin(arguments[0]) is list):
         item = typing.get_args(kind if typing.get_origin(kind) is list else arguments[0])[0]
-        spec.update(type=item, nargs="+")                        # list[float], list[int] | None
-    else:                                                        # str, int, float, and X | None
+        spec.update(type=item, nargs="+")  # list[float], list[int] | None
+    else:  # str, int, float, and X | None
         spec["type"] = arguments[0] if arguments else kind
     if meta["choices"] is not None:
         spec["choices"] = list(meta["choices"])
@@ -58,18 +58,29 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m npresnet.train``: ``--preset``, one option per ``TrainConfig`` field,
     then ``--resume``, ``--overwrite`` and ``--threads`` (properties of this invocation, not of the run)."""
     p = argparse.ArgumentParser(prog="python -m npresnet.train", description=DESCRIPTION)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS,
-                   help="a recipe; explicit options override it")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS, help="a recipe; explicit options override it"
+    )
     kinds = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag, spec = _argument(field, kinds[field.name])
         p.add_argument(flag, **spec)
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="PATH",
-                   help="continue from a checkpoint file or run folder (without PATH: the --out folder)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="continue from a checkpoint file or run folder (without PATH: the --out folder)",
+    )
     p.add_argument("--overwrite", action="store_true", help="start afresh even if the run folder has a checkpoint")
-    p.add_argument("--threads", type=int, default=None,
-                   help="BLAS/torch threads of this process (Numba stays at 1; see npresnet.runtime); "
-                        "without it the libraries' settings are left alone")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="BLAS/torch threads of this process (Numba stays at 1; see npresnet.runtime); "
+        "without it the libraries' settings are left alone",
+    )
     return p
 
 
@@ -77,7 +88,7 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
     """(config, resume path or None, overwrite) from command-line arguments."""
     args = vars(build_parser().parse_args(argv))
     resume, overwrite = args.pop("resume"), args.pop("overwrite")
-    args.pop("threads", None)                       # a property of this process, not of the run (see main)
+    args.pop("threads", None)  # a property of this process, not of the run (see main)
     values: dict[str, Any] = {}
     preset = args.pop("preset", None)
     if resume is not None:
@@ -94,14 +105,14 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{checkpoint}: the saved run settings are invalid: {exc}") from exc
         values.update(saved)
-        values["out_dir"] = os.path.dirname(os.path.abspath(checkpoint))     # keep writing where it was
+        values["out_dir"] = os.path.dirname(os.path.abspath(checkpoint))  # keep writing where it was
         resume = checkpoint
     elif preset is not None:
         values.update(PRESETS[preset])
     values.update(args)
     try:
         return TrainConfig.from_dict(values), resume, overwrite
-    except TypeError as exc:            # e.g. a checkpoint whose saved settings have the wrong types
+    except TypeError as exc:  # e.g. a checkpoint whose saved settings have the wrong types
         raise ValueError(f"invalid run settings{f' in {resume}' if resume else ''}: {exc}") from exc
 
 
@@ -120,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
             threads = build_parser().parse_args(argv).threads
             if threads is not None:
                 runtime.set_num_threads(threads)
-            runtime.tune_allocator()        # keep freed activation memory for the next step (npresnet.runtime)
+            runtime.tune_allocator()  # keep freed activation memory for the next step (npresnet.runtime)
             result = train(config, resume=resume, overwrite=overwrite, stop=stop)
         except TrainingInterrupted as exc:
             world = dist.current_world()
-            if world is None or world.is_main:      # mpiexec passes the signal to every rank: one report
+            if world is None or world.is_main:  # mpiexec passes the signal to every rank: one report
                 print(f"{exc}", file=sys.stderr)
             return _stop_other_ranks(exc.exit_code)
-        except KeyboardInterrupt:       # a second Ctrl-C: stopped at once; files are whole (atomic writes)
-            print("stopped at once by a second signal; every file in the run folder is either its previous or "
-                  "its new version; continue with --resume", file=sys.stderr)
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once; files are whole (atomic writes)
+            print(
+                "stopped at once by a second signal; every file in the run folder is either its previous or "
+                "its new version; continue with --resume",
+                file=sys.stderr,
+            )
             return _stop_other_ranks(130)
-        except RanksDisagree as exc:    # raised on every rank alike: no rank is left waiting
+        except RanksDisagree as exc:  # raised on every rank alike: no rank is left waiting
             world = dist.current_world()
             if world is None or world.is_main:
                 print(f"error: {exc}", file=sys.stderr)
@@ -140,12 +154,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return _stop_other_ranks(2)
         except BaseException:
-            _stop_other_ranks(3, traceback=True)          # returns only without a multi-rank MPI world
+            _stop_other_ranks(3, traceback=True)  # returns only without a multi-rank MPI world
             raise
     world = dist.current_world()
     if not config.distributed or world is None or world.is_main:
-        print(f"done: final test accuracy {100 * result.final_test_acc:.2f}% (best {100 * result.best_test_acc:.2f}%), "
-              f"{result.wall_time_s:.0f}s; checkpoint {result.checkpoint}")
+        print(
+            f"done: final test accuracy {100 * result.final_test_acc:.2f}% (best {100 * result.best_test_acc:.2f}%), "
+            f"{result.wall_time_s:.0f}s; checkpoint {result.checkpoint}"
+        )
     return 0
 
 
@@ -156,6 +172,7 @@ def _stop_other_ranks(code: int, traceback: bool = False) -> int:
     if world is not None and world.size > 1:
         if traceback:
             import traceback as tb
+
             tb.print_exc()
         world.abort(f"stopping all {world.size} ranks after the error above on rank {world.rank}", code=code)
     return code

@@ -19,14 +19,15 @@ def load_datasets(config: TrainConfig) -> D.Splits:
     if config.data == "digits":
         return D.digits()
     root = config.data_root
-    if not root:                                    # TrainConfig checks this too, when it is made
+    if not root:  # TrainConfig checks this too, when it is made
         raise ValueError(f"--data {config.data} needs --data-root (a local folder; nothing is downloaded)")
     if config.data == "cifar10":
         return D.cifar10(root)
     test_dir = next((os.path.join(root, d) for d in ("test", "val") if os.path.isdir(os.path.join(root, d))), None)
     if not os.path.isdir(os.path.join(root, "train")) or test_dir is None:
-        raise FileNotFoundError(f"--data imagefolder expects {root}/train/<class>/... and {root}/test/<class>/... "
-                                "(or val/)")
+        raise FileNotFoundError(
+            f"--data imagefolder expects {root}/train/<class>/... and {root}/test/<class>/... (or val/)"
+        )
     train_set = D.ImageFolder(os.path.join(root, "train"))
     return D.Splits(train_set, D.ImageFolder(test_dir, size=train_set.size))
 
@@ -34,7 +35,7 @@ def load_datasets(config: TrainConfig) -> D.Splits:
 def build_transforms(config: TrainConfig, train_set: Any) -> tuple[Any, Any]:
     """(train transform, test transform). Normalisation first, so crops pad with the mean (zero)."""
     C, H, W = train_set.image_shape
-    steps: list[Callable[[Any, np.random.Generator], Any]] = []     # transform(x, rng) -> x
+    steps: list[Callable[[Any, np.random.Generator], Any]] = []  # transform(x, rng) -> x
     if config.normalize == "channel":
         mean, std = train_set.statistics()
         steps.append(D.Normalize(mean, np.maximum(std, 1e-8)))
@@ -43,8 +44,8 @@ def build_transforms(config: TrainConfig, train_set: Any) -> tuple[Any, Any]:
         steps.append(D.Normalize(mean))
     test_transform = D.Compose(list(steps)) if steps else None
     if config.augment:
-        if config.data == "digits":                     # 8x8 digits: shift by up to 1 pixel; no mirror images
+        if config.data == "digits":  # 8x8 digits: shift by up to 1 pixel; no mirror images
             steps.append(D.RandomCrop((H, W), padding=1))
-        else:                                           # natural images: the paper's pad-4 crop and flip
+        else:  # natural images: the paper's pad-4 crop and flip
             steps += [D.RandomCrop((H, W), padding=max(1, H // 8)), D.RandomHorizontalFlip()]
     return (D.Compose(steps) if steps else None), test_transform

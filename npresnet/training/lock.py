@@ -45,8 +45,10 @@ class RunFolderLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise RunFolderBusy(f"{self.folder} is in use by another run (pid {holder}, which holds {self.path}); "
-                                "wait for it to finish, or choose another --out") from None
+            raise RunFolderBusy(
+                f"{self.folder} is in use by another run (pid {holder}, which holds {self.path}); "
+                "wait for it to finish, or choose another --out"
+            ) from None
         except BaseException:
             os.close(fd)
             raise
@@ -56,13 +58,14 @@ class RunFolderLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)                   # closing the descriptor releases the flock
+            os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
     def __enter__(self) -> RunFolderLock:
         self.acquire()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()

@@ -60,6 +60,7 @@ def make_progress(mode: str, total: int, desc: str) -> Progress:
     if mode in ("auto", "tqdm"):
         try:
             from tqdm.auto import tqdm
+
             return TqdmProgress(tqdm, total, desc)
         except ImportError:
             if mode == "tqdm":

@@ -30,9 +30,13 @@ def write_metrics(out_dir: str, history: list[dict[str, Any]], config: TrainConf
     writer = csv.DictWriter(buffer, fieldnames=list(history[0]))
     writer.writeheader()
     writer.writerows(history)
-    summary = {"config": config.to_dict(), "history": history,
-               "final_test_acc": history[-1]["test_acc"], "best_test_acc": max(r["test_acc"] for r in history),
-               "train_time_s": sum(r["epoch_time_s"] + r["eval_time_s"] for r in history)}
+    summary = {
+        "config": config.to_dict(),
+        "history": history,
+        "final_test_acc": history[-1]["test_acc"],
+        "best_test_acc": max(r["test_acc"] for r in history),
+        "train_time_s": sum(r["epoch_time_s"] + r["eval_time_s"] for r in history),
+    }
     for name, text in (("metrics.csv", buffer.getvalue()), ("metrics.json", json.dumps(summary, indent=1))):
         atomic_write_text(os.path.join(out_dir, name), text)
 
@@ -41,6 +45,7 @@ def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> N
     """Loss and accuracy curves (train and test) per epoch, saved to ``path`` (needs matplotlib)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
@@ -53,8 +58,11 @@ def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> N
     ax_acc.plot(epochs, [100 * r["train_acc"] for r in history], label="train")
     ax_acc.plot(epochs, [100 * r["test_acc"] for r in history], label="test")
     best = max(history, key=lambda r: r["test_acc"])
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)",
-               title=f"accuracy (final test {100 * history[-1]['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}%)")
+    ax_acc.set(
+        xlabel="epoch",
+        ylabel="accuracy (%)",
+        title=f"accuracy (final test {100 * history[-1]['test_acc']:.2f}%, best {100 * best['test_acc']:.2f}%)",
+    )
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()

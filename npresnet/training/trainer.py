@@ -89,15 +89,22 @@ class Trainer:
     ``TrainingInterrupted`` (see ``npresnet.training.interrupts``).
     """
 
-    def __init__(self, config: TrainConfig, datasets: tuple[Any, Any] | None = None, model: Module | None = None,
-                 log: Callable[[str], None] | None = None, world: dist.World | None = None,
-                 stop: StopRequest | None = None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        datasets: tuple[Any, Any] | None = None,
+        model: Module | None = None,
+        log: Callable[[str], None] | None = None,
+        world: dist.World | None = None,
+        stop: StopRequest | None = None,
+    ) -> None:
         self.config = config
         self.stop = stop or StopRequest()
-        self.world = world or (dist.init_distributed(config.dist_timeout) if config.distributed
-                               else dist.SINGLE_PROCESS)
+        self.world = world or (
+            dist.init_distributed(config.dist_timeout) if config.distributed else dist.SINGLE_PROCESS
+        )
         self.log = log or (lambda line: print(line, flush=True))
-        if not self.world.is_main:                  # only rank 0 prints
+        if not self.world.is_main:  # only rank 0 prints
             self.log = lambda line: None
         train_set, test_set = datasets if datasets is not None else load_datasets(config)
         if config.train_limit:
@@ -113,20 +120,37 @@ class Trainer:
         dtype = np.dtype(config.dtype)
         # One process: plain DataLoaders; several: this rank's shard of each. A last training batch of one
         # image would break BatchNorm ("more than 1 value per channel"): data_loader drops it.
-        self.train_loader = dist.data_loader(self.world, train_set, config.batch_size, train=True, shuffle=True,
-                                             seed=config.seed, transform=train_transform, prefetch=config.prefetch,
-                                             backend=config.backend, dtype=dtype)
-        self.test_loader = dist.data_loader(self.world, test_set, config.eval_batch_size, train=False,
-                                            transform=test_transform, prefetch=config.prefetch,
-                                            backend=config.backend, dtype=dtype)
+        self.train_loader = dist.data_loader(
+            self.world,
+            train_set,
+            config.batch_size,
+            train=True,
+            shuffle=True,
+            seed=config.seed,
+            transform=train_transform,
+            prefetch=config.prefetch,
+            backend=config.backend,
+            dtype=dtype,
+        )
+        self.test_loader = dist.data_loader(
+            self.world,
+            test_set,
+            config.eval_batch_size,
+            train=False,
+            transform=test_transform,
+            prefetch=config.prefetch,
+            backend=config.backend,
+            dtype=dtype,
+        )
 
         if model is None:
             from ..models import get_model
+
             model = get_model(config.model, num_classes=train_set.num_classes, seed=config.seed)
         self.model = model.to(dtype).to(config.backend)
         if config.sync_bn:
             self.model = dist.convert_sync_batchnorm(self.model, self.world)
-        self.average_gradients = dist.GradientAverager(self.model.parameters(), self.world)   # no-op for 1 rank
+        self.average_gradients = dist.GradientAverager(self.model.parameters(), self.world)  # no-op for 1 rank
         self.criterion = CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.steps_per_epoch = len(self.train_loader)
         self.total_steps = config.epochs * self.steps_per_epoch
@@ -134,15 +158,16 @@ class Trainer:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.optimizer = self._build_optimizer()
         self.scheduler = self._build_scheduler()
-        self.epoch, self.step = 0, 0                # completed epochs and iterations
+        self.epoch, self.step = 0, 0  # completed epochs and iterations
         self.history: list[dict[str, Any]] = []
         self.out_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.out_dir, "checkpoint.npz")
 
     def _build_optimizer(self) -> Optimizer:
         c = self.config
-        params = (list(self.model.parameters()) if c.decay_bn_and_bias
-                  else weight_decay_groups(self.model, c.weight_decay))
+        params = (
+            list(self.model.parameters()) if c.decay_bn_and_bias else weight_decay_groups(self.model, c.weight_decay)
+        )
         if c.optimizer == "sgd":
             return SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
         kind = Adam if c.optimizer == "adam" else AdamW
@@ -155,8 +180,11 @@ class Trainer:
         if c.schedule == "cosine":
             main: LRScheduler = CosineAnnealingLR(opt, T_max=remaining)
         elif c.schedule == "multistep":
-            steps = c.milestone_steps if c.milestone_steps is not None else [
-                round(m * self.steps_per_epoch) for m in c.milestones]
+            steps = (
+                c.milestone_steps
+                if c.milestone_steps is not None
+                else [round(m * self.steps_per_epoch) for m in c.milestones]
+            )
             main = MultiStepLR(opt, [s - warmup for s in steps if s > warmup], gamma=c.gamma)
         else:
             main = MultiStepLR(opt, [], gamma=1.0)
@@ -175,8 +203,11 @@ class Trainer:
         model.train()
         self.train_loader.set_epoch(self.epoch)
         n_batches = min(self.steps_per_epoch, self.total_steps - self.step)
-        progress = make_progress(self.config.progress if self.world.is_main else "none", n_batches,
-                                  f"epoch {self.epoch + 1}/{self.config.epochs}")
+        progress = make_progress(
+            self.config.progress if self.world.is_main else "none",
+            n_batches,
+            f"epoch {self.epoch + 1}/{self.config.epochs}",
+        )
         loss_sum, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         batches = iter(self.train_loader)
@@ -188,8 +219,10 @@ class Trainer:
                 logits = model(x)
                 loss = float(criterion(logits, y))
                 if not math.isfinite(loss):
-                    self._diverged(f"the training loss is {loss} at iteration {self.step + 1} "
-                                   f"(epoch {self.epoch + 1}, lr {sched.get_last_lr()[0]:.4g})")
+                    self._diverged(
+                        f"the training loss is {loss} at iteration {self.step + 1} "
+                        f"(epoch {self.epoch + 1}, lr {sched.get_last_lr()[0]:.4g})"
+                    )
                 opt.zero_grad()
                 model.backward(criterion.backward())
                 self.average_gradients()
@@ -201,16 +234,21 @@ class Trainer:
                 correct += int((logits.argmax(axis=1) == y).sum())
                 seen += x.shape[0]
                 elapsed = time.perf_counter() - start
-                progress.update({"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.4f}",
-                                 "img/s": f"{seen / elapsed:.0f}"})
+                progress.update(
+                    {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.4f}", "img/s": f"{seen / elapsed:.0f}"}
+                )
         finally:
             batches.close()
             progress.close()
         elapsed = time.perf_counter() - start
-        loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)     # over all ranks (1: as is)
-        elapsed, = self.world.max(elapsed)
-        return {"train_loss": loss_sum / seen_sum, "train_acc": correct_sum / seen_sum, "epoch_time_s": elapsed,
-                "images_per_s": seen_sum / elapsed}
+        loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)  # over all ranks (1: as is)
+        (elapsed,) = self.world.max(elapsed)
+        return {
+            "train_loss": loss_sum / seen_sum,
+            "train_acc": correct_sum / seen_sum,
+            "epoch_time_s": elapsed,
+            "images_per_s": seen_sum / elapsed,
+        }
 
     def evaluate(self, loader: D.DataLoader | None = None) -> dict[str, float]:
         """Mean loss and accuracy on the test set (or ``loader``), in ``eval()`` mode without caches."""
@@ -228,14 +266,19 @@ class Trainer:
                     self._check_stop()
         finally:
             self.model.train()
-        loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)     # each rank: its shard
+        loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)  # each rank: its shard
         return {"test_loss": loss_sum / seen_sum, "test_acc": correct_sum / seen_sum}
 
     def _diverged(self, what: str) -> None:
-        kept = (f"the last good checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is kept"
-                if os.path.exists(self.checkpoint_path) else "no checkpoint had been written yet")
-        raise TrainingDiverged(f"training stopped: {what}; {kept}. Lower the learning rate (--lr) or add "
-                               "warm-up (--warmup-steps) and start again.")
+        kept = (
+            f"the last good checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is kept"
+            if os.path.exists(self.checkpoint_path)
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingDiverged(
+            f"training stopped: {what}; {kept}. Lower the learning rate (--lr) or add "
+            "warm-up (--warmup-steps) and start again."
+        )
 
     def _check_stop(self) -> None:
         """Raise ``TrainingInterrupted`` if a stop was requested: which checkpoint is intact, how to resume."""
@@ -243,16 +286,21 @@ class Trainer:
             return
         where = f"stopped by {self.stop.name} at iteration {self.step} (epoch {self.epoch + 1} unfinished)"
         if not os.path.exists(self.checkpoint_path):
-            raise TrainingInterrupted(f"{where}; no checkpoint had been written yet, so there is nothing to resume: "
-                                      "start the run again", self.stop.signal or 0)
+            raise TrainingInterrupted(
+                f"{where}; no checkpoint had been written yet, so there is nothing to resume: start the run again",
+                self.stop.signal or 0,
+            )
         c = self.config
         command = f"python -m npresnet.train --resume {shlex.quote(self.out_dir)} --epochs {c.epochs}"
         if c.max_steps is not None:
             command += f" --max-steps {c.max_steps}"
         if self.world.size > 1:
             command = f"mpiexec -n {self.world.size} {command}"
-        raise TrainingInterrupted(f"{where}; the checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is "
-                                  f"intact. Continue with: {command}", self.stop.signal or 0)
+        raise TrainingInterrupted(
+            f"{where}; the checkpoint {self.checkpoint_path} (end of epoch {self.epoch}) is "
+            f"intact. Continue with: {command}",
+            self.stop.signal or 0,
+        )
 
     def _weights_finite(self) -> bool:
         return all(bool(get_array_module(p.data).isfinite(p.data).all()) for p in self.model.parameters())
@@ -265,21 +313,27 @@ class Trainer:
         """
         c = self.config
         if self.epoch == 0 and os.path.exists(self.checkpoint_path) and not overwrite:
-            raise FileExistsError(f"{self.checkpoint_path} already exists: resume it (--resume {self.out_dir}), "
-                                  "choose another --out, or pass --overwrite")
-        self.log(f"{c.model} on {c.data}: {len(self.train_set)} train / {len(self.test_set)} test images of shape "
-                 f"{tuple(self.train_set.image_shape)}, {self.steps_per_epoch} iterations per epoch, "
-                 f"{self.model.num_parameters():,} parameters; writing to {self.out_dir}")
-        if self.world.size > 1:                     # every rank starts from rank 0's state
-            self.log(f"data-parallel over {self.world.size} MPI ranks: batch {c.batch_size} per rank, global batch "
-                     f"{c.batch_size * self.world.size}, {'SyncBatchNorm' if c.sync_bn else 'BatchNorm per rank'}")
+            raise FileExistsError(
+                f"{self.checkpoint_path} already exists: resume it (--resume {self.out_dir}), "
+                "choose another --out, or pass --overwrite"
+            )
+        self.log(
+            f"{c.model} on {c.data}: {len(self.train_set)} train / {len(self.test_set)} test images of shape "
+            f"{tuple(self.train_set.image_shape)}, {self.steps_per_epoch} iterations per epoch, "
+            f"{self.model.num_parameters():,} parameters; writing to {self.out_dir}"
+        )
+        if self.world.size > 1:  # every rank starts from rank 0's state
+            self.log(
+                f"data-parallel over {self.world.size} MPI ranks: batch {c.batch_size} per rank, global batch "
+                f"{c.batch_size * self.world.size}, {'SyncBatchNorm' if c.sync_bn else 'BatchNorm per rank'}"
+            )
             dist.broadcast_module(self.model, self.world)
             dist.broadcast_optimizer(self.optimizer, self.world, scheduler=self.scheduler)
             self.epoch, self.step, self.history = self.world.broadcast_object((self.epoch, self.step, self.history))
         while self.epoch < c.epochs and self.step < self.total_steps:
             lr = self.scheduler.get_last_lr()[0]
             train_stats = self.train_epoch()
-            if self.world.size > 1 and not c.sync_bn:   # evaluate and save rank 0's running statistics
+            if self.world.size > 1 and not c.sync_bn:  # evaluate and save rank 0's running statistics
                 dist.broadcast_module(self.model, self.world)
             start = time.perf_counter()
             test_stats = self.evaluate()
@@ -287,13 +341,21 @@ class Trainer:
             if not (math.isfinite(test_stats["test_loss"]) and self._weights_finite()):
                 self._diverged(f"the weights or the test loss became non-finite in epoch {self.epoch + 1}")
             self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.step, "lr": lr, **train_stats, **test_stats,
-                   "eval_time_s": eval_time}
+            row = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "lr": lr,
+                **train_stats,
+                **test_stats,
+                "eval_time_s": eval_time,
+            }
             self.history.append(row)
             self.save()
-            self.log(f"epoch {self.epoch:3d}/{c.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f} "
-                     f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
-                     f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)")
+            self.log(
+                f"epoch {self.epoch:3d}/{c.epochs}  lr {lr:.4g}  train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_acc']:.4f}  "
+                f"{row['epoch_time_s']:.1f}s ({row['images_per_s']:.0f} img/s)"
+            )
             self._check_stop()
         return TrainResult(list(self.history), self.out_dir, self.checkpoint_path)
 
@@ -303,10 +365,17 @@ class Trainer:
         if not self.world.is_main:
             return
         os.makedirs(self.out_dir, exist_ok=True)
-        save_checkpoint(self.checkpoint_path, self.model, self.optimizer, self.scheduler, model_name=self.config.model,
-                        epoch=self.epoch, step=self.step, rng={"seed": self.config.seed, "next_epoch": self.epoch},
-                        extra={"config": self.config.to_dict(), "history": self.history,
-                               "world_size": self.world.size})
+        save_checkpoint(
+            self.checkpoint_path,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            model_name=self.config.model,
+            epoch=self.epoch,
+            step=self.step,
+            rng={"seed": self.config.seed, "next_epoch": self.epoch},
+            extra={"config": self.config.to_dict(), "history": self.history, "world_size": self.world.size},
+        )
         self.write_records()
 
     def write_records(self, config: TrainConfig | None = None) -> None:
@@ -335,38 +404,54 @@ class Trainer:
         saved = meta.get("extra", {}).get("config")
         saved_world = meta.get("extra", {}).get("world_size", 1)
         if saved_world != self.world.size:
-            raise ValueError(f"cannot resume {path}: it was written by a run of {saved_world} rank(s), this run has "
-                             f"{self.world.size}; resume with mpiexec -n {saved_world} (the global batch and the "
-                             "data shards depend on it)")
+            raise ValueError(
+                f"cannot resume {path}: it was written by a run of {saved_world} rank(s), this run has "
+                f"{self.world.size}; resume with mpiexec -n {saved_world} (the global batch and the "
+                "data shards depend on it)"
+            )
         if saved is not None:
-            defaults = TrainConfig(data="digits").to_dict()       # fields added after the checkpoint was written
-            differences = [f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {v!r}"
-                           for k, v in self.config.to_dict().items()
-                           if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v]
+            defaults = TrainConfig(data="digits").to_dict()  # fields added after the checkpoint was written
+            differences = [
+                f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {v!r}"
+                for k, v in self.config.to_dict().items()
+                if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v
+            ]
             if differences:
                 allowed = ", ".join(RESUMABLE_CHANGES)
-                raise ValueError(f"cannot resume {path}: the run's settings differ from the checkpoint's (only "
-                                 f"{allowed} may change): " + "; ".join(differences))
+                raise ValueError(
+                    f"cannot resume {path}: the run's settings differ from the checkpoint's (only "
+                    f"{allowed} may change): " + "; ".join(differences)
+                )
         history = meta["extra"].get("history", [])
         rows_ok = isinstance(history, list) and all(
             isinstance(row, dict) and not any(setting_problem(k, v, "number") for k, v in row.items())
-            for row in history)
+            for row in history
+        )
         if not rows_ok or len(history) != meta["epoch"]:
-            raise CheckpointError(f"{path}: the saved history must hold one row of numbers per finished epoch "
-                                  f"({meta['epoch']}), got {history!r:.80}")
+            raise CheckpointError(
+                f"{path}: the saved history must hold one row of numbers per finished epoch "
+                f"({meta['epoch']}), got {history!r:.80}"
+            )
         meta = load_checkpoint(path, self.model, self.optimizer, self.scheduler, model_name=self.config.model)
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.history = list(history)
         self.checkpoint_path = os.path.join(self.out_dir, "checkpoint.npz")
-        if self.world.is_main:                      # the records as the checkpoint's own run wrote them
+        if self.world.is_main:  # the records as the checkpoint's own run wrote them
             for record in self._record_paths():
                 remove_stale_temporaries(record)
             self.write_records(TrainConfig.from_dict(saved) if saved is not None else None)
 
 
-def train(config: TrainConfig, *, datasets: tuple[Any, Any] | None = None, model: Module | None = None,
-          resume: str | None = None, overwrite: bool = False, log: Callable[[str], None] | None = None,
-          stop: StopRequest | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    *,
+    datasets: tuple[Any, Any] | None = None,
+    model: Module | None = None,
+    resume: str | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+    stop: StopRequest | None = None,
+) -> TrainResult:
     """Train as ``config`` says (see ``TrainConfig``); ``resume`` continues from a checkpoint or run folder.
 
     Before anything else: with several MPI ranks, every rank's settings must agree
