@@ -59,7 +59,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import CACHE, copy_row, fused_multiply_add_kernel, njit, prange, require_same_dtype
+from ._numba import (
+    CACHE,
+    copy_row,
+    fill_row,
+    fused_multiply_add_kernel,
+    njit,
+    parallel_kernel,
+    prange,
+    require_same_dtype,
+)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
@@ -119,13 +128,42 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
                     copy_row(y[n, o0 + b, oh], acc[b, oh * Wp:])    # copies len(y[n, o, oh]) = OW
 
 
+@parallel_kernel
+def _place_planes_kernel(src, dst, channel_major, Hp, Wp, top, left):
+    """For each plane (n, c) of src (N, C, h, w), a zero Hp x Wp block holding src[n, c] at (top,
+    left), written flat into the 2-D dst: at row n*C + c from column 0 (batch-major), or at row c
+    from column n*Hp*Wp (channel-major: each channel's planes side by side). One pass, padding
+    included (np.zeros and a strided assignment were two); planes are independent, split over threads.
+    """
+    N, C, h, w = src.shape
+    for plane in prange(N * C):
+        n, c = plane // C, plane % C
+        block = dst[c, n * Hp * Wp:(n + 1) * Hp * Wp] if channel_major else dst[plane, :Hp * Wp]
+        fill_row(block[:top * Wp], 0)
+        for r in range(h):
+            row = block[(top + r) * Wp:(top + r + 1) * Wp]
+            fill_row(row[:left], 0)
+            copy_row(row[left:left + w], src[n, c, r])
+            fill_row(row[left + w:], 0)
+        fill_row(block[(top + h) * Wp:], 0)
+
+
+def _place_planes(src, rows, columns, channel_major, Hp, Wp, top, left):
+    """A (rows, columns) array holding src's planes padded to Hp x Wp (see the kernel), zero after them."""
+    src = np.ascontiguousarray(src)
+    N, C = src.shape[:2]
+    dst = np.empty((rows, columns), dtype=src.dtype)
+    _place_planes_kernel(src, dst, channel_major, Hp, Wp, top, left)
+    used = N * Hp * Wp if channel_major else Hp * Wp
+    dst[:, used:] = 0
+    return dst
+
+
 def _pad_flat(x, PH, PW, DW):
     """x (N, C, H, W) -> zero-padded planes flattened to (N, C, Hp*Wp + 2*DW), and Wp."""
     N, C, H, W = x.shape
     Hp, Wp = H + 2 * PH, W + 2 * PW
-    x_flat = np.zeros((N, C, Hp * Wp + 2 * DW), dtype=x.dtype)
-    x_flat[:, :, :Hp * Wp].reshape(N, C, Hp, Wp)[:, :, PH:PH + H, PW:PW + W] = x
-    return x_flat, Wp
+    return _place_planes(x, N * C, Hp * Wp + 2 * DW, False, Hp, Wp, PH, PW).reshape(N, C, -1), Wp
 
 
 def _convolve(x, weight, padding, dilation):
@@ -151,7 +189,7 @@ def _weight_grad_chunk(O: int, C: int) -> int:
 
 
 def conv3x3_backward_weight(dout, x, padding, dilation):
-    """dw of a stride-1 3x3 conv: dout (N, O, OH, OW), x (N, C, H, W) -> (O, C, 3, 3). Plain NumPy."""
+    """dw of a stride-1 3x3 conv: dout (N, O, OH, OW), x (N, C, H, W) -> (O, C, 3, 3). BLAS products."""
     require_same_dtype("conv3x3 dout and input", dout, x)
     N, C, H, W = x.shape
     O, OH, OW = dout.shape[1:]
@@ -159,10 +197,8 @@ def conv3x3_backward_weight(dout, x, padding, dilation):
     Hp, Wp = H + 2 * PH, W + 2 * PW
     M = N * Hp * Wp
     tail = 2 * DH * Wp + 2 * DW                                       # the last tap's shift
-    x_wide = np.zeros((C, M + tail), dtype=x.dtype)                   # padded planes, side by side
-    x_wide[:, :M].reshape(C, N, Hp, Wp)[:, :, PH:PH + H, PW:PW + W] = x.transpose(1, 0, 2, 3)
-    g_wide = np.zeros((O, M), dtype=dout.dtype)                       # dy at q = oh*Wp + ow, 0 elsewhere
-    g_wide.reshape(O, N, Hp, Wp)[:, :, :OH, :OW] = dout.transpose(1, 0, 2, 3)
+    x_wide = _place_planes(x, C, M + tail, True, Hp, Wp, PH, PW)      # padded planes, side by side
+    g_wide = _place_planes(dout, O, M, True, Hp, Wp, 0, 0)            # dy at q = oh*Wp + ow, 0 elsewhere
     dw = np.zeros((3, 3, O, C), dtype=dout.dtype)
     product = np.empty((O, C), dtype=dout.dtype)
     chunk = _weight_grad_chunk(O, C)

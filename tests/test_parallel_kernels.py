@@ -151,7 +151,7 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                  npresnet.kernels.conv3x3_cpu, npresnet.kernels.im2col_cpu, npresnet.kernels.pool_cpu,
                  npresnet.kernels.relu_cpu) for name, kernel in vars(module).items()
                  if isinstance(kernel, _numba.ParallelKernel)]
-        assert len(built) == 15, [b[:2] for b in built]
+        assert len(built) == 16, [b[:2] for b in built]
         assert numba.threading_layer() == "workqueue", numba.threading_layer()
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
