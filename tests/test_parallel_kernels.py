@@ -55,7 +55,7 @@ def run_with_two_threads(code: str, **env: str) -> subprocess.CompletedProcess:
                     f"{{what}}: output {{i}} differs between 1 and 2 threads (max diff {{abs(u - v).max()}})"
     """
     env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}, "NUMBA_NUM_THREADS": "2",
-           "OPENBLAS_NUM_THREADS": "1", **env}
+           "OPENBLAS_NUM_THREADS": "1", "NPRESNET_PARALLEL_MIN_BYTES": "0", **env}   # small shapes go parallel too
     return subprocess.run([sys.executable, "-c", textwrap.dedent(prelude) + textwrap.dedent(code)], env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -211,6 +211,23 @@ def test_omp_num_threads_limits_the_kernels_unless_numba_num_threads_is_set():
         assert done.returncode == 0 and done.stdout.strip() == expected, (extra, done.stdout, done.stderr[-2000:])
 
 
+def test_small_calls_stay_serial():
+    """Below PARALLEL_MIN_BYTES the hand-off to the pool would cost more than the work."""
+    assert_ok(run_with_two_threads("""
+        from npresnet.kernels import relu_cpu
+        assert _numba.PARALLEL_MIN_BYTES == 1 << 20
+        small, large = np.ones(1000, np.float32), np.ones(1 << 18, np.float32)    # 4 KB, 1 MB per array
+        relu_cpu.relu_forward(small)
+        assert relu_cpu.relu_forward_kernel.serial.signatures and not relu_cpu.relu_forward_kernel.parallel.signatures
+        relu_cpu.relu_forward(large)
+        assert relu_cpu.relu_forward_kernel.parallel.signatures
+        print("ok")
+    """, NPRESNET_PARALLEL_MIN_BYTES=str(1 << 20)))
+
+
 def test_a_bad_parallel_setting_is_an_error():
     result = run_with_two_threads("print('ok')", NPRESNET_NUMBA_PARALLEL="yes")
     assert result.returncode != 0 and "NPRESNET_NUMBA_PARALLEL must be 'auto', '0' or '1', got 'yes'" in result.stderr
+    result = run_with_two_threads("print('ok')", NPRESNET_PARALLEL_MIN_BYTES="1MB")
+    assert result.returncode != 0 and "NPRESNET_PARALLEL_MIN_BYTES must be a whole number of bytes, got '1MB'" \
+        in result.stderr
