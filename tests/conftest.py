@@ -1,4 +1,4 @@
-"""Shared fixtures for the test suite: a seeded generator, torch conversion, tolerances.
+"""Shared fixtures for the test suite: a seeded generator, torch conversion, tolerances, mpiexec.
 
 Helpers are fixtures (not importable names): pytest runs with ``--import-mode=importlib``, where
 test files cannot ``import conftest``. The helper fixtures are session-scoped, so hypothesis tests
@@ -7,6 +7,12 @@ may use them too.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import sys
+import sysconfig
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,3 +63,17 @@ def max_rel_err():
         return float(np.max(np.abs(a - b))) / scale
 
     return measure
+
+
+@pytest.fixture(scope="session")
+def mpiexec() -> str:
+    """The mpiexec next to this Python (the mpich wheel's), else the one on PATH; skip if none or no mpi4py."""
+    if importlib.util.find_spec("mpi4py") is None:
+        pytest.skip("mpi4py is not installed (pip install 'npresnet[mpi]'): multi-process tests not run")
+    for candidate in (Path(sysconfig.get_path("scripts")) / "mpiexec", Path(sys.executable).parent / "mpiexec"):
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    found = shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec found (pip install mpich): multi-process tests not run")
+    return found

@@ -18,13 +18,10 @@ with the reason, when mpi4py or the mpiexec next to this Python is missing):
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import threading
 import time
@@ -272,19 +269,6 @@ def test_sync_batchnorm_equals_batchnorm_on_the_concatenated_batch(rng):
 
 
 # ---------------------------------------------------------------------------------------------- real processes
-def _mpiexec() -> str:
-    """The mpiexec next to this Python (the mpich wheel's), else the one on PATH; skip if none or no mpi4py."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install 'npresnet[mpi]'): multi-process tests not run")
-    for candidate in (Path(sysconfig.get_path("scripts")) / "mpiexec", Path(sys.executable).parent / "mpiexec"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec found (pip install mpich): multi-process tests not run")
-    return found
-
-
 def _run(args: list[str], timeout: float, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     env = {
         **os.environ,
@@ -374,8 +358,7 @@ def _max_rel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
 
 
 @pytest.mark.slow  # about 40 s of CPU: 4 x 10 float64 ResNet-20 steps, 2 of them on 2 ranks
-def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path):
-    mpiexec = _mpiexec()
+def test_two_ranks_equal_one_process_with_the_doubled_batch(tmp_path, mpiexec):
     (tmp_path / "parity.py").write_text(PARITY_SCRIPT)
     proc, _ = _run([mpiexec, "-n", "2", sys.executable, "parity.py", str(tmp_path)], timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -427,9 +410,8 @@ BROADCAST_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_broadcast_optimizer_gives_every_rank_the_state_of_rank_0(tmp_path):
+def test_broadcast_optimizer_gives_every_rank_the_state_of_rank_0(tmp_path, mpiexec):
     """Ranks that took different steps (momentum buffers, lr, schedule position) hold rank 0's state after it."""
-    mpiexec = _mpiexec()
     (tmp_path / "broadcast.py").write_text(BROADCAST_SCRIPT)
     proc, _ = _run([mpiexec, "-n", "2", sys.executable, "broadcast.py", str(tmp_path)], timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -464,8 +446,7 @@ def _train_args(out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow  # two mpiexec training runs of the CLI
-def test_command_line_distributed_run_equals_single_process(tmp_path):
-    mpiexec = _mpiexec()
+def test_command_line_distributed_run_equals_single_process(tmp_path, mpiexec):
     proc, _ = _run(
         [
             mpiexec,
@@ -523,8 +504,7 @@ FAULT_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow  # a fault, a timeout (15 s for "hang") and a resume, each under mpiexec
 @pytest.mark.parametrize("mode", ["kill", "hang"])
-def test_a_failed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path, mode):
-    mpiexec = _mpiexec()
+def test_a_failed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path, mpiexec, mode):
     (tmp_path / "fault.py").write_text(FAULT_SCRIPT)
     out = tmp_path / "run"
     proc, seconds = _run([mpiexec, "-n", "2", sys.executable, "fault.py", mode, str(out)], timeout=120, cwd=tmp_path)

@@ -13,16 +13,13 @@ Every fault is real and happens in a real child process:
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import textwrap
 import time
 from pathlib import Path
@@ -335,19 +332,6 @@ def test_a_signal_stops_after_the_current_step_and_prints_the_resume_command(tmp
 
 
 # ---------------------------------------------------------------------------------------------- defect 6
-def mpiexec() -> str:
-    """The mpiexec next to this Python (the mpich wheel's), else the one on PATH; skip if none or no mpi4py."""
-    if importlib.util.find_spec("mpi4py") is None:
-        pytest.skip("mpi4py is not installed (pip install 'npresnet[mpi]'): multi-process tests not run")
-    for candidate in (Path(sysconfig.get_path("scripts")) / "mpiexec", Path(sys.executable).parent / "mpiexec"):
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which("mpiexec")
-    if found is None:
-        pytest.skip("no mpiexec found (pip install mpich): multi-process tests not run")
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "rank0, rank1, shown",
@@ -365,12 +349,11 @@ def mpiexec() -> str:
     ],
     ids=["seed", "batch", "sync-bn", "epochs", "model", "dtype"],
 )
-def test_mpi_ranks_started_with_different_settings_stop_at_once(tmp_path, rank0, rank1, shown):
+def test_mpi_ranks_started_with_different_settings_stop_at_once(tmp_path, rank0, rank1, shown, mpiexec):
     """One rank per half of an MPMD command line; the default --dist-timeout (300 s) is left as it is."""
-    launcher = mpiexec()
     base = [sys.executable, "-m", "npresnet.train", "--distributed", *QUICK, "--out", str(tmp_path)]
     base += [] if "--epochs" in rank0 else ["--epochs", "1"]
-    command = [launcher, "-n", "1", *base, *rank0, ":", "-n", "1", *base, *rank1]
+    command = [mpiexec, "-n", "1", *base, *rank0, ":", "-n", "1", *base, *rank1]
     start = time.monotonic()
     try:
         proc = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=120)
