@@ -59,7 +59,7 @@ def one_value_batchnorm_to_eval(model: nn.Module) -> Iterator[list[str]]:
             x = inputs[0]
             if module.training and x.ndim == 4 and x.shape[0] * x.shape[2] * x.shape[3] == 1:
                 flags.append((module, module.training))
-                object.__setattr__(module, "training", False)
+                module.training = False
                 switched.append(name)
 
         return to_eval_if_one_value
@@ -75,7 +75,7 @@ def one_value_batchnorm_to_eval(model: nn.Module) -> Iterator[list[str]]:
         for handle in handles:
             handle.remove()
         for module, flag in flags:
-            object.__setattr__(module, "training", flag)
+            module.training = flag
 
 
 def _is_array(x: Any) -> bool:
