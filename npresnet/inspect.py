@@ -34,14 +34,13 @@ Norms are Frobenius norms of the whole batch's array, computed in float64.
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from .backend import get_array_module
 from .models.blocks import ResidualBlock
 from .nn import Module
-from .plotting import pyplot
+from .plotting import pyplot, save_figure
 
 __all__ = ["BlockFlow", "GradientFlow", "ParamFlow", "norm", "plot_gradient_flow"]
 
@@ -354,9 +353,7 @@ def plot_gradient_flow(flows: Mapping[str, Any], path: str | None = None, suptit
         figure.suptitle(suptitle)
     figure.tight_layout()
     if path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
+        save_figure(figure, path, dpi=100)
     return figure
 
 

@@ -54,11 +54,12 @@ from typing import Any
 import numpy as np
 
 from .. import data as D
+from ..atomic_write import atomic_write_text
 from ..inspect import GradientFlow, plot_gradient_flow, summarize
 from ..models.cifar import CifarResNet
 from ..nn import CrossEntropyLoss
 from ..optim import SGD
-from ..plotting import pyplot
+from ..plotting import pyplot, save_figure
 from ..training import TrainConfig, Trainer, build_transforms
 
 __all__ = ["QUICK", "RECIPE", "main", "run", "train_network"]
@@ -237,8 +238,7 @@ def run(
                     log(f"[{name}] reusing {record_path}")
             if record is None:
                 record = train_network(depth, residual, settings, work_dir, flow_batch, log, progress)
-                with open(record_path, "w", encoding="utf-8") as f:
-                    json.dump(record, f)
+                atomic_write_text(record_path, json.dumps(record))
             results["networks"][name] = record
     results["wall_seconds"] = time.perf_counter() - started
     results["train_seconds_total"] = sum(net["train_seconds"] for net in results["networks"].values())
@@ -265,12 +265,9 @@ def write_outputs(results: dict[str, Any], out_dir: str) -> None:
                 writer = csv.DictWriter(buffer, fieldnames=list(full))
                 writer.writeheader()
             writer.writerow(full)
-    with open(os.path.join(out_dir, "metrics.csv"), "w", encoding="utf-8") as f:
-        f.write(buffer.getvalue())
-    with open(os.path.join(out_dir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(out_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(summary_table(results) + "\n")
+    atomic_write_text(os.path.join(out_dir, "metrics.csv"), buffer.getvalue())
+    atomic_write_text(os.path.join(out_dir, "results.json"), json.dumps(results, indent=1))
+    atomic_write_text(os.path.join(out_dir, "summary.md"), summary_table(results) + "\n")
     try:
         plot_training_error(results, os.path.join(out_dir, "training_error.png"))
         for when in ("init", "trained"):
@@ -341,8 +338,7 @@ def plot_training_error(results: dict[str, Any], path: str) -> None:
     axes[0].set_ylabel("error (%)")
     figure.suptitle("digits (8x8): training error (dashed) and test error (bold)")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------------------- command line

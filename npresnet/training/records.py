@@ -16,7 +16,8 @@ import json
 import os
 from typing import Any
 
-from ..atomic_write import atomic_write, atomic_write_text
+from ..atomic_write import atomic_write_text
+from ..plotting import pyplot, save_figure
 from .config import TrainConfig
 
 __all__ = ["plot_history", "write_metrics"]
@@ -43,13 +44,7 @@ def write_metrics(out_dir: str, history: list[dict[str, Any]], config: TrainConf
 
 def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> None:
     """Loss and accuracy curves (train and test) per epoch, saved to ``path`` (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError("--plot needs matplotlib: pip install 'npresnet[plot]'") from exc
+    plt = pyplot("--plot")
     epochs = [r["epoch"] for r in history]
     figure, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train")
@@ -69,9 +64,4 @@ def plot_history(history: list[dict[str, Any]], path: str, title: str = "") -> N
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    image_format = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    try:
-        with atomic_write(path) as f:
-            figure.savefig(f, format=image_format, dpi=110)
-    finally:
-        plt.close(figure)
+    save_figure(figure, path, dpi=110)
