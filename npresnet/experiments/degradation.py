@@ -29,7 +29,7 @@ The training runs' checkpoints go to ``--work`` (default ``runs/degradation``), 
 The four networks can be trained by separate processes and then combined without retraining::
 
     for net in "56 plain" "56 resnet" "20 plain" "20 resnet"; do set -- $net
-        python -m npresnet.experiments.degradation --depths $1 --kinds $2 --out /tmp/part_$2$1 &
+        python -m npresnet.experiments.degradation --depths $1 --kinds $2 --out runs/degradation-parts/$2$1 &
     done; wait
     python -m npresnet.experiments.degradation --reuse --out docs/degradation
 
