@@ -67,18 +67,6 @@ def _module_rng_states(model: Module) -> dict[str, Any]:
     return states
 
 
-def _restore_module_rng_states(model: Module, states: dict[str, Any]) -> None:
-    modules = dict(model.named_modules())
-    per_module: dict[str, dict[str, Any]] = {}
-    for key, state in states.items():
-        name, backend = key.rsplit(":", 1)
-        per_module.setdefault(name, {})[backend] = state
-    for name, module_states in per_module.items():
-        module = modules.get(name)
-        if isinstance(module, Dropout):
-            module.load_rng_state(module_states)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: Module,
