@@ -23,7 +23,8 @@ of up to three timed runs counts (fewer when one run takes longer than ``LONG_RU
 
 On-disk cache (opt-in: ``set_cache_file(path)`` or ``NPRESNET_AUTOTUNE_CACHE=path``). The
 winners are also written to a JSON file, in a section keyed by the machine: CPU model, and the
-versions of Python, NumPy, Numba, npresnet and the BLAS library (with its kernel). A later process
+versions of Python, NumPy, Numba, npresnet and NumPy's BLAS (with the OpenBLAS variables that
+select its kernels). A later process
 on the same machine reads its section and times nothing it finds there; sections of other
 machines or versions are ignored (and kept). Each entry's key holds the thread counts (Numba's and
 BLAS's), so a run at 2 threads never takes a 1-thread winner. A file that cannot be parsed is
@@ -148,11 +149,21 @@ def machine() -> dict[str, Any]:
 
         from . import __version__
 
-        versions = {"python": platform.python_version(), "numpy": np.__version__, "npresnet": __version__}
-        if "numba" in sys.modules:
-            versions["numba"] = sys.modules["numba"].__version__
+        versions = {"python": platform.python_version(), "numpy": np.__version__, "npresnet": __version__,
+                    "numba": _installed_version("numba")}
         _machine = {"cpu": _cpu_model(), "machine": platform.machine(), "versions": versions, "blas": _blas()}
     return _machine
+
+
+def _installed_version(package: str) -> str | None:
+    """The installed version, read without importing the package (so it is the same whether or not
+    this process has imported it yet), or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_model() -> str:
@@ -166,13 +177,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _blas() -> list[str]:
+def _blas() -> dict[str, Any]:
+    """NumPy's BLAS: its build (name, version) and the OpenBLAS variables that pick its kernels at
+    run time. Not threadpoolctl's list of loaded libraries, which grows when torch is imported."""
+    import numpy as np
+
     try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return []
-    return sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}"
-                  for i in threadpool_info() if i.get("user_api") == "blas")
+        build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name, version = str(build.get("name")), str(build.get("version"))
+    except Exception:                            # older NumPy, unusual builds: no build record
+        name = version = "unknown"
+    variables = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return {"name": name, "version": version, "environment": variables}
 
 
 def _load_file() -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ says its thread count, and the ``scaling`` entries are the quotients of the reco
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -61,3 +62,29 @@ def test_bad_thread_counts_stop_the_bench_before_measuring():
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --threads takes thread counts >= 1 separated by commas (or 'all'), got '1,x'"
     assert done.stdout == ""
+
+
+def test_memory_probes_reuse_the_timed_runs_choices(tmp_path):
+    """A fresh process with the same cache file times nothing, even though the first one had torch
+    imported (another BLAS library loaded) and the second has not."""
+    cache = tmp_path / "autotune.json"
+    step = (
+        "import numpy as np\n"
+        "from npresnet import autotune, nn, runtime\n"
+        "from npresnet.bench.workloads import build_npresnet, make_step\n"
+        "from npresnet.optim import SGD\n"
+        "runtime.set_num_threads(1)\n"
+        "model = build_npresnet('resnet20', 'float32', 'numpy')\n"
+        "x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)\n"
+        "make_step('train', model, nn.CrossEntropyLoss(), SGD(model.parameters(), lr=0.1), x, np.array([1, 2]))()\n"
+        "print(len(autotune.timed_keys()), len(autotune.choices()))\n"
+    )
+    env = {**os.environ, "NPRESNET_AUTOTUNE": "measure", "NPRESNET_AUTOTUNE_CACHE": str(cache)}
+    first = subprocess.run([sys.executable, "-c", "import torch\n" + step], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    timed, chosen = map(int, first.stdout.split())
+    assert timed == chosen > 0
+    second = subprocess.run([sys.executable, "-c", step], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.split() == ["0", str(chosen)]

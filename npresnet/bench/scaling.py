@@ -11,11 +11,16 @@ count (1 in practice), and ``share``: npresnet's speed-up divided by torch's (th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["parse_threads", "run_scaling", "scaling_table", "speedups"]
+from .. import autotune
+
+__all__ = ["parse_threads", "run_scaling", "scaling_table", "shared_autotune_cache", "speedups"]
 
 
 def parse_threads(text: str, cores: int) -> list[int]:
@@ -65,14 +70,40 @@ def scaling_table(table: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+@contextlib.contextmanager
+def shared_autotune_cache(mode: str) -> Iterator[None]:
+    """In measure mode, keep the winners in a temporary cache file that the memory probes' fresh
+    processes (``--memory``) read too: they then run the algorithms the timed steps ran, and time
+    nothing (timing runs the whole-batch candidates, which would inflate their peak). A cache file
+    the user set (NPRESNET_AUTOTUNE_CACHE) is used as it is. The temporary folder is removed after."""
+    if mode != "measure" or os.environ.get("NPRESNET_AUTOTUNE_CACHE"):
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("NPRESNET_AUTOTUNE", "NPRESNET_AUTOTUNE_CACHE")}
+    with tempfile.TemporaryDirectory(prefix="npresnet-bench-autotune-") as folder:
+        path = os.path.join(folder, "autotune.json")
+        os.environ.update(NPRESNET_AUTOTUNE="measure", NPRESNET_AUTOTUNE_CACHE=path)
+        autotune.set_cache_file(path)
+        try:
+            yield
+        finally:
+            autotune.set_cache_file(None)
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
 def run_scaling(args: argparse.Namespace, threads: list[int],
                 run: Callable[[argparse.Namespace], dict[str, Any]]) -> dict[str, Any]:
     """``run`` once per thread count; one report with every row, ``machine.threads`` the list, and ``scaling``."""
     reports = []
-    for count in threads:
-        one = copy.copy(args)
-        one.threads = count
-        reports.append(run(one))
+    with shared_autotune_cache(getattr(args, "autotune", "fixed")):
+        for count in threads:
+            one = copy.copy(args)
+            one.threads = count
+            reports.append(run(one))
     machine = dict(reports[0]["machine"])
     machine["threads"] = threads
     machine["max_rss_mb"] = max(r["machine"].get("max_rss_mb", 0) for r in reports)
