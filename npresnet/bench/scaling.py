@@ -109,8 +109,9 @@ def run_scaling(args: argparse.Namespace, threads: list[int],
     machine["max_rss_mb"] = max(r["machine"].get("max_rss_mb", 0) for r in reports)
     machine["autotune_choices"] = {k: v for r in reports for k, v in r["machine"].get("autotune_choices", {}).items()}
     rows = [row for report in reports for row in report["results"]]
-    report = {"machine": machine, "results": rows}
+    report: dict[str, Any] = {"machine": machine, "results": rows}
     if len(threads) > 1:
-        report["scaling"] = speedups(rows)
-        print("\n".join(scaling_table(report["scaling"])))
+        table = speedups(rows)
+        report["scaling"] = table
+        print("\n".join(scaling_table(table)))
     return report
