@@ -159,6 +159,34 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
     """))
 
 
+def test_a_training_step_gives_the_same_bits_at_one_and_two_threads():
+    """End to end: two SGD steps of a CIFAR ResNet (train-mode BatchNorm, the direct 3x3 and im2col
+    paths, pooling, ReLU) with BLAS at one thread: every weight, running statistic and the logits
+    are identical whether the kernels ran on one Numba thread or two."""
+    assert_ok(run_with_two_threads("""
+        from npresnet import autotune, models, nn
+        from npresnet.optim import SGD
+        assert autotune.mode() == "fixed"
+
+        def train():
+            model = models.resnet20(seed=0)
+            x = np.random.default_rng(0).standard_normal((6, 3, 20, 18)).astype(np.float32)
+            target = np.arange(6) % 10
+            optimizer, criterion = SGD(model.parameters(), lr=0.1, momentum=0.9), nn.CrossEntropyLoss()
+            for _ in range(2):
+                optimizer.zero_grad()
+                criterion(model(x), target)
+                model.backward(criterion.backward())
+                optimizer.step()
+            model.eval()
+            return (model(x), *(v for _, v in sorted(model.state_dict().items())))
+
+        serial, parallel = serial_and_parallel(train)
+        same_bits(serial, parallel, "training step")
+        print("ok")
+    """))
+
+
 def test_two_python_threads_may_run_kernels_at_once():
     """The workqueue layer aborts the process when two threads launch parallel work at once; the
     kernels hand the pool to one thread at a time (the other runs the serial build)."""
