@@ -89,6 +89,11 @@ def cupy_available() -> bool:
         return False
 
 
+def is_array(x: Any) -> bool:
+    """A NumPy or CuPy array (not a torch tensor, a list or a scalar)."""
+    return isinstance(x, np.ndarray) or is_cupy_array(x)
+
+
 def backend_name(x: Any) -> str:
     """'numpy' or 'cupy' for an array (anything else is an error)."""
     if isinstance(x, np.ndarray):
@@ -184,7 +189,7 @@ def from_dlpack(x: Any, backend: str | None = None) -> Any:
     """
     if backend is not None and backend.lower() not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if isinstance(x, np.ndarray) or is_cupy_array(x):
+    if is_array(x):
         return x if backend is None else to_backend(x, backend)
     if _is_torch_tensor(x) and getattr(x, "requires_grad", False):
         x = x.detach()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import get_array_module, is_cupy_array, to_numpy
+from ..backend import get_array_module, is_array, to_numpy
 from ..grad_mode import no_grad
 from ..nn.module import Module
 from .report import GradcheckError, GradcheckReport, Kink, NondifferentiableError, compare, where_to_look
@@ -40,10 +40,6 @@ def _no_function(*args: Any) -> Any:
     raise AssertionError("a Module target has no (forward, backward) pair")
 
 
-def _is_array(a: Any) -> bool:
-    return isinstance(a, np.ndarray) or is_cupy_array(a)
-
-
 class _Target:
     """A Module or a (forward, backward) pair behind one interface."""
 
@@ -59,7 +55,7 @@ class _Target:
             raise TypeError(
                 f"gradcheck checks a Module or a (forward, backward) pair of functions, got {type(target).__name__}"
             )
-        self.inputs = [a.copy() if _is_array(a) else a for a in inputs]  # working copies, perturbed in place
+        self.inputs = [a.copy() if is_array(a) else a for a in inputs]  # working copies, perturbed in place
         # Not default_rng(seed): users often draw their inputs from default_rng(0), and v == x would make
         # e.g. BatchNorm's input gradient vanish. A separate stream for gradcheck's own draws:
         self.rng = np.random.default_rng([seed, _STREAM_V])
@@ -67,13 +63,13 @@ class _Target:
 
     def candidates(self) -> list[tuple[str, Any]]:
         """(name, array) for every floating input and every parameter with requires_grad."""
-        arrays = [(f"input {i}", a) for i, a in enumerate(self.inputs) if _is_array(a) and a.dtype.kind == "f"]
+        arrays = [(f"input {i}", a) for i, a in enumerate(self.inputs) if is_array(a) and a.dtype.kind == "f"]
         if self.module is not None:
             arrays += [(name, p.data) for name, p in self.module.named_parameters() if p.requires_grad]
         return arrays
 
     def _forward(self) -> tuple[Any, Any]:
-        args = [a.copy() if _is_array(a) else a for a in self.inputs]  # an op may update its inputs
+        args = [a.copy() if is_array(a) else a for a in self.inputs]  # an op may update its inputs
         if self.module is not None:
             return self.module(*args), None
         result = self.forward_fn(*args)

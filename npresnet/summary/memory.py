@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import nn
-from ..backend import is_cupy_array
+from ..backend import is_array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +78,6 @@ def one_value_batchnorm_to_eval(model: nn.Module) -> Iterator[list[str]]:
             module.training = flag
 
 
-def _is_array(x: Any) -> bool:
-    return isinstance(x, np.ndarray) or is_cupy_array(x)
-
-
 def _memory_of(array: Any) -> tuple[tuple[str, int], int]:
     """(identity of the memory block, its size in bytes) for an array or a view of one.
 
@@ -90,7 +86,7 @@ def _memory_of(array: Any) -> tuple[tuple[str, int], int]:
     """
     owner, link = array, getattr(array, "base", None)
     while link is not None:
-        if _is_array(link):
+        if is_array(link):
             owner = link
         link = getattr(link, "base", None)
     if isinstance(owner, np.ndarray):
@@ -101,7 +97,7 @@ def _memory_of(array: Any) -> tuple[tuple[str, int], int]:
 def _arrays_in(obj: Any, seen: set[int] | None = None) -> Iterator[Any]:
     """Every array inside a cache: arrays, tuples (NamedTuples), lists, dicts and dataclasses."""
     seen = set() if seen is None else seen
-    if _is_array(obj):
+    if is_array(obj):
         yield obj
         return
     if id(obj) in seen:
