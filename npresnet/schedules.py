@@ -9,7 +9,7 @@ the schedule's value at step 0), and call ``scheduler.step()`` *after* ``optimiz
         ...; optimizer.step(); scheduler.step()
     scheduler.get_last_lr()          # [lr of each parameter group]
 
-A "step" is whatever you call ``step()`` for: an epoch or an iteration (``npresnet.train`` steps
+A "step" is whatever you call ``step()`` for: an epoch or an iteration (``npresnet.training`` steps
 per iteration). t = ``last_epoch`` counts the calls; each group's lr at t, from its base lr0:
 
     MultiStepLR        lr0 * gamma ** (number of milestones <= t)

@@ -1,5 +1,5 @@
 """The degradation experiment, reduced to run in CI: 8-layer plain and residual nets, one short
-epoch on 64 digits. It must train through ``npresnet.train``, write its figures and metrics, keep
+epoch on 64 digits. It must train through ``npresnet.training``, write its figures and metrics, keep
 its numbers consistent, reuse finished networks, and reject bad depths clearly."""
 
 from __future__ import annotations

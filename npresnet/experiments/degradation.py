@@ -7,7 +7,7 @@
 
 Plain-20/56 and ResNet-20/56 (the CIFAR networks of ``npresnet.models.cifar``: the same layers
 and parameters, with and without option-A shortcuts) are trained on scikit-learn's 8x8 digits
-with one recipe, through ``npresnet.train``. The paper's observation: a deeper *plain* network
+with one recipe, through ``npresnet.training``. The paper's observation: a deeper *plain* network
 has a *higher training error* than a shallower one (so it is not overfitting: it is harder to
 optimise), while a deeper residual network has a lower one.
 
