@@ -239,6 +239,22 @@ def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_ex
         assert np.array_equal(arrays_a[key], arrays_b[key]) and arrays_a[key].dtype == arrays_b[key].dtype, key
 
 
+def test_resuming_a_finished_run_removes_a_dead_writers_checkpoint_temporary(tmp_path, capsys):
+    """Nothing is left to train, so no checkpoint is written (whose own write would clean up): resume must."""
+    from npresnet.train import main
+
+    out = tmp_path / "run"
+    assert main([*QUICK, "--epochs", "1", "--out", str(out)]) == 0
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
+    debris = out / f".checkpoint.npz.{int(finished.stdout)}.0123456789ab.tmp"  # a pid no process has any more
+    debris.write_bytes(b"half a checkpoint")
+    assert main(["--resume", str(out), "--progress", "none"]) == 0
+    assert "done: final test accuracy" in capsys.readouterr().out
+    assert temporaries(out) == [], os.listdir(out)
+
+
 # ---------------------------------------------------------------------------------------------- defect 5
 @pytest.mark.slow
 def test_two_runs_started_together_on_one_folder_one_refuses(tmp_path):
