@@ -280,6 +280,16 @@ def huge_member(path: Path) -> None:
             archive.writestr(name, data)
 
 
+def meta_twice(path: Path) -> None:
+    """Append a second, forged meta.npy (read naively, the last member of a name wins)."""
+    import zipfile
+
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "a") as archive:
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning: the duplicate is the point
+        with archive.open("meta.npy", "w") as member:
+            np.lib.format.write_array(member, np.array(json.dumps({"model": "forged"})))
+
+
 def meta_json(value):
     def change(path: Path) -> None:
         rewrite(path, lambda arrays, meta: value)
@@ -311,6 +321,7 @@ CORRUPT_FILES = {
     "meta a JSON list": (meta_json([1, 2, 3]), "meta must be a JSON object, got a list"),
     "meta without model": (meta_without("model"), "meta lacks 'model'"),
     "meta not JSON": (not_json, "meta is not valid JSON"),
+    "meta twice": (meta_twice, "the archive holds member meta.npy more than once"),
     "8 TiB member": (
         huge_member,
         "model/4.weight.npy declares shape (1099511627776,) float64 (8796093022208 bytes) but holds 16",
