@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="BLAS/torch threads of this process (Numba stays at 1; see npresnet.runtime); "
-        "without it the libraries' settings are left alone",
+        help="threads of this process for BLAS, Numba's kernels and torch together (npresnet.runtime); "
+        "without it the libraries' defaults stay: all cores, unless OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / "
+        "NUMBA_NUM_THREADS say otherwise",
     )
     return p
 
