@@ -36,7 +36,7 @@ import numpy as np
 from .atomic_write import atomic_write
 from .backend import to_numpy
 from .nn.dropout import Dropout
-from .nn.module import Module
+from .nn.module import CheckedStateDict, Module
 from .optim import Optimizer
 from .schedules import LRScheduler
 from .state_checks import StateError, read_npz, setting_problem
@@ -199,19 +199,19 @@ def _check_meta(path: str, meta: Any) -> None:
 
 def _check_model(
     path: str, meta: dict[str, Any], model_arrays: dict[str, np.ndarray], model: Module, model_name: str | None
-) -> list:
-    """The checked, converted model arrays (for ``Module._apply_state_dict``), or a ``CheckpointError``."""
+) -> CheckedStateDict:
+    """The checked, converted model arrays (``.apply()`` installs them), or a ``CheckpointError``."""
     saved_name = meta["model"]["name"]
     if model_name is not None and saved_name != model_name:
         raise CheckpointError(f"{path} holds a {saved_name!r} model, not {model_name!r}; nothing was loaded")
-    problems, _, updates = model._prepare_state_dict(model_arrays, strict=True)
-    if problems:
-        shown = "; ".join(p if len(p) <= 300 else p[:300] + " ..." for p in problems)
+    checked = model.check_state_dict(model_arrays, strict=True)
+    if checked.problems:
+        shown = "; ".join(p if len(p) <= 300 else p[:300] + " ..." for p in checked.problems)
         raise CheckpointError(
             f"{path} was written for a different model ({saved_name!r}, {meta['model']['class']}) "
             f"than this {type(model).__name__}, or holds bad values; nothing was loaded: {shown}"
         )
-    return updates
+    return checked
 
 
 def _optimizer_state(
@@ -274,7 +274,7 @@ def load_checkpoint(
     optimizer_update = None
     if optimizer is not None:
         try:
-            optimizer_update = optimizer._prepare_state_dict(_optimizer_state(path, meta, arrays, optimizer))
+            optimizer_update = optimizer.check_state_dict(_optimizer_state(path, meta, arrays, optimizer))
         except CheckpointError:
             raise
         except StateError as exc:
@@ -296,8 +296,8 @@ def load_checkpoint(
 
     # Everything checked: apply (none of these can fail now).
     if optimizer is not None and optimizer_update is not None:
-        optimizer._apply_state_dict(*optimizer_update)
-    model._apply_state_dict(model_updates)
+        optimizer_update.apply()
+    model_updates.apply()
     if scheduler is not None:
         scheduler.load_state_dict(meta["scheduler"])
     for module, state in rng_updates:

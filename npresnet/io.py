@@ -74,13 +74,13 @@ def load(module: Module, path: str | os.PathLike, strict: bool = True) -> Incomp
     if os.path.isfile(path) and _is_npy(path):
         raise StateError(f"{path!r} holds a single .npy array, not an .npz archive of a state_dict")
     state_dict = read_npz(path, "weights file")
-    problems, result, updates = module._prepare_state_dict(state_dict, strict)
-    if problems:
+    checked = module.check_state_dict(state_dict, strict)
+    if checked.problems:
         raise StateError(
-            f"{path}: cannot load into {type(module).__name__} (nothing was loaded): " + "; ".join(problems)
+            f"{path}: cannot load into {type(module).__name__} (nothing was loaded): " + "; ".join(checked.problems)
         )
-    module._apply_state_dict(updates)
-    return result
+    checked.apply()
+    return checked.keys
 
 
 def _is_npy(path: str) -> bool:

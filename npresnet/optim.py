@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -55,7 +55,21 @@ from .nn.module import Module
 from .nn.parameter import Parameter
 from .state_checks import StateError, convert_array, setting_problem
 
-__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "weight_decay_groups"]
+__all__ = ["SGD", "Adam", "AdamW", "CheckedOptimizerState", "Optimizer", "weight_decay_groups"]
+
+
+class CheckedOptimizerState(NamedTuple):
+    """What ``Optimizer.check_state_dict`` accepted: each group's new hyperparameters and the new
+    per-parameter state, converted; ``apply()`` installs them (it cannot fail half way)."""
+
+    optimizer: Optimizer
+    groups: list[dict[str, Any]]
+    state: dict[Parameter, dict[str, Any]]
+
+    def apply(self) -> None:
+        for group, checked in zip(self.optimizer.param_groups, self.groups):
+            group.update(checked)
+        self.optimizer.state = self.state
 
 
 class Optimizer:
@@ -158,21 +172,16 @@ class Optimizer:
         ``StateError`` (a ``ValueError``). Arrays are copied onto each parameter's backend and
         dtype (a counter such as Adam's ``step`` stays a number).
         """
-        self._apply_state_dict(*self._prepare_state_dict(state_dict))
-
-    def _apply_state_dict(self, groups: list[dict[str, Any]], state: dict[Parameter, dict[str, Any]]) -> None:
-        """Install what ``_prepare_state_dict`` checked (cannot fail)."""
-        for group, checked in zip(self.param_groups, groups):
-            group.update(checked)
-        self.state = state
+        self.check_state_dict(state_dict).apply()
 
     def _hyper_kind(self, name: str) -> str:
         """The kind ``setting_problem`` checks a hyperparameter against, from its default's type."""
         default = self.defaults.get(name, 0.0)
         return "bool" if isinstance(default, bool) else "pair" if isinstance(default, tuple) else "number"
 
-    def _prepare_state_dict(self, state_dict: Any) -> tuple[list[dict[str, Any]], dict[Parameter, dict[str, Any]]]:
-        """Check ``state_dict`` without changing anything: (new hyperparameters of each group, new state)."""
+    def check_state_dict(self, state_dict: Any) -> CheckedOptimizerState:
+        """Check ``state_dict`` without changing anything (the first half of ``load_state_dict``);
+        raises ``StateError``. ``.apply()`` on the result installs it."""
         if (
             not isinstance(state_dict, dict)
             or not isinstance(state_dict.get("param_groups"), list)
@@ -221,7 +230,7 @@ class Optimizer:
             if not isinstance(entries, dict):
                 raise StateError(f"optimizer state of parameter {key} must be a dict, got {type(entries).__name__}")
             new_state[p] = {name: self._checked_state_value(name, value, p, key) for name, value in entries.items()}
-        return new_groups, new_state
+        return CheckedOptimizerState(self, new_groups, new_state)
 
     @staticmethod
     def _checked_state_value(name: str, value: Any, p: Parameter, key: Any) -> Any:

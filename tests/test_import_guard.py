@@ -83,7 +83,7 @@ REVIEWED = {
     ): "divisor_override table from a Python int; moved with xp.asarray right after",
     (
         "npresnet/nn/module.py",
-        "Module._prepare_state_dict",
+        "Module.check_state_dict",
         "np.shape",
     ): "np.shape reads .shape first, so it does not convert a CuPy array",
     ("npresnet/nn/module.py", "new_parameter", "np.asarray"): "fresh host initialisation, then to_backend",

@@ -16,6 +16,7 @@ import torch
 import npresnet
 from npresnet import functional as F
 from npresnet import models, nn
+from npresnet.state_checks import StateError
 
 
 class Block(nn.Module):
@@ -661,3 +662,23 @@ def test_dropout_generators_survive_a_checkpoint(tmp_path):
     )
     load_checkpoint(tmp_path / "ckpt.npz", resumed)
     np.testing.assert_array_equal(resumed(x), expected)
+
+
+def test_check_state_dict_changes_nothing_and_apply_installs_all_or_nothing():
+    """The two halves of load_state_dict, public for loaders that check several things first."""
+    layer = nn.Sequential(nn.Conv2d(2, 3, 3, bias=False), nn.BatchNorm2d(3))
+    before = {k: np.array(v, copy=True) for k, v in layer.state_dict().items()}
+    good = {k: np.full_like(v, 0.5) for k, v in before.items()}
+    bad = {**good, "0.weight": np.full((3, 2, 3, 3), np.nan, dtype=np.float32)}
+
+    refused = layer.check_state_dict(bad)
+    assert refused.problems and "0.weight" in refused.problems[0]
+    with pytest.raises(StateError, match="cannot be applied"):
+        refused.apply()
+    accepted = layer.check_state_dict(good)
+    assert accepted.problems == [] and accepted.keys == nn.IncompatibleKeys([], [])
+    for key, value in layer.state_dict().items():  # checking changed nothing
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    accepted.apply()
+    for key, value in layer.state_dict().items():
+        np.testing.assert_array_equal(value, good[key].astype(before[key].dtype), err_msg=key)

@@ -7,7 +7,7 @@ from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Flatten, Linear
 from .loss import CrossEntropyLoss
-from .module import IncompatibleKeys, Module
+from .module import CheckedStateDict, IncompatibleKeys, Module
 from .parameter import Parameter
 from .pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
@@ -20,6 +20,7 @@ __all__ = [
     "Dropout",
     "Flatten",
     "Identity",
+    "CheckedStateDict",
     "IncompatibleKeys",
     "Linear",
     "MaxPool2d",

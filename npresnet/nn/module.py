@@ -124,6 +124,29 @@ class IncompatibleKeys(NamedTuple):
     unexpected_keys: list[str]
 
 
+class CheckedStateDict(NamedTuple):
+    """What ``Module.check_state_dict`` found; ``apply()`` installs it (all or nothing).
+
+    ``problems`` is empty when the state_dict fits; ``keys`` are the missing and unexpected keys;
+    ``updates`` are (module, name, is_param, converted array). Loaders that check several things
+    (a model, its optimizer, a schedule) check them all first, then apply each.
+    """
+
+    problems: list[str]
+    keys: IncompatibleKeys
+    updates: list[tuple[Module, str, bool, Any]]
+
+    def apply(self) -> None:
+        """Install the checked arrays (cannot fail half way: every value was converted already)."""
+        if self.problems:
+            raise StateError("a state_dict with problems cannot be applied: " + "; ".join(self.problems))
+        for module, name, is_param, array in self.updates:
+            if is_param:
+                module._parameters[name].data = array
+            else:
+                module._buffers[name] = array
+
+
 class Module:
     """Base class of every layer, block and model."""
 
@@ -454,17 +477,19 @@ class Module:
         holding NaN or infinity (buffers such as running_var may hold anything, as in torch). All
         problems are listed at once, in a ``StateError`` (a ``RuntimeError``), and nothing is changed.
         """
-        problems, result, updates = self._prepare_state_dict(state_dict, strict)
-        if problems:
+        checked = self.check_state_dict(state_dict, strict)
+        if checked.problems:
+            problems = checked.problems
             raise StateError(f"error(s) loading state_dict into {type(self).__name__}:\n  " + "\n  ".join(problems))
-        self._apply_state_dict(updates)
-        return result
+        checked.apply()
+        return checked.keys
 
-    def _prepare_state_dict(self, state_dict: Any, strict: bool) -> tuple[list[str], IncompatibleKeys, list]:
-        """Check ``state_dict`` against this module without changing anything: (problems, the missing
-        and unexpected keys, [(module, name, is_param, converted array)] for ``_apply_state_dict``)."""
+    def check_state_dict(self, state_dict: Any, strict: bool = True) -> CheckedStateDict:
+        """Check ``state_dict`` against this module without changing anything (the first half of
+        ``load_state_dict``): every problem, the missing and unexpected keys, and the converted
+        arrays, which ``.apply()`` installs."""
         if not hasattr(state_dict, "items") or not hasattr(state_dict, "keys"):
-            return (
+            return CheckedStateDict(
                 [f"a state_dict must be a dict of arrays, got {type(state_dict).__name__}"],
                 IncompatibleKeys([], []),
                 [],
@@ -500,16 +525,7 @@ class Module:
             problems.append("wrong shapes: " + "; ".join(mismatched))
         if bad_values:
             problems.append("bad values: " + "; ".join(bad_values))
-        return problems, IncompatibleKeys(missing, unexpected), updates
-
-    @staticmethod
-    def _apply_state_dict(updates: list) -> None:
-        """Install the arrays ``_prepare_state_dict`` checked and converted (cannot fail)."""
-        for module, name, is_param, array in updates:
-            if is_param:
-                module._parameters[name].data = array
-            else:
-                module._buffers[name] = array
+        return CheckedStateDict(problems, IncompatibleKeys(missing, unexpected), updates)
 
     # ------------------------------------------------------------------ printing
     def extra_repr(self) -> str:
