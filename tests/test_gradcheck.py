@@ -777,7 +777,7 @@ def test_cli_checks_a_users_class_and_reports_a_bug(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["resnet21"], "error: unknown model 'resnet21'; available: resnet18,"),
+        (["resnet21"], "error: unknown model 'resnet21'; did you mean resnet20? models: resnet18,"),
         (
             ["resnet20"],
             "error: full mode runs 2 forward passes per element, and resnet20 with input (2, 3, 32, 32) "

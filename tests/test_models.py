@@ -437,3 +437,14 @@ def test_fine_tuning_frozen_backbone_with_new_head():
     for (name, p), p_t in zip(model.fc.named_parameters(), head_t.parameters()):
         np.testing.assert_allclose(p.data, p_t.detach().numpy(), rtol=0, atol=1e-12, err_msg=name)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize(
+    "typo, suggestion", [("resnet51", "resnet50"), ("resnet21", "resnet20"), ("resnext50", "resnext50_32x4d")]
+)
+def test_an_unknown_model_name_suggests_the_closest_real_one(typo, suggestion):
+    """get_model (and with it train, summary, gradcheck and bench) names the likely intended model."""
+    with pytest.raises(ValueError, match=rf"unknown model '{typo}'; did you mean {suggestion}\? models: resnet18, "):
+        models.get_model(typo)
+    assert models.unknown_model_message("resnet50") is None
+    assert "did you mean" not in models.unknown_model_message("vgg16")

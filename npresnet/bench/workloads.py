@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from .. import models, nn, no_grad
 from ..backend import get_array_module
+from ..models import model_names, unknown_model_message
 from ..optim import SGD
 
 __all__ = ["DEFAULT_MODELS", "build_npresnet", "default_batch", "default_size", "forward_macs", "is_cifar",
@@ -29,30 +29,6 @@ def default_size(name: str) -> int:
 
 def default_batch(name: str) -> int:
     return 64 if is_cifar(name) else 8
-
-
-def model_names() -> list[str]:
-    """The model factories the bench can time (ImageNet and CIFAR families of ``npresnet.models``)."""
-    return [*models.IMAGENET_MODELS, *models.CIFAR_MODELS]
-
-
-def unknown_model_message(name: str) -> str | None:
-    """None if ``name`` is a model; else the error, suggesting the closest real names."""
-    names = model_names()
-    if name in names:
-        return None
-    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
-    if close:                           # the most similar; among equals the nearest depth (resnet51 -> resnet50)
-        digits = "".join(c for c in name if c.isdigit())
-
-        def depth_gap(candidate: str) -> int:
-            theirs = "".join(c for c in candidate if c.isdigit())
-            return abs(int(theirs) - int(digits)) if theirs and digits else 0
-
-        similarity = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in close}
-        close = [min(close, key=lambda c: (-similarity[c], depth_gap(c)))]
-    hint = f"did you mean {close[0]}? " if close else ""
-    return f"unknown model {name!r}; {hint}models: {', '.join(names)}"
 
 
 def build_npresnet(name: str, dtype: Any, backend: str) -> nn.Module:

@@ -27,6 +27,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -68,12 +69,41 @@ CIFAR_MODELS: dict[str, Callable[..., CifarResNet]] = {
 }
 
 
+def model_names() -> list[str]:
+    """Every name ``get_model`` takes: the ImageNet family, then the CIFAR family."""
+    return [*IMAGENET_MODELS, *CIFAR_MODELS]
+
+
+def unknown_model_message(name: str) -> str | None:
+    """None if ``name`` is a model; else the error text, with the likely intended name: a name it
+    begins (``resnext50`` -> resnext50_32x4d), else the most similar one, among equals the nearest
+    depth (``resnet51`` -> "did you mean resnet50?")."""
+    names = model_names()
+    if name in names:
+        return None
+    completions = [n for n in names if n.startswith(name)]  # resnext50 -> resnext50_32x4d
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    hint = ""
+    if completions:
+        hint = f"did you mean {min(completions, key=len)}? "
+    elif close:
+        digits = "".join(c for c in name if c.isdigit())
+
+        def depth_gap(candidate: str) -> int:
+            theirs = "".join(c for c in candidate if c.isdigit())
+            return abs(int(theirs) - int(digits)) if theirs and digits else 0
+
+        similarity = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in close}
+        hint = f"did you mean {min(close, key=lambda c: (-similarity[c], depth_gap(c)))}? "
+    return f"unknown model {name!r}; {hint}models: {', '.join(names)}"
+
+
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by its factory name, e.g. ``get_model("resnet50", num_classes=10, seed=0)``."""
-    factories = {**IMAGENET_MODELS, **CIFAR_MODELS}
-    if name not in factories:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(factories)}")
-    return factories[name](**kwargs)
+    problem = unknown_model_message(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return {**IMAGENET_MODELS, **CIFAR_MODELS}[name](**kwargs)
 
 
 __all__ = [
@@ -89,6 +119,8 @@ __all__ = [
     "conv1x1",
     "conv3x3",
     "get_model",
+    "model_names",
+    "unknown_model_message",
     "init_weights",
     "plain20",
     "plain32",

@@ -96,8 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cifar = models.CIFAR_MODELS
     known = {**models.IMAGENET_MODELS, **cifar}
     for name in args.models:
-        if name not in known:
-            p.error(f"unknown model {name!r}; choose from: {', '.join(known)}")
+        problem = models.unknown_model_message(name)
+        if problem is not None:
+            p.error(problem)
     if args.depth is not None and args.depth < 0:
         p.error(f"--depth must be 0 or more, got {args.depth}")
     # --variant applies to the ImageNet ResNets, --shortcut to the CIFAR ResNets (not the plain nets).
