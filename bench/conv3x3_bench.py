@@ -66,7 +66,7 @@ def main() -> None:
         import torch
     except ImportError:
         torch = None
-    runtime.set_num_threads(args.threads)               # BLAS, and torch's intra-op threads (imported first)
+    runtime.set_num_threads(args.threads)  # BLAS, and torch's intra-op threads (imported first)
     rng = np.random.default_rng(0)
     print(f"batch {args.batch}, float32, {args.threads} thread(s); ms: forward / input grad / weight grad")
     for C, O, H, stride in SHAPES:
@@ -75,17 +75,22 @@ def main() -> None:
         dy = rng.standard_normal((args.batch, O, H // stride, H // stride), dtype=np.float32)
         chosen = time_npresnet(x, w, stride, dy)
         limits = conv_dispatch.DIRECT_MAX_CHANNELS, conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS
-        conv_dispatch.DIRECT_MAX_CHANNELS = conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS = 0   # fixed rule: GEMM
+        conv_dispatch.DIRECT_MAX_CHANNELS = conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS = 0  # fixed rule: GEMM
         try:
             gemm = time_npresnet(x, w, stride, dy)
         finally:
             conv_dispatch.DIRECT_MAX_CHANNELS, conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS = limits
         worst = max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(chosen[4], gemm[4]))
-        path = ("direct" if max(C, O) <= conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS else "im2col/direct") \
-            if chosen[3] else "im2col"                                       # forward / gradients
-        line = (f"{C:3d} -> {O:3d}  {H:2d}x{H:<2d} stride {stride}  {path:13s} "
-                f"{chosen[0]:5.1f} / {chosen[1]:5.1f} / {chosen[2]:5.1f}   im2col+GEMM {gemm[0]:5.1f} / "
-                f"{gemm[1]:5.1f} / {gemm[2]:5.1f}   (rel diff {worst:.0e})")
+        path = (
+            ("direct" if max(C, O) <= conv_dispatch.DIRECT_FORWARD_MAX_CHANNELS else "im2col/direct")
+            if chosen[3]
+            else "im2col"
+        )  # forward / gradients
+        line = (
+            f"{C:3d} -> {O:3d}  {H:2d}x{H:<2d} stride {stride}  {path:13s} "
+            f"{chosen[0]:5.1f} / {chosen[1]:5.1f} / {chosen[2]:5.1f}   im2col+GEMM {gemm[0]:5.1f} / "
+            f"{gemm[1]:5.1f} / {gemm[2]:5.1f}   (rel diff {worst:.0e})"
+        )
         if torch is not None:
             forward, backward = time_torch(torch, x, w, stride, dy)
             line += f"   torch {forward:5.1f} / {backward:5.1f} (both grads)"

@@ -6,6 +6,7 @@
 Prints the median step time (3 warm-up steps, a barrier around each step), images/s, and the cost of
 the gradient allreduce alone. Compare -n 1 against -n 2 at the same global batch.
 """
+
 import sys
 import time
 
@@ -54,10 +55,12 @@ for s in range(steps + warm):
 if world.is_main:
     median = float(np.median(times))
     q1, q3 = np.percentile(times, [25, 75])
-    print(f"ranks={world.size} global_batch={G} sync_bn={sync} median_step={median * 1e3:.1f}ms "
-          f"IQR=[{q1 * 1e3:.1f},{q3 * 1e3:.1f}] img/s={G / median:.1f} "
-          f"median_allreduce={np.median(comm_times) * 1e3:.2f}ms buckets={len(average.buffers)}")
-alone = []                              # the allreduce of the gradient buckets on its own
+    print(
+        f"ranks={world.size} global_batch={G} sync_bn={sync} median_step={median * 1e3:.1f}ms "
+        f"IQR=[{q1 * 1e3:.1f},{q3 * 1e3:.1f}] img/s={G / median:.1f} "
+        f"median_allreduce={np.median(comm_times) * 1e3:.2f}ms buckets={len(average.buffers)}"
+    )
+alone = []  # the allreduce of the gradient buckets on its own
 for _ in range(30):
     world.barrier()
     t0 = time.perf_counter()

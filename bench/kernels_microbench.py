@@ -21,7 +21,7 @@ import numpy as np
 
 
 def median_ms(fn, repeats: int, clock=time.perf_counter) -> float:
-    fn()                                     # warm-up
+    fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = clock()
@@ -35,8 +35,10 @@ def agreement(ref, fast) -> str:
     fast = fast if isinstance(fast, tuple) else (fast,)
     if all(np.array_equal(a, b, equal_nan=True) for a, b in zip(ref, fast)):
         return "bitwise"
-    worst = max(float(np.max(np.abs(np.asarray(a, np.float64) - b)) / max(float(np.max(np.abs(a))), 1e-300))
-                for a, b in zip(ref, fast))
+    worst = max(
+        float(np.max(np.abs(np.asarray(a, np.float64) - b)) / max(float(np.max(np.abs(a))), 1e-300))
+        for a, b in zip(ref, fast)
+    )
     return f"{worst:.1e} rel"
 
 
@@ -61,10 +63,13 @@ def cases(batch: int, dtype, rng):
         fast_im2col, fast_col2im = kernels.get("im2col", x), kernels.get("col2im", x)
         cols = im2col(x, *args)
         dcols = rand(*cols.shape)
-        yield ("im2col", label % batch, lambda x=x, a=args: im2col(x, *a),
-               lambda x=x, a=args, f=fast_im2col: f(x, *a))
-        yield ("col2im", label % batch, lambda d=dcols, s=x.shape, a=args: col2im(d, s, *a[1:]),
-               lambda d=dcols, s=x.shape, a=args, f=fast_col2im: f(d, s, *a[1:]))
+        yield ("im2col", label % batch, lambda x=x, a=args: im2col(x, *a), lambda x=x, a=args, f=fast_im2col: f(x, *a))
+        yield (
+            "col2im",
+            label % batch,
+            lambda d=dcols, s=x.shape, a=args: col2im(d, s, *a[1:]),
+            lambda d=dcols, s=x.shape, a=args, f=fast_col2im: f(d, s, *a[1:]),
+        )
         del cols
 
     x = rand(batch, 64, 112, 112)
@@ -72,20 +77,36 @@ def cases(batch: int, dtype, rng):
     y, cache = pool.maxpool2d_forward(x, 3, 2, 1)
     dy = rand(*y.shape)
     fwd, bwd = kernels.get("maxpool2d_forward", x), kernels.get("maxpool2d_backward", x)
-    yield ("maxpool fwd", label, lambda: (lambda y, c: (y, c.argmax))(*pool.maxpool2d_forward(x, 3, 2, 1)),
-           lambda: fwd(x, cache.geometry))
-    yield ("maxpool bwd", label, lambda: pool.maxpool2d_backward(dy, cache),
-           lambda: bwd(dy, cache.argmax, x.shape, cache.geometry))
+    yield (
+        "maxpool fwd",
+        label,
+        lambda: (lambda y, c: (y, c.argmax))(*pool.maxpool2d_forward(x, 3, 2, 1)),
+        lambda: fwd(x, cache.geometry),
+    )
+    yield (
+        "maxpool bwd",
+        label,
+        lambda: pool.maxpool2d_backward(dy, cache),
+        lambda: bwd(dy, cache.argmax, x.shape, cache.geometry),
+    )
 
     x = rand(batch, 64, 56, 56)
     label = f"3x3 s1 p1, x {batch}x64x56x56"
     y, acache = pool.avgpool2d_forward(x, 3, 1, 1)
     dy = rand(*y.shape)
     afwd, abwd = kernels.get("avgpool2d_forward", x), kernels.get("avgpool2d_backward", x)
-    yield ("avgpool fwd", label, lambda: pool.avgpool2d_forward(x, 3, 1, 1)[0],
-           lambda: afwd(x, acache.divisor, acache.geometry))
-    yield ("avgpool bwd", label, lambda: pool.avgpool2d_backward(dy, acache),
-           lambda: abwd(dy, acache.divisor, x.shape, acache.geometry))
+    yield (
+        "avgpool fwd",
+        label,
+        lambda: pool.avgpool2d_forward(x, 3, 1, 1)[0],
+        lambda: afwd(x, acache.divisor, acache.geometry),
+    )
+    yield (
+        "avgpool bwd",
+        label,
+        lambda: pool.avgpool2d_backward(dy, acache),
+        lambda: abwd(dy, acache.divisor, x.shape, acache.geometry),
+    )
 
     x = rand(batch, 256, 56, 56)
     label = f"train, x {batch}x256x56x56"
@@ -93,10 +114,18 @@ def cases(batch: int, dtype, rng):
     y, bcache = bn.batchnorm2d_forward(x, gamma, beta, None, None, True)
     dy = rand(*y.shape)
     bfwd, bbwd = kernels.get("batchnorm2d_train_forward", x), kernels.get("batchnorm2d_train_backward", x)
-    yield ("batchnorm fwd", label, lambda: bn.batchnorm2d_forward(x, gamma, beta, None, None, True)[0],
-           lambda: bfwd(x, gamma, beta, 1e-5)[0])
-    yield ("batchnorm bwd", label, lambda: bn.batchnorm2d_backward(dy, bcache),
-           lambda: bbwd(dy, bcache.x_hat, bcache.invstd, gamma))
+    yield (
+        "batchnorm fwd",
+        label,
+        lambda: bn.batchnorm2d_forward(x, gamma, beta, None, None, True)[0],
+        lambda: bfwd(x, gamma, beta, 1e-5)[0],
+    )
+    yield (
+        "batchnorm bwd",
+        label,
+        lambda: bn.batchnorm2d_backward(dy, bcache),
+        lambda: bbwd(dy, bcache.x_hat, bcache.invstd, gamma),
+    )
 
 
 def main() -> None:
@@ -105,9 +134,13 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: process CPU time (all threads summed), robust to other processes "
-                             "on a shared machine; a perfectly parallel kernel keeps it constant")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: process CPU time (all threads summed), robust to other processes "
+        "on a shared machine; a perfectly parallel kernel keeps it constant",
+    )
     args = parser.parse_args()
 
     import numba
@@ -116,20 +149,25 @@ def main() -> None:
 
     if kernels.active() != "numba":
         raise SystemExit(f"npresnet.kernels.active() is {kernels.active()!r}: nothing to compare")
-    print(f"numpy {np.__version__}, numba {numba.__version__}, python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs, dtype {args.dtype}, median {args.clock} time of {args.repeats}, "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, load average {os.getloadavg()[0]:.1f}")
-    header = (f"{'op':<14} {'shape':<36} {'numpy ms':>9}"
-              + "".join(f" {f'numba {t}T ms':>12} {'speedup':>8}" for t in args.threads) + "  agreement")
+    print(
+        f"numpy {np.__version__}, numba {numba.__version__}, python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs, dtype {args.dtype}, median {args.clock} time of {args.repeats}, "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, load average {os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'op':<14} {'shape':<36} {'numpy ms':>9}"
+        + "".join(f" {f'numba {t}T ms':>12} {'speedup':>8}" for t in args.threads)
+        + "  agreement"
+    )
     print(header)
     print("-" * len(header))
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     rng = np.random.default_rng(0)
     for name, label, reference, fast in cases(args.batch, np.dtype(args.dtype), rng):
-        with kernels.reference_only():              # the NumPy path, even once functional/ calls the kernels
+        with kernels.reference_only():  # the NumPy path, even once functional/ calls the kernels
             ref_result = reference()
             ref_ms = median_ms(reference, args.repeats, clock)
-        agree = agreement(ref_result, fast())          # also compiles the kernel
+        agree = agreement(ref_result, fast())  # also compiles the kernel
         del ref_result
         row = f"{name:<14} {label:<36} {ref_ms:9.1f}"
         for threads in args.threads:
@@ -138,8 +176,10 @@ def main() -> None:
             row += f" {fast_ms:12.1f} {ref_ms / fast_ms:7.1f}x"
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         print(row + f"  {agree}", flush=True)
-    print(f"numba threading layer: {numba.threading_layer()}; load average now {os.getloadavg()[0]:.1f} "
-          f"(other processes on these {os.cpu_count()} CPUs skew the multi-thread column)")
+    print(
+        f"numba threading layer: {numba.threading_layer()}; load average now {os.getloadavg()[0]:.1f} "
+        f"(other processes on these {os.cpu_count()} CPUs skew the multi-thread column)"
+    )
 
 
 if __name__ == "__main__":

@@ -27,16 +27,24 @@ MODEL_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet20": "Re
 
 
 def _machine_line(machine: dict[str, Any]) -> str:
-    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
-                     for b in machine.get("blas", []) if "internal_api" in b)
+    blas = ", ".join(
+        f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
+        for b in machine.get("blas", [])
+        if "internal_api" in b
+    )
     versions = machine.get("versions", {})
-    return (f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
-            f"numba {versions.get('numba', '?')}, torch {versions.get('torch', '?')}; "
-            f"kernel choice: {machine.get('autotune', 'fixed')}")
+    return (
+        f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
+        f"numba {versions.get('numba', '?')}, torch {versions.get('torch', '?')}; "
+        f"kernel choice: {machine.get('autotune', 'fixed')}"
+    )
 
 
-HEADER = ["| model, batch | mode | threads | npresnet | torch | ratio | speed-up vs 1 thread (npresnet / torch) "
-          "| step memory vs torch |", "|---|---|---|---|---|---|---|---|"]
+HEADER = [
+    "| model, batch | mode | threads | npresnet | torch | ratio | speed-up vs 1 thread (npresnet / torch) "
+    "| step memory vs torch |",
+    "|---|---|---|---|---|---|---|---|",
+]
 
 
 def _rows(report: dict[str, Any]) -> list[str]:
@@ -48,16 +56,23 @@ def _rows(report: dict[str, Any]) -> list[str]:
             continue
         threads = row.get("threads", machine.get("threads"))
         speed = scaling.get((row["model"], row["mode"], threads))
-        speedup = "" if speed is None or speed["threads"] == 1 else \
-            f"{speed['npresnet_speedup']:.2f}x / {speed['torch_speedup']:.2f}x"
+        speedup = (
+            ""
+            if speed is None or speed["threads"] == 1
+            else f"{speed['npresnet_speedup']:.2f}x / {speed['torch_speedup']:.2f}x"
+        )
         memory = ""
         if row.get("rss_peak_mb") is not None and row.get("torch_rss_peak_mb") is not None:
-            memory = (f"{row['rss_peak_mb']:.0f} vs {row['torch_rss_peak_mb']:.0f} MB "
-                      f"({row['rss_peak_mb'] / row['torch_rss_peak_mb']:.2f}x)")
+            memory = (
+                f"{row['rss_peak_mb']:.0f} vs {row['torch_rss_peak_mb']:.0f} MB "
+                f"({row['rss_peak_mb'] / row['torch_rss_peak_mb']:.2f}x)"
+            )
         size = row["image_size"]
         model = f"{MODEL_NAMES.get(row['model'], row['model'])}, {row['batch']} x {size}x{size}"
-        lines.append(f"| {model} | {row['mode']} | {threads} | {row['npresnet_s']:.3f} s | {row['torch_s']:.3f} s "
-                     f"| {row['ratio']:.2f}x | {speedup} | {memory} |")
+        lines.append(
+            f"| {model} | {row['mode']} | {threads} | {row['npresnet_s']:.3f} s | {row['torch_s']:.3f} s "
+            f"| {row['ratio']:.2f}x | {speedup} | {memory} |"
+        )
     return lines
 
 
@@ -80,8 +95,8 @@ def split_readme(text: str) -> tuple[str, list[str], str, str]:
     if start < 0 or end < 0:
         raise SystemExit(f"error: README.md has no '{START} FILES -->' ... '{END}' section")
     header_end = text.index("-->", start) + 3
-    files = text[start + len(START):header_end - 3].split()
-    return text[:start], files, text[header_end:end].strip("\n"), text[end + len(END):]
+    files = text[start + len(START) : header_end - 3].split()
+    return text[:start], files, text[header_end:end].strip("\n"), text[end + len(END) :]
 
 
 def section(files: list[str]) -> str:
@@ -98,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     before, files, table, after = split_readme(text)
     if args.check:
         if table != render(files):
-            print(f"error: {args.readme.name}'s speed table differs from its JSON files; run "
-                  f"python bench/speed_table.py {' '.join(files)}", file=sys.stderr)
+            print(
+                f"error: {args.readme.name}'s speed table differs from its JSON files; run "
+                f"python bench/speed_table.py {' '.join(files)}",
+                file=sys.stderr,
+            )
             return 1
         return 0
     files = args.files or files

@@ -93,8 +93,10 @@ def _numba_installed() -> bool:
 
 HAVE_NUMBA = _numba_installed()
 if REQUESTED == "numba" and not HAVE_NUMBA:
-    raise ImportError("NPRESNET_KERNELS=numba but numba is not installed; it is a dependency of npresnet: "
-                      "pip install 'numba>=0.58' (or reinstall: pip install -e .)")
+    raise ImportError(
+        "NPRESNET_KERNELS=numba but numba is not installed; it is a dependency of npresnet: "
+        "pip install 'numba>=0.58' (or reinstall: pip install -e .)"
+    )
 
 #: kernel name -> (module in this package, function in it)
 KERNELS = {
@@ -125,10 +127,10 @@ CUDA_KERNELS = {
 }
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_cuda_problem: str | None = None                   # why the CUDA kernels are off; set by _cuda_usable()
+_cuda_problem: str | None = None  # why the CUDA kernels are off; set by _cuda_usable()
 _cuda_checked = False
-_numba_import_error: BaseException | None = None   # set if Numba was found but failed to import
-_reference_depth = 0                               # > 0 inside ``with reference_only():``
+_numba_import_error: BaseException | None = None  # set if Numba was found but failed to import
+_reference_depth = 0  # > 0 inside ``with reference_only():``
 
 
 def set_num_threads(threads: int) -> int:
@@ -192,7 +194,7 @@ def get(name: str, x: Any) -> Callable[..., Any] | None:
     """
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; expected one of {sorted(KERNELS)}")
-    if _observer is not None:                   # a profiler is watching (see set_observer)
+    if _observer is not None:  # a profiler is watching (see set_observer)
         kernel = _get(name, x)
         return kernel if kernel is None else _observer(name, kernel)
     return _get(name, x)
@@ -206,7 +208,7 @@ def _get(name: str, x: Any) -> Callable[..., Any] | None:
     module_name, function_name = KERNELS[name]
     try:
         module = importlib.import_module(f"{__name__}.{module_name}")
-    except (ImportError, SystemError) as exc:   # Numba installed but broken (e.g. rejects this NumPy)
+    except (ImportError, SystemError) as exc:  # Numba installed but broken (e.g. rejects this NumPy)
         if REQUESTED == "numba":
             raise
         _disable_numba(exc)
@@ -217,8 +219,11 @@ def _get(name: str, x: Any) -> Callable[..., Any] | None:
 def _disable_numba(exc: BaseException) -> None:
     global _numba_import_error
     _numba_import_error = exc
-    warnings.warn(f"npresnet.kernels: numba failed to import ({exc}); using the NumPy reference kernels",
-                  RuntimeWarning, stacklevel=3)
+    warnings.warn(
+        f"npresnet.kernels: numba failed to import ({exc}); using the NumPy reference kernels",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,10 +248,13 @@ def _cuda_usable() -> bool:
                 _cuda_problem = "numba.cuda.is_available() is False (no CUDA driver or device)"
         except ImportError as exc:
             _cuda_problem = f"numba-cuda is not installed ({exc})"
-        except Exception as exc:                    # installed but broken: say so once, then use CuPy
+        except Exception as exc:  # installed but broken: say so once, then use CuPy
             _cuda_problem = f"numba.cuda failed to import ({type(exc).__name__}: {exc})"
-            warnings.warn(f"npresnet.kernels: {_cuda_problem}; CuPy arrays use the pure-CuPy references",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"npresnet.kernels: {_cuda_problem}; CuPy arrays use the pure-CuPy references",
+                RuntimeWarning,
+                stacklevel=3,
+            )
     return _cuda_problem is None
 
 

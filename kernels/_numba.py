@@ -59,7 +59,7 @@ if not _min_bytes.isdigit():
     raise ValueError(f"NPRESNET_PARALLEL_MIN_BYTES must be a whole number of bytes, got {_min_bytes!r}")
 PARALLEL_MIN_BYTES = int(_min_bytes)
 
-_pool_lock = threading.Lock()          # held while a parallel kernel runs (workqueue is not reentrant)
+_pool_lock = threading.Lock()  # held while a parallel kernel runs (workqueue is not reentrant)
 
 
 def set_num_threads(threads):
@@ -80,8 +80,9 @@ if "NUMBA_NUM_THREADS" not in os.environ and _omp_threads.isdigit() and int(_omp
 def _function_copy(function, suffix):
     """The same function under another __qualname__, so Numba's on-disk cache keeps its two builds
     (serial, parallel) in two files (the cache index does not tell ``parallel=`` apart)."""
-    copy = types.FunctionType(function.__code__, function.__globals__, function.__name__ + suffix,
-                              function.__defaults__, function.__closure__)
+    copy = types.FunctionType(
+        function.__code__, function.__globals__, function.__name__ + suffix, function.__defaults__, function.__closure__
+    )
     copy.__qualname__ = function.__qualname__ + suffix
     copy.__module__ = function.__module__
     copy.__doc__ = function.__doc__
@@ -108,9 +109,12 @@ class ParallelKernel:
         self.__doc__, self.__name__ = function.__doc__, function.__name__
 
     def __call__(self, *args):
-        if (PARALLEL == "0" or numba.get_num_threads() == 1
-                or sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < PARALLEL_MIN_BYTES
-                or not _pool_lock.acquire(blocking=False)):
+        if (
+            PARALLEL == "0"
+            or numba.get_num_threads() == 1
+            or sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < PARALLEL_MIN_BYTES
+            or not _pool_lock.acquire(blocking=False)
+        ):
             return self.serial(*args)
         try:
             return self.parallel(*args)
@@ -145,7 +149,7 @@ def valid_range(offset, stride, size, out_size):
     Always 0 <= lo <= hi <= out_size (so loops over [0, lo) stay inside the output).
     """
     lo = 0 if offset >= 0 else min(out_size, (-offset + stride - 1) // stride)
-    last = size - 1 - offset                      # o*stride <= last
+    last = size - 1 - offset  # o*stride <= last
     hi = 0 if last < 0 else min(out_size, last // stride + 1)
     return lo, max(lo, hi)
 
@@ -154,6 +158,7 @@ def valid_range(offset, stride, size, out_size):
 # they loop from 0: LLVM vectorises these loops (SIMD), while the same loop written with 4-D
 # indices and offsets, x[n, c, h, ow*SW + off], stays scalar and runs 2-3x slower. A view with
 # stride 1 (sliced ``a:b``, no step) is the fast case, so callers branch on ``stride == 1``.
+
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
 def fill_row(dst, value):

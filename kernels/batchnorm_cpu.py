@@ -143,8 +143,8 @@ def _row_moments_kernel(x, row_sum, row_m2):
 def _combine_moments(row_sum, row_m2, M, mean, var):
     """Per channel, from its N rows of M values (Chan et al.'s pairwise update, in ascending n)::
 
-        mean = sum_n row_sum[n] / (N*M)
-        var  = (sum_n row_m2[n] + M * sum_n (row_sum[n]/M - mean)^2) / (N*M)        (biased)
+    mean = sum_n row_sum[n] / (N*M)
+    var  = (sum_n row_m2[n] + M * sum_n (row_sum[n]/M - mean)^2) / (N*M)        (biased)
     """
     N, C = row_sum.shape
     count = N * M
@@ -266,8 +266,9 @@ def batchnorm2d_train_forward(x, weight, bias, eps):
     y, x_hat = np.empty_like(x3), np.empty_like(x3)
     mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
     gamma, beta = _as_float64("weight", weight, C), _as_float64("bias", bias, C)
-    batchnorm_train_forward_kernel(x3, gamma, beta, weight is not None, bias is not None, float(eps),
-                                   y, x_hat, mean, var, invstd)
+    batchnorm_train_forward_kernel(
+        x3, gamma, beta, weight is not None, bias is not None, float(eps), y, x_hat, mean, var, invstd
+    )
     dt = x.dtype
     return y.reshape(x.shape), x_hat.reshape(x.shape), mean.astype(dt), var.astype(dt), invstd.astype(dt)
 

@@ -80,8 +80,9 @@ def _taps(w):
 @njit(cache=CACHE, error_model="numpy", inline="always")
 def _tap_sum(acc, t, x0, x1, x2, x3, x4, x5, x6, x7, x8):
     """acc + the nine products of taps t with inputs x0..x8, added in tap order."""
-    return (acc + t[0] * x0 + t[1] * x1 + t[2] * x2 + t[3] * x3 + t[4] * x4 + t[5] * x5
-            + t[6] * x6 + t[7] * x7 + t[8] * x8)
+    return (
+        acc + t[0] * x0 + t[1] * x1 + t[2] * x2 + t[3] * x3 + t[4] * x4 + t[5] * x5 + t[6] * x6 + t[7] * x7 + t[8] * x8
+    )
 
 
 @fused_multiply_add_kernel
@@ -95,9 +96,9 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
     O = weight.shape[0]
     OH = y.shape[2]
     L = OH * Wp
-    r1, r2 = DH * Wp, 2 * DH * Wp                    # flat offsets of kernel rows 1 and 2
+    r1, r2 = DH * Wp, 2 * DH * Wp  # flat offsets of kernel rows 1 and 2
     for n in prange(N):
-        acc = np.empty((4, L), dtype=y.dtype)        # four wide output planes
+        acc = np.empty((4, L), dtype=y.dtype)  # four wide output planes
         for o0 in range(0, O, 4):
             block = min(4, O - o0)
             for b in range(4):
@@ -108,11 +109,11 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
                 x = x_flat[n, c]
                 # Shifted views, indexed from 0: LLVM proves the indices non-negative and vectorises
                 # (x[q + DW] with a run-time DW keeps Python's negative-index check and stays scalar).
-                x00, x01, x02 = x[0:], x[DW:], x[2 * DW:]
-                x10, x11, x12 = x[r1:], x[r1 + DW:], x[r1 + 2 * DW:]
-                x20, x21, x22 = x[r2:], x[r2 + DW:], x[r2 + 2 * DW:]
-                t0 = _taps(weight[o0, c])            # a short block repeats its last channel's taps;
-                t1 = _taps(weight[min(o0 + 1, O - 1), c])   # those planes are never copied out
+                x00, x01, x02 = x[0:], x[DW:], x[2 * DW :]
+                x10, x11, x12 = x[r1:], x[r1 + DW :], x[r1 + 2 * DW :]
+                x20, x21, x22 = x[r2:], x[r2 + DW :], x[r2 + 2 * DW :]
+                t0 = _taps(weight[o0, c])  # a short block repeats its last channel's taps;
+                t1 = _taps(weight[min(o0 + 1, O - 1), c])  # those planes are never copied out
                 t2 = _taps(weight[min(o0 + 2, O - 1), c])
                 t3 = _taps(weight[min(o0 + 3, O - 1), c])
                 for q in range(L):
@@ -124,8 +125,8 @@ def conv3x3_wide_kernel(x_flat, weight, y, Wp, DH, DW):
                     a2[q] = _tap_sum(a2[q], t2, v0, v1, v2, v3, v4, v5, v6, v7, v8)
                     a3[q] = _tap_sum(a3[q], t3, v0, v1, v2, v3, v4, v5, v6, v7, v8)
             for b in range(block):
-                for oh in range(OH):                 # drop the junk columns of each wide row
-                    copy_row(y[n, o0 + b, oh], acc[b, oh * Wp:])    # copies len(y[n, o, oh]) = OW
+                for oh in range(OH):  # drop the junk columns of each wide row
+                    copy_row(y[n, o0 + b, oh], acc[b, oh * Wp :])  # copies len(y[n, o, oh]) = OW
 
 
 @parallel_kernel
@@ -138,14 +139,14 @@ def _place_planes_kernel(src, dst, channel_major, Hp, Wp, top, left):
     N, C, h, w = src.shape
     for plane in prange(N * C):
         n, c = plane // C, plane % C
-        block = dst[c, n * Hp * Wp:(n + 1) * Hp * Wp] if channel_major else dst[plane, :Hp * Wp]
-        fill_row(block[:top * Wp], 0)
+        block = dst[c, n * Hp * Wp : (n + 1) * Hp * Wp] if channel_major else dst[plane, : Hp * Wp]
+        fill_row(block[: top * Wp], 0)
         for r in range(h):
-            row = block[(top + r) * Wp:(top + r + 1) * Wp]
+            row = block[(top + r) * Wp : (top + r + 1) * Wp]
             fill_row(row[:left], 0)
-            copy_row(row[left:left + w], src[n, c, r])
-            fill_row(row[left + w:], 0)
-        fill_row(block[(top + h) * Wp:], 0)
+            copy_row(row[left : left + w], src[n, c, r])
+            fill_row(row[left + w :], 0)
+        fill_row(block[(top + h) * Wp :], 0)
 
 
 def _place_planes(src, rows, columns, channel_major, Hp, Wp, top, left):
@@ -196,9 +197,9 @@ def conv3x3_backward_weight(dout, x, padding, dilation):
     (PH, PW), (DH, DW) = padding, dilation
     Hp, Wp = H + 2 * PH, W + 2 * PW
     M = N * Hp * Wp
-    tail = 2 * DH * Wp + 2 * DW                                       # the last tap's shift
-    x_wide = _place_planes(x, C, M + tail, True, Hp, Wp, PH, PW)      # padded planes, side by side
-    g_wide = _place_planes(dout, O, M, True, Hp, Wp, 0, 0)            # dy at q = oh*Wp + ow, 0 elsewhere
+    tail = 2 * DH * Wp + 2 * DW  # the last tap's shift
+    x_wide = _place_planes(x, C, M + tail, True, Hp, Wp, PH, PW)  # padded planes, side by side
+    g_wide = _place_planes(dout, O, M, True, Hp, Wp, 0, 0)  # dy at q = oh*Wp + ow, 0 elsewhere
     dw = np.zeros((3, 3, O, C), dtype=dout.dtype)
     product = np.empty((O, C), dtype=dout.dtype)
     chunk = _weight_grad_chunk(O, C)
@@ -208,7 +209,7 @@ def conv3x3_backward_weight(dout, x, padding, dilation):
         for i in range(3):
             for k in range(3):
                 shift = i * DH * Wp + k * DW
-                np.matmul(g, x_wide[:, start + shift:stop + shift].T, out=product)
+                np.matmul(g, x_wide[:, start + shift : stop + shift].T, out=product)
                 dw[i, k] += product
     return np.ascontiguousarray(dw.transpose(2, 3, 0, 1))
 
@@ -216,6 +217,6 @@ def conv3x3_backward_weight(dout, x, padding, dilation):
 def conv3x3_backward_input(dout, weight, padding, dilation):
     """dx of a stride-1 3x3 conv: dout (N, O, OH, OW), weight (O, C, 3, 3) -> (N, C, H, W)."""
     require_same_dtype("conv3x3 dout and weight", dout, weight)
-    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, O, 3, 3)
+    flipped = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))  # (C, O, 3, 3)
     adjoint_padding = (2 * dilation[0] - padding[0], 2 * dilation[1] - padding[1])
     return _convolve(dout, flipped, adjoint_padding, dilation)

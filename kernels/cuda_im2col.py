@@ -73,7 +73,7 @@ def col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW, zero):
         n = rest // C
         acc = zero
         for i in range(KH):
-            rows = h + PH - i * DH                    # = oh * SH for the output row oh that reads h
+            rows = h + PH - i * DH  # = oh * SH for the output row oh that reads h
             if rows < 0 or rows % SH != 0 or rows // SH >= OH:
                 continue
             oh = rows // SH
@@ -85,8 +85,9 @@ def col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW, zero):
         dx[n, c, h, w] = acc
 
 
-def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-           dilation: tuple[int, int]) -> Any:
+def im2col(
+    x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int]
+) -> Any:
     """Drop-in for ``functional.im2col.im2col`` on a CuPy float array. Returns cols (C, KH, KW, N, OH, OW)."""
     xp = array_module(x)
     if x.ndim != 4:
@@ -99,8 +100,13 @@ def im2col(x: Any, kernel_size: tuple[int, int], stride: tuple[int, int], paddin
     return cols
 
 
-def col2im(cols: Any, x_shape: tuple[int, int, int, int], stride: tuple[int, int], padding: tuple[int, int],
-           dilation: tuple[int, int]) -> Any:
+def col2im(
+    cols: Any,
+    x_shape: tuple[int, int, int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> Any:
     """Drop-in for ``functional.im2col.col2im``. Returns a C-contiguous (N, C, H, W) array."""
     xp = array_module(cols)
     require_float("col2im", cols)

@@ -31,7 +31,7 @@ from numba import cuda
 
 
 def _simulator_enabled() -> bool:
-    config: Any = getattr(cuda, "config", None)   # numba-cuda keeps its own config module
+    config: Any = getattr(cuda, "config", None)  # numba-cuda keeps its own config module
     if config is None or not hasattr(config, "ENABLE_CUDASIM"):
         import numba
 
@@ -82,8 +82,7 @@ def launch(kernel: Any, total: int, *args: Any) -> None:
     device_arrays = [a for a in args if hasattr(a, "__cuda_array_interface__")]
     with cuda.gpus[device_arrays[0].device.id]:
         stream = cuda.external_stream(cupy.cuda.get_current_stream().ptr)
-        wrapped = [cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a
-                   for a in args]
+        wrapped = [cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a for a in args]
         kernel[blocks, threads, stream](*wrapped)
 
 
@@ -103,5 +102,3 @@ def array_module(x: Any) -> Any:
 def require_float(name: str, x: Any) -> None:
     if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
         raise TypeError(f"npresnet.kernels: CUDA {name} expects a float32 or float64 array, got {x.dtype}")
-
-

@@ -59,7 +59,7 @@ def maxpool_forward_kernel(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW, neg_inf
                 if w < 0 or w >= W:
                     continue
                 v = x[n, c, h, w]
-                if v > best or v != v:              # the first maximum keeps its place; NaN always wins
+                if v > best or v != v:  # the first maximum keeps its place; NaN always wins
                     best = v
                     best_k = i * KW + j
         y[n, c, oh, ow] = best
@@ -81,7 +81,7 @@ def maxpool_backward_kernel(dout, argmax, dx, KH, KW, SH, SW, PH, PW, DH, DW, ze
         n = rest // C
         acc = zero
         for i in range(KH):
-            rows = h + PH - i * DH                    # = oh * SH for the window row oh holding h at offset i
+            rows = h + PH - i * DH  # = oh * SH for the window row oh holding h at offset i
             if rows < 0 or rows % SH != 0 or rows // SH >= OH:
                 continue
             oh = rows // SH

@@ -17,8 +17,9 @@ from typing import NamedTuple
 __all__ = ["PoolGeometry", "cols_shape", "conv_output_size"]
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1,
-                     ceil_mode: bool = False) -> int:
+def conv_output_size(
+    size: int, kernel: int, stride: int, padding: int, dilation: int = 1, ceil_mode: bool = False
+) -> int:
     """Output length along one axis: ``floor((size + 2p - d(k-1) - 1) / s) + 1`` (PyTorch's rule).
 
     With ``ceil_mode`` the division rounds up, but the last window must start inside the input
@@ -35,8 +36,13 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     return out
 
 
-def cols_shape(x_shape: tuple[int, ...], kernel_size: tuple[int, int], stride: tuple[int, int],
-               padding: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int, int, int]:
+def cols_shape(
+    x_shape: tuple[int, ...],
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int, int, int, int, int]:
     """(C, KH, KW, N, OH, OW): the shape of ``im2col``'s columns for an input of shape (N, C, H, W)."""
     N, C, H, W = x_shape
     (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
@@ -50,8 +56,8 @@ class PoolGeometry(NamedTuple):
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
-    out: tuple[int, int]          # (OH, OW)
-    extra: tuple[int, int]        # extra bottom/right padding that ceil_mode windows reach into
+    out: tuple[int, int]  # (OH, OW)
+    extra: tuple[int, int]  # extra bottom/right padding that ceil_mode windows reach into
 
     def kernel_args(self) -> tuple[int, int, int, int, int, int, int, int]:
         """(KH, KW, SH, SW, PH, PW, DH, DW): the scalar arguments of the compiled pooling kernels."""

@@ -54,13 +54,13 @@ def _shifted_plane(dst, src, OW, di, dj, lo, hi):
     """
     OH, H = dst.shape[0] // OW, src.shape[0] // OW
     row_lo, row_hi = valid_range(di, 1, H, OH)
-    fill_row(dst[:row_lo * OW], 0)
-    fill_row(dst[row_hi * OW:], 0)
+    fill_row(dst[: row_lo * OW], 0)
+    fill_row(dst[row_hi * OW :], 0)
     shift = di * OW + dj
-    first = max(row_lo * OW, -shift)                 # clip the reads to the plane; the clipped
-    last = min(row_hi * OW, H * OW - shift)          # entries lie in invalid columns (zeroed below)
+    first = max(row_lo * OW, -shift)  # clip the reads to the plane; the clipped
+    last = min(row_hi * OW, H * OW - shift)  # entries lie in invalid columns (zeroed below)
     if first < last:
-        copy_row(dst[first:last], src[first + shift:last + shift])
+        copy_row(dst[first:last], src[first + shift : last + shift])
     for oh in range(row_lo, row_hi):
         for ow in range(lo):
             dst[oh * OW + ow] = 0
@@ -73,7 +73,7 @@ def im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW):
     """Fill cols (C*KH*KW, N, OH, OW) from x (N, C, H, W); both C-contiguous."""
     N, C, H, W = x.shape
     OH, OW = cols.shape[2], cols.shape[3]
-    same_width = SH == 1 and SW == 1 and OW == W          # 2*PW == DW*(KW-1): e.g. 3x3, padding 1
+    same_width = SH == 1 and SW == 1 and OW == W  # 2*PW == DW*(KW-1): e.g. 3x3, padding 1
     x_flat, cols_flat = x.reshape(N, C, H * W), cols.reshape(cols.shape[0], N, OH * OW)
     for block in prange(C * KH * KW):
         c = block // (KH * KW)
@@ -84,7 +84,7 @@ def im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW):
             for n in range(N):
                 _shifted_plane(cols_flat[block, n], x_flat[n, c], OW, i * DH - PH, j * DW - PW, lo, hi)
             continue
-        start = lo * SW + j * DW - PW                     # input column read by output lo
+        start = lo * SW + j * DW - PW  # input column read by output lo
         for n in range(N):
             for oh in range(OH):
                 h = oh * SH + i * DH - PH
@@ -95,7 +95,7 @@ def im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW):
                 fill_row(out[:lo], 0)
                 fill_row(out[hi:], 0)
                 if SW == 1:
-                    copy_row(out[lo:hi], x[n, c, h, start:start + hi - lo])
+                    copy_row(out[lo:hi], x[n, c, h, start : start + hi - lo])
                 else:
                     _copy_every(out[lo:hi], x[n, c, h, start:], SW)
 
@@ -121,9 +121,9 @@ def col2im_kernel(cols, dx, SH, SW, PH, PW, DH, DW):
                         continue
                     column_row = cols[c, i, j, n, oh, lo:hi]
                     if SW == 1:
-                        add_row(dx[n, c, h, start:start + hi - lo], column_row)
+                        add_row(dx[n, c, h, start : start + hi - lo], column_row)
                     else:
-                        add_row(dx[n, c, h, start:start + (hi - lo - 1) * SW + 1:SW], column_row)
+                        add_row(dx[n, c, h, start : start + (hi - lo - 1) * SW + 1 : SW], column_row)
 
 
 @parallel_kernel
@@ -160,7 +160,7 @@ def _col2im_same_width(cols, dx, OW, PH, PW, DH, DW):
                         run[oh * OW + ow] = 0
                     for ow in range(hi, OW):
                         run[oh * OW + ow] = 0
-                add_row(out[first + shift:last + shift], run[first:last])
+                add_row(out[first + shift : last + shift], run[first:last])
 
 
 def im2col(x, kernel_size, stride, padding, dilation):
@@ -168,7 +168,7 @@ def im2col(x, kernel_size, stride, padding, dilation):
     x = np.ascontiguousarray(x)
     if x.ndim != 4:
         raise ValueError(f"npresnet.kernels: im2col expects an (N, C, H, W) array, got shape {x.shape}")
-    shape = cols_shape(x.shape, kernel_size, stride, padding, dilation)           # (C, KH, KW, N, OH, OW)
+    shape = cols_shape(x.shape, kernel_size, stride, padding, dilation)  # (C, KH, KW, N, OH, OW)
     (KH, KW), (SH, SW), (PH, PW), (DH, DW) = kernel_size, stride, padding, dilation
     cols = np.empty((shape[0] * KH * KW, *shape[3:]), dtype=x.dtype)
     im2col_kernel(x, cols, KH, KW, SH, SW, PH, PW, DH, DW)

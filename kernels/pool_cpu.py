@@ -38,7 +38,7 @@ from ._numba import (
     njit,
     parallel_kernel,
     prange,
-        require_shape,
+    require_shape,
     valid_range,
 )
 
@@ -49,7 +49,7 @@ def _max_row(best, best_k, src, k):
     for t in range(best.shape[0]):
         v = src[t]
         b = best[t]
-        wins = (v > b) | (v != v)          # strict '>': the first maximum keeps its place; NaN always wins
+        wins = (v > b) | (v != v)  # strict '>': the first maximum keeps its place; NaN always wins
         best[t] = v if wins else b
         best_k[t] = k if wins else best_k[t]
 
@@ -79,10 +79,14 @@ def maxpool_forward_kernel(x, y, argmax, KH, KW, SH, SW, PH, PW, DH, DW):
                         continue
                     start = lo * SW + j * DW - PW
                     if SW == 1:
-                        _max_row(best[lo:hi], best_k[lo:hi], x[n, c, h, start:start + hi - lo], i * KW + j)
+                        _max_row(best[lo:hi], best_k[lo:hi], x[n, c, h, start : start + hi - lo], i * KW + j)
                     else:
-                        _max_row(best[lo:hi], best_k[lo:hi], x[n, c, h, start:start + (hi - lo - 1) * SW + 1:SW],
-                                 i * KW + j)
+                        _max_row(
+                            best[lo:hi],
+                            best_k[lo:hi],
+                            x[n, c, h, start : start + (hi - lo - 1) * SW + 1 : SW],
+                            i * KW + j,
+                        )
 
 
 @parallel_kernel
@@ -94,12 +98,12 @@ def maxpool_backward_kernel(dout, argmax, dx, KH, KW, SH, SW, PH, PW, DH, DW):
         n = plane // C
         c = plane % C
         dx[n, c] = 0
-        for oh in range(OH - 1, -1, -1):           # last window first = reference's order (module doc)
+        for oh in range(OH - 1, -1, -1):  # last window first = reference's order (module doc)
             for ow in range(OW - 1, -1, -1):
                 k = argmax[n, c, oh, ow]
                 h = oh * SH + (k // KW) * DH - PH
                 w = ow * SW + (k % KW) * DW - PW
-                if 0 <= h < H and 0 <= w < W:      # a winner in the padding has nowhere to go
+                if 0 <= h < H and 0 <= w < W:  # a winner in the padding has nowhere to go
                     dx[n, c, h, w] += dout[n, c, oh, ow]
 
 
@@ -139,9 +143,9 @@ def avgpool_forward_kernel(x, divisor, y, KH, KW, SH, SW, PH, PW, DH, DW):
                         continue
                     start = lo * SW + j * DW - PW
                     if SW == 1:
-                        add_row(total[lo:hi], x[n, c, h, start:start + hi - lo])
+                        add_row(total[lo:hi], x[n, c, h, start : start + hi - lo])
                     else:
-                        add_row(total[lo:hi], x[n, c, h, start:start + (hi - lo - 1) * SW + 1:SW])
+                        add_row(total[lo:hi], x[n, c, h, start : start + (hi - lo - 1) * SW + 1 : SW])
             _divide_row(total, divisor[oh])
 
 
@@ -169,10 +173,11 @@ def avgpool_backward_kernel(dout, divisor, dx, KH, KW, SH, SW, PH, PW, DH, DW):
                         continue
                     share_num, share_den = dout[n, c, oh, lo:hi], divisor[oh, lo:hi]
                     if SW == 1:
-                        _add_quotient_row(dx[n, c, h, start:start + hi - lo], share_num, share_den)
+                        _add_quotient_row(dx[n, c, h, start : start + hi - lo], share_num, share_den)
                     else:
-                        _add_quotient_row(dx[n, c, h, start:start + (hi - lo - 1) * SW + 1:SW], share_num,
-                                          share_den)
+                        _add_quotient_row(
+                            dx[n, c, h, start : start + (hi - lo - 1) * SW + 1 : SW], share_num, share_den
+                        )
 
 
 def maxpool2d_forward(x, geom):

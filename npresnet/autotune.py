@@ -53,9 +53,9 @@ _mode = os.environ.get("NPRESNET_AUTOTUNE", "fixed").strip().lower() or "fixed"
 if _mode not in MODES:
     raise ValueError(f"NPRESNET_AUTOTUNE must be one of {MODES}, got {_mode!r}")
 _cache_file: str | None = os.environ.get("NPRESNET_AUTOTUNE_CACHE") or None
-_choices: dict[str, str] = {}              # entry key -> winner, this process
-_timed: list[str] = []                     # entry keys timed in this process, in order
-_disk: dict[str, str] | None = None        # this machine's section of the cache file, once read
+_choices: dict[str, str] = {}  # entry key -> winner, this process
+_timed: list[str] = []  # entry keys timed in this process, in order
+_disk: dict[str, str] | None = None  # this machine's section of the cache file, once read
 _machine: dict[str, Any] | None = None
 
 
@@ -118,7 +118,7 @@ def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed
 def _fastest(candidates: Mapping[str, Callable[[], Any]]) -> str:
     best_name, best_time = "", float("inf")
     for name, run in candidates.items():
-        run()                                   # untimed: compiles, pages memory in
+        run()  # untimed: compiles, pages memory in
         seconds = float("inf")
         for _ in range(3):
             start = time.perf_counter()
@@ -149,8 +149,12 @@ def machine() -> dict[str, Any]:
 
         from . import __version__
 
-        versions = {"python": platform.python_version(), "numpy": np.__version__, "npresnet": __version__,
-                    "numba": _installed_version("numba")}
+        versions = {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "npresnet": __version__,
+            "numba": _installed_version("numba"),
+        }
         _machine = {"cpu": _cpu_model(), "machine": platform.machine(), "versions": versions, "blas": _blas()}
     return _machine
 
@@ -185,7 +189,7 @@ def _blas() -> dict[str, Any]:
     try:
         build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         name, version = str(build.get("name")), str(build.get("version"))
-    except Exception:                            # older NumPy, unusual builds: no build record
+    except Exception:  # older NumPy, unusual builds: no build record
         name = version = "unknown"
     variables = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     return {"name": name, "version": version, "environment": variables}
@@ -200,13 +204,18 @@ def _load_file() -> dict[str, Any] | None:
     except FileNotFoundError:
         return {"format": FORMAT, "sections": []}
     except (OSError, ValueError) as exc:
-        warnings.warn(f"npresnet.autotune: ignoring the cache file {_cache_file} ({exc})", RuntimeWarning,
-                      stacklevel=4)
+        warnings.warn(f"npresnet.autotune: ignoring the cache file {_cache_file} ({exc})", RuntimeWarning, stacklevel=4)
         return None
-    if (not isinstance(content, dict) or content.get("format") != FORMAT
-            or not isinstance(content.get("sections"), list)):
-        warnings.warn(f"npresnet.autotune: ignoring the cache file {_cache_file} (not a {FORMAT} file)",
-                      RuntimeWarning, stacklevel=4)
+    if (
+        not isinstance(content, dict)
+        or content.get("format") != FORMAT
+        or not isinstance(content.get("sections"), list)
+    ):
+        warnings.warn(
+            f"npresnet.autotune: ignoring the cache file {_cache_file} (not a {FORMAT} file)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
         return None
     return content
 
@@ -230,7 +239,7 @@ def _write_disk(entry: str, winner: str) -> None:
     if _cache_file is None:
         return
     content = _load_file()
-    if content is None:                          # unreadable: never overwrite what we cannot read
+    if content is None:  # unreadable: never overwrite what we cannot read
         return
     disk = _read_disk()
     sections = [s for s in content["sections"] if not (isinstance(s, dict) and s.get("machine") == machine())]

@@ -42,8 +42,14 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["BLAS_SPIN_EXPONENT", "blas_threads", "default_threads", "set_blas_spin", "set_num_threads",
-           "tune_allocator"]
+__all__ = [
+    "BLAS_SPIN_EXPONENT",
+    "blas_threads",
+    "default_threads",
+    "set_blas_spin",
+    "set_num_threads",
+    "tune_allocator",
+]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -62,7 +68,7 @@ def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 
     return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
 
 
-_blas_threads: int | None = None         # what set_num_threads last gave BLAS
+_blas_threads: int | None = None  # what set_num_threads last gave BLAS
 
 
 def blas_threads() -> int:
@@ -96,8 +102,13 @@ def set_blas_spin(exponent: int | None) -> bool:
         from threadpoolctl import threadpool_info
     except ImportError:
         return False
-    libraries = [i for i in threadpool_info() if i.get("internal_api") == "openblas"
-                 and i.get("threading_layer") == "pthreads" and "numpy" in str(i.get("filepath"))]
+    libraries = [
+        i
+        for i in threadpool_info()
+        if i.get("internal_api") == "openblas"
+        and i.get("threading_layer") == "pthreads"
+        and "numpy" in str(i.get("filepath"))
+    ]
     if not libraries:
         return False
     if exponent is None:

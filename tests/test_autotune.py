@@ -89,15 +89,21 @@ def check_every_candidate(cases=AWKWARD):
                 dx_ref, dw_ref, _ = conv2d_backward(dy, cache_ref)
             _, cache = conv2d_forward(x, w, None, s, p, d)
             names, out = candidate_names(x, w, s, p, d)
-            assert ("direct" in names) == (k == (3, 3) and s == (1, 1) and p[0] <= 2 * d[0] and p[1] <= 2 * d[1]
-                                           and kernels.active() == "numba")
+            assert ("direct" in names) == (
+                k == (3, 3) and s == (1, 1) and p[0] <= 2 * d[0] and p[1] <= 2 * d[1] and kernels.active() == "numba"
+            )
             for name in names:
                 y = conv_module._forward(name, x, w, s, p, d, 1, out)
                 dx, _ = conv_module._gradients(dy, cache, name, None)
                 _, dw = conv_module._gradients(dy, cache, None, name)
                 shared = conv_module._gradients(dy, cache, name, name)
-                for what, got, want in (("y", y, y_ref), ("dx", dx, dx_ref), ("dw", dw, dw_ref),
-                                        ("dx shared", shared[0], dx_ref), ("dw shared", shared[1], dw_ref)):
+                for what, got, want in (
+                    ("y", y, y_ref),
+                    ("dx", dx, dx_ref),
+                    ("dw", dw, dw_ref),
+                    ("dx shared", shared[0], dx_ref),
+                    ("dw shared", shared[1], dw_ref),
+                ):
                     assert got.shape == want.shape and got.dtype == want.dtype, (case, name, what)
                     error = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
                     assert error <= bound, (case, name, what, dtype, error)
@@ -134,7 +140,7 @@ def test_a_shape_is_timed_once_per_process(measuring):
     assert [key.split(" | ")[0] for key in timed] == ["conv2d forward", "conv2d input grad", "conv2d weight grad"]
     assert set(autotune.choices()) == set(timed)
     assert all(winner == "direct" or winner.startswith("gemm/") for winner in autotune.choices().values())
-    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))                  # another batch size: another shape
+    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))  # another batch size: another shape
     assert len(autotune.timed_keys()) == 4
     conv2d_forward(x, w, None, 1, (2, 1), (2, 1))
     assert len(autotune.timed_keys()) == 4
@@ -161,9 +167,14 @@ def test_the_fixed_mode_gives_the_same_bits_in_every_process():
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("NPRESNET_AUTOTUNE", "NPRESNET_AUTOTUNE_CACHE")}
     digests = set()
-    for numba_threads in ("2", "2", "1"):           # the kernels give the same bits at any count (BLAS may not)
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                              env={**env, "NUMBA_NUM_THREADS": numba_threads, "OPENBLAS_NUM_THREADS": "2"})
+    for numba_threads in ("2", "2", "1"):  # the kernels give the same bits at any count (BLAS may not)
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**env, "NUMBA_NUM_THREADS": numba_threads, "OPENBLAS_NUM_THREADS": "2"},
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         digests.add(done.stdout.strip())
     assert len(digests) == 1, digests
@@ -185,7 +196,7 @@ def test_the_cache_file_serves_its_own_machine_only(measuring):
     content = json.loads(cache_file.read_text())
     (section,) = content["sections"]
     assert section["machine"] == autotune.machine() and list(section["choices"]) == first
-    assert _timed_run(cache_file) == []                                  # found on disk: nothing timed
+    assert _timed_run(cache_file) == []  # found on disk: nothing timed
 
     # The same entries under another CPU, and under another NumPy version: both ignored, both kept.
     other_cpu = {**autotune.machine(), "cpu": "Some Other CPU @ 1.00GHz"}
@@ -193,7 +204,7 @@ def test_the_cache_file_serves_its_own_machine_only(measuring):
     other_numpy["versions"]["numpy"] = "0.0.1"
     foreign = [{"machine": m, "choices": section["choices"]} for m in (other_cpu, other_numpy)]
     cache_file.write_text(json.dumps({"format": autotune.FORMAT, "sections": foreign}))
-    assert _timed_run(cache_file) == first                               # timed again
+    assert _timed_run(cache_file) == first  # timed again
     sections = json.loads(cache_file.read_text())["sections"]
     assert [s["machine"] for s in sections] == [other_cpu, other_numpy, autotune.machine()]
 
@@ -210,7 +221,7 @@ def test_an_unreadable_cache_file_is_ignored_and_left_alone(measuring, content):
     with pytest.warns(RuntimeWarning, match=f"ignoring the cache file {cache_file}"):
         assert len(_timed_run(cache_file)) == 1
     assert cache_file.read_bytes() == content
-    assert sorted(os.listdir(measuring)) == ["autotune.json"]            # no debris
+    assert sorted(os.listdir(measuring)) == ["autotune.json"]  # no debris
 
 
 def test_bad_modes_are_refused():
@@ -219,8 +230,9 @@ def test_bad_modes_are_refused():
     with pytest.raises(ValueError, match="the fixed choice 'b' is not a candidate"):
         autotune.choose("op", (1,), {"a": lambda: None}, fixed="b")
     env = {**os.environ, "NPRESNET_AUTOTUNE": "always"}
-    done = subprocess.run([sys.executable, "-c", "import npresnet.autotune"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", "import npresnet.autotune"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode != 0 and "NPRESNET_AUTOTUNE must be one of ('fixed', 'measure'), got 'always'" in done.stderr
 
 
@@ -231,11 +243,13 @@ def test_fixed_mode_keeps_the_documented_rule():
         pytest.skip("the direct kernels need Numba")
     seen = []
 
-    def observe(name, kernel):                 # kernels.get hands out this wrapper: record the calls
+    def observe(name, kernel):  # kernels.get hands out this wrapper: record the calls
         def run(*args):
             seen.append(name)
             return kernel(*args)
+
         return run
+
     previous = kernels.set_observer(observe)
     try:
         for C, direct_forward, direct_grads in ((16, True, True), (32, False, True), (64, False, False)):

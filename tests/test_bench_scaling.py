@@ -29,8 +29,10 @@ def test_parse_threads():
 
 
 def test_speedups_are_the_quotients_of_the_times():
-    rows = [{"model": "m", "mode": "train", "batch": 2, "image_size": 8, "threads": t, "npresnet_s": n, "torch_s": p}
-            for t, n, p in ((2, 3.0, 1.0), (1, 4.5, 2.0))]
+    rows = [
+        {"model": "m", "mode": "train", "batch": 2, "image_size": 8, "threads": t, "npresnet_s": n, "torch_s": p}
+        for t, n, p in ((2, 3.0, 1.0), (1, 4.5, 2.0))
+    ]
     one, two = speedups(rows)
     assert one["threads"] == 1 and one["npresnet_speedup"] == 1.0 and one["share"] == 1.0
     assert two["npresnet_speedup"] == pytest.approx(1.5) and two["torch_speedup"] == pytest.approx(2.0)
@@ -40,15 +42,37 @@ def test_speedups_are_the_quotients_of_the_times():
 def test_bench_runs_at_each_thread_count(tmp_path):
     out = tmp_path / "scaling.json"
     done = subprocess.run(
-        [sys.executable, "-m", "npresnet.bench", "--models", "resnet20", "--batch", "2", "--size", "8",
-         "--mode", "forward", "--repeat", "1", "--threads", "1,2", "--compare", "torch", "--json", str(out)],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "npresnet.bench",
+            "--models",
+            "resnet20",
+            "--batch",
+            "2",
+            "--size",
+            "8",
+            "--mode",
+            "forward",
+            "--repeat",
+            "1",
+            "--threads",
+            "1,2",
+            "--compare",
+            "torch",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "scaling (speed-up" in done.stdout
     report = json.loads(out.read_text())
     assert report["machine"]["threads"] == [1, 2] and report["machine"]["autotune"] == "measure"
     assert [row["threads"] for row in report["results"]] == [1, 2]
-    chosen = report["machine"]["autotune_choices"]           # the measured algorithm of each conv shape
+    chosen = report["machine"]["autotune_choices"]  # the measured algorithm of each conv shape
     assert chosen and all(key.startswith("conv2d forward") for key in chosen)
     (one, two) = report["scaling"]
     first, second = report["results"]
@@ -57,8 +81,9 @@ def test_bench_runs_at_each_thread_count(tmp_path):
 
 
 def test_bad_thread_counts_stop_the_bench_before_measuring():
-    done = subprocess.run([sys.executable, "-m", "npresnet.bench", "--threads", "1,x"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "npresnet.bench", "--threads", "1,x"], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --threads takes thread counts >= 1 separated by commas (or 'all'), got '1,x'"
     assert done.stdout == ""
@@ -80,8 +105,9 @@ def test_memory_probes_reuse_the_timed_runs_choices(tmp_path):
         "print(len(autotune.timed_keys()), len(autotune.choices()))\n"
     )
     env = {**os.environ, "NPRESNET_AUTOTUNE": "measure", "NPRESNET_AUTOTUNE_CACHE": str(cache)}
-    first = subprocess.run([sys.executable, "-c", "import torch\n" + step], env=env, capture_output=True, text=True,
-                           timeout=300)
+    first = subprocess.run(
+        [sys.executable, "-c", "import torch\n" + step], env=env, capture_output=True, text=True, timeout=300
+    )
     assert first.returncode == 0, first.stderr[-2000:]
     timed, chosen = map(int, first.stdout.split())
     assert timed == chosen > 0

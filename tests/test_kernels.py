@@ -42,7 +42,7 @@ def kernel(name: str, x: np.ndarray):
 def assert_bitwise(got: np.ndarray, want: np.ndarray) -> None:
     """Same shape, dtype and bytes (so also the same NaNs and signs of zero)."""
     assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
-    np.testing.assert_array_equal(got, want, strict=True)              # readable report of the values
+    np.testing.assert_array_equal(got, want, strict=True)  # readable report of the values
     same_bytes = np.ascontiguousarray(got).view(np.uint8) == np.ascontiguousarray(want).view(np.uint8)
     assert same_bytes.all(), "equal values but different bits (a -0.0 or a NaN payload)"
 
@@ -62,16 +62,16 @@ CONV_CASES = [
     ((2, 3, 7, 9), (3, 2), (2, 1), (1, 2), (1, 2)),
     ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),
     ((3, 4, 11, 6), (5, 3), (3, 2), (2, 1), (2, 1)),
-    ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),   # ResNet stem, small
-    ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),     # padding wider than the kernel reaches
-    ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),    # stride larger than the kernel
+    ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),  # ResNet stem, small
+    ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),  # padding wider than the kernel reaches
+    ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),  # stride larger than the kernel
     # stride 1 with OW == W: the one-run-per-plane path (_shifted_plane)
-    ((2, 3, 5, 8), (3, 3), (1, 1), (1, 1), (1, 1)),     # ResNet's 3x3, H != W
-    ((1, 2, 9, 6), (3, 3), (1, 1), (2, 2), (2, 2)),     # dilated, batch 1
-    ((2, 2, 6, 7), (2, 5), (1, 1), (0, 2), (1, 1)),     # OH != H, non-square kernel
-    ((1, 1, 2, 3), (5, 3), (1, 1), (3, 1), (1, 1)),     # taller kernel than the input: rows all padding
-    ((2, 4, 3, 1), (3, 1), (1, 1), (1, 0), (1, 1)),     # W = 1
-    ((1, 2, 3, 1), (3, 3), (1, 1), (1, 2), (1, 2)),     # W = 1, dilation 2: whole kernel columns in padding
+    ((2, 3, 5, 8), (3, 3), (1, 1), (1, 1), (1, 1)),  # ResNet's 3x3, H != W
+    ((1, 2, 9, 6), (3, 3), (1, 1), (2, 2), (2, 2)),  # dilated, batch 1
+    ((2, 2, 6, 7), (2, 5), (1, 1), (0, 2), (1, 1)),  # OH != H, non-square kernel
+    ((1, 1, 2, 3), (5, 3), (1, 1), (3, 1), (1, 1)),  # taller kernel than the input: rows all padding
+    ((2, 4, 3, 1), (3, 1), (1, 1), (1, 0), (1, 1)),  # W = 1
+    ((1, 2, 3, 1), (3, 3), (1, 1), (1, 2), (1, 2)),  # W = 1, dilation 2: whole kernel columns in padding
 ]
 
 
@@ -97,12 +97,12 @@ def test_im2col_col2im_bitwise(shape, ksize, stride, padding, dilation, dtype):
 @needs_numba
 def test_im2col_col2im_non_contiguous_inputs():
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((5, 3, 9, 8)).transpose(1, 0, 3, 2)[:, ::2]      # (3, 3, 8, 9), strided
+    x = rng.standard_normal((5, 3, 9, 8)).transpose(1, 0, 3, 2)[:, ::2]  # (3, 3, 8, 9), strided
     args = ((3, 2), (2, 1), (1, 1), (1, 1))
     with kernels.reference_only():
         cols_ref = im2col(x, *args)
     assert_bitwise(kernel("im2col", x)(x, *args), cols_ref)
-    dcols = rng.standard_normal(cols_ref.shape[::-1]).T                        # Fortran-ordered
+    dcols = rng.standard_normal(cols_ref.shape[::-1]).T  # Fortran-ordered
     with kernels.reference_only():
         dx_ref = col2im(dcols, x.shape, *args[1:])
     assert_bitwise(kernel("col2im", dcols)(dcols, x.shape, *args[1:]), np.ascontiguousarray(dx_ref))
@@ -117,8 +117,13 @@ IM2COL_CONFIGS = conv2d_configs(groups=1, channels_per_group=(1, 4), dilation=(1
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(IM2COL_CONFIGS)
 def test_im2col_col2im_random_configurations(config):
-    shape, ksize, stride, padding, dilation = (config.input_shape, config.kernel_size, config.stride,
-                                               config.padding, config.dilation)
+    shape, ksize, stride, padding, dilation = (
+        config.input_shape,
+        config.kernel_size,
+        config.stride,
+        config.padding,
+        config.dilation,
+    )
     dtype, rng = config.dtype, np.random.default_rng(config.seed)
     x = rng.standard_normal(shape).astype(dtype)
     with kernels.reference_only():
@@ -137,10 +142,10 @@ def test_im2col_col2im_random_configurations(config):
 POOL_CASES = [
     ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
     ((1, 1, 5, 5), 2, 2, 0, 1, False),
-    ((3, 4, 11, 6), 3, 2, 1, 1, True),                 # ceil_mode: the last window hangs over the edge
-    ((2, 2, 8, 8), 3, 1, 1, 1, False),                 # stride 1: a pixel is in up to 9 windows
+    ((3, 4, 11, 6), 3, 2, 1, 1, True),  # ceil_mode: the last window hangs over the edge
+    ((2, 2, 8, 8), 3, 1, 1, 1, False),  # stride 1: a pixel is in up to 9 windows
     ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
-    ((2, 3, 10, 10), 3, 2, 1, 1, False),               # ResNet stem max pool, small
+    ((2, 3, 10, 10), 3, 2, 1, 1, False),  # ResNet stem max pool, small
 ]
 
 
@@ -165,7 +170,7 @@ def test_maxpool_bitwise(shape, ksize, stride, padding, dilation, ceil_mode, dty
     y, argmax = kernel("maxpool2d_forward", x)(x, cache.geometry)
     assert_bitwise(y, y_ref)
     assert_bitwise(argmax, cache.argmax)
-    assert np.isnan(y).any() and (argmax > 0).any()    # the NaN and the tie rule were exercised
+    assert np.isnan(y).any() and (argmax > 0).any()  # the NaN and the tie rule were exercised
 
     dy = rng.standard_normal(y.shape).astype(dtype)
     with kernels.reference_only():
@@ -183,10 +188,16 @@ MAXPOOL_CONFIGS = pool2d_configs(channels=(1, 4), dilation=(1, 2), extra=(0, 8),
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(MAXPOOL_CONFIGS)
 def test_maxpool_random_configurations(config):
-    shape, ksize, stride, padding, dilation, ceil_mode = (config.input_shape, config.kernel_size, config.stride,
-                                                          config.padding, config.dilation, config.ceil_mode)
+    shape, ksize, stride, padding, dilation, ceil_mode = (
+        config.input_shape,
+        config.kernel_size,
+        config.stride,
+        config.padding,
+        config.dilation,
+        config.ceil_mode,
+    )
     dtype, rng = config.dtype, np.random.default_rng(config.seed)
-    x = rng.integers(-2, 3, size=shape).astype(dtype)          # ties everywhere
+    x = rng.integers(-2, 3, size=shape).astype(dtype)  # ties everywhere
     x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
     x[rng.random(shape) < 0.05] = np.nan
     x[rng.random(shape) < 0.05] = -np.inf
@@ -217,8 +228,10 @@ AVG_CASES = [
 def test_avgpool_bitwise(shape, ksize, stride, padding, ceil_mode, divisor_mode, dtype):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(dtype)
-    options = {"count_include_pad": divisor_mode != "exclude_pad",
-               "divisor_override": 5 if divisor_mode == "override" else None}
+    options = {
+        "count_include_pad": divisor_mode != "exclude_pad",
+        "divisor_override": 5 if divisor_mode == "override" else None,
+    }
     with kernels.reference_only():
         y_ref, cache = avgpool2d_forward(x, ksize, stride, padding, ceil_mode, **options)
     y = kernel("avgpool2d_forward", x)(x, cache.divisor, cache.geometry)
@@ -238,7 +251,7 @@ BN_SHAPES = [(8, 3, 32, 32), (2, 5, 7, 3), (1, 1, 6, 5), (16, 4, 9, 1)]
 
 def _bn_inputs(shape, affine, rng):
     C = shape[1]
-    x = rng.standard_normal(shape) * 2.0 + 5.0          # an offset mean makes the sums work
+    x = rng.standard_normal(shape) * 2.0 + 5.0  # an offset mean makes the sums work
     weight = rng.standard_normal(C) if affine in ("both", "weight") else None
     bias = rng.standard_normal(C) if affine in ("both", "bias") else None
     return x, weight, bias, rng.standard_normal(shape)
@@ -280,8 +293,9 @@ def test_batchnorm_float64_matches_reference(shape, affine):
 def test_batchnorm_float32_accumulates_in_float64(shape):
     """float32 results agree with the float32 reference to ~1e-6 and are at least as close as it
     to the float64 truth (the kernel sums in float64, the reference in float32)."""
-    x, weight, bias, dy = (None if a is None else a.astype(np.float32)
-                           for a in _bn_inputs(shape, "both", np.random.default_rng(5)))
+    x, weight, bias, dy = (
+        None if a is None else a.astype(np.float32) for a in _bn_inputs(shape, "both", np.random.default_rng(5))
+    )
     truth = _bn_reference(*(a.astype(np.float64) for a in (x, weight, bias, dy)))
     ref32 = _bn_reference(x, weight, bias, dy)
 
@@ -290,9 +304,13 @@ def test_batchnorm_float32_accumulates_in_float64(shape):
     dx, dweight, dbias = kernel("batchnorm2d_train_backward", dy)(dy, ref32[1].x_hat, ref32[1].invstd, weight)
     assert all(a.dtype == np.float32 for a in (dx, dweight, dbias))
 
-    pairs = {"y": (y, ref32[0], truth[0]), "x_hat": (x_hat, ref32[1].x_hat, truth[1].x_hat),
-             "dx": (dx, ref32[2], truth[2]), "dweight": (dweight, ref32[3], truth[3]),
-             "dbias": (dbias, ref32[4], truth[4])}
+    pairs = {
+        "y": (y, ref32[0], truth[0]),
+        "x_hat": (x_hat, ref32[1].x_hat, truth[1].x_hat),
+        "dx": (dx, ref32[2], truth[2]),
+        "dweight": (dweight, ref32[3], truth[3]),
+        "dbias": (dbias, ref32[4], truth[4]),
+    }
     for name, (got, ref, exact) in pairs.items():
         assert rel_to_max(got, ref) < 1e-6, name
         assert rel_to_max(got, exact) <= max(rel_to_max(ref, exact), 1e-7), name
@@ -300,6 +318,7 @@ def test_batchnorm_float32_accumulates_in_float64(shape):
 
 # ---------------------------------------------------------------------------------------------
 # the dispatch API
+
 
 def test_get_rejects_unknown_names_in_every_mode():
     with pytest.raises(ValueError, match="unknown kernel 'im2colx'"):
@@ -318,7 +337,7 @@ def test_get_only_serves_numpy_float_arrays():
         assert kernels.get(name, x32.astype(np.int64)) is None
         assert kernels.get(name, x32.tolist()) is None
 
-    class FakeCupyArray:          # what a CuPy array looks like to get(): not a numpy.ndarray
+    class FakeCupyArray:  # what a CuPy array looks like to get(): not a numpy.ndarray
         dtype = np.dtype(np.float32)
         shape = (1, 1, 2, 2)
 
@@ -328,7 +347,7 @@ def test_get_only_serves_numpy_float_arrays():
         assert kernels.get("im2col", x32) is None
         with kernels.reference_only():
             pass
-        assert kernels.get("im2col", x32) is None       # still inside the outer block
+        assert kernels.get("im2col", x32) is None  # still inside the outer block
     assert kernels.active() == "numba"
 
 
@@ -363,8 +382,9 @@ def test_kernels_reject_inconsistent_shapes():
 def _run_python(*snippets: str, **env: str) -> subprocess.CompletedProcess:
     """Run the snippets (each dedented, then joined) in a fresh interpreter with extra environment variables."""
     code = "\n".join(textwrap.dedent(snippet) for snippet in snippets)
-    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
 
 
 _CONV_CHECK = """
@@ -394,26 +414,34 @@ _CONV_CHECK = """
 
 
 def test_numpy_mode_forces_the_reference():
-    result = _run_python("""
+    result = _run_python(
+        """
         import sys
         import numpy as np
         from npresnet import kernels
         assert kernels.REQUESTED == "numpy" and kernels.active() == "numpy", kernels.active()
         assert kernels.get("im2col", np.zeros((1, 1, 2, 2))) is None
-    """, _CONV_CHECK, """
+    """,
+        _CONV_CHECK,
+        """
         assert "numba" not in sys.modules, "NPRESNET_KERNELS=numpy imported numba"
         print("ok")
-    """, NPRESNET_KERNELS="numpy")
+    """,
+        NPRESNET_KERNELS="numpy",
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_import_compiles_nothing():
-    result = _run_python("""
+    result = _run_python(
+        """
         import sys
         import npresnet, npresnet.kernels
         assert "numba" not in sys.modules, "importing npresnet.kernels imported numba"
         print(npresnet.kernels.active())
-    """, NPRESNET_KERNELS="auto")
+    """,
+        NPRESNET_KERNELS="auto",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("numba" if kernels.HAVE_NUMBA else "numpy")
 
@@ -432,15 +460,21 @@ _BLOCK_NUMBA = """
 
 
 def test_works_without_numba():
-    result = _run_python(_BLOCK_NUMBA, """
+    result = _run_python(
+        _BLOCK_NUMBA,
+        """
         import numpy as np
         from npresnet import kernels
         assert not kernels.HAVE_NUMBA and kernels.active() == "numpy"
         assert all(kernels.get(name, np.zeros((1, 1, 2, 2))) is None for name in kernels.KERNELS)
-    """, _CONV_CHECK, """
+    """,
+        _CONV_CHECK,
+        """
         assert "numba" not in sys.modules
         print("ok")
-    """, NPRESNET_KERNELS="auto")
+    """,
+        NPRESNET_KERNELS="auto",
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
@@ -463,7 +497,9 @@ _BROKEN_NUMBA = """
 
 
 def test_broken_numba_falls_back_with_a_warning():
-    result = _run_python(_BROKEN_NUMBA, """
+    result = _run_python(
+        _BROKEN_NUMBA,
+        """
         import warnings
         import numpy as np
         from npresnet import kernels
@@ -473,21 +509,31 @@ def test_broken_numba_falls_back_with_a_warning():
             assert kernels.get("im2col", np.zeros((1, 1, 2, 2))) is None
         assert kernels.active() == "numpy"
         assert len(caught) == 1 and "Numba needs NumPy 2.3 or less" in str(caught[0].message), caught
-    """, _CONV_CHECK, "print('ok')", NPRESNET_KERNELS="auto")
+    """,
+        _CONV_CHECK,
+        "print('ok')",
+        NPRESNET_KERNELS="auto",
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-    result = _run_python(_BROKEN_NUMBA, """
+    result = _run_python(
+        _BROKEN_NUMBA,
+        """
         import numpy as np
         from npresnet import kernels
         kernels.get("im2col", np.zeros((1, 1, 2, 2)))
-    """, NPRESNET_KERNELS="numba")
+    """,
+        NPRESNET_KERNELS="numba",
+    )
     assert result.returncode != 0 and "Numba needs NumPy 2.3 or less" in result.stderr
 
 
 def test_explicit_numba_request_without_numba_is_an_error():
     result = _run_python(_BLOCK_NUMBA, "import npresnet.kernels", NPRESNET_KERNELS="numba")
     assert result.returncode != 0
-    assert "NPRESNET_KERNELS=numba but numba is not installed; it is a dependency of npresnet: " \
-           "pip install 'numba>=0.58'" in result.stderr
+    assert (
+        "NPRESNET_KERNELS=numba but numba is not installed; it is a dependency of npresnet: "
+        "pip install 'numba>=0.58'" in result.stderr
+    )
 
 
 def test_bad_mode_is_an_error():
@@ -508,16 +554,16 @@ def test_relu_backward_bitwise(shape, dtype):
 
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(dtype)
-    x.flat[:: 7] = 0.0                                     # exact zeros: gradient 0, as torch
-    x.flat[1:: 11] = np.nan                                # NaN input: y is NaN, not > 0, gradient 0
+    x.flat[::7] = 0.0  # exact zeros: gradient 0, as torch
+    x.flat[1::11] = np.nan  # NaN input: y is NaN, not > 0, gradient 0
     y, cache = relu_forward(x)
     dout = rng.standard_normal(shape).astype(dtype)
-    dout.flat[2:: 13] = -0.0                               # signs of zero must survive
+    dout.flat[2::13] = -0.0  # signs of zero must survive
     with kernels.reference_only():
         want = relu_backward(dout, cache)
     got = kernel("relu_backward", dout)(dout, cache)
     assert_bitwise(got, want)
-    assert_bitwise(relu_backward(dout, cache), want)       # the functional path dispatches to the kernel
+    assert_bitwise(relu_backward(dout, cache), want)  # the functional path dispatches to the kernel
 
 
 @needs_numba
@@ -527,14 +573,14 @@ def test_relu_forward_bitwise(shape, dtype):
     rng = np.random.default_rng(4)
     x = rng.standard_normal(shape).astype(dtype)
     x.flat[::7] = 0.0
-    x.flat[3::7] = -0.0                                    # maximum(-0.0, 0) is +0.0 in NumPy
+    x.flat[3::7] = -0.0  # maximum(-0.0, 0) is +0.0 in NumPy
     x.flat[1::11] = np.nan
     x.flat[5::17] = -np.inf
     assert_bitwise(kernel("relu_forward", x)(x), np.maximum(x, 0))
-    assert_bitwise(kernel("relu_forward", x)(x.T), np.maximum(x.T, 0))   # any layout in, C-contiguous out
+    assert_bitwise(kernel("relu_forward", x)(x.T), np.maximum(x.T, 0))  # any layout in, C-contiguous out
     from npresnet.functional.activation import relu_forward
 
-    assert_bitwise(relu_forward(x)[0], np.maximum(x, 0))                  # the functional path uses it
+    assert_bitwise(relu_forward(x)[0], np.maximum(x, 0))  # the functional path uses it
 
 
 @needs_numba
@@ -620,7 +666,7 @@ def test_direct_conv3x3_takes_non_contiguous_input_and_needs_only_what_is_asked(
     from npresnet.functional.conv import conv2d_backward, conv2d_forward
 
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((2, 9, 7, 4)).transpose(0, 3, 2, 1)          # (2, 4, 7, 9), not contiguous
+    x = rng.standard_normal((2, 9, 7, 4)).transpose(0, 3, 2, 1)  # (2, 4, 7, 9), not contiguous
     w = rng.standard_normal((6, 4, 3, 3))
     dy = rng.standard_normal((2, 6, 7, 9))
     got, want = _conv_both_ways(x, w, None, (1, 1), (1, 1), dy)
@@ -631,21 +677,24 @@ def test_direct_conv3x3_takes_non_contiguous_input_and_needs_only_what_is_asked(
     assert dx is None and db is None and rel_to_max(dw, want[2]) <= 1e-14
     dx, dw, _ = conv2d_backward(dy, cache, need_weight_grad=False)
     assert dw is None and rel_to_max(dx, want[1]) <= 1e-14
-    with kernels.reference_only():                                          # kernels off between the passes
+    with kernels.reference_only():  # kernels off between the passes
         dx, dw, _ = conv2d_backward(dy, cache)
     assert rel_to_max(dx, want[1]) <= 1e-14 and rel_to_max(dw, want[2]) <= 1e-14
 
 
 @needs_numba
-@pytest.mark.parametrize("why_not, kwargs", [
-    ("stride 2", dict(stride=2, padding=1)),
-    ("33 output channels", dict(out_channels=33, padding=1)),
-    ("64 input channels", dict(in_channels=64, padding=1)),
-    ("two groups", dict(groups=2, padding=1)),
-    ("padding 3 > 2 * dilation 1", dict(padding=3)),
-    ("a 3x2 kernel", dict(kernel=(3, 2), padding=1)),
-    ("a 5x5 kernel", dict(kernel=(5, 5), padding=2)),
-])
+@pytest.mark.parametrize(
+    "why_not, kwargs",
+    [
+        ("stride 2", dict(stride=2, padding=1)),
+        ("33 output channels", dict(out_channels=33, padding=1)),
+        ("64 input channels", dict(in_channels=64, padding=1)),
+        ("two groups", dict(groups=2, padding=1)),
+        ("padding 3 > 2 * dilation 1", dict(padding=3)),
+        ("a 3x2 kernel", dict(kernel=(3, 2), padding=1)),
+        ("a 5x5 kernel", dict(kernel=(5, 5), padding=2)),
+    ],
+)
 def test_direct_conv3x3_is_used_only_where_it_applies(why_not, kwargs):
     from npresnet.functional.conv import conv2d_forward
 
@@ -666,7 +715,8 @@ def test_direct_conv3x3_is_used_only_where_it_applies(why_not, kwargs):
 
 @needs_numba
 def test_kernels_stay_in_bounds():
-    result = _run_python(f"""
+    result = _run_python(
+        f"""
         import numpy as np
         from npresnet import kernels
         from npresnet.functional import (avgpool2d_backward, avgpool2d_forward, batchnorm2d_backward,
@@ -697,5 +747,8 @@ def test_kernels_stay_in_bounds():
             assert cache.direct_grads
             conv2d_backward(np.ones_like(y), cache)
         print("ok")
-    """, NUMBA_BOUNDSCHECK="1", NPRESNET_NUMBA_CACHE="0")
+    """,
+        NUMBA_BOUNDSCHECK="1",
+        NPRESNET_NUMBA_CACHE="0",
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

@@ -54,19 +54,32 @@ def run_with_two_threads(code: str, **env: str) -> subprocess.CompletedProcess:
                 assert (np.ascontiguousarray(u).view(np.uint8) == np.ascontiguousarray(v).view(np.uint8)).all(), \\
                     f"{{what}}: output {{i}} differs between 1 and 2 threads (max diff {{abs(u - v).max()}})"
     """
-    env = {**{k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}, "NUMBA_NUM_THREADS": "2",
-           "OPENBLAS_NUM_THREADS": "1", "NPRESNET_PARALLEL_MIN_BYTES": "0", **env}   # small shapes go parallel too
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(prelude) + textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"},
+        "NUMBA_NUM_THREADS": "2",
+        "OPENBLAS_NUM_THREADS": "1",
+        "NPRESNET_PARALLEL_MIN_BYTES": "0",
+        **env,
+    }  # small shapes go parallel too
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(prelude) + textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:
-    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (result.stdout[-2000:],
-                                                                            result.stderr[-4000:])
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), (
+        result.stdout[-2000:],
+        result.stderr[-4000:],
+    )
 
 
 def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
-    assert_ok(run_with_two_threads("""
+    assert_ok(
+        run_with_two_threads("""
         from npresnet.functional import (avgpool2d_backward, avgpool2d_forward, batchnorm2d_backward,
                                          batchnorm2d_forward, conv2d_backward, conv2d_forward, maxpool2d_backward,
                                          maxpool2d_forward, relu_backward, relu_forward)
@@ -156,14 +169,16 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
         print("ok")
-    """))
+    """)
+    )
 
 
 def test_a_training_step_gives_the_same_bits_at_one_and_two_threads():
     """End to end: two SGD steps of a CIFAR ResNet (train-mode BatchNorm, the direct 3x3 and im2col
     paths, pooling, ReLU) with BLAS at one thread: every weight, running statistic and the logits
     are identical whether the kernels ran on one Numba thread or two."""
-    assert_ok(run_with_two_threads("""
+    assert_ok(
+        run_with_two_threads("""
         from npresnet import autotune, models, nn
         from npresnet.optim import SGD
         assert autotune.mode() == "fixed"
@@ -184,13 +199,15 @@ def test_a_training_step_gives_the_same_bits_at_one_and_two_threads():
         serial, parallel = serial_and_parallel(train)
         same_bits(serial, parallel, "training step")
         print("ok")
-    """))
+    """)
+    )
 
 
 def test_two_python_threads_may_run_kernels_at_once():
     """The workqueue layer aborts the process when two threads launch parallel work at once; the
     kernels hand the pool to one thread at a time (the other runs the serial build)."""
-    assert_ok(run_with_two_threads("""
+    assert_ok(
+        run_with_two_threads("""
         import threading
         x = np.random.default_rng(0).standard_normal((8, 16, 32, 32)).astype(np.float32)
         want = kernels.get("im2col", x)(x, (3, 3), (1, 1), (1, 1), (1, 1))
@@ -209,24 +226,31 @@ def test_two_python_threads_may_run_kernels_at_once():
             t.join()
         assert not failures, failures
         print("ok")
-    """))
+    """)
+    )
 
 
 def test_serial_switch_and_a_chosen_threading_layer_are_respected():
-    result = run_with_two_threads("""
+    result = run_with_two_threads(
+        """
         from npresnet.kernels import im2col_cpu
         im2col_cpu.im2col(np.ones((4, 3, 9, 9)), (3, 3), (1, 1), (1, 1), (1, 1))
         assert im2col_cpu.im2col_kernel.serial.signatures and not im2col_cpu.im2col_kernel.parallel.signatures
         print("ok")
-    """, NPRESNET_NUMBA_PARALLEL="0")
+    """,
+        NPRESNET_NUMBA_PARALLEL="0",
+    )
     assert_ok(result)
-    result = run_with_two_threads("""
+    result = run_with_two_threads(
+        """
         from npresnet.kernels import im2col_cpu
         im2col_cpu.im2col(np.ones((4, 3, 9, 9)), (3, 3), (1, 1), (1, 1), (1, 1))
         assert im2col_cpu.im2col_kernel.parallel.signatures
         assert numba.threading_layer() == "omp", numba.threading_layer()
         print("ok")
-    """, NUMBA_THREADING_LAYER="omp")
+    """,
+        NUMBA_THREADING_LAYER="omp",
+    )
     assert_ok(result)
 
 
@@ -234,14 +258,17 @@ def test_omp_num_threads_limits_the_kernels_unless_numba_num_threads_is_set():
     code = "import numba\nfrom npresnet.kernels import im2col_cpu\nprint(numba.get_num_threads())"
     base = {k: v for k, v in os.environ.items() if k not in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS")}
     for extra, expected in (({"OMP_NUM_THREADS": "1"}, "1"), ({"OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}, "2")):
-        done = subprocess.run([sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True,
-                              timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", code], env={**base, **extra}, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0 and done.stdout.strip() == expected, (extra, done.stdout, done.stderr[-2000:])
 
 
 def test_small_calls_stay_serial():
     """Below PARALLEL_MIN_BYTES the hand-off to the pool would cost more than the work."""
-    assert_ok(run_with_two_threads("""
+    assert_ok(
+        run_with_two_threads(
+            """
         from npresnet.kernels import relu_cpu
         assert _numba.PARALLEL_MIN_BYTES == 1 << 20
         small, large = np.ones(1000, np.float32), np.ones(1 << 18, np.float32)    # 4 KB, 1 MB per array
@@ -250,12 +277,17 @@ def test_small_calls_stay_serial():
         relu_cpu.relu_forward(large)
         assert relu_cpu.relu_forward_kernel.parallel.signatures
         print("ok")
-    """, NPRESNET_PARALLEL_MIN_BYTES=str(1 << 20)))
+    """,
+            NPRESNET_PARALLEL_MIN_BYTES=str(1 << 20),
+        )
+    )
 
 
 def test_a_bad_parallel_setting_is_an_error():
     result = run_with_two_threads("print('ok')", NPRESNET_NUMBA_PARALLEL="yes")
     assert result.returncode != 0 and "NPRESNET_NUMBA_PARALLEL must be 'auto', '0' or '1', got 'yes'" in result.stderr
     result = run_with_two_threads("print('ok')", NPRESNET_PARALLEL_MIN_BYTES="1MB")
-    assert result.returncode != 0 and "NPRESNET_PARALLEL_MIN_BYTES must be a whole number of bytes, got '1MB'" \
-        in result.stderr
+    assert (
+        result.returncode != 0
+        and "NPRESNET_PARALLEL_MIN_BYTES must be a whole number of bytes, got '1MB'" in result.stderr
+    )

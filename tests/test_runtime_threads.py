@@ -17,8 +17,13 @@ pytest.importorskip("threadpoolctl")
 
 def run(code: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "NUMBA_NUM_THREADS")}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env={**env, "NUMBA_NUM_THREADS": "2"},
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**env, "NUMBA_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_set_num_threads_sets_every_library_and_shortens_openblas_spin():

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         (args.threads,) = threads_list(args)[:1]
     xp = xp_for(args.backend)
     allocator_tuned = runtime.tune_allocator() if not args.no_tune_allocator else False
-    limiter = runtime.set_num_threads(args.threads)       # BLAS, torch and Numba at N
+    limiter = runtime.set_num_threads(args.threads)  # BLAS, torch and Numba at N
     autotune.set_mode(args.autotune)
     if args.compare == "torch":
         import torch  # noqa: F401  (imported now so set_num_threads and the versions see it)
@@ -55,8 +55,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     peak = gemm_peak_gflops(args.dtype, xp)
     machine["gemm_peak_gflops"] = round(peak, 1)
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in machine["blas"])
-    print(f"npresnet bench | {machine['cpu']} | {args.threads} thread(s) | {args.backend} {args.dtype} | "
-          f"kernels: {machine['kernels']} | BLAS: {blas}")
+    print(
+        f"npresnet bench | {machine['cpu']} | {args.threads} thread(s) | {args.backend} {args.dtype} | "
+        f"kernels: {machine['kernels']} | BLAS: {blas}"
+    )
     print(f"GEMM peak (single {1536}^3 matmul): {peak:.1f} GFLOP/s")
     legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
     if args.compare == "torch":
@@ -86,16 +88,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             median = statistics.median(times)
             q1, q3 = quartiles(times)
             row = {
-                "model": name, "mode": mode, "threads": args.threads, "batch": batch, "image_size": size,
+                "model": name,
+                "mode": mode,
+                "threads": args.threads,
+                "batch": batch,
+                "image_size": size,
                 "backend": args.backend,
-                "dtype": args.dtype, "npresnet_s": median, "iqr_s": q3 - q1, "first_call_s": first,
-                "images_per_s": batch / median, "gflops": flops / median / 1e9,
-                "peak_share": flops / median / 1e9 / peak, "macs": macs,
+                "dtype": args.dtype,
+                "npresnet_s": median,
+                "iqr_s": q3 - q1,
+                "first_call_s": first,
+                "images_per_s": batch / median,
+                "gflops": flops / median / 1e9,
+                "peak_share": flops / median / 1e9 / peak,
+                "macs": macs,
                 "peak_memory_mb": peak_bytes / 2**20 if peak_bytes is not None else None,
             }
-            line = (f"\r  {name:<16} {mode:<8} batch {batch:<4} {size}x{size}: {median:8.3f} s/batch "
-                    f"(IQR {q3 - q1:.3f}, first {first:.2f} s)  {batch / median:8.1f} img/s  "
-                    f"{row['gflops']:6.1f} GFLOP/s ({100 * row['peak_share']:.0f}% of peak)")
+            line = (
+                f"\r  {name:<16} {mode:<8} batch {batch:<4} {size}x{size}: {median:8.3f} s/batch "
+                f"(IQR {q3 - q1:.3f}, first {first:.2f} s)  {batch / median:8.1f} img/s  "
+                f"{row['gflops']:6.1f} GFLOP/s ({100 * row['peak_share']:.0f}% of peak)"
+            )
             if row["peak_memory_mb"] is not None:
                 line += f"  traced peak {row['peak_memory_mb']:.0f} MB"
             if compare is not None:
@@ -103,8 +116,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 row.update({"torch_s": torch_s, "ratio": median / torch_s, "logits_max_rel_error": logits_error})
                 line += f"  | torch {torch_s:.3f} s, ratio npresnet/torch {median / torch_s:.2f}x"
             if args.memory and args.backend == "numpy":
-                sizes = {fw: measure_memory(fw, name, mode, batch, size, args.dtype, args.threads)
-                         for fw in (("npresnet", "torch") if compare is not None else ("npresnet",))}
+                sizes = {
+                    fw: measure_memory(fw, name, mode, batch, size, args.dtype, args.threads)
+                    for fw in (("npresnet", "torch") if compare is not None else ("npresnet",))
+                }
                 ours, theirs = sizes["npresnet"], sizes.get("torch")
                 row["rss_peak_mb"] = ours / 2**20 if ours is not None else None
                 shown = f"{ours / 2**20:.0f} MB" if ours is not None else "not measured (the probe failed)"
@@ -130,7 +145,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print("\n".join(profile_table(row["profile_ms"])))
             results.append(row)
     machine["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    machine["autotune_choices"] = autotune.choices()       # layer shape and thread counts -> algorithm
+    machine["autotune_choices"] = autotune.choices()  # layer shape and thread counts -> algorithm
     if limiter is not None:
         limiter.restore_original_limits()
     return {"machine": machine, "results": results}
@@ -142,25 +157,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 8 at 224x224, 64 at 32x32)")
     p.add_argument("--size", type=int, default=None, help="image size (default: 224, or 32 for CIFAR models)")
     p.add_argument("--mode", nargs="+", default=["forward", "train"], choices=["forward", "train"])
-    p.add_argument("--threads", default=None,
-                   help="threads for BLAS, Numba and torch: N, or several counts N,M,... to measure the speed-up "
-                        f"(default: this machine's {runtime.default_threads()} cores)")
+    p.add_argument(
+        "--threads",
+        default=None,
+        help="threads for BLAS, Numba and torch: N, or several counts N,M,... to measure the speed-up "
+        f"(default: this machine's {runtime.default_threads()} cores)",
+    )
     p.add_argument("--scaling", action="store_true", help="same as --threads 1,<all cores>")
-    p.add_argument("--autotune", choices=["measure", "fixed"], default="measure",
-                   help="kernel choice: time the candidates per layer shape (default), or the fixed rule "
-                        "(npresnet.autotune)")
+    p.add_argument(
+        "--autotune",
+        choices=["measure", "fixed"],
+        default="measure",
+        help="kernel choice: time the candidates per layer shape (default), or the fixed rule (npresnet.autotune)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first one is reported)")
-    p.add_argument("--compare", choices=["torch"], default=None,
-                   help="also time PyTorch on the same model; the ratio is npresnet time / torch time")
+    p.add_argument(
+        "--compare",
+        choices=["torch"],
+        default=None,
+        help="also time PyTorch on the same model; the ratio is npresnet time / torch time",
+    )
     p.add_argument("--profile", action="store_true", help="time per op kind, forward and backward")
-    p.add_argument("--memory", action="store_true",
-                   help="also measure each step's resident memory in a fresh process (npresnet, and torch with "
-                        "--compare torch)")
-    p.add_argument("--no-tune-allocator", action="store_true",
-                   help="leave glibc malloc's thresholds alone (see npresnet.runtime.tune_allocator)")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="also measure each step's resident memory in a fresh process (npresnet, and torch with --compare torch)",
+    )
+    p.add_argument(
+        "--no-tune-allocator",
+        action="store_true",
+        help="leave glibc malloc's thresholds alone (see npresnet.runtime.tune_allocator)",
+    )
     p.add_argument("--json", metavar="PATH", default=None, help="write machine info and results as JSON")
     return p.parse_args(argv)
 
@@ -202,4 +232,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
     return report
-

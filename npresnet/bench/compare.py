@@ -26,6 +26,7 @@ def torch_missing() -> str | None:
         return f"--compare torch needs PyTorch ({exc}): {TORCH_INSTALL}"
     return None
 
+
 def make_torch_step(torch: Any, tmodel: Any, mode: str, x: Any, target: Any) -> Callable[[], None]:
     """The same unit for the torch model: a no-grad evaluation forward, or forward + cross-entropy +
     backward + SGD (lr 1e-3, momentum 0.9) in training mode."""
@@ -35,6 +36,7 @@ def make_torch_step(torch: Any, tmodel: Any, mode: str, x: Any, target: Any) -> 
         def forward() -> None:
             with torch.no_grad():
                 tmodel(x)
+
         return forward
     tmodel.train()
     optimizer = torch.optim.SGD(tmodel.parameters(), lr=1e-3, momentum=0.9)
@@ -43,6 +45,7 @@ def make_torch_step(torch: Any, tmodel: Any, mode: str, x: Any, target: Any) -> 
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(tmodel(x), target).backward()
         optimizer.step()
+
     return train_step
 
 
@@ -91,5 +94,3 @@ def torch_time(compare: tuple, mode: str, x: Any, target: Any, args: argparse.Na
 
     _, times = timed(step, args.warmup, args.repeat)
     return statistics.median(times)
-
-

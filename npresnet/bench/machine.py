@@ -43,8 +43,12 @@ def machine_info(threads: int, backend: str) -> dict[str, Any]:
         if module is not None:
             versions[name] = module.__version__
     return {
-        "cpu": cpu_model(), "threads": threads, "backend": backend, "kernels": kernels.active(),
-        "blas": blas_info(), "versions": versions,
+        "cpu": cpu_model(),
+        "threads": threads,
+        "backend": backend,
+        "kernels": kernels.active(),
+        "blas": blas_info(),
+        "versions": versions,
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
     }
 
@@ -55,4 +59,3 @@ def gemm_peak_gflops(dtype: Any, xp: Any = np, n: int = 1536, repeat: int = 5) -
     b = a.T.copy()
     times = timed(lambda: a @ b, warmup=1, repeat=repeat, xp=xp)[1]
     return 2 * n**3 / statistics.median(times) / 1e9
-

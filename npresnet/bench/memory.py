@@ -44,23 +44,23 @@ def memory_probe(framework: str, name: str, mode: str, batch: int, size: int, dt
         del model
         step = make_torch_step(torch, tmodel, mode, torch.as_tensor(x_host), torch.as_tensor(target_host))
     else:
-        step = make_step(mode, model, nn.CrossEntropyLoss(), SGD(model.parameters(), lr=1e-3, momentum=0.9),
-                         x_host, target_host)
+        step = make_step(
+            mode, model, nn.CrossEntropyLoss(), SGD(model.parameters(), lr=1e-3, momentum=0.9), x_host, target_host
+        )
     baseline = _rss_bytes("VmRSS")
     step()
     step()
     return _rss_bytes("VmHWM") - baseline
 
 
-def measure_memory(framework: str, name: str, mode: str, batch: int, size: int, dtype: str,
-                   threads: int) -> int | None:
+def measure_memory(framework: str, name: str, mode: str, batch: int, size: int, dtype: str, threads: int) -> int | None:
     """``memory_probe`` in a subprocess (a fresh heap); None if it fails."""
-    code = (f"from npresnet.bench.memory import memory_probe; print(memory_probe({framework!r}, {name!r}, {mode!r}, "
-            f"{batch}, {size}, {dtype!r}, {threads}))")
+    code = (
+        f"from npresnet.bench.memory import memory_probe; print(memory_probe({framework!r}, {name!r}, {mode!r}, "
+        f"{batch}, {size}, {dtype!r}, {threads}))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     if done.returncode != 0:
         print(f"\n  memory probe failed ({framework}): {done.stderr.strip().splitlines()[-1:]}")
         return None
     return int(done.stdout.strip().splitlines()[-1])
-
-

@@ -26,10 +26,20 @@ from .. import kernels, nn
 __all__ = ["KERNEL_KINDS", "LAYER_KINDS", "PROFILE_KINDS", "op_profile", "profile_ms", "profile_table"]
 
 LAYER_KINDS: tuple[tuple[type, str], ...] = (
-    (nn.Conv2d, "conv"), (nn.BatchNorm2d, "batchnorm"), (nn.ReLU, "relu"), (nn.MaxPool2d, "pooling"),
-    (nn.AdaptiveAvgPool2d, "pooling"), (nn.Linear, "linear"))
-KERNEL_KINDS = {"im2col": "im2col", "col2im": "col2im", "conv3x3_forward": "direct3x3",
-                "conv3x3_backward_input": "direct3x3", "conv3x3_backward_weight": "direct3x3"}
+    (nn.Conv2d, "conv"),
+    (nn.BatchNorm2d, "batchnorm"),
+    (nn.ReLU, "relu"),
+    (nn.MaxPool2d, "pooling"),
+    (nn.AdaptiveAvgPool2d, "pooling"),
+    (nn.Linear, "linear"),
+)
+KERNEL_KINDS = {
+    "im2col": "im2col",
+    "col2im": "col2im",
+    "conv3x3_forward": "direct3x3",
+    "conv3x3_backward_input": "direct3x3",
+    "conv3x3_backward_weight": "direct3x3",
+}
 PROFILE_KINDS = ("im2col", "col2im", "GEMM", "direct3x3", "batchnorm", "relu", "pooling", "linear", "other")
 
 
@@ -42,12 +52,13 @@ def op_profile(model: nn.Module, times: dict[str, float]) -> Iterator[None]:
     """Add the seconds spent in each "<kind> <direction>" while the block runs ``model`` to ``times``
     (a ``defaultdict(float)``). The hooks and the kernel observer are removed on exit."""
     direction = ["forward"]
-    starts: list[tuple[float, str]] = []          # (start time, outer direction) of the layer calls running
+    starts: list[tuple[float, str]] = []  # (start time, outer direction) of the layer calls running
 
     def enter(now_direction: str) -> Callable[..., None]:
         def hook(module: nn.Module, *_: Any) -> None:
             starts.append((time.perf_counter(), direction[0]))
             direction[0] = now_direction
+
         return hook
 
     def leave(kind: str) -> Callable[..., None]:
@@ -55,6 +66,7 @@ def op_profile(model: nn.Module, times: dict[str, float]) -> Iterator[None]:
             start, outer = starts.pop()
             times[f"{kind} {direction[0]}"] += time.perf_counter() - start
             direction[0] = outer
+
         return hook
 
     def observe(name: str, kernel: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,15 +80,19 @@ def op_profile(model: nn.Module, times: dict[str, float]) -> Iterator[None]:
                 return kernel(*args, **kwargs)
             finally:
                 times[f"{kind} {direction[0]}"] += time.perf_counter() - start
+
         return timed_kernel
 
     handles = []
     for module in model.modules():
         kind = _layer_kind(module)
         if kind is not None:
-            handles += [module.register_forward_pre_hook(enter("forward")), module.register_forward_hook(leave(kind)),
-                        module.register_backward_pre_hook(enter("backward")),
-                        module.register_backward_hook(leave(kind))]
+            handles += [
+                module.register_forward_pre_hook(enter("forward")),
+                module.register_forward_hook(leave(kind)),
+                module.register_backward_pre_hook(enter("backward")),
+                module.register_backward_hook(leave(kind)),
+            ]
     previous = kernels.set_observer(observe)
     try:
         yield
@@ -95,8 +111,9 @@ def profile_ms(times: dict[str, float], steps: int, step_seconds: float) -> dict
     out: dict[str, float] = {}
     for direction in ("forward", "backward"):
         conv = t.get(f"conv {direction}", 0.0)
-        out[f"GEMM {direction}"] = conv - sum(t.get(f"{kind} {direction}", 0.0)
-                                              for kind in ("im2col", "col2im", "direct3x3"))
+        out[f"GEMM {direction}"] = conv - sum(
+            t.get(f"{kind} {direction}", 0.0) for kind in ("im2col", "col2im", "direct3x3")
+        )
         for kind in ("im2col", "col2im", "direct3x3", "batchnorm", "relu", "pooling", "linear"):
             out[f"{kind} {direction}"] = t.get(f"{kind} {direction}", 0.0)
     layers = sum(v for k, v in t.items() if k.split()[0] in ("conv", "batchnorm", "relu", "pooling", "linear"))

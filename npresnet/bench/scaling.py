@@ -47,8 +47,15 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = sorted(group, key=lambda r: r["threads"])
         base = group[0]
         for row in group:
-            entry = {"model": model, "mode": mode, "batch": batch, "image_size": size, "threads": row["threads"],
-                     "npresnet_s": row["npresnet_s"], "npresnet_speedup": base["npresnet_s"] / row["npresnet_s"]}
+            entry = {
+                "model": model,
+                "mode": mode,
+                "batch": batch,
+                "image_size": size,
+                "threads": row["threads"],
+                "npresnet_s": row["npresnet_s"],
+                "npresnet_speedup": base["npresnet_s"] / row["npresnet_s"],
+            }
             if "torch_s" in row and "torch_s" in base:
                 entry["torch_s"] = row["torch_s"]
                 entry["torch_speedup"] = base["torch_s"] / row["torch_s"]
@@ -61,11 +68,15 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def scaling_table(table: list[dict[str, Any]]) -> list[str]:
     lines = ["scaling (speed-up = time at the fewest threads / time here; share = npresnet's speed-up / torch's):"]
     for e in table:
-        line = (f"  {e['model']:<10} {e['mode']:<8} {e['threads']:>2} thread(s): npresnet {e['npresnet_s']:7.3f} s "
-                f"(x{e['npresnet_speedup']:.2f})")
+        line = (
+            f"  {e['model']:<10} {e['mode']:<8} {e['threads']:>2} thread(s): npresnet {e['npresnet_s']:7.3f} s "
+            f"(x{e['npresnet_speedup']:.2f})"
+        )
         if "torch_s" in e:
-            line += (f"  torch {e['torch_s']:7.3f} s (x{e['torch_speedup']:.2f})  ratio {e['ratio']:.2f}x"
-                     f"  share {e['share']:.2f}")
+            line += (
+                f"  torch {e['torch_s']:7.3f} s (x{e['torch_speedup']:.2f})  ratio {e['ratio']:.2f}x"
+                f"  share {e['share']:.2f}"
+            )
         lines.append(line)
     return lines
 
@@ -95,8 +106,9 @@ def shared_autotune_cache(mode: str) -> Iterator[None]:
                     os.environ[key] = value
 
 
-def run_scaling(args: argparse.Namespace, threads: list[int],
-                run: Callable[[argparse.Namespace], dict[str, Any]]) -> dict[str, Any]:
+def run_scaling(
+    args: argparse.Namespace, threads: list[int], run: Callable[[argparse.Namespace], dict[str, Any]]
+) -> dict[str, Any]:
     """``run`` once per thread count; one report with every row, ``machine.threads`` the list, and ``scaling``."""
     reports = []
     with shared_autotune_cache(getattr(args, "autotune", "fixed")):

@@ -57,5 +57,3 @@ def quartiles(times: list[float]) -> tuple[float, float]:
         return times[0], times[0]
     q = statistics.quantiles(times, n=4, method="inclusive")
     return q[0], q[2]
-
-

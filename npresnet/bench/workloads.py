@@ -12,8 +12,18 @@ from ..backend import get_array_module
 from ..models import model_names, unknown_model_message
 from ..optim import SGD
 
-__all__ = ["DEFAULT_MODELS", "build_npresnet", "default_batch", "default_size", "forward_macs", "is_cifar",
-           "make_step", "model_names", "training_step", "unknown_model_message"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "build_npresnet",
+    "default_batch",
+    "default_size",
+    "forward_macs",
+    "is_cifar",
+    "make_step",
+    "model_names",
+    "training_step",
+    "unknown_model_message",
+]
 
 DEFAULT_MODELS = ("resnet18", "resnet50", "resnet20", "resnet56")
 CIFAR_PREFIXES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "plain")
@@ -47,8 +57,9 @@ def training_step(model: nn.Module, criterion: nn.CrossEntropyLoss, optimizer: S
     return loss
 
 
-def make_step(mode: str, model: nn.Module, criterion: nn.CrossEntropyLoss, optimizer: SGD, x: Any,
-              target: Any) -> Callable[[], Any]:
+def make_step(
+    mode: str, model: nn.Module, criterion: nn.CrossEntropyLoss, optimizer: SGD, x: Any, target: Any
+) -> Callable[[], Any]:
     """The timed unit: an evaluation-mode forward without caches, or a whole training step."""
     if mode == "forward":
         model.eval()
@@ -56,6 +67,7 @@ def make_step(mode: str, model: nn.Module, criterion: nn.CrossEntropyLoss, optim
         def forward() -> Any:
             with no_grad():
                 return model(x)
+
         return forward
     model.train()
     return lambda: training_step(model, criterion, optimizer, x, target)
@@ -83,5 +95,3 @@ def forward_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: Any) -> 
     for h in handles:
         h.remove()
     return total * input_shape[0]
-
-

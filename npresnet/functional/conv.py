@@ -65,22 +65,29 @@ from .conv_dispatch import (
 from .conv_dispatch import choose as choose_algorithm
 from .im2col import col2im, conv_output_size, im2col
 
-__all__ = ["CHUNK_BYTES", "DIRECT_FORWARD_MAX_CHANNELS", "DIRECT_MAX_CHANNELS", "ConvCache", "conv2d_backward",
-           "conv2d_forward", "samples_per_chunk"]
+__all__ = [
+    "CHUNK_BYTES",
+    "DIRECT_FORWARD_MAX_CHANNELS",
+    "DIRECT_MAX_CHANNELS",
+    "ConvCache",
+    "conv2d_backward",
+    "conv2d_forward",
+    "samples_per_chunk",
+]
 
 
 class ConvCache(NamedTuple):
-    x: Any                          # (N, C, H, W) the input; for a 1x1 conv its strided samples (N, C, OH, OW)
-    weight: Any                     # (O, Cg, KH, KW)
+    x: Any  # (N, C, H, W) the input; for a 1x1 conv its strided samples (N, C, OH, OW)
+    weight: Any  # (O, Cg, KH, KW)
     x_shape: tuple[int, int, int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
     groups: int
     has_bias: bool
-    pointwise: bool                 # True: 1x1, no padding, one group -> no im2col (see module docstring)
-    direct_ok: bool                 # True: the direct 3x3 kernels can compute the gradients
-    key: tuple                      # the layer's shape, for conv_dispatch
+    pointwise: bool  # True: 1x1, no padding, one group -> no im2col (see module docstring)
+    direct_ok: bool  # True: the direct 3x3 kernels can compute the gradients
+    key: tuple  # the layer's shape, for conv_dispatch
 
     @property
     def direct_grads(self) -> bool:
@@ -102,9 +109,15 @@ def _grouped_matmul(a: Any, b: Any, xp: Any, transpose_a: bool = False, transpos
     return products[0][None] if len(products) == 1 else xp.stack(products)
 
 
-def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | tuple[int, int] = 1,
-                   padding: int | tuple[int, int] = 0, dilation: int | tuple[int, int] = 1,
-                   groups: int = 1) -> tuple[Any, ConvCache]:
+def conv2d_forward(
+    x: Any,
+    weight: Any,
+    bias: Any | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> tuple[Any, ConvCache]:
     """y = conv2d(x, weight) + bias, like ``torch.nn.functional.conv2d``.
 
     Args:
@@ -148,7 +161,7 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
     direct_ok = direct_applies(x, (KH, KW), stride, padding, dilation, G)
     pointwise = _is_pointwise((KH, KW), padding, G)
     if pointwise:
-        x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, ::stride[0], ::stride[1]])
+        x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, :: stride[0], :: stride[1]])
         y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
     else:
         x_used = x
@@ -158,34 +171,44 @@ def conv2d_forward(x: Any, weight: Any, bias: Any | None = None, stride: int | t
         y = _forward(algorithm, *args)
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
-    cache = ConvCache(x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None, pointwise,
-                      direct_ok, key)
+    cache = ConvCache(
+        x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None, pointwise, direct_ok, key
+    )
     return y, cache
 
 
-def _forward(algorithm: str, x: Any, weight: Any, stride: tuple[int, int], padding: tuple[int, int],
-             dilation: tuple[int, int], G: int, out: tuple[int, int]) -> Any:
+def _forward(
+    algorithm: str,
+    x: Any,
+    weight: Any,
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    G: int,
+    out: tuple[int, int],
+) -> Any:
     """y (N, O, OH, OW) without bias, by ``algorithm``: "direct" or "gemm/<samples per chunk>"."""
     if algorithm == "direct":
         return kernels.get("conv3x3_forward", x)(x, weight, padding, dilation)
     xp = get_array_module(x)
     N = x.shape[0]
     O, Cg, KH, KW = weight.shape
-    (OH, OW), K, L = out, Cg * KH * KW, out[0] * out[1]               # K per group, L per sample
+    (OH, OW), K, L = out, Cg * KH * KW, out[0] * out[1]  # K per group, L per sample
     weight_g = weight.reshape(G, O // G, K)
     y = xp.empty((N, O, OH, OW), dtype=x.dtype)
     chunk = int(algorithm.split("/")[1])
     for start in range(0, N, chunk):
-        x_chunk = x[start:start + chunk]
+        x_chunk = x[start : start + chunk]
         n = x_chunk.shape[0]
         cols = im2col(x_chunk, (KH, KW), stride, padding, dilation).reshape(G, K, n * L)
-        y_chunk = _grouped_matmul(weight_g, cols, xp)                    # (G, Og, n*L)
-        y[start:start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
+        y_chunk = _grouped_matmul(weight_g, cols, xp)  # (G, Og, n*L)
+        y[start : start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
     return y
 
 
-def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
-                    need_weight_grad: bool = True) -> tuple[Any | None, Any | None, Any | None]:
+def conv2d_backward(
+    dout: Any, cache: ConvCache, need_input_grad: bool = True, need_weight_grad: bool = True
+) -> tuple[Any | None, Any | None, Any | None]:
     """Gradients of a convolution.
 
     Args:
@@ -212,21 +235,24 @@ def conv2d_backward(dout: Any, cache: ConvCache, need_input_grad: bool = True,
     direct_ok = cache.direct_ok and kernels.get("conv3x3_backward_input", dout) is not None  # not in reference_only()
     input_algorithm = weight_algorithm = None
     if need_input_grad:
-        input_algorithm = choose_algorithm("input grad", cache.key, (C, O), direct_ok, chunks,
-                                           lambda name: _gradients(dout, cache, name, None))
+        input_algorithm = choose_algorithm(
+            "input grad", cache.key, (C, O), direct_ok, chunks, lambda name: _gradients(dout, cache, name, None)
+        )
     if need_weight_grad:
-        weight_algorithm = choose_algorithm("weight grad", cache.key, (C, O), direct_ok, chunks,
-                                            lambda name: _gradients(dout, cache, None, name))
+        weight_algorithm = choose_algorithm(
+            "weight grad", cache.key, (C, O), direct_ok, chunks, lambda name: _gradients(dout, cache, None, name)
+        )
     if input_algorithm == weight_algorithm and input_algorithm is not None:
-        dx, dweight = _gradients(dout, cache, input_algorithm, weight_algorithm)   # one pass over the chunks
+        dx, dweight = _gradients(dout, cache, input_algorithm, weight_algorithm)  # one pass over the chunks
     else:
         dx = _gradients(dout, cache, input_algorithm, None)[0] if input_algorithm else None
         dweight = _gradients(dout, cache, None, weight_algorithm)[1] if weight_algorithm else None
     return dx, dweight, dbias
 
 
-def _gradients(dout: Any, cache: ConvCache, input_algorithm: str | None,
-               weight_algorithm: str | None) -> tuple[Any | None, Any | None]:
+def _gradients(
+    dout: Any, cache: ConvCache, input_algorithm: str | None, weight_algorithm: str | None
+) -> tuple[Any | None, Any | None]:
     """(dx, dweight) by the given algorithms ("direct" or "gemm/<samples per chunk>"; None: skip).
     Two gemm algorithms must have the same chunk size: they share one loop."""
     weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
@@ -252,26 +278,28 @@ def _gradients(dout: Any, cache: ConvCache, input_algorithm: str | None,
     dweight_g = xp.zeros((G, O // G, K), dtype=dout.dtype) if need_weight_grad else None
     dx_all = xp.empty(x_shape, dtype=dout.dtype) if need_input_grad else None
     for start in range(0, N, chunk):
-        dout_chunk = dout[start:start + chunk]
+        dout_chunk = dout[start : start + chunk]
         n = dout_chunk.shape[0]
         dout_g = xp.ascontiguousarray(dout_chunk.transpose(1, 0, 2, 3)).reshape(G, O // G, n * L)
         if need_weight_grad:
-            cols = im2col(cache.x[start:start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
+            cols = im2col(cache.x[start : start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
             dweight_g += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
         if dx_all is not None:
-            dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)           # (G, K, n*L)
-            dx_all[start:start + n] = col2im(dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride,
-                                         cache.padding, cache.dilation)
+            dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)  # (G, K, n*L)
+            dx_all[start : start + n] = col2im(
+                dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride, cache.padding, cache.dilation
+            )
     if dweight_g is not None:
         dweight = dweight_g.reshape(weight.shape)
     return (dx if dx_all is None else dx_all), dweight
 
 
-def _pointwise_backward(dout: Any, cache: ConvCache, need_input_grad: bool, need_weight_grad: bool,
-                        xp: Any) -> tuple[Any | None, Any | None]:
+def _pointwise_backward(
+    dout: Any, cache: ConvCache, need_input_grad: bool, need_weight_grad: bool, xp: Any
+) -> tuple[Any | None, Any | None]:
     """Backward of a 1x1 convolution with X = the cached strided input (N, C, OH, OW)::
 
-        dX[n] = W.T @ dy[n]        dW = sum_n dy[n] @ X[n].T        (dx = dX scattered back at the stride)
+    dX[n] = W.T @ dy[n]        dW = sum_n dy[n] @ X[n].T        (dx = dX scattered back at the stride)
     """
     N, C, H, W = cache.x_shape
     O = cache.weight.shape[0]
@@ -286,11 +314,11 @@ def _pointwise_backward(dout: Any, cache: ConvCache, need_input_grad: bool, need
             dweight += dout3[n] @ x3[n].T
         dweight = dweight.reshape(O, C, 1, 1)
     if need_input_grad:
-        weight_t = xp.ascontiguousarray(cache.weight.reshape(O, C).T)                  # (C, O)
+        weight_t = xp.ascontiguousarray(cache.weight.reshape(O, C).T)  # (C, O)
         dx_used = xp.matmul(weight_t, dout3).reshape(N, C, OH, OW)
         if cache.stride == (1, 1):
             dx = dx_used
         else:
             dx = xp.zeros(cache.x_shape, dtype=dout.dtype)
-            dx[:, :, ::cache.stride[0], ::cache.stride[1]] = dx_used
+            dx[:, :, :: cache.stride[0], :: cache.stride[1]] = dx_used
     return dx, dweight

@@ -39,11 +39,22 @@ DIRECT_CANDIDATE_MAX_CHANNELS = 64
 CHUNK_BYTES = 1 << 20
 
 
-def direct_applies(x: Any, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-                   dilation: tuple[int, int], groups: int) -> bool:
+def direct_applies(
+    x: Any,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> bool:
     """Whether the direct 3x3 kernels can compute this convolution and both its gradients."""
-    if (kernel != (3, 3) or stride != (1, 1) or groups != 1
-            or padding[0] > 2 * dilation[0] or padding[1] > 2 * dilation[1]):   # P <= 2D: see the kernel
+    if (
+        kernel != (3, 3)
+        or stride != (1, 1)
+        or groups != 1
+        or padding[0] > 2 * dilation[0]
+        or padding[1] > 2 * dilation[1]
+    ):  # P <= 2D: see the kernel
         return False
     return kernels.get("conv3x3_forward", x) is not None
 
@@ -63,8 +74,9 @@ def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]
     return list(dict.fromkeys(int(s) for s in sizes))
 
 
-def choose(what: str, key: Any, channels: tuple[int, int], direct_ok: bool, chunks: list[int],
-           run: Callable[[str], Any]) -> str:
+def choose(
+    what: str, key: Any, channels: tuple[int, int], direct_ok: bool, chunks: list[int], run: Callable[[str], Any]
+) -> str:
     """The algorithm for ``what`` ("forward", "input grad" or "weight grad") of the conv ``key``.
 
     ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``;
