@@ -713,6 +713,7 @@ def test_direct_conv3x3_is_used_only_where_it_applies(why_not, kwargs):
 # kernel with Numba's bounds checking on (a fresh compile, so no cached unchecked build is used).
 
 
+@pytest.mark.slow  # every CPU kernel recompiled under NUMBA_BOUNDSCHECK=1 in a fresh process
 @needs_numba
 def test_kernels_stay_in_bounds():
     result = _run_python(
