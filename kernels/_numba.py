@@ -41,13 +41,14 @@ if PARALLEL not in ("auto", "0", "1"):
 
 # Why the workqueue threading layer (when NUMBA_THREADING_LAYER is not set). The kernels run
 # between OpenBLAS GEMMs, and both libraries want every core. Numba's default here is its OpenMP
-# layer (libgomp; TBB is not installed), whose team includes the calling thread and whose workers
-# spin-wait between regions; the workqueue layer's workers sleep on a condition variable as soon
-# as their share is done. Alternating a 2-thread GEMM and a 2-thread row-sum kernel 20 times
-# (2-vCPU Xeon) took 400-800 ms with omp and 34-190 ms with workqueue (the two alone: 7-90 and
-# 20-25 ms; a busy machine, hence the spread; npresnet.runtime has the quiet-machine figures).
-# The one limitation of workqueue: two Python threads may not run parallel kernels at once, so
-# ``ParallelKernel`` runs the serial build when another thread holds the pool.
+# layer (libgomp; TBB is not installed), whose workers spin-wait after each parallel region on the
+# cores the next GEMM's OpenBLAS threads need. Quiet 2-vCPU Xeon, 20 x (a 2-thread GEMM, then a
+# 2-thread row-sum kernel): omp 170 ms (OMP_WAIT_POLICY=active 218 ms), omp with
+# OMP_WAIT_POLICY=passive 33 ms, tbb 33 ms, workqueue 35 ms; serial kernels with a 2-thread BLAS
+# 33 ms, everything at 1 thread 42 ms. Shortening OpenBLAS's own spin as well (npresnet.runtime's
+# set_blas_spin) brings workqueue to 25 ms. The one limitation of workqueue: two Python threads may
+# not run parallel kernels at once, so ``ParallelKernel`` runs the serial build when another
+# thread holds the pool.
 if "NUMBA_THREADING_LAYER" not in os.environ:
     numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
