@@ -42,6 +42,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .runtime import cpu_model
+
 __all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "timed_keys"]
 
 MODES = ("fixed", "measure")
@@ -155,7 +157,7 @@ def machine() -> dict[str, Any]:
             "npresnet": __version__,
             "numba": _installed_version("numba"),
         }
-        _machine = {"cpu": _cpu_model(), "machine": platform.machine(), "versions": versions, "blas": _blas()}
+        _machine = {"cpu": cpu_model(), "machine": platform.machine(), "versions": versions, "blas": _blas()}
     return _machine
 
 
@@ -168,17 +170,6 @@ def _installed_version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _blas() -> dict[str, Any]:

@@ -39,12 +39,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import platform
 import sys
 from typing import Any
 
 __all__ = [
     "BLAS_SPIN_EXPONENT",
     "blas_threads",
+    "cpu_model",
     "default_threads",
     "set_blas_spin",
     "set_num_threads",
@@ -53,6 +55,18 @@ __all__ = [
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s "model name"), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
+from ..runtime import cpu_model
 from .timing import timed
 
 __all__ = ["blas_info", "cpu_model", "gemm_peak_gflops", "machine_info"]
@@ -23,17 +24,6 @@ def blas_info() -> list[dict[str, Any]]:
         return [{"note": "threadpoolctl not installed"}]
     keep = ("internal_api", "version", "architecture", "num_threads", "threading_layer")
     return [{k: info.get(k) for k in keep} for info in threadpool_info() if info.get("user_api") == "blas"]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(threads: int, backend: str) -> dict[str, Any]:
