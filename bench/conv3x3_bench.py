@@ -8,18 +8,21 @@ the input gradient and the weight gradient, on the path npresnet picks (``direct
 where only the gradients go there), on im2col + GEMM
 (the Numba im2col/col2im kernels and BLAS), and torch's forward and whole backward, plus how far the
 chosen path is from im2col + GEMM. The direct path is used for stride 1 and at most
-``DIRECT_MAX_CHANNELS`` channels; the other rows show im2col + GEMM twice.
+``DIRECT_MAX_CHANNELS`` channels; the other rows show im2col + GEMM twice. For every stride-1
+shape it also times the weight gradient by Numba dot products (``dw dots``,
+``conv3x3_backward_weight_dots``, a measure-mode candidate), with its error against the chosen path.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
 import numpy as np
 
-from npresnet import runtime
+from npresnet import kernels, runtime
 from npresnet.functional import conv_dispatch
 from npresnet.functional.conv import conv2d_backward, conv2d_forward
 
@@ -91,6 +94,10 @@ def main() -> None:
             f"{chosen[0]:5.1f} / {chosen[1]:5.1f} / {chosen[2]:5.1f}   im2col+GEMM {gemm[0]:5.1f} / "
             f"{gemm[1]:5.1f} / {gemm[2]:5.1f}   (rel diff {worst:.0e})"
         )
+        if stride == 1:
+            dots = functools.partial(kernels.get("conv3x3_backward_weight_dots", x), dy, x, (1, 1), (1, 1))
+            error = float(np.abs(dots() - chosen[4][2]).max() / np.abs(chosen[4][2]).max())
+            line += f"   dw dots {median_ms(dots):5.1f} ({error:.0e})"
         if torch is not None:
             forward, backward = time_torch(torch, x, w, stride, dy)
             line += f"   torch {forward:5.1f} / {backward:5.1f} (both grads)"

@@ -42,6 +42,7 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``conv3x3_forward``             (x, weight, padding, dilation) -> y, a stride-1 ungrouped 3x3 conv, no bias
 ``conv3x3_backward_input``      (dout, weight, padding, dilation) -> dx of that conv (needs P <= 2*D)
 ``conv3x3_backward_weight``     (dout, x, padding, dilation) -> dweight of that conv (BLAS, no Numba)
+``conv3x3_backward_weight_dots`` (dout, x, padding, dilation) -> the same dweight by Numba dot products
 ==============================  ==========================================================================
 
 The conv3x3 kernels are the one exception to "same result as the reference": they compute a
@@ -114,6 +115,7 @@ KERNELS = {
     "conv3x3_forward": ("conv3x3_cpu", "conv3x3_forward"),
     "conv3x3_backward_input": ("conv3x3_cpu", "conv3x3_backward_input"),
     "conv3x3_backward_weight": ("conv3x3_cpu", "conv3x3_backward_weight"),
+    "conv3x3_backward_weight_dots": ("conv3x3_cpu", "conv3x3_backward_weight_dots"),
 }
 
 #: kernel name -> (module, function) of the Numba CUDA kernel served for CuPy arrays (no batch norm).

@@ -3,8 +3,9 @@
 ``NPRESNET_NUMBA_CACHE=0`` turns off Numba's on-disk cache (``kernels/__pycache__``), e.g. when several
 processes might write it at once or a stale cache is suspected; ``NUMBA_CACHE_DIR`` moves it.
 Every kernel is compiled lazily, on its first call, once per dtype (float32 / float64).
-``fastmath`` stays off: the kernels must reproduce the NumPy references to the last bit (the one
-exception, FMA contraction in the direct 3x3 convolution, is ``fused_multiply_add_kernel``).
+``fastmath`` stays off: the kernels must reproduce the NumPy references to the last bit (the
+exceptions, FMA contraction and reassociated sums in the direct 3x3 convolution, are
+``fused_multiply_add_kernel`` and ``reassociating_kernel``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,17 @@ def fused_multiply_add_kernel(function):
     since the compiled code, not the data's address, decides where FMAs go.
     """
     return ParallelKernel(function, fastmath={"contract"})
+
+
+def reassociating_kernel(function):
+    """``fused_multiply_add_kernel`` that may also reassociate sums (LLVM's ``reassoc``): a scalar
+    reduction ``s += a[q] * b[q]`` then runs as several SIMD partial sums added at the end, which
+    is what makes a dot-product loop fast. Only for kernels whose reference sums in another order
+    anyway (the direct 3x3 weight gradient). The order is fixed by the compiled code, so a given
+    machine gives the same bits on every run and at any thread count (the kernel splits work only
+    over independent blocks); another CPU (another SIMD width) may differ in the last bits.
+    """
+    return ParallelKernel(function, fastmath={"contract", "reassoc"})
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")

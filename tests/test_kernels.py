@@ -659,6 +659,10 @@ def test_direct_conv3x3_matches_im2col_gemm(shape, padding, dilation, dtype):
         assert g.shape == r.shape and g.dtype == r.dtype and g.flags.c_contiguous, name
         assert rel_to_max(g, e) <= bound, (name, rel_to_max(g, e))
         assert rel_to_max(r, e) <= bound, (name, "reference", rel_to_max(r, e))
+    # the other direct weight gradient (Numba dot products, a measure-mode candidate)
+    dots = kernels.get("conv3x3_backward_weight_dots", x)(dy, x, padding, dilation)
+    assert dots.shape == w.shape and dots.dtype == w.dtype and dots.flags.c_contiguous
+    assert rel_to_max(dots, exact[2]) <= bound, ("dw dots", rel_to_max(dots, exact[2]))
 
 
 @needs_numba
@@ -747,6 +751,7 @@ def test_kernels_stay_in_bounds():
             y, cache = conv2d_forward(x, rng.standard_normal((O, C, 3, 3)).astype(np.float32), None, 1, p, d)
             assert cache.direct_grads
             conv2d_backward(np.ones_like(y), cache)
+            kernels.get("conv3x3_backward_weight_dots", x)(np.ones_like(y), x, p, d)
         print("ok")
     """,
         NUMBA_BOUNDSCHECK="1",

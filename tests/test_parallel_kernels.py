@@ -4,7 +4,8 @@ Every ``prange`` kernel is built twice (``kernels/_numba.py``'s ``ParallelKernel
 used at one Numba thread, and for the thread pool, used above one. The builds split the work only
 over independent outputs (planes, rows, column blocks, rows of a batch norm) and each output sums
 the same numbers in the same order, so the two must agree bit for bit, on every kernel: im2col,
-col2im (a gather), max/avg pooling, ReLU backward, batch norm and the direct 3x3 convolution. Each
+col2im (a gather), max/avg pooling, ReLU backward, batch norm and the direct 3x3 convolution (and
+its dot-product weight gradient, whose blocks do not depend on the thread count). Each
 check runs in a fresh interpreter with ``NUMBA_NUM_THREADS=2`` (the parent test process may have
 started Numba with one thread), on the awkward shapes of tests/test_kernels.py (H != W, stride 2,
 dilation, batch 1, 1-3 channels, odd sizes) plus shapes large enough to give both threads work.
@@ -157,6 +158,13 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                     assert cache.direct_grads
                     return (y, *conv2d_backward(np.cos(y), cache)[:2])
                 same_bits(*serial_and_parallel(direct), f"direct 3x3 {(N, C, O, H, W)}")
+            # the dot-product weight gradient: fixed blocks, so the same bits at any thread count
+            dots = kernels.get("conv3x3_backward_weight_dots", x)
+            for (N, C, O, H, W), p, d in cases.DIRECT_CASES + [((9, 16, 16, 32, 32), (1, 1), (1, 1)),
+                                                               ((7, 3, 16, 31, 33), (1, 1), (1, 1))]:
+                x = rng.standard_normal((N, C, H, W)).astype(dtype)
+                dy = rng.standard_normal((N, O, H + 2 * p[0] - 2 * d[0], W + 2 * p[1] - 2 * d[1])).astype(dtype)
+                same_bits(*serial_and_parallel(lambda: dots(dy, x, p, d)), f"dw dots {(N, C, O, H, W)}")
         # both builds of every prange kernel really ran
         import npresnet.kernels.batchnorm_cpu, npresnet.kernels.conv3x3_cpu, npresnet.kernels.im2col_cpu, \\
             npresnet.kernels.pool_cpu, npresnet.kernels.relu_cpu
@@ -164,7 +172,7 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                  npresnet.kernels.conv3x3_cpu, npresnet.kernels.im2col_cpu, npresnet.kernels.pool_cpu,
                  npresnet.kernels.relu_cpu) for name, kernel in vars(module).items()
                  if isinstance(kernel, _numba.ParallelKernel)]
-        assert len(built) == 16, [b[:2] for b in built]
+        assert len(built) == 17, [b[:2] for b in built]
         assert numba.threading_layer() == "workqueue", numba.threading_layer()
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)

@@ -39,6 +39,7 @@ KERNEL_KINDS = {
     "conv3x3_forward": "direct3x3",
     "conv3x3_backward_input": "direct3x3",
     "conv3x3_backward_weight": "direct3x3",
+    "conv3x3_backward_weight_dots": "direct3x3",
 }
 PROFILE_KINDS = ("im2col", "col2im", "GEMM", "direct3x3", "batchnorm", "relu", "pooling", "linear", "other")
 

@@ -34,7 +34,8 @@ These choices keep memory and time down; all but the last leave the arithmetic e
   the whole batch is one chunk (one big GEMM per launch).
 * On the CPU, a thin 3x3 convolution (stride 1, one group) can instead use the direct kernels of
   ``npresnet.kernels.conv3x3_cpu``: the forward and dx as a convolution of the wide rows (dx: of
-  dy with the flipped weights), dw as nine small GEMMs over shifted views, no im2col. There
+  dy with the flipped weights), dw as nine small GEMMs over shifted views or (measure mode only)
+  as nine Numba dot products per channel pair, no im2col. There
   im2col's GEMM has only 16-32 rows and runs at a quarter of BLAS's peak. Same math, products
   summed in another order.
 
@@ -253,15 +254,17 @@ def conv2d_backward(
 def _gradients(
     dout: Any, cache: ConvCache, input_algorithm: str | None, weight_algorithm: str | None
 ) -> tuple[Any | None, Any | None]:
-    """(dx, dweight) by the given algorithms ("direct" or "gemm/<samples per chunk>"; None: skip).
+    """(dx, dweight) by the given algorithms ("direct", "gemm/<samples per chunk>", and for dweight
+    also "direct/dots"; None: skip).
     Two gemm algorithms must have the same chunk size: they share one loop."""
     weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
     dx = dweight = None
     if input_algorithm == "direct":
         dx = kernels.get("conv3x3_backward_input", dout)(dout, weight, cache.padding, cache.dilation)
         input_algorithm = None
-    if weight_algorithm == "direct":
-        dweight = kernels.get("conv3x3_backward_weight", dout)(dout, cache.x, cache.padding, cache.dilation)
+    if weight_algorithm in ("direct", "direct/dots"):
+        name = "conv3x3_backward_weight" if weight_algorithm == "direct" else "conv3x3_backward_weight_dots"
+        dweight = kernels.get(name, dout)(dout, cache.x, cache.padding, cache.dilation)
         weight_algorithm = None
     if input_algorithm is None and weight_algorithm is None:
         return dx, dweight

@@ -6,7 +6,10 @@
     im2col + GEMM, ``n`` samples per chunk (the whole batch on a GPU);
 ``"direct"``
     the direct 3x3 kernels of ``npresnet.kernels.conv3x3_cpu`` (CPU, stride 1, one group,
-    padding <= 2 * dilation: ``direct_applies``).
+    padding <= 2 * dilation: ``direct_applies``); for the weight gradient the nine BLAS products;
+``"direct/dots"``
+    weight gradient only: the same direct layout, dw as nine Numba dot products per (o, c)
+    (``conv3x3_backward_weight_dots``), which, unlike the small BLAS products, uses every thread.
 
 This module lists the candidates for a shape and asks ``npresnet.autotune`` to pick one. In the
 ``"fixed"`` mode (the default) the pick is the rule measured on the first development machine:
@@ -15,7 +18,9 @@ for the forward up to ``DIRECT_FORWARD_MAX_CHANNELS``, and chunks of about ``CHU
 columns. In the ``"measure"`` mode every candidate is timed on the first call with a new shape:
 the chunk sizes around ``CHUNK_BYTES`` (a quarter, one, four times, the whole batch) and the
 direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing
-them would only slow the first step down). Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
+them would only slow the first step down), "direct/dots" among them for the weight gradient. The
+fixed rule never picks "direct/dots": it was measured on one CPU only (see ``conv3x3_cpu``).
+Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
 ``kernels.reference_only()``) there is one candidate and nothing is timed.
 """
 
@@ -87,5 +92,7 @@ def choose(
     names = [f"gemm/{n}" for n in chunks]
     if direct_ok and max(channels) <= max(DIRECT_CANDIDATE_MAX_CHANNELS, limit):
         names.append("direct")
+        if what == "weight grad":
+            names.append("direct/dots")
     candidates = {name: (lambda name=name: run(name)) for name in names}
     return autotune.choose(f"conv2d {what}", key, candidates, fixed)
