@@ -2,6 +2,10 @@
 
 ``NPRESNET_NUMBA_CACHE=0`` turns off Numba's on-disk cache (``kernels/__pycache__``), e.g. when several
 processes might write it at once or a stale cache is suspected; ``NUMBA_CACHE_DIR`` moves it.
+The cache is written and read only when this folder is imported as ``npresnet.kernels``: Numba
+keys its cache by source file, but a compiled kernel records its module's name, so one compiled
+while a checkout's ``kernels/`` was imported as a package of its own (``import kernels``) made
+every later ``npresnet`` process fail on that kernel with ``No module named 'kernels'``.
 Every kernel is compiled lazily, on its first call, once per dtype (float32 / float64).
 ``fastmath`` stays off: the kernels must reproduce the NumPy references to the last bit (the
 exceptions, FMA contraction and reassociated sums in the direct 3x3 convolution, are
@@ -18,8 +22,9 @@ import numba
 import numpy as np
 from numba import njit, prange  # noqa: F401  (prange is re-exported for the kernel modules)
 
-#: Write compiled kernels to disk so later processes skip the compile (seconds per kernel).
-CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0"
+#: Write compiled kernels to disk so later processes skip the compile (seconds per kernel); only
+#: as npresnet.kernels (see above: a cache entry carries the module name it was compiled under).
+CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0" and __name__ == "npresnet.kernels._numba"
 
 
 def require_shape(name, array, expected):

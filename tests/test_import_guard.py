@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -403,6 +404,30 @@ print(json.dumps([len(names), sorted(m for m in sys.modules if m.split(".")[0] =
     assert result.returncode == 0, result.stderr[-4000:]
     count, loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert count > 5 and loaded == [], loaded
+
+
+def test_running_the_kernels_as_a_package_of_their_own_leaves_no_cache_that_breaks_npresnet(tmp_path):
+    """A real sequence that broke every later process: a kernel run under ``import kernels`` wrote a
+    Numba cache entry naming module ``kernels``, which ``npresnet.kernels`` then loaded and failed on
+    (``No module named 'kernels'``). Both processes share one NUMBA_CACHE_DIR, as they would share
+    ``kernels/__pycache__``; the relu kernel runs serial (1 thread) and parallel (2 threads)."""
+    run = """
+import numpy as np, sys
+from {package} import relu_cpu
+x = np.linspace(-1, 1, 40_000, dtype=np.float32)
+y = relu_cpu.relu_forward(x)
+assert np.array_equal(y, np.maximum(x, 0)), "wrong relu"
+print("ok")
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "NPRESNET_NUMBA_CACHE": "1"}
+    for threads in ("1", "2"):
+        env["NUMBA_NUM_THREADS"] = threads
+        standalone = f"import sys; sys.path.insert(0, {str(ROOT)!r})\n" + run.format(package="kernels")
+        for code in (standalone, run.format(package="npresnet.kernels"), standalone):
+            result = subprocess.run(
+                [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+            )
+            assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-4000:]
 
 
 def test_a_checkout_that_is_not_installed_says_so_in_one_line():
