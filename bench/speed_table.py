@@ -33,10 +33,13 @@ def _machine_line(machine: dict[str, Any]) -> str:
         if "internal_api" in b
     )
     versions = machine.get("versions", {})
+    pools = machine.get("numba_pool") or {}
+    pool = max(pools.items(), key=lambda kv: int(kv[0]))[1] if "layer" not in pools and pools else pools
+    layer = f"; Numba's {pool['layer']} layer ({pool['handoff_us']} us per hand-off)" if pool else ""
     return (
         f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
         f"numba {versions.get('numba', '?')}, torch {versions.get('torch', '?')}; "
-        f"kernel choice: {machine.get('autotune', 'fixed')}"
+        f"kernel choice: {machine.get('autotune', 'fixed')}{layer}"
     )
 
 

@@ -56,7 +56,7 @@ def test_bench_command_writes_the_promised_json(tmp_path):
     assert "traced peak" in done.stdout and "resident memory of a step (fresh process)" in done.stdout
     report = json.loads(out.read_text())
     machine = report["machine"]
-    for key in ("cpu", "threads", "blas", "versions", "gemm_peak_gflops"):
+    for key in ("cpu", "threads", "blas", "numba_pool", "versions", "gemm_peak_gflops"):
         assert key in machine, f"machine info lacks {key!r}: {sorted(machine)}"
     assert {"numpy", "torch"} <= set(machine["versions"])
     assert [r["mode"] for r in report["results"]] == ["forward", "train"]

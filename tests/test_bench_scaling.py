@@ -72,6 +72,10 @@ def test_bench_runs_at_each_thread_count(tmp_path):
     report = json.loads(out.read_text())
     assert report["machine"]["threads"] == [1, 2] and report["machine"]["autotune"] == "measure"
     assert [row["threads"] for row in report["results"]] == [1, 2]
+    pools = report["machine"]["numba_pool"]  # Numba's layer and hand-off cost at each count
+    assert set(pools) == {"1", "2"} and all(
+        p["layer"] in ("tbb", "workqueue") and p["handoff_us"] > 0 for p in pools.values()
+    )
     chosen = report["machine"]["autotune_choices"]  # the measured algorithm of each conv shape
     assert chosen and all(key.startswith("conv2d forward") for key in chosen)
     (one, two) = report["scaling"]

@@ -173,7 +173,13 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                  npresnet.kernels.relu_cpu) for name, kernel in vars(module).items()
                  if isinstance(kernel, _numba.ParallelKernel)]
         assert len(built) == 17, [b[:2] for b in built]
-        assert numba.threading_layer() == "workqueue", numba.threading_layer()
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            version("tbb")
+            default_layer = "tbb"
+        except PackageNotFoundError:
+            default_layer = "workqueue"
+        assert numba.threading_layer() == default_layer, (numba.threading_layer(), default_layer)
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
         print("ok")
@@ -181,12 +187,16 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
     )
 
 
-def test_a_training_step_gives_the_same_bits_at_one_and_two_threads():
+@pytest.mark.parametrize("layer", ["default", "workqueue"])
+def test_a_training_step_gives_the_same_bits_at_one_and_two_threads(layer):
     """End to end: two SGD steps of a CIFAR ResNet (train-mode BatchNorm, the direct 3x3 and im2col
     paths, pooling, ReLU) with BLAS at one thread: every weight, running statistic and the logits
-    are identical whether the kernels ran on one Numba thread or two."""
+    are identical whether the kernels ran on one Numba thread or two, on the default threading
+    layer (TBB where installed) and on the workqueue fallback."""
+    env = {} if layer == "default" else {"NUMBA_THREADING_LAYER": layer}
     assert_ok(
-        run_with_two_threads("""
+        run_with_two_threads(
+            """
         from npresnet import autotune, models, nn
         from npresnet.optim import SGD
         assert autotune.mode() == "fixed"
@@ -207,15 +217,20 @@ def test_a_training_step_gives_the_same_bits_at_one_and_two_threads():
         serial, parallel = serial_and_parallel(train)
         same_bits(serial, parallel, "training step")
         print("ok")
-    """)
+    """,
+            **env,
+        )
     )
 
 
-def test_two_python_threads_may_run_kernels_at_once():
+@pytest.mark.parametrize("layer", ["default", "workqueue"])
+def test_two_python_threads_may_run_kernels_at_once(layer):
     """The workqueue layer aborts the process when two threads launch parallel work at once; the
     kernels hand the pool to one thread at a time (the other runs the serial build)."""
+    env = {} if layer == "default" else {"NUMBA_THREADING_LAYER": layer}
     assert_ok(
-        run_with_two_threads("""
+        run_with_two_threads(
+            """
         import threading
         x = np.random.default_rng(0).standard_normal((8, 16, 32, 32)).astype(np.float32)
         want = kernels.get("im2col", x)(x, (3, 3), (1, 1), (1, 1), (1, 1))
@@ -234,7 +249,28 @@ def test_two_python_threads_may_run_kernels_at_once():
             t.join()
         assert not failures, failures
         print("ok")
-    """)
+    """,
+            **env,
+        )
+    )
+
+
+@pytest.mark.parametrize("layer", ["workqueue", "omp"])
+def test_the_thread_pool_probe_names_the_layer_and_times_a_hand_off(layer):
+    """``kernels.thread_pool()`` (the bench prints and records it) reports the layer Numba runs and a
+    positive median hand-off time, in microseconds."""
+    assert_ok(
+        run_with_two_threads(
+            """
+        import os
+        name, handoff_us = kernels.thread_pool()
+        assert name == numba.threading_layer() == os.environ["PROBE_LAYER"], name
+        assert 0 < handoff_us < 1e6, handoff_us
+        print("ok")
+    """,
+            NUMBA_THREADING_LAYER=layer,
+            PROBE_LAYER=layer,
+        )
     )
 
 

@@ -14,7 +14,7 @@ from .. import kernels
 from ..runtime import cpu_model
 from .timing import timed
 
-__all__ = ["blas_info", "cpu_model", "gemm_peak_gflops", "machine_info"]
+__all__ = ["blas_info", "cpu_model", "gemm_peak_gflops", "machine_info", "numba_pool"]
 
 
 def blas_info() -> list[dict[str, Any]]:
@@ -24,6 +24,15 @@ def blas_info() -> list[dict[str, Any]]:
         return [{"note": "threadpoolctl not installed"}]
     keep = ("internal_api", "version", "architecture", "num_threads", "threading_layer")
     return [{k: info.get(k) for k in keep} for info in threadpool_info() if info.get("user_api") == "blas"]
+
+
+def numba_pool() -> dict[str, Any] | None:
+    """Numba's threading layer and the median cost of one hand-off to its pool (``kernels.thread_pool``)."""
+    pool = kernels.thread_pool()
+    if pool is None:
+        return None
+    layer, handoff_us = pool
+    return {"layer": layer, "handoff_us": round(handoff_us, 1)}
 
 
 def machine_info(threads: int, backend: str) -> dict[str, Any]:
@@ -38,6 +47,7 @@ def machine_info(threads: int, backend: str) -> dict[str, Any]:
         "backend": backend,
         "kernels": kernels.active(),
         "blas": blas_info(),
+        "numba_pool": numba_pool(),
         "versions": versions,
         "openblas_env": {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
     }

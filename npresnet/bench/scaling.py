@@ -120,6 +120,7 @@ def run_scaling(
     machine["threads"] = threads
     machine["max_rss_mb"] = max(r["machine"].get("max_rss_mb", 0) for r in reports)
     machine["autotune_choices"] = {k: v for r in reports for k, v in r["machine"].get("autotune_choices", {}).items()}
+    machine["numba_pool"] = {str(n): r["machine"].get("numba_pool") for n, r in zip(threads, reports)}  # per count
     rows = [row for report in reports for row in report["results"]]
     report: dict[str, Any] = {"machine": machine, "results": rows}
     if len(threads) > 1:
