@@ -203,3 +203,16 @@ def test_compare_torch_without_torch_is_a_one_line_error_with_the_install_comman
     assert code == 2 and out == "", out
     assert len(err) == 1 and err[0].startswith("error: --compare torch needs PyTorch"), err
     assert "pip install torch==2.13.0" in err[0]
+
+
+def test_the_memory_probe_can_forget_a_peak_that_came_before_the_step():
+    """``memory_probe`` forgets its warm-up step's peak (the kernels' loading) by resetting VmHWM: a
+    freed 256 MB block no longer counts once the peak is reset."""
+    from npresnet.bench.memory import _reset_peak, _rss_bytes
+
+    block = np.ones(256 * 2**20 // 8)
+    assert _rss_bytes("VmHWM") >= block.nbytes
+    del block
+    if not _reset_peak():
+        pytest.skip("this kernel has no /proc/self/clear_refs")
+    assert _rss_bytes("VmHWM") < _rss_bytes("VmRSS") + 64 * 2**20
