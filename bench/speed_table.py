@@ -33,9 +33,9 @@ def _machine_line(machine: dict[str, Any]) -> str:
         if "internal_api" in b
     )
     versions = machine.get("versions", {})
-    pools = machine.get("numba_pool") or {}
-    pool = max(pools.items(), key=lambda kv: int(kv[0]))[1] if "layer" not in pools and pools else pools
-    layer = f"; Numba's {pool['layer']} layer ({pool['handoff_us']} us per hand-off)" if pool else ""
+    pools = machine.get("numba_pool") or {}  # per thread count in a scaling run
+    layers = sorted({p["layer"] for p in pools.values() if p} if "layer" not in pools else {pools["layer"]})
+    layer = f"; Numba's {'/'.join(layers)} threading layer" if layers else ""
     return (
         f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
         f"numba {versions.get('numba', '?')}, torch {versions.get('torch', '?')}; "
