@@ -152,9 +152,9 @@ def set_num_threads(threads: int) -> int:
     return _numba.set_num_threads(threads)
 
 
-def thread_pool() -> tuple[str, float] | None:
-    """(Numba's threading layer, median microseconds to hand work to its pool and wait for it) at
-    the current thread count, measured now; None without the Numba kernels. ``kernels/_numba.py``
+def thread_pool() -> tuple[str, int, float] | None:
+    """(Numba's threading layer, its thread count, median microseconds to hand work to its pool and
+    wait for it), measured now; None without the Numba kernels. ``kernels/_numba.py``
     has the figures: TBB 1-2 us, workqueue 5-160 us depending on the machine."""
     if active() != "numba":
         return None

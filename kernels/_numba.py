@@ -95,8 +95,8 @@ def _handoff_probe(a):
 
 
 def thread_pool(repeat=51):
-    """(threading layer, median microseconds of one hand-off) of Numba's pool at its current thread
-    count: a parallel loop over 2 elements, i.e. waking the workers and waiting for them, nothing
+    """(threading layer, thread count, median microseconds of one hand-off) of Numba's pool at its
+    current thread count: a parallel loop over 2 elements, i.e. waking the workers and waiting for them, nothing
     else. Starts the pool if it is not running (which fixes the layer for the process).
 
     Measured (2 vCPUs, 2 threads, noop loop, us): tbb 1-2, omp 1-2 (its workers spin), workqueue
@@ -112,7 +112,7 @@ def thread_pool(repeat=51):
         start = time.perf_counter()
         _handoff_probe(a)
         times.append(time.perf_counter() - start)
-    return numba.threading_layer(), 1e6 * sorted(times)[len(times) // 2]
+    return numba.threading_layer(), numba.get_num_threads(), 1e6 * sorted(times)[len(times) // 2]
 
 
 def _function_copy(function, suffix):

@@ -50,6 +50,7 @@ __all__ = [
     "default_threads",
     "set_blas_spin",
     "set_num_threads",
+    "slow_pool_note",
     "tune_allocator",
 ]
 
@@ -139,6 +140,30 @@ def set_blas_spin(exponent: int | None) -> bool:
             shutdown()
             applied = True
     return applied
+
+
+#: A hand-off to Numba's pool above this many microseconds gets ``slow_pool_note``: the parallel
+#: kernels cannot gain from threads there (kernels/_numba.py has the measurements).
+SLOW_HANDOFF_US = 30.0
+
+
+def slow_pool_note() -> str | None:
+    """One line for the user when Numba's kernels run on the workqueue layer and a hand-off to its
+    pool is slow on this machine (``kernels.thread_pool()``, measured now), else None (also at one
+    Numba thread: the kernels then run serial builds, with no hand-off). It starts the pool."""
+    from . import kernels
+
+    pool = kernels.thread_pool()
+    if pool is None:
+        return None
+    layer, threads, handoff_us = pool
+    if layer != "workqueue" or threads < 2 or handoff_us <= SLOW_HANDOFF_US:
+        return None
+    return (
+        f"note: Numba's workqueue thread pool takes {handoff_us:.0f} us per parallel kernel call on this machine, "
+        "so its kernels gain little or nothing from more threads; pip install tbb (npresnet[tbb]) gives Numba "
+        "its TBB layer (1-2 us)"
+    )
 
 
 def default_threads() -> int:

@@ -263,9 +263,14 @@ def test_the_thread_pool_probe_names_the_layer_and_times_a_hand_off(layer):
         run_with_two_threads(
             """
         import os
-        name, handoff_us = kernels.thread_pool()
+        name, threads, handoff_us = kernels.thread_pool()
         assert name == numba.threading_layer() == os.environ["PROBE_LAYER"], name
-        assert 0 < handoff_us < 1e6, handoff_us
+        assert threads == 2 and 0 < handoff_us < 1e6, (threads, handoff_us)
+        from npresnet import runtime
+        note = runtime.slow_pool_note()  # a note only for a slow workqueue, and then it names the fix
+        assert note is None or (name == "workqueue" and "pip install tbb" in note), note
+        numba.set_num_threads(1)
+        assert runtime.slow_pool_note() is None  # one thread: serial builds, nothing to say
         print("ok")
     """,
             NUMBA_THREADING_LAYER=layer,

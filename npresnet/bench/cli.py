@@ -35,8 +35,6 @@ from .workloads import (
 __all__ = ["check_args", "main", "parse_args", "run"]
 
 DESCRIPTION = "How fast npresnet runs ResNets, measured against the machine and PyTorch (see npresnet.bench)."
-#: A workqueue hand-off above this (us) gets a note: the kernels cannot gain from threads there.
-WORKQUEUE_SLOW_US = 30.0
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,12 +63,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pool = machine["numba_pool"]
     if pool is not None and args.threads > 1:
         print(f"Numba thread pool: {pool['layer']} layer, {pool['handoff_us']:.1f} us per hand-off")
-        if pool["layer"] == "workqueue" and pool["handoff_us"] > WORKQUEUE_SLOW_US:
-            print(
-                "note: each parallel kernel call pays that hand-off here, so Numba's kernels gain little or "
-                "nothing from more threads; pip install tbb (npresnet[tbb]) gives Numba its TBB layer "
-                "(1-2 us; see kernels/_numba.py)"
-            )
+        note = runtime.slow_pool_note()
+        if note is not None:
+            print(note)
     legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
     if args.compare == "torch":
         legend += "; ratio: npresnet time / torch time (above 1: npresnet is slower)"

@@ -31,8 +31,8 @@ def numba_pool() -> dict[str, Any] | None:
     pool = kernels.thread_pool()
     if pool is None:
         return None
-    layer, handoff_us = pool
-    return {"layer": layer, "handoff_us": round(handoff_us, 1)}
+    layer, threads, handoff_us = pool
+    return {"layer": layer, "threads": threads, "handoff_us": round(handoff_us, 1)}
 
 
 def machine_info(threads: int, backend: str) -> dict[str, Any]:

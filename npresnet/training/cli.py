@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             threads = build_parser().parse_args(argv).threads
             if threads is not None:
                 runtime.set_num_threads(threads)
+            note = runtime.slow_pool_note()  # workqueue on a machine where its hand-off is slow
+            if note is not None:
+                print(note, file=sys.stderr)
             runtime.tune_allocator()  # keep freed activation memory for the next step (npresnet.runtime)
             result = train(config, resume=resume, overwrite=overwrite, stop=stop)
         except TrainingInterrupted as exc:
