@@ -22,7 +22,8 @@ Timing: each candidate runs once untimed (JIT compile, first touch of its memory
 of up to three timed runs counts (fewer when one run takes longer than ``LONG_RUN_S``).
 
 On-disk cache (opt-in: ``set_cache_file(path)`` or ``NPRESNET_AUTOTUNE_CACHE=path``). The
-winners are also written to a JSON file, in a section keyed by the machine: CPU model, and the
+winners are also written to a JSON file, in a section keyed by the machine: CPU model name and
+``runtime.cpu_id()`` (family, model, stepping, cache sizes: one name covers several generations), and the
 versions of Python, NumPy, Numba, npresnet and NumPy's BLAS (with the OpenBLAS variables that
 select its kernels). A later process
 on the same machine reads its section and times nothing it finds there; sections of other
@@ -42,7 +43,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .runtime import cpu_model
+from .runtime import cpu_id, cpu_model
 
 __all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "timed_keys"]
 
@@ -144,7 +145,7 @@ def _thread_counts() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """What a cache section is keyed by: CPU model and library versions (computed once)."""
+    """What a cache section is keyed by: the CPU (name and ``cpu_id``) and library versions (computed once)."""
     global _machine
     if _machine is None:
         import numpy as np
@@ -157,7 +158,13 @@ def machine() -> dict[str, Any]:
             "npresnet": __version__,
             "numba": _installed_version("numba"),
         }
-        _machine = {"cpu": cpu_model(), "machine": platform.machine(), "versions": versions, "blas": _blas()}
+        _machine = {
+            "cpu": cpu_model(),
+            "cpu_id": cpu_id(),
+            "machine": platform.machine(),
+            "versions": versions,
+            "blas": _blas(),
+        }
     return _machine
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import glob
 import os
 import platform
 import sys
@@ -46,6 +47,7 @@ from typing import Any
 __all__ = [
     "BLAS_SPIN_EXPONENT",
     "blas_threads",
+    "cpu_id",
     "cpu_model",
     "default_threads",
     "set_blas_spin",
@@ -68,6 +70,39 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def cpu_id() -> dict[str, Any]:
+    """What tells two CPUs of one model name apart: /proc/cpuinfo's vendor, family, model and
+    stepping, and the sizes of cpu0's caches (sysfs), as far as this system reports them.
+
+    The model name alone is not enough: both an earlier machine and the AMD EPYC (Zen 5, family 26
+    model 2) of 2026-12-04 call themselves "AMD EPYC", and a kernel choice timed on one need not
+    hold on the other."""
+    found: dict[str, Any] = {}
+    wanted = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping"}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name in wanted and wanted[name] not in found:
+                    found[wanted[name]] = value.strip()
+                if not line.strip() and found:  # the first processor's block is enough
+                    break
+    except OSError:
+        pass
+    caches = {}
+    for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(os.path.join(index, "level")) as level, open(os.path.join(index, "type")) as kind:
+                with open(os.path.join(index, "size")) as size:
+                    caches[f"L{level.read().strip()} {kind.read().strip().lower()}"] = size.read().strip()
+        except OSError:
+            continue
+    if caches:
+        found["caches"] = caches
+    return found
 
 
 def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 2**31 - 1) -> bool:

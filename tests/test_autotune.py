@@ -204,14 +204,17 @@ def test_the_cache_file_serves_its_own_machine_only(measuring):
     assert _timed_run(cache_file) == []  # found on disk: nothing timed
 
     # The same entries under another CPU, and under another NumPy version: both ignored, both kept.
+    # So is a CPU with the same model name but another family / model / stepping ("AMD EPYC" names
+    # several generations).
     other_cpu = {**autotune.machine(), "cpu": "Some Other CPU @ 1.00GHz"}
     other_numpy = json.loads(json.dumps(autotune.machine()))
     other_numpy["versions"]["numpy"] = "0.0.1"
-    foreign = [{"machine": m, "choices": section["choices"]} for m in (other_cpu, other_numpy)]
+    other_generation = {**autotune.machine(), "cpu_id": {**autotune.machine()["cpu_id"], "model": "999"}}
+    foreign = [{"machine": m, "choices": section["choices"]} for m in (other_cpu, other_numpy, other_generation)]
     cache_file.write_text(json.dumps({"format": autotune.FORMAT, "sections": foreign}))
     assert _timed_run(cache_file) == first  # timed again
     sections = json.loads(cache_file.read_text())["sections"]
-    assert [s["machine"] for s in sections] == [other_cpu, other_numpy, autotune.machine()]
+    assert [s["machine"] for s in sections] == [other_cpu, other_numpy, other_generation, autotune.machine()]
 
     # A winner that names no candidate of this shape (a stale file) is timed again, not trusted.
     sections[-1]["choices"] = {first[0]: "gemm/999"}

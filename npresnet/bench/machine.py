@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..runtime import cpu_model
+from ..runtime import cpu_id, cpu_model
 from .timing import timed
 
 __all__ = ["blas_info", "cpu_model", "gemm_peak_gflops", "machine_info", "numba_pool"]
@@ -43,6 +43,7 @@ def machine_info(threads: int, backend: str) -> dict[str, Any]:
             versions[name] = module.__version__
     return {
         "cpu": cpu_model(),
+        "cpu_id": cpu_id(),
         "threads": threads,
         "backend": backend,
         "kernels": kernels.active(),
