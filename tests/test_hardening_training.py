@@ -297,6 +297,38 @@ def test_two_runs_started_together_on_one_folder_one_refuses(tmp_path):
     assert "epoch   3/3" in winner[1]
 
 
+def test_a_run_that_looks_before_the_holder_wrote_its_pid_waits_for_it(tmp_path):
+    """The window that made the test above flaky, held open on purpose: another process takes the
+    lock and writes its pid only 0.3 s later; the refused run names that pid, not "unknown"."""
+    from npresnet.training.lock import LOCK_NAME, RunFolderBusy, RunFolderLock
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+            import fcntl, os, sys, time
+            fd = os.open({str(tmp_path / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT, 0o666)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            print("locked", flush=True)
+            time.sleep(0.3)
+            os.write(fd, f"{{os.getpid()}}\\n".encode())
+            sys.stdin.read()  # hold the lock until the test closes stdin
+            """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunFolderBusy, match=rf"\(pid {holder.pid}, which holds"):
+            RunFolderLock(tmp_path).acquire()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+
+
 # ---------------------------------------------------------------------------------------------- defect 7
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from types import TracebackType
 
 __all__ = ["LOCK_NAME", "RunFolderBusy", "RunFolderLock"]
@@ -27,6 +28,20 @@ LOCK_NAME = ".npresnet-run.lock"
 
 class RunFolderBusy(RuntimeError):
     """Another live process holds the run folder's lock."""
+
+
+def _holder_pid(fd: int, wait_s: float = 1.0) -> str:
+    """The pid that the lock's holder writes into the file right after locking it. A run that lost
+    the race by microseconds can look before that write (two runs started together did, once in
+    five CI runs: "pid unknown"), so it waits up to ``wait_s`` for a whole line."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace")
+        if text.endswith("\n") and text.strip():
+            return text.strip()
+        if time.monotonic() >= deadline:
+            return text.strip() or "unknown"
+        time.sleep(0.01)
 
 
 class RunFolderLock:
@@ -43,7 +58,7 @@ class RunFolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            holder = _holder_pid(fd)
             os.close(fd)
             raise RunFolderBusy(
                 f"{self.folder} is in use by another run (pid {holder}, which holds {self.path}); "
