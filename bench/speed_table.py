@@ -33,8 +33,9 @@ def _machine_line(machine: dict[str, Any]) -> str:
         if "internal_api" in b
     )
     versions = machine.get("versions", {})
-    pools = machine.get("numba_pool") or {}  # per thread count in a scaling run
-    layers = sorted({p["layer"] for p in pools.values() if p} if "layer" not in pools else {pools["layer"]})
+    pools = machine.get("numba_pool") or {}  # one run's, or {thread count: that run's} for a scaling run
+    per_run = [pools] if "layer" in pools else [p for p in pools.values() if p]
+    layers = sorted({p["layer"] for p in per_run})
     layer = f"; Numba's {'/'.join(layers)} threading layer" if layers else ""
     return (
         f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "

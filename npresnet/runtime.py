@@ -60,16 +60,26 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``'s "model name"), else what ``platform`` knows."""
+def _first_cpu_fields() -> dict[str, str]:
+    """The first processor's ``name: value`` lines of /proc/cpuinfo ({} where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                name, _, value = line.partition(":")
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s "model name"), else what ``platform`` knows."""
+    return _first_cpu_fields().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_id() -> dict[str, Any]:
@@ -79,19 +89,9 @@ def cpu_id() -> dict[str, Any]:
     The model name alone is not enough: both an earlier machine and the AMD EPYC (Zen 5, family 26
     model 2) of 2026-12-04 call themselves "AMD EPYC", and a kernel choice timed on one need not
     hold on the other."""
-    found: dict[str, Any] = {}
+    fields = _first_cpu_fields()
     wanted = {"vendor_id": "vendor", "cpu family": "family", "model": "model", "stepping": "stepping"}
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                name, _, value = line.partition(":")
-                name = name.strip()
-                if name in wanted and wanted[name] not in found:
-                    found[wanted[name]] = value.strip()
-                if not line.strip() and found:  # the first processor's block is enough
-                    break
-    except OSError:
-        pass
+    found: dict[str, Any] = {key: fields[name] for name, key in wanted.items() if name in fields}
     caches = {}
     for index in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
         try:
@@ -182,13 +182,14 @@ def set_blas_spin(exponent: int | None) -> bool:
 SLOW_HANDOFF_US = 30.0
 
 
-def slow_pool_note() -> str | None:
+def slow_pool_note(pool: tuple[str, int, float] | None = None) -> str | None:
     """One line for the user when Numba's kernels run on the workqueue layer and a hand-off to its
-    pool is slow on this machine (``kernels.thread_pool()``, measured now), else None (also at one
-    Numba thread: the kernels then run serial builds, with no hand-off). It starts the pool."""
+    pool is slow on this machine, else None (also at one Numba thread: the kernels then run serial
+    builds, with no hand-off). ``pool``: a measurement of ``kernels.thread_pool()`` (layer, threads,
+    microseconds) already taken; without it one is taken now, which starts the pool."""
     from . import kernels
 
-    pool = kernels.thread_pool()
+    pool = pool if pool is not None else kernels.thread_pool()
     if pool is None:
         return None
     layer, threads, handoff_us = pool

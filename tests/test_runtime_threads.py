@@ -53,3 +53,14 @@ def test_set_num_threads_sets_every_library_and_shortens_openblas_spin():
     """)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() in ("ok", "no pthreads OpenBLAS under numpy")
+
+
+def test_the_slow_pool_note_names_the_fix_only_for_a_slow_workqueue_at_several_threads():
+    """``runtime.slow_pool_note`` on given measurements (layer, Numba threads, us per hand-off)."""
+    from npresnet import runtime
+
+    note = runtime.slow_pool_note(("workqueue", 2, 90.0))
+    assert note is not None and "90 us" in note and "pip install tbb" in note
+    assert runtime.slow_pool_note(("workqueue", 1, 90.0)) is None  # one thread: serial builds
+    assert runtime.slow_pool_note(("workqueue", 2, runtime.SLOW_HANDOFF_US)) is None
+    assert runtime.slow_pool_note(("tbb", 2, 500.0)) is None

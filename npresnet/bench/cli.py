@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pool = machine["numba_pool"]
     if pool is not None and args.threads > 1:
         print(f"Numba thread pool: {pool['layer']} layer, {pool['handoff_us']:.1f} us per hand-off")
-        note = runtime.slow_pool_note()
+        note = runtime.slow_pool_note((pool["layer"], pool["threads"], pool["handoff_us"]))  # the same figures
         if note is not None:
             print(note)
     legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
