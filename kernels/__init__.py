@@ -154,6 +154,17 @@ def set_num_threads(threads: int) -> int:
     return _numba.set_num_threads(threads)
 
 
+def serial_in_this_thread(serial: bool) -> bool:
+    """Make the calling Python thread run only the kernels' serial builds (``serial`` True), or the
+    pool builds again (False); returns the previous setting (False without Numba). Used by
+    ``npresnet.batch_threads``, whose threads each compute a share of one layer."""
+    if active() != "numba":
+        return False
+    from . import _numba
+
+    return _numba.serial_in_this_thread(serial)
+
+
 def thread_pool() -> tuple[str, int, float] | None:
     """(Numba's threading layer, its thread count, median microseconds to hand work to its pool and
     wait for it), measured now; None without the Numba kernels. ``kernels/_numba.py``

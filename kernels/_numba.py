@@ -71,6 +71,16 @@ if not _min_bytes.isdigit():
 PARALLEL_MIN_BYTES = int(_min_bytes)
 
 _pool_lock = threading.Lock()  # held while a parallel kernel runs (workqueue is not reentrant)
+_this_thread = threading.local()  # .serial True: this Python thread runs only serial builds
+
+
+def serial_in_this_thread(serial):
+    """From now on, run only the serial builds in the calling Python thread (``serial`` True) or
+    let it use the pool again (False); returns the previous setting. For threads that each take a
+    share of one layer's work (``npresnet.batch_threads``): they are the parallelism already."""
+    previous = getattr(_this_thread, "serial", False)
+    _this_thread.serial = bool(serial)
+    return previous
 
 
 def set_num_threads(threads):
@@ -133,14 +143,16 @@ class ParallelKernel:
     ``serial`` is ``njit(parallel=False)``: ``prange`` is a plain ``range`` (at one thread this is
     the fastest build, with no hand-off to a worker). ``parallel`` is ``njit(parallel=True)``.
     A call runs ``parallel`` when Numba has more than one thread, its arrays hold at least
-    ``PARALLEL_MIN_BYTES`` and no other Python thread is inside a parallel kernel, else ``serial``.
+    ``PARALLEL_MIN_BYTES``, no other Python thread is inside a parallel kernel and the calling
+    thread has not asked for serial builds (``serial_in_this_thread``), else ``serial``. Both are
+    ``nogil``: Python threads running kernels at once do not wait for each other.
     Both builds visit every output element with the same arithmetic in the same order, so they
     give the same bits (the kernels split work only over independent outputs: planes, rows,
     column blocks, channels).
     """
 
     def __init__(self, function, fastmath=False):
-        options = dict(cache=CACHE, error_model="numpy", fastmath=fastmath)
+        options = dict(cache=CACHE, error_model="numpy", fastmath=fastmath, nogil=True)
         self.py_func = function
         self.serial = njit(parallel=False, **options)(function)
         self.parallel = njit(parallel=True, **options)(_function_copy(function, "__parallel"))
@@ -150,6 +162,7 @@ class ParallelKernel:
         if (
             PARALLEL == "0"
             or numba.get_num_threads() == 1
+            or getattr(_this_thread, "serial", False)
             or sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < PARALLEL_MIN_BYTES
             or not _pool_lock.acquire(blocking=False)
         ):

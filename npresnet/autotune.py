@@ -19,7 +19,8 @@ Modes (``set_mode`` or ``NPRESNET_AUTOTUNE``):
     rounding, not bitwise, so two processes may pick differently and differ in the last bits.
 
 Timing: each candidate runs once untimed (JIT compile, first touch of its memory), then its best
-of up to three timed runs counts (fewer when one run takes longer than ``LONG_RUN_S``).
+of up to three timed runs counts (one when a run takes longer than ``LONG_RUN_S``); the timed runs
+go round the candidates in turn, so a slow spell of the machine does not hit one candidate only.
 
 On-disk cache (opt-in: ``set_cache_file(path)`` or ``NPRESNET_AUTOTUNE_CACHE=path``). The
 winners are also written to a JSON file, in a section keyed by the machine: CPU model name and
@@ -49,7 +50,9 @@ __all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "
 
 MODES = ("fixed", "measure")
 FORMAT = "npresnet-autotune/1"
-#: A candidate whose run takes longer than this is timed once (not three times).
+#: Timed runs of each candidate (interleaved: see ``_fastest``); its best counts.
+TIMED_ROUNDS = 3
+#: A candidate whose run takes longer than this is timed once (not ``TIMED_ROUNDS`` times).
 LONG_RUN_S = 0.05
 
 _mode = os.environ.get("NPRESNET_AUTOTUNE", "fixed").strip().lower() or "fixed"
@@ -119,19 +122,21 @@ def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed
 
 
 def _fastest(candidates: Mapping[str, Callable[[], Any]]) -> str:
-    best_name, best_time = "", float("inf")
-    for name, run in candidates.items():
+    """The candidate with the shortest best time over ``TIMED_ROUNDS`` rounds, each round running
+    every candidate once in turn: a slow spell of a shared machine (seconds, on a VM) then hits all
+    candidates alike instead of all runs of one. A candidate slower than ``LONG_RUN_S`` stays out
+    of further rounds."""
+    for run in candidates.values():
         run()  # untimed: compiles, pages memory in
-        seconds = float("inf")
-        for _ in range(3):
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(TIMED_ROUNDS):
+        for name, run in candidates.items():
+            if best[name] > LONG_RUN_S and best[name] != float("inf"):
+                continue
             start = time.perf_counter()
             run()
-            seconds = min(seconds, time.perf_counter() - start)
-            if seconds > LONG_RUN_S:
-                break
-        if seconds < best_time:
-            best_name, best_time = name, seconds
-    return best_name
+            best[name] = min(best[name], time.perf_counter() - start)
+    return min(best, key=best.__getitem__)
 
 
 def _thread_counts() -> str:

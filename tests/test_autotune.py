@@ -1,8 +1,8 @@
 """Measured kernel choice (npresnet.autotune, npresnet.functional.conv_dispatch).
 
 What is tested (never a timing: which candidate wins is the machine's business):
-* every candidate algorithm of a convolution (im2col + GEMM at each chunk size, the direct 3x3
-  kernels) equals the NumPy reference to rounding, forward, dx and dw, on awkward shapes, at one
+* every candidate algorithm of a convolution (im2col + GEMM at each chunk size, the same on each
+  thread's slice of the batch, the direct 3x3 kernels) equals the NumPy reference to rounding, forward, dx and dw, on awkward shapes, at one
   and at two Numba threads;
 * a shape is timed once per process, a new shape (or another thread count) once more;
 * the fixed mode gives the same bits in every process;
@@ -71,6 +71,7 @@ def candidate_names(x, w, stride, padding, dilation):
     OW = conv_module.conv_output_size(W, KW, stride[1], padding[1], dilation[1])
     names = [f"gemm/{n}" for n in chunk_candidates(np, N, C * KH * KW * OH * OW * x.dtype.itemsize)]
     names += [f"gemm/{n}" for n in (1, N)]
+    names += [f"split/{n}" for n in (1, 2, N)]  # at one thread a split runs inline: the same loop
     if conv_module.direct_applies(x, (KH, KW), stride, padding, dilation, 1):
         names.append("direct")
     return list(dict.fromkeys(names)), (OH, OW)
@@ -125,9 +126,12 @@ def test_every_candidate_matches_the_reference_at_two_threads():
         sys.path.insert(0, {str(TESTS)!r})
         import numba
         from npresnet import kernels
+        import numpy as np
         import test_autotune
+        from npresnet import batch_threads
         kernels.set_num_threads(2)
         assert numba.get_num_threads() == 2
+        assert batch_threads.threads() == 2 and batch_threads.available(np)  # "split" really splits
         print(test_autotune.check_every_candidate(), "ok")
     """)
     env = {**os.environ, "NUMBA_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}

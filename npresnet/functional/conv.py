@@ -51,7 +51,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from .. import kernels
+from .. import batch_threads, kernels
 from ..backend import get_array_module
 from ..checks import check_grad_like, check_like, check_nchw, pair
 from . import conv_dispatch
@@ -62,6 +62,7 @@ from .conv_dispatch import (
     chunk_candidates,
     direct_applies,
     samples_per_chunk,
+    split_candidates,
 )
 from .conv_dispatch import choose as choose_algorithm
 from .im2col import col2im, conv_output_size, im2col
@@ -166,9 +167,12 @@ def conv2d_forward(
         y = xp.matmul(weight.reshape(O, C), x_used.reshape(N, C, OH * OW)).reshape(N, O, OH, OW)
     else:
         x_used = x
-        chunks = chunk_candidates(xp, N, C * KH * KW * OH * OW * x.dtype.itemsize)
+        column_bytes = C * KH * KW * OH * OW * x.dtype.itemsize
+        chunks, split_chunks = chunk_candidates(xp, N, column_bytes), split_candidates(xp, N, column_bytes)
         args = (x, weight, stride, padding, dilation, G, (OH, OW))
-        algorithm = choose_algorithm("forward", key, (C, O), direct_ok, chunks, lambda name: _forward(name, *args))
+        algorithm = choose_algorithm(
+            "forward", key, (C, O), direct_ok, chunks, lambda name: _forward(name, *args), split_chunks
+        )
         y = _forward(algorithm, *args)
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
@@ -188,7 +192,8 @@ def _forward(
     G: int,
     out: tuple[int, int],
 ) -> Any:
-    """y (N, O, OH, OW) without bias, by ``algorithm``: "direct" or "gemm/<samples per chunk>"."""
+    """y (N, O, OH, OW) without bias, by ``algorithm``: "direct", "gemm/<samples per chunk>", or
+    "split/<samples per chunk>" (the gemm loop on each thread's slice of the batch: batch_threads)."""
     if algorithm == "direct":
         return kernels.get("conv3x3_forward", x)(x, weight, padding, dilation)
     xp = get_array_module(x)
@@ -197,13 +202,20 @@ def _forward(
     (OH, OW), K, L = out, Cg * KH * KW, out[0] * out[1]  # K per group, L per sample
     weight_g = weight.reshape(G, O // G, K)
     y = xp.empty((N, O, OH, OW), dtype=x.dtype)
-    chunk = int(algorithm.split("/")[1])
-    for start in range(0, N, chunk):
-        x_chunk = x[start : start + chunk]
-        n = x_chunk.shape[0]
-        cols = im2col(x_chunk, (KH, KW), stride, padding, dilation).reshape(G, K, n * L)
-        y_chunk = _grouped_matmul(weight_g, cols, xp)  # (G, Og, n*L)
-        y[start : start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
+    method, chunk = algorithm.split("/")[0], int(algorithm.split("/")[1])
+
+    def forward_samples(begin: int, end: int, _slice: int = 0) -> None:
+        for start in range(begin, end, chunk):
+            x_chunk = x[start : min(start + chunk, end)]
+            n = x_chunk.shape[0]
+            cols = im2col(x_chunk, (KH, KW), stride, padding, dilation).reshape(G, K, n * L)
+            y_chunk = _grouped_matmul(weight_g, cols, xp)  # (G, Og, n*L)
+            y[start : start + n] = y_chunk.reshape(O, n, OH, OW).transpose(1, 0, 2, 3)
+
+    if method == "split":
+        batch_threads.run(N, forward_samples)
+    else:
+        forward_samples(0, N)
     return y
 
 
@@ -232,16 +244,29 @@ def conv2d_backward(
         dx, dweight = _pointwise_backward(dout, cache, need_input_grad, need_weight_grad, xp)
         return dx, dweight, dbias
 
-    chunks = chunk_candidates(xp, N, C * KH * KW * OH * OW * dout.dtype.itemsize)
+    column_bytes = C * KH * KW * OH * OW * dout.dtype.itemsize
+    chunks, split_chunks = chunk_candidates(xp, N, column_bytes), split_candidates(xp, N, column_bytes)
     direct_ok = cache.direct_ok and kernels.get("conv3x3_backward_input", dout) is not None  # not in reference_only()
     input_algorithm = weight_algorithm = None
     if need_input_grad:
         input_algorithm = choose_algorithm(
-            "input grad", cache.key, (C, O), direct_ok, chunks, lambda name: _gradients(dout, cache, name, None)
+            "input grad",
+            cache.key,
+            (C, O),
+            direct_ok,
+            chunks,
+            lambda name: _gradients(dout, cache, name, None),
+            split_chunks,
         )
     if need_weight_grad:
         weight_algorithm = choose_algorithm(
-            "weight grad", cache.key, (C, O), direct_ok, chunks, lambda name: _gradients(dout, cache, None, name)
+            "weight grad",
+            cache.key,
+            (C, O),
+            direct_ok,
+            chunks,
+            lambda name: _gradients(dout, cache, None, name),
+            split_chunks,
         )
     if input_algorithm == weight_algorithm and input_algorithm is not None:
         dx, dweight = _gradients(dout, cache, input_algorithm, weight_algorithm)  # one pass over the chunks
@@ -256,7 +281,7 @@ def _gradients(
 ) -> tuple[Any | None, Any | None]:
     """(dx, dweight) by the given algorithms ("direct", "gemm/<samples per chunk>", and for dweight
     also "direct/dots"; None: skip).
-    Two gemm algorithms must have the same chunk size: they share one loop."""
+    Two gemm or split algorithms must be the same: they share one loop."""
     weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
     dx = dweight = None
     if input_algorithm == "direct":
@@ -268,7 +293,8 @@ def _gradients(
         weight_algorithm = None
     if input_algorithm is None and weight_algorithm is None:
         return dx, dweight
-    chunk = int((input_algorithm or weight_algorithm or "").split("/")[1])
+    method, chunk = (input_algorithm or weight_algorithm or "").split("/")
+    chunk = int(chunk)
     need_input_grad, need_weight_grad = input_algorithm is not None, weight_algorithm is not None
     xp = get_array_module(dout)
     N, C, H, W = x_shape
@@ -278,21 +304,34 @@ def _gradients(
     # (n, O, OH, OW) -> (G, Og, n*OH*OW), and the columns rebuilt from the cached x.
     K, L = Cg * KH * KW, OH * OW
     weight_g = weight.reshape(G, O // G, K)
-    dweight_g = xp.zeros((G, O // G, K), dtype=dout.dtype) if need_weight_grad else None
     dx_all = xp.empty(x_shape, dtype=dout.dtype) if need_input_grad else None
-    for start in range(0, N, chunk):
-        dout_chunk = dout[start : start + chunk]
-        n = dout_chunk.shape[0]
-        dout_g = xp.ascontiguousarray(dout_chunk.transpose(1, 0, 2, 3)).reshape(G, O // G, n * L)
-        if need_weight_grad:
-            cols = im2col(cache.x[start : start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
-            dweight_g += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
-        if dx_all is not None:
-            dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)  # (G, K, n*L)
-            dx_all[start : start + n] = col2im(
-                dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride, cache.padding, cache.dilation
-            )
-    if dweight_g is not None:
+    dweight_parts: dict[int, Any] = {}  # slice -> its samples' sum of dW (one slice unless split)
+
+    def gradient_samples(begin: int, end: int, part: int = 0) -> None:
+        dweight_g = xp.zeros((G, O // G, K), dtype=dout.dtype) if need_weight_grad else None
+        for start in range(begin, end, chunk):
+            dout_chunk = dout[start : min(start + chunk, end)]
+            n = dout_chunk.shape[0]
+            dout_g = xp.ascontiguousarray(dout_chunk.transpose(1, 0, 2, 3)).reshape(G, O // G, n * L)
+            if dweight_g is not None:
+                cols = im2col(cache.x[start : start + n], (KH, KW), cache.stride, cache.padding, cache.dilation)
+                dweight_g += _grouped_matmul(dout_g, cols.reshape(G, K, n * L), xp, transpose_b=True)
+            if dx_all is not None:
+                dcols = _grouped_matmul(weight_g, dout_g, xp, transpose_a=True)  # (G, K, n*L)
+                dx_all[start : start + n] = col2im(
+                    dcols.reshape(C, KH, KW, n, OH, OW), (n, C, H, W), cache.stride, cache.padding, cache.dilation
+                )
+        dweight_parts[part] = dweight_g
+
+    if method == "split":
+        batch_threads.run(N, gradient_samples)
+    else:
+        gradient_samples(0, N)
+    if need_weight_grad:
+        parts = [dweight_parts[t] for t in sorted(dweight_parts)]
+        dweight_g = parts[0]
+        for part in parts[1:]:  # in slice order: the same bits on every run
+            dweight_g += part
         dweight = dweight_g.reshape(weight.shape)
     return (dx if dx_all is None else dx_all), dweight
 

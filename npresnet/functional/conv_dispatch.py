@@ -7,6 +7,9 @@
 ``"direct"``
     the direct 3x3 kernels of ``npresnet.kernels.conv3x3_cpu`` (CPU, stride 1, one group,
     padding <= 2 * dilation: ``direct_applies``); for the weight gradient the nine BLAS products;
+``"split/<n>"``
+    im2col + GEMM on each thread's slice of the batch, ``n`` samples per chunk, one BLAS thread
+    per slice (``npresnet.batch_threads``; measure mode only, NumPy at more than one thread);
 ``"direct/dots"``
     weight gradient only: the same direct layout, dw as nine Numba dot products per (o, c)
     (``conv3x3_backward_weight_dots``), which, unlike the small BLAS products, uses every thread.
@@ -18,8 +21,10 @@ for the forward up to ``DIRECT_FORWARD_MAX_CHANNELS``, and chunks of about ``CHU
 columns. In the ``"measure"`` mode every candidate is timed on the first call with a new shape:
 the chunk sizes around ``CHUNK_BYTES`` (a quarter, one, four times, the whole batch) and the
 direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing
-them would only slow the first step down), "direct/dots" among them for the weight gradient. The
-fixed rule never picks "direct/dots": it was measured on one CPU only (see ``conv3x3_cpu``).
+them would only slow the first step down), "direct/dots" among them for the weight gradient, and
+at more than one thread "split/<n>" for the chunk sizes that fit a slice. The fixed rule never
+picks "direct/dots" or "split": they were measured on few CPUs (see ``conv3x3_cpu``,
+``batch_threads``).
 Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
 ``kernels.reference_only()``) there is one candidate and nothing is timed.
 """
@@ -29,9 +34,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .. import autotune, kernels
+from .. import autotune, batch_threads, kernels
 
-__all__ = ["CHUNK_BYTES", "choose", "chunk_candidates", "direct_applies", "samples_per_chunk"]
+__all__ = ["CHUNK_BYTES", "choose", "chunk_candidates", "direct_applies", "samples_per_chunk", "split_candidates"]
 
 #: Fixed rule: the direct 3x3 kernels compute the gradients of convs with at most this many input
 #: and output channels, and their forward up to DIRECT_FORWARD_MAX_CHANNELS (kernels/conv3x3_cpu.py
@@ -79,17 +84,33 @@ def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]
     return list(dict.fromkeys(int(s) for s in sizes))
 
 
+def split_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
+    """The chunk sizes worth timing for "split/<n>": those of ``chunk_candidates`` for one thread's
+    slice of the batch; none where ``batch_threads`` would not split (GPU, one thread, N = 1)."""
+    T = batch_threads.threads()
+    if N < 2 or not batch_threads.available(xp):
+        return []
+    return chunk_candidates(xp, -(-N // T), column_bytes_per_sample)
+
+
 def choose(
-    what: str, key: Any, channels: tuple[int, int], direct_ok: bool, chunks: list[int], run: Callable[[str], Any]
+    what: str,
+    key: Any,
+    channels: tuple[int, int],
+    direct_ok: bool,
+    chunks: list[int],
+    run: Callable[[str], Any],
+    split_chunks: list[int] = (),  # type: ignore[assignment]
 ) -> str:
     """The algorithm for ``what`` ("forward", "input grad" or "weight grad") of the conv ``key``.
 
-    ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``;
-    ``run(name)`` computes the result with algorithm ``name`` (used only for timing).
+    ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``,
+    ``split_chunks`` from ``split_candidates``; ``run(name)`` computes the result with algorithm
+    ``name`` (used only for timing).
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
     fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
-    names = [f"gemm/{n}" for n in chunks]
+    names = [f"gemm/{n}" for n in chunks] + [f"split/{n}" for n in split_chunks]
     if direct_ok and max(channels) <= max(DIRECT_CANDIDATE_MAX_CHANNELS, limit):
         names.append("direct")
         if what == "weight grad":
