@@ -158,10 +158,13 @@ def serial_in_this_thread(serial: bool) -> bool:
     """Make the calling Python thread run only the kernels' serial builds (``serial`` True), or the
     pool builds again (False); returns the previous setting (False without Numba). Used by
     ``npresnet.batch_threads``, whose threads each compute a share of one layer."""
-    if active() != "numba":
+    if not HAVE_NUMBA or _numba_import_error is not None:
         return False
-    from . import _numba
-
+    try:
+        from . import _numba
+    except Exception as exc:  # a broken Numba: the kernels are off anyway (see _get)
+        _disable_numba(exc)
+        return False
     return _numba.serial_in_this_thread(serial)
 
 

@@ -27,6 +27,7 @@ installed (it sets BLAS's thread count).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -74,8 +75,23 @@ def slices(N: int, T: int) -> list[tuple[int, int]]:
     return [(N * t // T, N * (t + 1) // T) for t in range(T)]
 
 
-def _worker_init() -> None:
-    kernels.serial_in_this_thread(True)
+def _slice(work: Callable[[int, int, int], None], start: int, stop: int, t: int) -> None:
+    """One slice, with this thread's kernels serial (the slices are the parallelism)."""
+    previous = kernels.serial_in_this_thread(True)
+    try:
+        work(start, stop, t)
+    finally:
+        kernels.serial_in_this_thread(previous)
+
+
+def _forget_workers() -> None:
+    """In a forked child: the parent's worker threads do not exist there; start afresh."""
+    global _pool, _pool_threads, _busy
+    _pool, _pool_threads, _busy = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _workers(count: int) -> ThreadPoolExecutor:
@@ -83,7 +99,7 @@ def _workers(count: int) -> ThreadPoolExecutor:
     if _pool is None or _pool_threads != count:
         if _pool is not None:
             _pool.shutdown(wait=True)
-        _pool = ThreadPoolExecutor(count, thread_name_prefix="npresnet-batch", initializer=_worker_init)
+        _pool = ThreadPoolExecutor(count, thread_name_prefix="npresnet-batch")
         _pool_threads = count
     return _pool
 
@@ -98,13 +114,14 @@ def run(N: int, work: Callable[[int, int, int], None]) -> int:
         return 1
     try:
         limiter = _blas_controllers().limit(limits=1)
-        previous = kernels.serial_in_this_thread(True)
         try:
             pool = _workers(len(parts) - 1)
-            futures: list[Future] = [pool.submit(work, start, stop, t) for t, (start, stop) in enumerate(parts) if t]
+            futures: list[Future] = [
+                pool.submit(_slice, work, start, stop, t) for t, (start, stop) in enumerate(parts) if t
+            ]
             error: BaseException | None = None
             try:
-                work(parts[0][0], parts[0][1], 0)
+                _slice(work, parts[0][0], parts[0][1], 0)
             except BaseException as exc:  # wait for the workers before leaving: they write into our arrays
                 error = exc
             for future in futures:
@@ -113,7 +130,6 @@ def run(N: int, work: Callable[[int, int, int], None]) -> int:
             if error is not None:
                 raise error
         finally:
-            kernels.serial_in_this_thread(previous)
             limiter.restore_original_limits()
     finally:
         _busy.release()

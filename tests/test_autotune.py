@@ -2,8 +2,8 @@
 
 What is tested (never a timing: which candidate wins is the machine's business):
 * every candidate algorithm of a convolution (im2col + GEMM at each chunk size, the same on each
-  thread's slice of the batch, the direct 3x3 kernels) equals the NumPy reference to rounding, forward, dx and dw, on awkward shapes, at one
-  and at two Numba threads;
+  thread's slice of the batch, the direct 3x3 kernels) equals the NumPy reference to rounding,
+  forward, dx and dw, on awkward shapes, at one and at two Numba threads;
 * a shape is timed once per process, a new shape (or another thread count) once more;
 * the fixed mode gives the same bits in every process;
 * the opt-in cache file: a process finds its machine's winners there and times nothing; sections of

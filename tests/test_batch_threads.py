@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from npresnet import batch_threads
@@ -147,6 +146,37 @@ def test_split_convolutions_are_deterministic_and_match_gemm():
                         assert got.shape == want.shape and got.dtype == want.dtype
                         error = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
                         assert error <= bound, ((N, C, O, H, W), n, dtype, error)
+        print("ok")
+    """)
+    assert out.strip() == "ok"
+
+
+def test_a_forked_child_splits_with_its_own_workers():
+    """The parent's worker threads do not exist in a fork: the child must start its own, not wait
+    forever on a pool whose threads are gone."""
+    out = run_at_two_threads("""
+        import os, signal, time
+        assert batch_threads.run(4, lambda a, b, t: None) == 2  # the parent's pool now has a worker
+        pid = os.fork()
+        if pid == 0:
+            both_inside = threading.Barrier(2, timeout=20)
+            seen = []
+            def work(start, stop, t):
+                both_inside.wait()
+                seen.append(t)
+            code = 0 if batch_threads.run(4, work) == 2 and sorted(seen) == [0, 1] else 3
+            os._exit(code)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child hung in its split")
+        assert os.waitstatus_to_exitcode(status) == 0, status
         print("ok")
     """)
     assert out.strip() == "ok"
