@@ -34,68 +34,70 @@ import numpy as np
 
 from ._numba import CACHE, njit, parallel_kernel, prange, require_same_dtype, require_shape
 
-# The row sums use 4 interleaved float64 accumulators, and a channel adds up its N row sums: a
-# short pairwise scheme that keeps the adds independent (faster than one serial chain) and is more
-# accurate than it. Channel c's rows x[n, c] are contiguous views, so the loops vectorise.
+#: Row sums keep this many interleaved float64 partial sums (lane j takes elements j, j + LANES, ...),
+#: then add the lanes pairwise. Independent adds let LLVM fill whole SIMD registers; with 4 lanes
+#: (one add chain per 4 elements) the row moments were bound by the add latency: (16, 256, 56, 56)
+#: float32, 1 thread, AMD EPYC (Zen 5): 8.5 ms, against 2.3 ms for a plain copy of x. Measured
+#: alone there, a row-sum sweep over that x took 2.9 ms with 4 lanes, 3.0 with 16, 3.4 with 32 and
+#: 1.4 with 64, the centred squares 4.5 / 4.5 / 1.4 ms with 16 / 32 / 64 lanes. The order is fixed
+#: by the code, so any thread count gives the same bits; more lanes are also more accurate (each
+#: adds ~M/64 terms). Channel c's rows x[n, c] are contiguous views, so the loops vectorise.
+LANES = 64
+
+
+@njit(cache=CACHE, error_model="numpy", inline="always")
+def _fold_lanes(acc):
+    """acc[0] + ... + acc[LANES-1], added pairwise (a fixed tree)."""
+    width = LANES
+    while width > 1:
+        width //= 2
+        for j in range(width):
+            acc[j] += acc[j + width]
+    return acc[0]
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
 def _row_sum(a):
     """sum(a) of a 1-D row, in float64."""
     M = a.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    m = 0
-    while m + 4 <= M:
-        s0 += a[m]
-        s1 += a[m + 1]
-        s2 += a[m + 2]
-        s3 += a[m + 3]
-        m += 4
-    while m < M:
-        s0 += a[m]
-        m += 1
-    return (s0 + s1) + (s2 + s3)
+    acc = np.zeros(LANES)
+    full = M - M % LANES
+    for m in range(0, full, LANES):
+        for j in range(LANES):
+            acc[j] += a[m + j]
+    for m in range(full, M):
+        acc[m - full] += a[m]
+    return _fold_lanes(acc)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
 def _row_centred_square_sum(a, mu):
     """sum((a - mu)^2), in float64."""
     M = a.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    m = 0
-    while m + 4 <= M:
-        d0 = a[m] - mu
-        d1 = a[m + 1] - mu
-        d2 = a[m + 2] - mu
-        d3 = a[m + 3] - mu
-        s0 += d0 * d0
-        s1 += d1 * d1
-        s2 += d2 * d2
-        s3 += d3 * d3
-        m += 4
-    while m < M:
-        d0 = a[m] - mu
-        s0 += d0 * d0
-        m += 1
-    return (s0 + s1) + (s2 + s3)
+    acc = np.zeros(LANES)
+    full = M - M % LANES
+    for m in range(0, full, LANES):
+        for j in range(LANES):
+            d = a[m + j] - mu
+            acc[j] += d * d
+    for m in range(full, M):
+        d = a[m] - mu
+        acc[m - full] += d * d
+    return _fold_lanes(acc)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
 def _row_product_sum(a, b):
     """sum(a * b), in float64."""
     M = a.shape[0]
-    s0 = s1 = s2 = s3 = 0.0
-    m = 0
-    while m + 4 <= M:
-        s0 += np.float64(a[m]) * b[m]
-        s1 += np.float64(a[m + 1]) * b[m + 1]
-        s2 += np.float64(a[m + 2]) * b[m + 2]
-        s3 += np.float64(a[m + 3]) * b[m + 3]
-        m += 4
-    while m < M:
-        s0 += np.float64(a[m]) * b[m]
-        m += 1
-    return (s0 + s1) + (s2 + s3)
+    acc = np.zeros(LANES)
+    full = M - M % LANES
+    for m in range(0, full, LANES):
+        for j in range(LANES):
+            acc[j] += np.float64(a[m + j]) * b[m + j]
+    for m in range(full, M):
+        acc[m - full] += np.float64(a[m]) * b[m]
+    return _fold_lanes(acc)
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
