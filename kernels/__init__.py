@@ -18,7 +18,9 @@ and runs the pool build whenever Numba has more than one thread: ``set_num_threa
 bits. ``NPRESNET_NUMBA_PARALLEL=0`` keeps every kernel serial; ``kernels/_numba.py`` explains the
 threading layer (TBB where the tbb package is installed, else workqueue) and why the kernels then
 do not fight OpenBLAS for the cores; ``thread_pool()`` measures what one hand-off to the pool
-costs on this machine (1-2 us on TBB, up to ~160 us on workqueue on some VMs).
+costs on this machine (1-2 us on TBB, up to ~160 us on workqueue on some VMs). The builds release
+the GIL; ``serial_in_this_thread(True)`` makes one Python thread run only serial builds (the
+threads of ``npresnet.batch_threads`` each compute a slice of a layer: they are the parallelism).
 
 ``get`` returns None (run the reference) unless Numba is active and ``x`` is a NumPy float32 or
 float64 array, so CuPy arrays never reach a Numba kernel. The kernels make their inputs
