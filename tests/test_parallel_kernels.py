@@ -340,3 +340,29 @@ def test_a_bad_parallel_setting_is_an_error():
         result.returncode != 0
         and "NPRESNET_PARALLEL_MIN_BYTES must be a whole number of bytes, got '1MB'" in result.stderr
     )
+
+
+def test_cached_builds_are_named_by_every_kernel_source_and_the_build_options(tmp_path, monkeypatch):
+    """Numba's disk cache checks a kernel's own source file only; the builds' names carry a hash of
+    every file in kernels/ and of the build options, so an edit to a helper in _numba.py (inlined
+    into kernels of other files) or a new option (nogil) cannot serve old machine code."""
+    import shutil
+
+    from npresnet.kernels import _numba, relu_cpu
+
+    folder = Path(_numba.__file__).resolve().parent
+    copy = tmp_path / "kernels"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = _numba._sources_digest(copy)
+    assert before == _numba._sources_digest(folder)
+    with open(copy / "_numba.py", "a") as f:
+        f.write("\n# an edit to a shared helper file\n")
+    assert _numba._sources_digest(copy) != before
+
+    function = next(v for v in vars(relu_cpu).values() if isinstance(v, _numba.ParallelKernel)).py_func
+    names = lambda k: (k.serial.py_func.__qualname__, k.parallel.py_func.__qualname__)  # noqa: E731
+    plain = names(_numba.ParallelKernel(function))
+    assert plain[0] != plain[1] and all(name.startswith(function.__qualname__ + "__") for name in plain)
+    assert names(_numba.ParallelKernel(function, fastmath={"contract"})) != plain  # another option
+    monkeypatch.setattr(_numba, "SOURCES_DIGEST", _numba.SOURCES_DIGEST + "edited")
+    assert names(_numba.ParallelKernel(function)) != plain  # another kernels/ source
