@@ -39,6 +39,10 @@ These choices keep memory and time down; all but the last leave the arithmetic e
   im2col's GEMM has only 16-32 rows and runs at a quarter of BLAS's peak. Same math, products
   summed in another order.
 
+* At more than one thread on the CPU, the chunk loop can instead run on each thread's own slice of
+  the batch, with a one-thread GEMM ("split": ``npresnet.batch_threads``): the samples are
+  independent, and dW adds the slices' sums in slice order.
+
 Which algorithm (and chunk size) computes the forward, dx and dw of a layer is chosen per shape by
 ``npresnet.functional.conv_dispatch``: a fixed rule by default, or the fastest candidate timed on
 this machine (``npresnet.autotune``, "measure" mode). All of them agree to rounding.
