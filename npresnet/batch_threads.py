@@ -125,8 +125,8 @@ def run(N: int, work: Callable[[int, int, int], None]) -> int:
             except BaseException as exc:  # wait for the workers before leaving: they write into our arrays
                 error = exc
             for future in futures:
-                exc = future.exception()
-                error = error or exc
+                failure = future.exception()  # waits for that slice to end
+                error = error or failure
             if error is not None:
                 raise error
         finally:

@@ -297,8 +297,8 @@ def _gradients(
         weight_algorithm = None
     if input_algorithm is None and weight_algorithm is None:
         return dx, dweight
-    method, chunk = (input_algorithm or weight_algorithm or "").split("/")
-    chunk = int(chunk)
+    method, samples = (input_algorithm or weight_algorithm or "").split("/")
+    chunk = int(samples)
     need_input_grad, need_weight_grad = input_algorithm is not None, weight_algorithm is not None
     xp = get_array_module(dout)
     N, C, H, W = x_shape
