@@ -21,8 +21,9 @@ weight gradient adds the slices' partial sums in slice order, so a given T gives
 every run; they agree with the other algorithms to rounding.
 
 ``threads()`` is T: BLAS's thread count (``npresnet.runtime.set_num_threads`` sets it with Numba's).
-``available(xp)`` says whether splitting can help here: NumPy arrays, T > 1, and threadpoolctl
-installed (it sets BLAS's thread count).
+``available(xp)`` says whether splitting can help here: NumPy arrays, T > 1, threadpoolctl
+installed (it sets BLAS's thread count), and not switched off with ``NPRESNET_BATCH_SPLIT=0``
+(then the measured dispatch never offers "split").
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ import numpy as np
 from . import kernels
 
 __all__ = ["available", "run", "slices", "threads"]
+
+_setting = os.environ.get("NPRESNET_BATCH_SPLIT", "1").strip() or "1"
+if _setting not in ("0", "1"):
+    raise ValueError(f"NPRESNET_BATCH_SPLIT must be '0' or '1', got {_setting!r}")
+ENABLED = _setting == "1"
 
 _pool: ThreadPoolExecutor | None = None
 _pool_threads = 0
@@ -65,8 +71,8 @@ def _blas_controllers() -> Any:
 
 
 def available(xp: Any) -> bool:
-    """Whether ``run`` would split: NumPy arrays, more than one thread, threadpoolctl present."""
-    return xp.__name__ == "numpy" and threads() > 1 and bool(_blas_controllers())
+    """Whether ``run`` would split: NumPy arrays, more than one thread, threadpoolctl present, ENABLED."""
+    return ENABLED and xp.__name__ == "numpy" and threads() > 1 and bool(_blas_controllers())
 
 
 def slices(N: int, T: int) -> list[tuple[int, int]]:

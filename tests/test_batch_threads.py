@@ -180,3 +180,21 @@ def test_a_forked_child_splits_with_its_own_workers():
         print("ok")
     """)
     assert out.strip() == "ok"
+
+
+@pytest.mark.parametrize("setting, expected", [("0", "False []"), ("1", "True [1, 2]"), ("yes", "error")])
+def test_the_switch_turns_the_split_candidates_off(setting, expected):
+    code = textwrap.dedent("""
+        import numpy as np
+        from npresnet import batch_threads, runtime
+        from npresnet.functional.conv_dispatch import split_candidates
+        runtime.set_num_threads(2)
+        print(batch_threads.available(np), split_candidates(np, 4, 1 << 20))
+    """)
+    env = {**os.environ, "NPRESNET_BATCH_SPLIT": setting}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    if expected == "error":
+        assert done.returncode != 0 and "NPRESNET_BATCH_SPLIT must be '0' or '1', got 'yes'" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == expected

@@ -182,6 +182,30 @@ def test_profiler_uses_public_hooks_and_removes_them():
     assert dict(times) == seen
 
 
+def test_profiler_counts_kernels_on_the_models_thread_only():
+    """Under a batch split the other slices run the same kernels at the same time on other threads;
+    counting those too would add their wall time twice, so only the model's own thread counts."""
+    import threading
+    from collections import defaultdict
+
+    from npresnet import kernels
+    from npresnet.bench import op_profile
+
+    if kernels.active() != "numba":
+        pytest.skip("no kernels to observe")
+    model = models.resnet20(seed=0)
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    times = defaultdict(float)
+    with op_profile(model, times):
+        im2col = kernels.get("im2col", x)
+        other = threading.Thread(target=lambda: im2col(x, (3, 3), (1, 1), (1, 1), (1, 1)))
+        other.start()
+        other.join()
+        assert times["im2col forward"] == 0.0
+        im2col(x, (3, 3), (1, 1), (1, 1), (1, 1))
+        assert times["im2col forward"] > 0.0
+
+
 def _bench_error(code, *args):
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
     return done.returncode, done.stdout, done.stderr.strip().splitlines()

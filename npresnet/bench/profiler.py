@@ -8,7 +8,9 @@ Two public hook points, nothing patched:
 * ``npresnet.kernels.set_observer`` hands each kernel that ``kernels.get`` returns through a timer:
   im2col, col2im and the direct 3x3 convolution kernels, counted under the direction of the layer
   method that runs them (the im2col a convolution's backward runs to rebuild its columns counts
-  as backward).
+  as backward). Only the calls on the thread running the model count: when a layer's batch is
+  split over threads (``npresnet.batch_threads``), the other slices run the same kernels at the
+  same time, and adding their times too would count that wall time twice.
 
 Kernels run only where ``npresnet.kernels`` is active (Numba on the CPU, numba-cuda on the GPU):
 with ``NPRESNET_KERNELS=numpy`` the NumPy reference im2col/col2im count under GEMM.
@@ -16,6 +18,7 @@ with ``NPRESNET_KERNELS=numpy`` the NumPy reference im2col/col2im count under GE
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +55,7 @@ def _layer_kind(module: nn.Module) -> str | None:
 def op_profile(model: nn.Module, times: dict[str, float]) -> Iterator[None]:
     """Add the seconds spent in each "<kind> <direction>" while the block runs ``model`` to ``times``
     (a ``defaultdict(float)``). The hooks and the kernel observer are removed on exit."""
+    owner = threading.get_ident()  # the thread running the model
     direction = ["forward"]
     starts: list[tuple[float, str]] = []  # (start time, outer direction) of the layer calls running
 
@@ -76,6 +80,8 @@ def op_profile(model: nn.Module, times: dict[str, float]) -> Iterator[None]:
             return kernel
 
         def timed_kernel(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != owner:  # a batch_threads slice: its twin on our thread counts
+                return kernel(*args, **kwargs)
             start = time.perf_counter()
             try:
                 return kernel(*args, **kwargs)
