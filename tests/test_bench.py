@@ -240,3 +240,14 @@ def test_the_memory_probe_can_forget_a_peak_that_came_before_the_step():
     if not _reset_peak():
         pytest.skip("this kernel has no /proc/self/clear_refs")
     assert _rss_bytes("VmHWM") < _rss_bytes("VmRSS") + 64 * 2**20
+
+
+def test_steps_timed_together_alternate_and_none_is_always_first():
+    from npresnet.bench import timed_together
+
+    calls = []
+    results = timed_together([lambda: calls.append("a"), lambda: calls.append("b")], warmup=2, repeat=4)
+    assert calls[:4] == ["a", "a", "b", "b"]  # first call + warm-up of each
+    assert calls[4:] == ["a", "b", "b", "a", "a", "b", "b", "a"]  # rounds alternate who starts
+    assert [len(times) for _, times in results] == [4, 4]
+    assert all(first >= 0 and min(times) >= 0 for first, times in results)

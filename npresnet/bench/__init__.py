@@ -18,7 +18,9 @@ resident-memory peak of a step in a fresh process. The OpenBLAS variables
 ``OPENBLAS_CORETYPE``/``OPENBLAS_L2_SIZE`` slow numpy's GEMM on some machines; the bench reports the
 BLAS kernel in use, and you may unset them for the benchmark command only.
 
-The ratio column is npresnet time / torch time (above 1: npresnet is slower). The package:
+The ratio column is npresnet time / torch time (above 1: npresnet is slower); the two frameworks'
+steps are timed in alternation (``timing.timed_together``), so both medians come from the same
+minutes of a machine whose speed may drift. The package:
 ``workloads`` (models, steps, MACs), ``timing`` (first call, median, traced NumPy peak),
 ``memory`` (resident memory in a fresh process), ``machine`` (CPU, BLAS, GEMM peak), ``compare``
 (PyTorch), ``profiler`` (``--profile`` through the layers' hooks and ``npresnet.kernels.set_observer``)
@@ -27,11 +29,11 @@ and recorded results; it is not this package.
 """
 
 from .cli import check_args, main, parse_args, run
-from .compare import check_same_logits, make_torch_step, torch_setup, torch_time
+from .compare import check_same_logits, make_torch_step, torch_setup, torch_step, torch_time
 from .machine import gemm_peak_gflops, machine_info
 from .memory import measure_memory, memory_probe
 from .profiler import op_profile, profile_ms, profile_table
-from .timing import quartiles, step_peak_memory, synchronize, timed
+from .timing import quartiles, step_peak_memory, synchronize, timed, timed_together
 from .workloads import (
     DEFAULT_MODELS,
     build_npresnet,
@@ -68,7 +70,9 @@ __all__ = [
     "step_peak_memory",
     "synchronize",
     "timed",
+    "timed_together",
     "torch_setup",
+    "torch_step",
     "torch_time",
     "training_step",
 ]

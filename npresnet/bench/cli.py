@@ -16,12 +16,12 @@ import numpy as np
 from .. import autotune, nn, runtime
 from ..backend import xp_for
 from ..optim import SGD
-from .compare import check_same_logits, torch_missing, torch_setup, torch_time
+from .compare import check_same_logits, torch_missing, torch_setup, torch_step
 from .machine import gemm_peak_gflops, machine_info
 from .memory import measure_memory
 from .profiler import op_profile, profile_ms, profile_table
 from .scaling import parse_threads, run_scaling
-from .timing import quartiles, step_peak_memory, synchronize, timed
+from .timing import quartiles, step_peak_memory, synchronize, timed, timed_together
 from .workloads import (
     DEFAULT_MODELS,
     build_npresnet,
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(note)
     legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
     if args.compare == "torch":
-        legend += "; ratio: npresnet time / torch time (above 1: npresnet is slower)"
+        legend += "; ratio: npresnet time / torch time, their steps timed in alternation (above 1: npresnet is slower)"
     print(legend)
     results = []
     for name in args.models:
@@ -89,7 +89,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {name} {mode} batch {batch} {size}x{size} ...", end="", flush=True)
             step = make_step(mode, model, criterion, optimizer, x, target)
             flops = (2 if mode == "forward" else 3 * 2) * macs
-            first, times = timed(step, args.warmup, args.repeat, xp)
+            if compare is not None:  # the two frameworks' steps in alternation: the same machine state
+                tstep = torch_step(compare, mode, x, target)
+                (first, times), (_, torch_times) = timed_together([step, tstep], args.warmup, args.repeat, xp)
+            else:
+                first, times = timed(step, args.warmup, args.repeat, xp)
             peak_bytes = step_peak_memory(step, xp)
             median = statistics.median(times)
             q1, q3 = quartiles(times)
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if row["peak_memory_mb"] is not None:
                 line += f"  traced peak {row['peak_memory_mb']:.0f} MB"
             if compare is not None:
-                torch_s = torch_time(compare, mode, x, target, args)
+                torch_s = statistics.median(torch_times)
                 row.update({"torch_s": torch_s, "ratio": median / torch_s, "logits_max_rel_error": logits_error})
                 line += f"  | torch {torch_s:.3f} s, ratio npresnet/torch {median / torch_s:.2f}x"
             if args.memory and args.backend == "numpy":

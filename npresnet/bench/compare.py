@@ -13,7 +13,15 @@ from .. import nn, no_grad
 from ..backend import to_numpy
 from .timing import timed
 
-__all__ = ["TORCH_INSTALL", "check_same_logits", "make_torch_step", "torch_missing", "torch_setup", "torch_time"]
+__all__ = [
+    "TORCH_INSTALL",
+    "check_same_logits",
+    "make_torch_step",
+    "torch_missing",
+    "torch_setup",
+    "torch_step",
+    "torch_time",
+]
 
 TORCH_INSTALL = "pip install torch==2.13.0 (or the test extra: pip install -e '.[test]')"
 
@@ -80,17 +88,23 @@ def check_same_logits(model: nn.Module, tmodel: Any, torch: Any, x: Any, device:
     return error
 
 
-def torch_time(compare: tuple, mode: str, x: Any, target: Any, args: argparse.Namespace) -> float:
-    """PyTorch's median seconds per step, timed like npresnet's."""
+def torch_step(compare: tuple, mode: str, x: Any, target: Any) -> Callable[[], None]:
+    """One PyTorch step on the same data (synchronised on a GPU), ready to time."""
     torch, tmodel, device, _ = compare
     tx = torch.as_tensor(to_numpy(x), device=device)
     tt = torch.as_tensor(to_numpy(target), device=device)
-    torch_step = make_torch_step(torch, tmodel, mode, tx, tt)
+    step_once = make_torch_step(torch, tmodel, mode, tx, tt)
 
     def step() -> None:
-        torch_step()
+        step_once()
         if device == "cuda":
             torch.cuda.synchronize()
 
-    _, times = timed(step, args.warmup, args.repeat)
+    return step
+
+
+def torch_time(compare: tuple, mode: str, x: Any, target: Any, args: argparse.Namespace) -> float:
+    """PyTorch's median seconds per step, timed like npresnet's (on its own; the bench's CLI times
+    the two in alternation, ``timing.timed_together``)."""
+    _, times = timed(torch_step(compare, mode, x, target), args.warmup, args.repeat)
     return statistics.median(times)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["quartiles", "step_peak_memory", "synchronize", "timed"]
+__all__ = ["quartiles", "step_peak_memory", "synchronize", "timed", "timed_together"]
 
 
 def synchronize(xp: Any) -> None:
@@ -34,6 +34,34 @@ def timed(fn: Callable[[], Any], warmup: int, repeat: int, xp: Any = np) -> tupl
         synchronize(xp)
         times.append(time.perf_counter() - start)
     return first, times
+
+
+def timed_together(
+    fns: list[Callable[[], Any]], warmup: int, repeat: int, xp: Any = np
+) -> list[tuple[float, list[float]]]:
+    """``timed`` for several steps at once, in alternation: each one's first call and warm-up, then
+    ``repeat`` rounds in which every step runs once, timed (round r starts with step r mod len(fns),
+    so none is always first). Two frameworks compared this way see the same state of the machine:
+    on a shared VM whose speed drifts by 10-25% over seconds, timing one after the other measured
+    that drift as much as the frameworks."""
+    firsts = []
+    for fn in fns:
+        start = time.perf_counter()
+        fn()
+        synchronize(xp)
+        firsts.append(time.perf_counter() - start)
+        for _ in range(max(warmup - 1, 0)):
+            fn()
+        synchronize(xp)
+    times: list[list[float]] = [[] for _ in fns]
+    for r in range(repeat):
+        for k in range(len(fns)):
+            i = (r + k) % len(fns)
+            start = time.perf_counter()
+            fns[i]()
+            synchronize(xp)
+            times[i].append(time.perf_counter() - start)
+    return list(zip(firsts, times))
 
 
 def step_peak_memory(step: Callable[[], Any], xp: Any = np) -> int | None:
