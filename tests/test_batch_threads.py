@@ -77,28 +77,23 @@ def test_an_error_in_a_slice_is_raised_after_both_slices_end_and_settings_come_b
     out = run_at_two_threads("""
         import time
         finished = []
-        def work(start, stop, t):
-            if t == 1:
-                raise KeyError("slice 1 failed")
-            time.sleep(0.2)
-            finished.append(t)
-        try:
-            batch_threads.run(4, work)
-        except KeyError as exc:
-            assert "slice 1 failed" in str(exc) and finished == [0]
-        else:
+        def failing(bad_slice, error):  # slice bad_slice raises at once, the other ends 0.2 s later
+            def work(start, stop, t):
+                if t == bad_slice:
+                    raise error
+                time.sleep(0.2)
+                finished.append(t)
+            return work
+        def raised(work):
+            try:
+                batch_threads.run(4, work)
+            except Exception as exc:
+                return exc
             raise AssertionError("no error")
-        def fail_here(start, stop, t):
-            if t == 0:
-                raise ValueError("slice 0 failed")
-            time.sleep(0.2)
-            finished.append(t)
-        try:
-            batch_threads.run(4, fail_here)
-        except ValueError:
-            assert finished == [0, 1]  # the worker's slice had ended before the error came out
-        else:
-            raise AssertionError("no error")
+        exc = raised(failing(1, KeyError("slice 1 failed")))  # in the worker
+        assert isinstance(exc, KeyError) and "slice 1 failed" in str(exc) and finished == [0]
+        exc = raised(failing(0, ValueError("slice 0 failed")))  # on the calling thread
+        assert isinstance(exc, ValueError) and finished == [0, 1]  # the worker's slice had ended first
         assert blas_threads() == 2 and not getattr(_numba._this_thread, "serial", False)
         print("ok")
     """)
