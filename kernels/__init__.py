@@ -76,6 +76,7 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -137,6 +138,7 @@ _cuda_problem: str | None = None  # why the CUDA kernels are off; set by _cuda_u
 _cuda_checked = False
 _numba_import_error: BaseException | None = None  # set if Numba was found but failed to import
 _reference_depth = 0  # > 0 inside ``with reference_only():``
+_this_thread = threading.local()  # .serial True: this Python thread runs serial builds only
 
 
 def set_num_threads(threads: int) -> int:
@@ -158,16 +160,11 @@ def set_num_threads(threads: int) -> int:
 
 def serial_in_this_thread(serial: bool) -> bool:
     """Make the calling Python thread run only the kernels' serial builds (``serial`` True), or the
-    pool builds again (False); returns the previous setting (False without Numba). Used by
-    ``npresnet.batch_threads``, whose threads each compute a share of one layer."""
-    if not HAVE_NUMBA or _numba_import_error is not None:
-        return False
-    try:
-        from . import _numba
-    except Exception as exc:  # a broken Numba: the kernels are off anyway (see _get)
-        _disable_numba(exc)
-        return False
-    return _numba.serial_in_this_thread(serial)
+    pool builds again (False); returns the previous setting. Used by ``npresnet.batch_threads``,
+    whose threads each compute a share of one layer. Imports nothing (no Numba)."""
+    previous = getattr(_this_thread, "serial", False)
+    _this_thread.serial = bool(serial)
+    return previous
 
 
 def thread_pool() -> tuple[str, int, float] | None:

@@ -25,6 +25,8 @@ import numba
 import numpy as np
 from numba import njit, prange  # noqa: F401  (prange is re-exported for the kernel modules)
 
+from . import _this_thread  # the package's thread-local settings (no Numba there)
+
 #: Write compiled kernels to disk so later processes skip the compile (seconds per kernel); only
 #: as npresnet.kernels (see above: a cache entry carries the module name it was compiled under).
 CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0" and __name__ == "npresnet.kernels._numba"
@@ -73,16 +75,6 @@ if not _min_bytes.isdigit():
 PARALLEL_MIN_BYTES = int(_min_bytes)
 
 _pool_lock = threading.Lock()  # held while a parallel kernel runs (workqueue is not reentrant)
-_this_thread = threading.local()  # .serial True: this Python thread runs only serial builds
-
-
-def serial_in_this_thread(serial):
-    """From now on, run only the serial builds in the calling Python thread (``serial`` True) or
-    let it use the pool again (False); returns the previous setting. For threads that each take a
-    share of one layer's work (``npresnet.batch_threads``): they are the parallelism already."""
-    previous = getattr(_this_thread, "serial", False)
-    _this_thread.serial = bool(serial)
-    return previous
 
 
 def set_num_threads(threads):
@@ -181,7 +173,7 @@ class ParallelKernel:
         if (
             PARALLEL == "0"
             or numba.get_num_threads() == 1
-            or getattr(_this_thread, "serial", False)
+            or getattr(_this_thread, "serial", False)  # kernels.serial_in_this_thread
             or sum(a.nbytes for a in args if isinstance(a, np.ndarray)) < PARALLEL_MIN_BYTES
             or not _pool_lock.acquire(blocking=False)
         ):

@@ -13,7 +13,8 @@ Modes (``set_mode`` or ``NPRESNET_AUTOTUNE``):
 
 ``"fixed"`` (the library's default, like cudnn.benchmark's False)
     always the ``fixed`` candidate, a deterministic rule: the same algorithm, hence the same bits,
-    on every run and every machine. Checkpoint resumes and bitwise-reproducible runs rely on it.
+    on every run (at a given thread count: BLAS's own bits, and the batch split's, depend on it).
+    Checkpoint resumes and bitwise-reproducible runs rely on it.
 ``"measure"``
     time the candidates (``python -m npresnet.bench`` uses this by default). Candidates agree to
     rounding, not bitwise, so two processes may pick differently and differ in the last bits.

@@ -14,11 +14,12 @@ restored after; a BLAS call from the user's own threads in that window also gets
 the Numba kernels run their serial builds in these threads (``kernels.serial_in_this_thread``).
 The kernels and NumPy's GEMMs release the GIL, so the slices really run at once.
 
-Where it pays is measured, not assumed: ``npresnet.functional.conv_dispatch`` offers "split/<n>"
-(every slice in chunks of n samples) as one more candidate of the measured dispatch; the fixed rule
-never picks it. Results: a sample's output does not depend on which slice computed it, and the
-weight gradient adds the slices' partial sums in slice order, so a given T gives the same bits on
-every run; they agree with the other algorithms to rounding.
+Where it is used: ``npresnet.functional.conv_dispatch`` offers "split/<n>" (every slice in chunks
+of n samples) as a candidate of the measured dispatch, and its fixed rule runs its im2col + GEMM
+layers split at more than one thread (the measurements are there). Results: a sample's output
+does not depend on which slice computed it, and the weight gradient adds the slices' partial sums
+in slice order, so a given T gives the same bits on every run; they agree with the other
+algorithms to rounding.
 
 ``threads()`` is T: BLAS's thread count (``npresnet.runtime.set_num_threads`` sets it with Numba's).
 ``available(xp)`` says whether splitting can help here: NumPy arrays, T > 1, threadpoolctl

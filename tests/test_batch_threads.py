@@ -193,3 +193,29 @@ def test_the_switch_turns_the_split_candidates_off(setting, expected):
     else:
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == expected
+
+
+def test_the_fixed_rule_splits_im2col_layers_at_two_threads_and_not_at_one():
+    out = run_at_two_threads("""
+        from npresnet import autotune, kernels
+        from npresnet.functional.conv import conv2d_backward, conv2d_forward
+        assert autotune.mode() == "fixed"
+        threads_seen = set()
+        def observe(name, kernel):
+            def run(*args):
+                threads_seen.add(threading.get_ident())
+                return kernel(*args)
+            return run if name in ("im2col", "col2im") else kernel
+        kernels.set_observer(observe)
+        x = np.random.default_rng(0).standard_normal((6, 40, 9, 7)).astype(np.float32)  # 40 ch: im2col + GEMM
+        w = np.random.default_rng(1).standard_normal((40, 40, 3, 3)).astype(np.float32)
+        counts = []
+        for threads in (2, 1):
+            runtime.set_num_threads(threads)
+            threads_seen.clear()
+            y, cache = conv2d_forward(x, w, None, 1, 1)
+            conv2d_backward(np.cos(y), cache)
+            counts.append(len(threads_seen))
+        print(counts)
+    """)
+    assert out.strip() == "[2, 1]"

@@ -9,7 +9,7 @@
     padding <= 2 * dilation: ``direct_applies``); for the weight gradient the nine BLAS products;
 ``"split/<n>"``
     im2col + GEMM on each thread's slice of the batch, ``n`` samples per chunk, one BLAS thread
-    per slice (``npresnet.batch_threads``; measure mode only, NumPy at more than one thread);
+    per slice (``npresnet.batch_threads``; NumPy at more than one thread, not NPRESNET_BATCH_SPLIT=0);
 ``"direct/dots"``
     weight gradient only: the same direct layout, dw as nine Numba dot products per (o, c)
     (``conv3x3_backward_weight_dots``), which, unlike the small BLAS products, uses every thread.
@@ -18,13 +18,18 @@ This module lists the candidates for a shape and asks ``npresnet.autotune`` to p
 ``"fixed"`` mode (the default) the pick is the rule measured on the first development machine:
 the direct kernels for the gradients up to ``DIRECT_MAX_CHANNELS`` input and output channels,
 for the forward up to ``DIRECT_FORWARD_MAX_CHANNELS``, and chunks of about ``CHUNK_BYTES`` of
-columns. In the ``"measure"`` mode every candidate is timed on the first call with a new shape:
-the chunk sizes around ``CHUNK_BYTES`` (a quarter, one, four times, the whole batch) and the
-direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing
-them would only slow the first step down), "direct/dots" among them for the weight gradient, and
-at more than one thread "split/<n>" for the chunk sizes that fit a slice. The fixed rule never
-picks "direct/dots" or "split": they were measured on few CPUs (see ``conv3x3_cpu``,
-``batch_threads``).
+columns, which at more than one thread run as "split" (a slice of the batch per thread): on a
+2-vCPU AMD EPYC (Zen 5), ResNet-20 b128 at 2 threads in fixed mode, four alternating pairs, the
+ratio to torch went from 1.96x to 1.75x for a training step and from 2.09x to 1.76x for the
+forward (medians), and ``python bench/batch_split_bench.py`` gives 1.07-1.76x per layer there.
+The bits then depend on the thread count (so did OpenBLAS's at 2 threads), not on the run.
+
+In the ``"measure"`` mode every candidate is timed on the first call with a new shape: the chunk
+sizes around ``CHUNK_BYTES`` (a quarter, one, four times, the whole batch), at more than one
+thread the same for "split/<n>" on a slice, and the direct kernels up to
+``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing them would only slow
+the first step down), "direct/dots" among them for the weight gradient. The fixed rule never
+picks "direct/dots": it was measured on one CPU only (see ``conv3x3_cpu``).
 Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
 ``kernels.reference_only()``) there is one candidate and nothing is timed.
 """
@@ -110,6 +115,8 @@ def choose(
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
     fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
+    if fixed != "direct" and split_chunks:  # more than one thread: the same chunks, a slice per thread
+        fixed = f"split/{split_chunks[0]}"
     names = [f"gemm/{n}" for n in chunks] + [f"split/{n}" for n in split_chunks]
     if direct_ok and max(channels) <= max(DIRECT_CANDIDATE_MAX_CHANNELS, limit):
         names.append("direct")
