@@ -163,7 +163,8 @@ class ParallelKernel:
 
     def __init__(self, function, fastmath=False):
         options = dict(cache=CACHE, error_model="numpy", fastmath=fastmath, nogil=True)
-        tag = hashlib.sha256(f"{SOURCES_DIGEST} {sorted(options.items())!r}".encode()).hexdigest()[:12]
+        canonical = sorted((k, sorted(v) if isinstance(v, (set, frozenset)) else v) for k, v in options.items())
+        tag = hashlib.sha256(f"{SOURCES_DIGEST} {canonical!r}".encode()).hexdigest()[:12]  # no set order
         self.py_func = function
         self.serial = njit(parallel=False, **options)(_function_copy(function, f"__serial_{tag}"))
         self.parallel = njit(parallel=True, **options)(_function_copy(function, f"__parallel_{tag}"))

@@ -122,7 +122,7 @@ def run(N: int, work: Callable[[int, int, int], None]) -> int:
     try:
         limiter = _blas_controllers().limit(limits=1)
         try:
-            pool = _workers(len(parts) - 1)
+            pool = _workers(threads() - 1)  # sized for T slices; fewer (N < T) leave some idle
             futures: list[Future] = [
                 pool.submit(_slice, work, start, stop, t) for t, (start, stop) in enumerate(parts) if t
             ]

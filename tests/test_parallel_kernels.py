@@ -366,3 +366,19 @@ def test_cached_builds_are_named_by_every_kernel_source_and_the_build_options(tm
     assert names(_numba.ParallelKernel(function, fastmath={"contract"})) != plain  # another option
     monkeypatch.setattr(_numba, "SOURCES_DIGEST", _numba.SOURCES_DIGEST + "edited")
     assert names(_numba.ParallelKernel(function)) != plain  # another kernels/ source
+
+
+def test_cached_build_names_are_the_same_in_every_process():
+    """A name that changed with Python's string hashing (a fastmath set's order) would miss the
+    cache in half of all processes and compile the kernel again."""
+    code = (
+        "from npresnet.kernels import conv3x3_cpu as k; "
+        "print(k.weight_dots_kernel.serial.py_func.__qualname__, k.conv3x3_wide_kernel.parallel.py_func.__qualname__)"
+    )
+    names = set()
+    for seed in ("1", "2", "3", "4"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        names.add(done.stdout.strip())
+    assert len(names) == 1, names
