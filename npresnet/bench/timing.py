@@ -20,20 +20,7 @@ def synchronize(xp: Any) -> None:
 
 def timed(fn: Callable[[], Any], warmup: int, repeat: int, xp: Any = np) -> tuple[float, list[float]]:
     """(first call's seconds, [seconds of each timed call after ``warmup`` more calls])."""
-    start = time.perf_counter()
-    fn()
-    synchronize(xp)
-    first = time.perf_counter() - start
-    for _ in range(max(warmup - 1, 0)):
-        fn()
-    synchronize(xp)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        synchronize(xp)
-        times.append(time.perf_counter() - start)
-    return first, times
+    return timed_together([fn], warmup, repeat, xp)[0]
 
 
 def timed_together(

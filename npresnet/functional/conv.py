@@ -206,7 +206,8 @@ def _forward(
     (OH, OW), K, L = out, Cg * KH * KW, out[0] * out[1]  # K per group, L per sample
     weight_g = weight.reshape(G, O // G, K)
     y = xp.empty((N, O, OH, OW), dtype=x.dtype)
-    method, chunk = algorithm.split("/")[0], int(algorithm.split("/")[1])
+    method, samples = algorithm.split("/")
+    chunk = int(samples)
 
     def forward_samples(begin: int, end: int, _slice: int = 0) -> None:
         for start in range(begin, end, chunk):
