@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The recorded CPU benchmark configurations, at 1 thread and at all cores, one JSON per model in
-# bench/results/, named by the CPU model (from /proc/cpuinfo) and the date, then the README's speed
+# bench/results/, named by the CPU (model name, family and model, from /proc/cpuinfo) and the date, then the README's speed
 # table regenerated from them (bench/speed_table.py):
 #   bash bench/run.sh [label]        (label default: the date; about 20 minutes on a 2-core machine)
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for these commands only: on some machines they
@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 label=${1:-$(date +%Y-%m-%d)}
 out=bench/results
 mkdir -p "$out"
-cpu=$(python -c "from npresnet.bench.machine import cpu_model; print(cpu_model())" \
-      | tr '[:upper:]' '[:lower:]' | sed -e 's/([^)]*)//g' -e 's/[^a-z0-9]\+/-/g' -e 's/^-//' -e 's/-$//')
+# The CPU part of the names: model name, family and model ("amd-epyc-f25-m17"), since one model
+# name ("AMD EPYC") covers several generations.
+cpu=$(python -c "from npresnet.bench.machine import file_label; print(file_label())")
 bench() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m npresnet.bench "$@"; }
 common=(--compare torch --profile --memory --repeat 5 --threads 1,all --mode train forward)
 # Targets, float32: ResNet-50 batch 16 at 224x224, ResNet-20 batch 128 at 32x32.
