@@ -9,7 +9,8 @@ The table sits in README.md between the lines ``<!-- speed-table: FILES -->`` an
 ``python -m npresnet.bench --compare torch`` run: model, batch, mode, threads, npresnet's and
 torch's median seconds per step, their ratio, the speed-up over one thread where the run measured
 it (``--threads 1,N`` / ``--scaling``), and the resident step memory against torch's (``--memory``).
-The heading names the CPU and BLAS from each file's ``machine``.
+The heading names the CPU (model name, family, model and cache sizes: ``npresnet.bench.machine.cpu_label``)
+and BLAS from each file's ``machine``; files of one machine share a table.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from npresnet.bench.machine import cpu_label  # noqa: E402  (this checkout's npresnet)
+
 README = ROOT / "README.md"
 START, END = "<!-- speed-table:", "<!-- speed-table end -->"
 MODEL_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet20": "ResNet-20", "resnet56": "ResNet-56"}
@@ -37,8 +41,9 @@ def _machine_line(machine: dict[str, Any]) -> str:
     per_run = [pools] if "layer" in pools else [p for p in pools.values() if p]
     layers = sorted({p["layer"] for p in per_run})
     layer = f"; Numba's {'/'.join(layers)} threading layer" if layers else ""
+    cpu = cpu_label(machine.get("cpu", "?"), machine.get("cpu_id"))
     return (
-        f"{machine.get('cpu', '?')}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
+        f"{cpu}; BLAS {blas or '?'}; numpy {versions.get('numpy', '?')}, "
         f"numba {versions.get('numba', '?')}, torch {versions.get('torch', '?')}; "
         f"kernel choice: {machine.get('autotune', 'fixed')}{layer}"
     )
@@ -129,7 +134,6 @@ def main(argv: list[str] | None = None) -> int:
         if not (ROOT / name).is_file():
             print(f"error: no such bench JSON file: {name}", file=sys.stderr)
             return 2
-    sys.path.insert(0, str(ROOT))
     from npresnet.atomic_write import atomic_write_text
 
     atomic_write_text(args.readme, before + section(files) + after)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +38,33 @@ def test_a_hand_edited_figure_is_caught(tmp_path):
     assert run("--readme", str(edited)).returncode == 0  # regenerating repairs it
     assert run("--check", "--readme", str(edited)).returncode == 0
     assert edited.read_text() == readme
+
+
+CACHES = {"L2 unified": "1024K", "L3 unified": "32768K"}
+ZEN4 = {"vendor": "AuthenticAMD", "family": "25", "model": "17", "caches": CACHES}
+ZEN5 = {"vendor": "AuthenticAMD", "family": "26", "model": "2", "caches": CACHES}
+
+
+def test_two_cpus_of_one_model_name_get_their_own_file_names_and_tables(tmp_path):
+    from npresnet.bench.machine import cpu_label, file_label
+
+    # bench/run.sh's file names and the table headings tell Zen 4 from Zen 5 ("AMD EPYC" both)
+    assert file_label("AMD EPYC", ZEN4) == "amd-epyc-f25-m17"
+    assert file_label("AMD EPYC", ZEN5) == "amd-epyc-f26-m2"
+    assert file_label("Intel(R) Xeon(R) Processor", {}) == "intel-xeon-processor"  # no cpu_id: the name alone
+    assert cpu_label("AMD EPYC", ZEN4) == "AMD EPYC (family 25 model 17, L2 1024K, L3 32768K)"
+    assert cpu_label("AMD EPYC", None) == "AMD EPYC"
+
+    spec = importlib.util.spec_from_file_location("speed_table", SCRIPT)
+    speed_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed_table)
+    recorded = json.loads((ROOT / "bench/results/amd-epyc-2026-12-04-split-resnet20-b128.json").read_text())
+    names = []
+    for label, identity in (("zen4", ZEN4), ("zen5", ZEN5)):
+        recorded["machine"]["cpu_id"] = identity
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps(recorded))
+        names.append(str(path))
+    tables = speed_table.render(names)
+    assert tables.count("Measured on AMD EPYC (family 2") == 2, tables
+    assert tables.index("family 25 model 17") < tables.index("family 26 model 2")
