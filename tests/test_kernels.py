@@ -666,6 +666,40 @@ def test_direct_conv3x3_matches_im2col_gemm(shape, padding, dilation, dtype):
 
 
 @needs_numba
+@pytest.mark.parametrize("threads", [1, 2])
+def test_direct_conv3x3_gives_the_same_bits_in_chunks_of_samples(monkeypatch, threads):
+    """_convolve pads and convolves a chunk of samples at a time: a chunk per sample, per two
+    samples with a remainder, or the whole batch at once give the same bits (forward and dx)."""
+    import numba
+    from npresnet.kernels import conv3x3_cpu
+
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((5, 3, 6, 9)).astype(np.float32)  # N = 5: chunks of 2 leave one over
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((5, 4, 6, 9)).astype(np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        results = {}
+        for chunk_bytes in (1, 2 * 3 * (8 * 11 + 2) * 4, 1 << 30):  # 1, 2 (if 1 thread) or N samples
+            monkeypatch.setattr(conv3x3_cpu, "PAD_CHUNK_BYTES", chunk_bytes)
+            y = conv3x3_cpu.conv3x3_forward(x, w, (1, 1), (1, 1))
+            dx = conv3x3_cpu.conv3x3_backward_input(dy, w, (1, 1), (1, 1))
+            results[chunk_bytes] = (y, dx)
+    finally:
+        numba.set_num_threads(before)
+    (y0, dx0), *others = results.values()
+    for y, dx in others:
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(dx, dx0)
+    with kernels.reference_only():
+        from npresnet.functional.conv import conv2d_forward
+
+        y_ref = conv2d_forward(x, w, None, 1, 1)[0]
+    assert rel_to_max(y0, y_ref) <= 3e-6
+
+
+@needs_numba
 def test_direct_conv3x3_takes_non_contiguous_input_and_needs_only_what_is_asked():
     from npresnet.functional.conv import conv2d_backward, conv2d_forward
 

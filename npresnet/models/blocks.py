@@ -141,8 +141,12 @@ class BasicBlock(ResidualBlock):
         return self.relu_out
 
     def forward(self, x: Any) -> Any:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        # one layer a line: rebinding out frees the activation before (nested calls keep it to the line's end)
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu1(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = out + shortcut  # a new array: never add in place into one a cache may hold
         return self.relu_out(out)
@@ -218,9 +222,15 @@ class Bottleneck(ResidualBlock):
         return self.relu_out
 
     def forward(self, x: Any) -> Any:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.relu2(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
+        # one layer a line: rebinding out frees the activation before (nested calls keep it to the line's end)
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu1(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu2(out)
+        out = self.conv3(out)
+        out = self.bn3(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         out = out + shortcut  # a new array: never add in place into one a cache may hold
         return self.relu_out(out)

@@ -152,8 +152,12 @@ class CifarBlock(ResidualBlock):
         return self.residual
 
     def forward(self, x: Any) -> Any:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
+        # one layer a line: rebinding out frees the activation before (nested calls keep it to the line's end)
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu1(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
         if self.shortcut is not None:  # residual
             out = out + self.shortcut(x)  # a new array: never add in place into one a cache may hold
         return self.relu_out(out)
