@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The recorded CPU benchmark configurations, at 1 thread and at all cores, one JSON per model in
-# bench/results/, named by the CPU (model name, family and model, from /proc/cpuinfo) and the date, then the README's speed
-# table regenerated from them (bench/speed_table.py):
+# bench/results/, named by the CPU (model name, family and model, from /proc/cpuinfo) and the date,
+# then the README's speed table regenerated from them (bench/speed_table.py):
 #   bash bench/run.sh [label]        (label default: the date; about 20 minutes on a 2-core machine)
 # OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for these commands only: on some machines they
 # pin OpenBLAS to its Haswell kernels, half the GEMM speed of the SkylakeX ones. The JSON records
