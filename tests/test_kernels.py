@@ -668,8 +668,9 @@ def test_direct_conv3x3_matches_im2col_gemm(shape, padding, dilation, dtype):
 @needs_numba
 @pytest.mark.parametrize("threads", [1, 2])
 def test_direct_conv3x3_gives_the_same_bits_in_chunks_of_samples(monkeypatch, threads):
-    """_convolve pads and convolves a chunk of samples at a time: a chunk per sample, per two
-    samples with a remainder, or the whole batch at once give the same bits (forward and dx)."""
+    """_convolve pads and convolves a chunk of samples at a time (at least one per thread): the
+    smallest chunks, chunks of two samples with one left over, and the whole batch at once give the
+    same bits (forward and dx)."""
     import numba
     from npresnet.kernels import conv3x3_cpu
 
@@ -681,7 +682,7 @@ def test_direct_conv3x3_gives_the_same_bits_in_chunks_of_samples(monkeypatch, th
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         results = {}
-        for chunk_bytes in (1, 2 * 3 * (8 * 11 + 2) * 4, 1 << 30):  # 1, 2 (if 1 thread) or N samples
+        for chunk_bytes in (1, 2 * 3 * (8 * 11 + 2) * 4, 1 << 30):  # max(threads, 1), 2 or N samples
             monkeypatch.setattr(conv3x3_cpu, "PAD_CHUNK_BYTES", chunk_bytes)
             y = conv3x3_cpu.conv3x3_forward(x, w, (1, 1), (1, 1))
             dx = conv3x3_cpu.conv3x3_backward_input(dy, w, (1, 1), (1, 1))
