@@ -31,7 +31,7 @@ from npresnet.functional.conv_dispatch import chunk_candidates
 TESTS = Path(__file__).resolve().parent
 
 # (N, C, O, H, W), kernel, stride, padding, dilation: H != W, stride 2, dilation, batch 1,
-# 1-3 channels, odd sizes, and thin 3x3 layers where the direct kernels are candidates.
+# 1-3 channels, odd sizes, and thin 3x3 layers where the direct kernels (and Winograd) are candidates.
 AWKWARD = [
     ((1, 1, 2, 7, 5), (3, 3), (1, 1), (1, 1), (1, 1)),
     ((3, 2, 3, 9, 6), (3, 3), (1, 1), (2, 1), (2, 1)),
@@ -40,6 +40,7 @@ AWKWARD = [
     ((4, 2, 6, 7, 7), (5, 3), (2, 1), (2, 1), (1, 1)),
     ((1, 16, 16, 8, 9), (3, 3), (1, 1), (1, 1), (1, 1)),
     ((6, 40, 24, 5, 7), (3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 3, 5, 6, 9), (3, 3), (1, 1), (0, 2), (1, 1)),  # Winograd: no padding / padding 2, odd sizes
 ]
 
 
@@ -74,6 +75,8 @@ def candidate_names(x, w, stride, padding, dilation):
     names += [f"split/{n}" for n in (1, 2, N)]  # at one thread a split runs inline: the same loop
     if conv_module.direct_applies(x, (KH, KW), stride, padding, dilation, 1):
         names.append("direct")
+    if conv_module.winograd_applies(x, (KH, KW), stride, padding, dilation, 1):  # forward and dx only
+        names += [f"winograd/{n}" for n in (1, 2, N)]
     return list(dict.fromkeys(names)), (OH, OW)
 
 
@@ -93,9 +96,15 @@ def check_every_candidate(cases=AWKWARD):
             assert ("direct" in names) == (
                 k == (3, 3) and s == (1, 1) and p[0] <= 2 * d[0] and p[1] <= 2 * d[1] and kernels.active() == "numba"
             )
+            assert any(n.startswith("winograd/") for n in names) == (
+                k == (3, 3) and s == (1, 1) and d == (1, 1) and max(p) <= 2 and kernels.active() == "numba"
+            )
             for name in names + (["direct/dots"] if "direct" in names else []):
                 if name == "direct/dots":  # a weight-gradient candidate only
                     results = [("dw", conv_module._gradients(dy, cache, None, name)[1], dw_ref)]
+                elif name.startswith("winograd/"):  # forward and input-gradient candidate only
+                    y = conv_module._forward(name, x, w, s, p, d, 1, out)
+                    results = [("y", y, y_ref), ("dx", conv_module._gradients(dy, cache, name, None)[0], dx_ref)]
                 else:
                     y = conv_module._forward(name, x, w, s, p, d, 1, out)
                     dx, _ = conv_module._gradients(dy, cache, name, None)

@@ -4,10 +4,10 @@ Every ``prange`` kernel is built twice (``kernels/_numba.py``'s ``ParallelKernel
 used at one Numba thread, and for the thread pool, used above one. The builds split the work only
 over independent outputs (planes, rows, column blocks, rows of a batch norm) and each output sums
 the same numbers in the same order, so the two must agree bit for bit, on every kernel: im2col,
-col2im (a gather), max/avg pooling, ReLU backward, batch norm and the direct 3x3 convolution (and
-its dot-product weight gradient, whose blocks do not depend on the thread count). Each
-check runs in a fresh interpreter with ``NUMBA_NUM_THREADS=2`` (the parent test process may have
-started Numba with one thread), on the awkward shapes of tests/test_kernels.py (H != W, stride 2,
+col2im (a gather), max/avg pooling, ReLU backward, batch norm, the direct 3x3 convolution (and
+its dot-product weight gradient, whose blocks do not depend on the thread count) and the Winograd
+transforms. Each check runs in a fresh interpreter with ``NUMBA_NUM_THREADS=2`` (the parent test
+process may have started Numba with one thread), on the awkward shapes of tests/test_kernels.py (H != W, stride 2,
 dilation, batch 1, 1-3 channels, odd sizes) plus shapes large enough to give both threads work.
 """
 
@@ -184,6 +184,29 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
         print("ok")
     """)
+    )
+
+
+def test_the_winograd_transforms_give_the_same_bits_at_one_and_two_threads():
+    assert_ok(
+        run_with_two_threads("""
+        from npresnet.functional import winograd
+        from test_winograd import CASES, _case
+        for dtype in (np.float64, np.float32):
+            for case in CASES + [((3, 7, 5, 33, 30), (1, 1))]:
+                x, w, padding = _case(case, dtype)
+                N, C, H, W = x.shape
+                out = (H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
+                tiles = winograd.tiles(*out)
+                V = serial_and_parallel(lambda: kernels.get("winograd_input", x)(x, padding, tiles))
+                same_bits(*V, f"winograd input {case}")
+                same_bits(V[1], winograd.transform_input(x, padding, tiles), f"winograd input {case} vs reference")
+                M = np.random.default_rng(1).standard_normal((4, 4, w.shape[0], N * tiles[0] * tiles[1])).astype(dtype)
+                y = serial_and_parallel(lambda: kernels.get("winograd_output", M)(M, N, out))
+                same_bits(*y, f"winograd output {case}")
+                same_bits(y[1], winograd.transform_output(M, N, out), f"winograd output {case} vs reference")
+        print("ok")
+        """)
     )
 
 

@@ -13,6 +13,11 @@
 ``"direct/dots"``
     weight gradient only: the same direct layout, dw as nine Numba dot products per (o, c)
     (``conv3x3_backward_weight_dots``), which, unlike the small BLAS products, uses every thread.
+``"winograd/<n>"``
+    forward and input gradient only, measure mode only: Winograd's F(2x2, 3x3)
+    (``npresnet.functional.winograd``), ``n`` samples per chunk (CPU with the Numba kernels, 3x3,
+    stride 1, dilation 1, one group, padding <= 2: ``winograd_applies``). 2.25x fewer multiplications
+    than the other algorithms, plus transforms that only add; it wins on wide 3x3 layers.
 
 This module lists the candidates for a shape and asks ``npresnet.autotune`` to pick one. In the
 ``"fixed"`` mode (the default) the pick is the rule measured on the first development machine:
@@ -25,11 +30,13 @@ forward (medians), and ``python bench/batch_split_bench.py`` gives 1.07-1.76x pe
 The bits then depend on the thread count (so did OpenBLAS's at 2 threads), not on the run.
 
 In the ``"measure"`` mode every candidate is timed on the first call with a new shape: the chunk
-sizes around ``CHUNK_BYTES`` (a quarter, one, four times, the whole batch), at more than one
-thread the same for "split/<n>" on a slice, and the direct kernels up to
+sizes around ``CHUNK_BYTES`` (a quarter, one, four times, and the whole batch up to
+``WHOLE_BATCH_MAX_BYTES``), at more than one thread the same for "split/<n>" on a slice,
+"winograd/<n>" where it applies, and the direct kernels up to
 ``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing them would only slow
 the first step down), "direct/dots" among them for the weight gradient. The fixed rule never
-picks "direct/dots": it was measured on one CPU only (see ``conv3x3_cpu``).
+picks "direct/dots" or "winograd": they were measured on few CPUs (see ``conv3x3_cpu`` and
+``winograd``), and the fixed rule's bits stay those of the releases before them.
 Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
 ``kernels.reference_only()``) there is one candidate and nothing is timed.
 """
@@ -41,7 +48,16 @@ from typing import Any
 
 from .. import autotune, batch_threads, kernels
 
-__all__ = ["CHUNK_BYTES", "choose", "chunk_candidates", "direct_applies", "samples_per_chunk", "split_candidates"]
+__all__ = [
+    "CHUNK_BYTES",
+    "choose",
+    "chunk_candidates",
+    "direct_applies",
+    "samples_per_chunk",
+    "split_candidates",
+    "winograd_applies",
+    "winograd_candidates",
+]
 
 #: Fixed rule: the direct 3x3 kernels compute the gradients of convs with at most this many input
 #: and output channels, and their forward up to DIRECT_FORWARD_MAX_CHANNELS (kernels/conv3x3_cpu.py
@@ -52,6 +68,11 @@ DIRECT_FORWARD_MAX_CHANNELS = 16
 DIRECT_CANDIDATE_MAX_CHANNELS = 64
 #: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache (fixed rule).
 CHUNK_BYTES = 1 << 20
+#: Measure mode on the CPU: the whole batch is a chunk candidate only up to this many bytes of
+#: columns. ResNet-50's 7x7 stem at batch 16 has 118 MB of columns, and a measured run that picked
+#: the whole batch there (within timing noise of one sample per chunk) raised the forward's step
+#: memory from 167 to 210 MB, above torch's; its 3x3 layers' whole batches (15-58 MB) do win.
+WHOLE_BATCH_MAX_BYTES = 64 * CHUNK_BYTES
 
 
 def direct_applies(
@@ -74,6 +95,32 @@ def direct_applies(
     return kernels.get("conv3x3_forward", x) is not None
 
 
+def winograd_applies(
+    x: Any,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    groups: int,
+) -> bool:
+    """Whether Winograd F(2x2, 3x3) is a candidate for this convolution's forward and input
+    gradient (the latter a convolution with padding 2 - P, hence P <= 2)."""
+    plain_3x3 = kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
+    if not plain_3x3 or max(padding) > 2:
+        return False
+    return kernels.get("winograd_input", x) is not None
+
+
+def winograd_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int) -> list[int]:
+    """Samples per chunk worth timing for "winograd/<n>": the transformed tiles of a chunk (16
+    values per 2x2 output tile and input channel: 4x the input) in a quarter, one or four times
+    ``CHUNK_BYTES``. Never the whole batch regardless of size: on ResNet-50's first stage that
+    would be 51 MB of tiles and as much of products, for no gain measured."""
+    tile_bytes = 16 * channels * (-(-out[0] // 2)) * (-(-out[1] // 2)) * itemsize  # per sample
+    budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
+    return list(dict.fromkeys(samples_per_chunk(xp, N, tile_bytes, b) for b in budgets))
+
+
 def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """How many samples one im2col + GEMM round handles: all of them on a GPU, else as many as fit
     in ``chunk_bytes`` (at least one)."""
@@ -83,9 +130,12 @@ def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes
 
 
 def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
-    """The chunk sizes worth timing; the fixed rule's first."""
+    """The chunk sizes worth timing; the fixed rule's first. The whole batch only where its
+    columns take at most ``WHOLE_BATCH_MAX_BYTES`` on the CPU (always on a GPU)."""
     budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
-    sizes = [samples_per_chunk(xp, N, column_bytes_per_sample, b) for b in budgets] + [N]
+    sizes = [samples_per_chunk(xp, N, column_bytes_per_sample, b) for b in budgets]
+    if xp.__name__ != "numpy" or N * column_bytes_per_sample <= WHOLE_BATCH_MAX_BYTES:
+        sizes.append(N)
     return list(dict.fromkeys(int(s) for s in sizes))
 
 
@@ -106,11 +156,13 @@ def choose(
     chunks: list[int],
     run: Callable[[str], Any],
     split_chunks: list[int] = (),  # type: ignore[assignment]
+    winograd_chunks: list[int] = (),  # type: ignore[assignment]
 ) -> str:
     """The algorithm for ``what`` ("forward", "input grad" or "weight grad") of the conv ``key``.
 
     ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``,
-    ``split_chunks`` from ``split_candidates``; ``run(name)`` computes the result with algorithm
+    ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` from ``winograd_candidates`` (or
+    empty: not a candidate; never for the weight gradient); ``run(name)`` computes the result with algorithm
     ``name`` (used only for timing).
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
@@ -122,5 +174,7 @@ def choose(
         names.append("direct")
         if what == "weight grad":
             names.append("direct/dots")
+    if what != "weight grad":
+        names += [f"winograd/{n}" for n in winograd_chunks]
     candidates = {name: (lambda name=name: run(name)) for name in names}
     return autotune.choose(f"conv2d {what}", key, candidates, fixed)

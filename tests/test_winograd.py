@@ -1,0 +1,131 @@
+"""Winograd F(2x2, 3x3) (npresnet.functional.winograd and kernels/winograd_cpu.py).
+
+The reference equals the im2col + GEMM convolution to rounding on awkward shapes (H != W, odd sizes
+with tiles hanging over the edge, batch 1, 1-3 channels, padding 0, 1, 2 and mixed); the Numba
+transforms give the reference's bits, at one thread and at two; the dispatch offers it only where
+it applies, and the fixed rule never picks it. (Serial against parallel builds: in
+tests/test_parallel_kernels.py, with the other kernels.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from npresnet import autotune, kernels
+from npresnet.functional import conv_dispatch, winograd
+from npresnet.functional.conv import conv2d_backward, conv2d_forward
+
+numba_only = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
+
+# (N, C, O, H, W), padding
+CASES = [
+    ((1, 1, 1, 3, 3), (0, 0)),  # one tile, nothing to pad
+    ((1, 2, 3, 7, 5), (1, 1)),  # odd output: the last tiles hang over
+    ((3, 3, 2, 6, 9), (2, 1)),  # padding 2 on one axis
+    ((2, 1, 4, 4, 11), (0, 2)),
+    ((2, 5, 3, 1, 2), (2, 2)),  # input smaller than the kernel, all padding
+    ((4, 16, 8, 8, 8), (1, 1)),
+]
+
+
+def _case(case, dtype, seed=0):
+    (N, C, O, H, W), padding = case
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((N, C, H, W)).astype(dtype), rng.standard_normal((O, C, 3, 3)).astype(dtype), padding
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("chunk", [1, 2, 100])
+def test_the_reference_is_the_convolution(case, chunk):
+    x, w, padding = _case(case, np.float64)
+    with kernels.reference_only():
+        want = conv2d_forward(x, w, None, 1, padding)[0]
+        got = winograd.conv3x3_winograd(x, w, padding, chunk)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+
+
+def test_float32_is_as_accurate_as_the_gemm():
+    """Max error against float64, relative to the output's scale: within 2x of im2col + GEMM's."""
+    x, w, padding = _case(((4, 64, 32, 14, 10), (1, 1)), np.float64)
+    with kernels.reference_only():
+        exact = conv2d_forward(x, w, None, 1, padding)[0]
+        x32, w32 = x.astype(np.float32), w.astype(np.float32)
+        gemm = conv2d_forward(x32, w32, None, 1, padding)[0]
+        wino = winograd.conv3x3_winograd(x32, w32, padding, 2)
+    scale = np.abs(exact).max()
+    gemm_error, wino_error = np.abs(gemm - exact).max() / scale, np.abs(wino - exact).max() / scale
+    assert wino.dtype == np.float32 and wino_error <= max(2 * gemm_error, 1e-6), (wino_error, gemm_error)
+
+
+def test_the_weight_transform_is_g_g_gt():
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((3, 2, 3, 3))
+    G = np.array(winograd.G)
+    U = winograd.transform_weight(w)
+    for o in range(3):
+        for c in range(2):
+            assert np.allclose(U[:, :, o, c], G @ w[o, c] @ G.T, rtol=0, atol=1e-14)
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_numba_transforms_give_the_reference_bits(dtype):
+    for case in CASES:
+        x, w, padding = _case(case, dtype)
+        N, C, H, W = x.shape
+        out = (H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
+        tiles = winograd.tiles(*out)
+        V = kernels.get("winograd_input", x)(x, padding, tiles)
+        assert np.array_equal(V, winograd.transform_input(x, padding, tiles)), case
+        M = np.random.default_rng(1).standard_normal((4, 4, w.shape[0], N * tiles[0] * tiles[1])).astype(dtype)
+        y = kernels.get("winograd_output", M)(M, N, out)
+        want = winograd.transform_output(M, N, out)
+        assert y.shape == want.shape and y.flags.c_contiguous and np.array_equal(y, want), case
+
+
+def test_where_winograd_applies():
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    applies = conv_dispatch.winograd_applies
+    expected = kernels.active() == "numba"
+    assert applies(x, (3, 3), (1, 1), (1, 1), (1, 1), 1) == expected
+    assert applies(x, (3, 3), (1, 1), (2, 0), (1, 1), 1) == expected
+    assert not applies(x, (3, 3), (2, 2), (1, 1), (1, 1), 1)  # stride
+    assert not applies(x, (3, 3), (1, 1), (2, 2), (2, 2), 1)  # dilation
+    assert not applies(x, (3, 3), (1, 1), (3, 1), (1, 1), 1)  # padding above 2: no adjoint for dx
+    assert not applies(x, (3, 3), (1, 1), (1, 1), (1, 1), 2)  # groups
+    assert not applies(x, (5, 5), (1, 1), (1, 1), (1, 1), 1)
+    with kernels.reference_only():
+        assert not applies(x, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+
+
+def test_the_chunk_candidates_never_take_the_whole_of_a_large_batch():
+    # ResNet-50's first stage at batch 16: 3.2 MB of Winograd tiles per sample
+    chunks = conv_dispatch.winograd_candidates(np, 16, 64, (56, 56), 4)
+    assert chunks and max(chunks) < 16 and min(chunks) >= 1
+    # its 7x7 stem: 7.4 MB of columns per sample, 118 MB for the batch
+    assert 16 not in conv_dispatch.chunk_candidates(np, 16, 147 * 112 * 112 * 4)
+    assert 16 in conv_dispatch.chunk_candidates(np, 16, 1152 * 28 * 28 * 4)  # its 128-channel 3x3: 58 MB
+
+
+@numba_only
+def test_measure_mode_may_pick_it_and_fixed_mode_never_does():
+    x, w, padding = _case(((2, 8, 8, 12, 10), (1, 1)), np.float64)
+    dy = np.random.default_rng(2).standard_normal((2, 8, 12, 10))
+    previous = autotune.set_mode("measure")
+    autotune.clear()
+    try:
+        y, cache = conv2d_forward(x, w, None, 1, padding)
+        conv2d_backward(dy, cache)
+        timed = [key for key in autotune.timed_keys() if "weight grad" not in key]
+        assert timed and all("winograd/" in key for key in timed)  # among the candidates timed
+        assert not any("winograd/" in key for key in autotune.timed_keys() if "weight grad" in key)
+        autotune.set_mode("fixed")
+        ran: list[str] = []
+        for what in ("forward", "input grad"):
+            name = conv_dispatch.choose(what, "key", (64, 64), False, [2], ran.append, [], [1, 2])
+            assert name == "gemm/2" and ran == []
+    finally:
+        autotune.set_mode(previous)
+        autotune.clear()
