@@ -6,7 +6,8 @@ Two public hook points, nothing patched:
   the backward pair) time every ``Conv2d``, ``BatchNorm2d``, ``ReLU``, pooling and ``Linear``
   call, and set the direction (forward or backward) of what runs inside it;
 * ``npresnet.kernels.set_observer`` hands each kernel that ``kernels.get`` returns through a timer:
-  im2col, col2im and the direct 3x3 convolution kernels, counted under the direction of the layer
+  im2col, col2im, the direct 3x3 convolution kernels and the Winograd transforms (its 16 GEMMs
+  count under GEMM), counted under the direction of the layer
   method that runs them (the im2col a convolution's backward runs to rebuild its columns counts
   as backward). Only the calls on the thread running the model count: when a layer's batch is
   split over threads (``npresnet.batch_threads``), the other slices run the same kernels at the
@@ -43,8 +44,10 @@ KERNEL_KINDS = {
     "conv3x3_backward_input": "direct3x3",
     "conv3x3_backward_weight": "direct3x3",
     "conv3x3_backward_weight_dots": "direct3x3",
+    "winograd_input": "winograd",
+    "winograd_output": "winograd",
 }
-PROFILE_KINDS = ("im2col", "col2im", "GEMM", "direct3x3", "batchnorm", "relu", "pooling", "linear", "other")
+PROFILE_KINDS = ("im2col", "col2im", "GEMM", "direct3x3", "winograd", "batchnorm", "relu", "pooling", "linear", "other")
 
 
 def _layer_kind(module: nn.Module) -> str | None:
