@@ -15,7 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from npresnet import bench, models
+from npresnet import bench, models, nn
 
 pytest.importorskip("torch")
 pytest.importorskip("threadpoolctl")
@@ -180,6 +180,33 @@ def test_profiler_uses_public_hooks_and_removes_them():
     model(x)
     model.backward(np.ones((2, 10), np.float32))
     assert dict(times) == seen
+
+
+def test_profiler_counts_winograd_under_its_own_kind_and_its_gemms_under_gemm():
+    """In measure mode a conv may run as Winograd: its transforms are a kind of their own, and the
+    rest of the conv's time (the 16 GEMMs) is GEMM."""
+    from collections import defaultdict
+
+    from npresnet import autotune, kernels
+    from npresnet.bench import op_profile
+    from npresnet.bench.profiler import profile_ms
+
+    if kernels.active() != "numba":
+        pytest.skip("no kernels to observe")
+    profile = profile_ms({"conv forward": 0.010, "winograd forward": 0.004, "im2col forward": 0.001}, 1, 0.02)
+    assert profile["winograd forward"] == pytest.approx(4.0) and profile["GEMM forward"] == pytest.approx(5.0)
+    conv = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+    x = np.random.default_rng(0).standard_normal((2, 8, 10, 10)).astype(np.float32)
+    times = defaultdict(float)
+    previous = autotune.set_mode("measure")
+    autotune.clear()
+    try:
+        with op_profile(conv, times):
+            conv(x)  # times every candidate once, Winograd among them
+    finally:
+        autotune.set_mode(previous)
+        autotune.clear()
+    assert times["winograd forward"] > 0
 
 
 def test_profiler_counts_kernels_on_the_models_thread_only():

@@ -113,18 +113,18 @@ def op_profile(model: nn.Module, times: dict[str, float]) -> Iterator[None]:
 
 
 def profile_ms(times: dict[str, float], steps: int, step_seconds: float) -> dict[str, float]:
-    """ms per step for each "<kind> <direction>"; GEMM = conv time minus its im2col/col2im and the
+    """ms per step for each "<kind> <direction>"; GEMM = conv time minus its im2col/col2im, the
     direct 3x3 kernels (direct3x3: the thin layers' forward, input and weight gradients, see
-    kernels/conv3x3_cpu.py); "other total" = the rest of the step (residual adds, loss, optimizer,
-    Python); ``step_seconds`` is the mean wall time of the profiled steps."""
+    kernels/conv3x3_cpu.py) and the Winograd transforms; "other total" = the rest of the step
+    (residual adds, loss, optimizer, Python); ``step_seconds`` is the mean wall time of the
+    profiled steps."""
     t = {k: v / steps * 1e3 for k, v in times.items()}
     out: dict[str, float] = {}
+    conv_kernels = ("im2col", "col2im", "direct3x3", "winograd")
     for direction in ("forward", "backward"):
         conv = t.get(f"conv {direction}", 0.0)
-        out[f"GEMM {direction}"] = conv - sum(
-            t.get(f"{kind} {direction}", 0.0) for kind in ("im2col", "col2im", "direct3x3")
-        )
-        for kind in ("im2col", "col2im", "direct3x3", "batchnorm", "relu", "pooling", "linear"):
+        out[f"GEMM {direction}"] = conv - sum(t.get(f"{kind} {direction}", 0.0) for kind in conv_kernels)
+        for kind in (*conv_kernels, "batchnorm", "relu", "pooling", "linear"):
             out[f"{kind} {direction}"] = t.get(f"{kind} {direction}", 0.0)
     layers = sum(v for k, v in t.items() if k.split()[0] in ("conv", "batchnorm", "relu", "pooling", "linear"))
     out["other total"] = step_seconds * 1e3 - layers
