@@ -76,7 +76,7 @@ def candidate_names(x, w, stride, padding, dilation):
     if conv_module.direct_applies(x, (KH, KW), stride, padding, dilation, 1):
         names.append("direct")
     if conv_module.winograd_applies(x, (KH, KW), stride, padding, dilation, 1):  # forward and dx only
-        names += [f"winograd/{n}" for n in (1, 2, N)]
+        names += [f"winograd/{n}" for n in (1, 2, N)] + [f"winograd-split/{n}" for n in (1, 2, N)]
     return list(dict.fromkeys(names)), (OH, OW)
 
 
@@ -96,13 +96,13 @@ def check_every_candidate(cases=AWKWARD):
             assert ("direct" in names) == (
                 k == (3, 3) and s == (1, 1) and p[0] <= 2 * d[0] and p[1] <= 2 * d[1] and kernels.active() == "numba"
             )
-            assert any(n.startswith("winograd/") for n in names) == (
+            assert any(n.startswith("winograd") for n in names) == (
                 k == (3, 3) and s == (1, 1) and d == (1, 1) and max(p) <= 2 and kernels.active() == "numba"
             )
             for name in names + (["direct/dots"] if "direct" in names else []):
                 if name == "direct/dots":  # a weight-gradient candidate only
                     results = [("dw", conv_module._gradients(dy, cache, None, name)[1], dw_ref)]
-                elif name.startswith("winograd/"):  # forward and input-gradient candidate only
+                elif name.startswith("winograd"):  # forward and input-gradient candidates only
                     y = conv_module._forward(name, x, w, s, p, d, 1, out)
                     results = [("y", y, y_ref), ("dx", conv_module._gradients(dy, cache, name, None)[0], dx_ref)]
                 else:

@@ -73,6 +73,7 @@ from .conv_dispatch import (
     split_candidates,
     winograd_applies,
     winograd_candidates,
+    winograd_split_candidates,
 )
 from .conv_dispatch import choose as choose_algorithm
 from .im2col import col2im, conv_output_size, im2col
@@ -183,6 +184,7 @@ def conv2d_forward(
         column_bytes = C * KH * KW * OH * OW * x.dtype.itemsize
         chunks, split_chunks = chunk_candidates(xp, N, column_bytes), split_candidates(xp, N, column_bytes)
         winograd_chunks = winograd_candidates(xp, N, C, (OH, OW), x.dtype.itemsize) if winograd_ok else []
+        winograd_split = winograd_split_candidates(xp, N, C, (OH, OW), x.dtype.itemsize) if winograd_ok else []
         args = (x, weight, stride, padding, dilation, G, (OH, OW))
         algorithm = choose_algorithm(
             "forward",
@@ -193,6 +195,7 @@ def conv2d_forward(
             lambda name: _forward(name, *args),
             split_chunks,
             winograd_chunks,
+            winograd_split,
         )
         y = _forward(algorithm, *args)
     if bias is not None:
@@ -225,12 +228,13 @@ def _forward(
     out: tuple[int, int],
 ) -> Any:
     """y (N, O, OH, OW) without bias, by ``algorithm``: "direct", "gemm/<samples per chunk>",
-    "split/<samples per chunk>" (the gemm loop on each thread's slice of the batch: batch_threads)
-    or "winograd/<samples per chunk>"."""
+    "split/<samples per chunk>" (the gemm loop on each thread's slice of the batch: batch_threads),
+    "winograd/<samples per chunk>" or "winograd-split/<samples per chunk>"."""
     if algorithm == "direct":
         return kernels.get("conv3x3_forward", x)(x, weight, padding, dilation)
-    if algorithm.startswith("winograd/"):
-        return conv3x3_winograd(x, weight, padding, int(algorithm.split("/")[1]))
+    if algorithm.startswith("winograd"):  # "winograd/<n>" or "winograd-split/<n>"
+        method, samples = algorithm.split("/")
+        return conv3x3_winograd(x, weight, padding, int(samples), split=method == "winograd-split")
     xp = get_array_module(x)
     N = x.shape[0]
     O, Cg, KH, KW = weight.shape
@@ -285,7 +289,10 @@ def conv2d_backward(
     direct_ok = cache.direct_ok and kernels.get("conv3x3_backward_input", dout) is not None  # not in reference_only()
     input_algorithm = weight_algorithm = None
     if need_input_grad:
-        winograd_chunks = winograd_candidates(xp, N, O, (H, W), dout.dtype.itemsize) if cache.winograd_ok else []
+        winograd_chunks = winograd_split = []
+        if cache.winograd_ok:
+            winograd_chunks = winograd_candidates(xp, N, O, (H, W), dout.dtype.itemsize)
+            winograd_split = winograd_split_candidates(xp, N, O, (H, W), dout.dtype.itemsize)
         input_algorithm = choose_algorithm(
             "input grad",
             cache.key,
@@ -295,6 +302,7 @@ def conv2d_backward(
             lambda name: _gradients(dout, cache, name, None),
             split_chunks,
             winograd_chunks,
+            winograd_split,
         )
     if need_weight_grad:
         weight_algorithm = choose_algorithm(
@@ -318,18 +326,19 @@ def _gradients(
     dout: Any, cache: ConvCache, input_algorithm: str | None, weight_algorithm: str | None
 ) -> tuple[Any | None, Any | None]:
     """(dx, dweight) by the given algorithms ("direct", "gemm/<samples per chunk>", for dx also
-    "winograd/<samples per chunk>", for dweight also "direct/dots"; None: skip).
+    "winograd/<samples per chunk>" and "winograd-split/<n>", for dweight also "direct/dots"; None: skip).
     Two gemm or split algorithms must be the same: they share one loop."""
     weight, x_shape, G = cache.weight, cache.x_shape, cache.groups
     dx = dweight = None
     if input_algorithm == "direct":
         dx = kernels.get("conv3x3_backward_input", dout)(dout, weight, cache.padding, cache.dilation)
         input_algorithm = None
-    if input_algorithm is not None and input_algorithm.startswith("winograd/"):
+    if input_algorithm is not None and input_algorithm.startswith("winograd"):
         # stride 1: dx = conv(dy, w'), w'[c, o, i, k] = w[o, c, 2-i, 2-k], padding 2 - P (conv3x3_cpu)
         flipped = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
         adjoint_padding = (2 - cache.padding[0], 2 - cache.padding[1])
-        dx = conv3x3_winograd(dout, flipped, adjoint_padding, int(input_algorithm.split("/")[1]))
+        method, samples = input_algorithm.split("/")
+        dx = conv3x3_winograd(dout, flipped, adjoint_padding, int(samples), split=method == "winograd-split")
         input_algorithm = None
     if weight_algorithm in ("direct", "direct/dots"):
         name = "conv3x3_backward_weight" if weight_algorithm == "direct" else "conv3x3_backward_weight_dots"

@@ -18,6 +18,8 @@
     (``npresnet.functional.winograd``), ``n`` samples per chunk (CPU with the Numba kernels, 3x3,
     stride 1, dilation 1, one group, padding <= 2: ``winograd_applies``). 2.25x fewer multiplications
     than the other algorithms, plus transforms that only add; it wins on wide 3x3 layers.
+``"winograd-split/<n>"``
+    the same on each thread's slice of the batch, as "split" does for im2col + GEMM.
 
 This module lists the candidates for a shape and asks ``npresnet.autotune`` to pick one. In the
 ``"fixed"`` mode (the default) the pick is the rule measured on the first development machine:
@@ -57,6 +59,7 @@ __all__ = [
     "split_candidates",
     "winograd_applies",
     "winograd_candidates",
+    "winograd_split_candidates",
 ]
 
 #: Fixed rule: the direct 3x3 kernels compute the gradients of convs with at most this many input
@@ -121,6 +124,15 @@ def winograd_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], it
     return list(dict.fromkeys(samples_per_chunk(xp, N, tile_bytes, b) for b in budgets))
 
 
+def winograd_split_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int) -> list[int]:
+    """Samples per chunk worth timing for "winograd-split/<n>" (each thread its own slice of the
+    batch, as "split"): ``winograd_candidates`` for one slice; none where ``batch_threads`` would
+    not split."""
+    if N < 2 or not batch_threads.available(xp):
+        return []
+    return winograd_candidates(xp, -(-N // batch_threads.threads()), channels, out, itemsize)
+
+
 def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """How many samples one im2col + GEMM round handles: all of them on a GPU, else as many as fit
     in ``chunk_bytes`` (at least one)."""
@@ -157,12 +169,14 @@ def choose(
     run: Callable[[str], Any],
     split_chunks: list[int] = (),  # type: ignore[assignment]
     winograd_chunks: list[int] = (),  # type: ignore[assignment]
+    winograd_split_chunks: list[int] = (),  # type: ignore[assignment]
 ) -> str:
     """The algorithm for ``what`` ("forward", "input grad" or "weight grad") of the conv ``key``.
 
     ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``,
-    ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` from ``winograd_candidates`` (or
-    empty: not a candidate; never for the weight gradient); ``run(name)`` computes the result with algorithm
+    ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` and ``winograd_split_chunks`` from
+    ``winograd_candidates`` and ``winograd_split_candidates`` (or empty: not a candidate; never for
+    the weight gradient); ``run(name)`` computes the result with algorithm
     ``name`` (used only for timing).
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
@@ -176,5 +190,6 @@ def choose(
             names.append("direct/dots")
     if what != "weight grad":
         names += [f"winograd/{n}" for n in winograd_chunks]
+        names += [f"winograd-split/{n}" for n in winograd_split_chunks]
     candidates = {name: (lambda name=name: run(name)) for name in names}
     return autotune.choose(f"conv2d {what}", key, candidates, fixed)

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import kernels
+from .. import batch_threads, kernels
 from ..backend import get_array_module
 
 __all__ = ["G", "conv3x3_winograd", "tiles", "transform_input", "transform_output", "transform_weight"]
@@ -118,10 +118,12 @@ def transform_output(M: Any, N: int, out: tuple[int, int]) -> Any:
     return y if (2 * TH, 2 * TW) == (OH, OW) else xp.ascontiguousarray(y[:, :, :OH, :OW])
 
 
-def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int], samples_per_chunk: int) -> Any:
+def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int], samples_per_chunk: int, split: bool = False) -> Any:
     """y = conv2d(x, weight), stride 1, dilation 1, no bias, padding <= 2: x (N, C, H, W),
     weight (O, C, 3, 3) -> y (N, O, OH, OW), ``samples_per_chunk`` samples at a time (V and M are
-    16 values per tile and channel, 4x the input and output they stand for: chunks bound that)."""
+    16 values per tile and channel, 4x the input and output they stand for: chunks bound that).
+    ``split``: each thread takes its own slice of the batch, with one-thread GEMMs and serial
+    kernels (``npresnet.batch_threads``), instead of all threads working on each chunk in turn."""
     xp = get_array_module(x)
     N, C, H, W = x.shape
     O = weight.shape[0]
@@ -131,10 +133,17 @@ def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int], samples_per_
     to_tiles = kernels.get("winograd_input", x) or transform_input
     from_tiles = kernels.get("winograd_output", x) or transform_output
     y = xp.empty((N, O, OH, OW), dtype=x.dtype)
-    for start in range(0, N, samples_per_chunk):
-        chunk = x[start : start + samples_per_chunk]
-        n = chunk.shape[0]
-        V = to_tiles(chunk, padding, (TH, TW)).reshape(16, C, n * TH * TW)
-        M = xp.matmul(U, V)  # 16 GEMMs (O, C) @ (C, n*TH*TW)
-        y[start : start + n] = from_tiles(M.reshape(4, 4, O, n * TH * TW), n, (OH, OW))
+
+    def convolve_samples(begin: int, end: int, _slice: int = 0) -> None:
+        for start in range(begin, end, samples_per_chunk):
+            chunk = x[start : min(start + samples_per_chunk, end)]
+            n = chunk.shape[0]
+            V = to_tiles(chunk, padding, (TH, TW)).reshape(16, C, n * TH * TW)
+            M = xp.matmul(U, V)  # 16 GEMMs (O, C) @ (C, n*TH*TW)
+            y[start : start + n] = from_tiles(M.reshape(4, 4, O, n * TH * TW), n, (OH, OW))
+
+    if split:
+        batch_threads.run(N, convolve_samples)
+    else:
+        convolve_samples(0, N)
     return y
