@@ -22,6 +22,12 @@ Modes (``set_mode`` or ``NPRESNET_AUTOTUNE``):
 Timing: each candidate runs once untimed (JIT compile, first touch of its memory), then its best
 of up to three timed runs counts (one when a run takes longer than ``LONG_RUN_S``); the timed runs
 go round the candidates in turn, so a slow spell of the machine does not hit one candidate only.
+The fixed rule's candidate wins unless another one is faster by more than ``KEEP_FIXED_WITHIN``
+(15%). On a 2-vCPU VM the candidates of a layer often lie within 10-20% of each other, and then
+the isolated timing named a different winner in each process and did not carry over to the
+model: ResNet-20 b128 forward at 2 threads (AMD EPYC Zen 4) took 0.125-0.174 s with the plain
+fastest, 0.122-0.138 s with the fixed rule, and 0.119-0.142 s with the margin, in 3-4 processes
+each; clear wins (Winograd on ResNet-50's 3x3 layers, 30-40%) still count.
 
 On-disk cache (opt-in: ``set_cache_file(path)`` or ``NPRESNET_AUTOTUNE_CACHE=path``). The
 winners are also written to a JSON file, in a section keyed by the machine: CPU model name and
@@ -51,10 +57,14 @@ __all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "
 
 MODES = ("fixed", "measure")
 FORMAT = "npresnet-autotune/1"
-#: Timed runs of each candidate (interleaved: see ``_fastest``); its best counts.
+#: Timed runs of each candidate (interleaved: see ``_best_times``); its best counts.
 TIMED_ROUNDS = 3
 #: A candidate whose run takes longer than this is timed once (not ``TIMED_ROUNDS`` times).
 LONG_RUN_S = 0.05
+#: The fixed rule's candidate is kept unless another one's best time is shorter by more than this
+#: fraction of it: within that margin the timings on a 2-vCPU VM pick a different winner in every
+#: process, and the isolated timing does not carry over to the model (see the module docstring).
+KEEP_FIXED_WITHIN = 0.15
 
 _mode = os.environ.get("NPRESNET_AUTOTUNE", "fixed").strip().lower() or "fixed"
 if _mode not in MODES:
@@ -115,16 +125,19 @@ def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed
     entry = f"{op} | {key!r} | threads {_thread_counts()} | candidates {sorted(candidates)}"
     winner = _choices.get(entry) or _read_disk().get(entry)
     if winner is None or winner not in candidates:
-        winner = _fastest(candidates)
+        best = _best_times(candidates)
+        winner = min(best, key=best.__getitem__)
+        if best[fixed] <= (1 + KEEP_FIXED_WITHIN) * best[winner]:
+            winner = fixed  # not clearly faster: keep the rule's choice
         _timed.append(entry)
         _write_disk(entry, winner)
     _choices[entry] = winner
     return winner
 
 
-def _fastest(candidates: Mapping[str, Callable[[], Any]]) -> str:
-    """The candidate with the shortest best time over ``TIMED_ROUNDS`` rounds, each round running
-    every candidate once in turn: a slow spell of a shared machine (seconds, on a VM) then hits all
+def _best_times(candidates: Mapping[str, Callable[[], Any]]) -> dict[str, float]:
+    """Each candidate's best time (seconds) over ``TIMED_ROUNDS`` rounds, each round running every
+    candidate once in turn: a slow spell of a shared machine (seconds, on a VM) then hits all
     candidates alike instead of all runs of one. A candidate slower than ``LONG_RUN_S`` stays out
     of further rounds."""
     for run in candidates.values():
@@ -137,7 +150,7 @@ def _fastest(candidates: Mapping[str, Callable[[], Any]]) -> str:
             start = time.perf_counter()
             run()
             best[name] = min(best[name], time.perf_counter() - start)
-    return min(best, key=best.__getitem__)
+    return best
 
 
 def _thread_counts() -> str:

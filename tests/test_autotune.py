@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,20 @@ def test_a_shape_is_timed_once_per_process(measuring):
     assert len(autotune.timed_keys()) == 4
     conv2d_forward(x, w, None, 1, (2, 1), (2, 1))
     assert len(autotune.timed_keys()) == 4
+
+
+def test_measure_mode_keeps_the_fixed_choice_unless_another_is_clearly_faster(measuring):
+    """Within KEEP_FIXED_WITHIN of the fastest, the fixed rule's candidate stays; clearly slower, it
+    gives way. The candidates sleep, so the gaps (15 ms against 14 or 2 ms) are far above timing noise."""
+
+    def sleeper(seconds):
+        return lambda: time.sleep(seconds)
+
+    assert autotune.KEEP_FIXED_WITHIN >= 0.1
+    close = {"rule": sleeper(0.015), "other": sleeper(0.014)}
+    assert autotune.choose("test op", "close", close, fixed="rule") == "rule"
+    far = {"rule": sleeper(0.015), "other": sleeper(0.002)}
+    assert autotune.choose("test op", "far", far, fixed="rule") == "other"
 
 
 def test_the_fixed_mode_gives_the_same_bits_in_every_process():
