@@ -74,7 +74,8 @@ CHUNK_BYTES = 1 << 20
 #: Measure mode on the CPU: the whole batch is a chunk candidate only up to this many bytes of
 #: columns. ResNet-50's 7x7 stem at batch 16 has 118 MB of columns, and a measured run that picked
 #: the whole batch there (within timing noise of one sample per chunk) raised the forward's step
-#: memory from 167 to 210 MB, above torch's; its 3x3 layers' whole batches (15-58 MB) do win.
+#: memory from 167 to 210 MB, above torch's; the measured dispatch had picked
+#: the whole batch (15-58 MB) for several of its 3x3 layers.
 WHOLE_BATCH_MAX_BYTES = 64 * CHUNK_BYTES
 
 

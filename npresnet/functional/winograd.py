@@ -70,7 +70,7 @@ def transform_weight(weight: Any) -> Any:
 
     U[a, b, o, c] = sum_ij G[a, i] G[b, j] g[o, c, i, j]: with the Kronecker product kron(G, G)
     (16 x 9) that is one GEMM over all O*C filters, kron(G, G) @ g.reshape(O*C, 9).T (the
-    elementwise form took 12-14 ms for 512 x 512 filters at 1 thread, this ~1 ms)."""
+    elementwise form took 12-14 ms for 512 x 512 filters at 1 thread, this 4.4 ms; AMD EPYC Zen 4)."""
     xp = get_array_module(weight)
     O, C = weight.shape[:2]
     g = xp.asarray(G, dtype=weight.dtype)
