@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import CACHE, copy_row, njit, parallel_kernel, prange
+from ._numba import CACHE, copy_row, njit, parallel_kernel, prange, require_same_dtype, require_shape
 
 
 @njit(cache=CACHE, error_model="numpy", inline="always")
@@ -91,10 +91,16 @@ def winograd_input(x, padding, tile_counts):
     return V
 
 
-def winograd_output(M, N, out):
-    """Same arguments and result as ``npresnet.functional.winograd.transform_output``."""
+def winograd_output(M, N, out, y=None):
+    """Same arguments and result as ``npresnet.functional.winograd.transform_output`` (written into
+    ``y``, C-contiguous, if given: the caller's output, with no copy afterwards)."""
     M = np.ascontiguousarray(M)
     OH, OW = out
-    y = np.empty((N, M.shape[2], OH, OW), dtype=M.dtype)
+    if y is None:
+        y = np.empty((N, M.shape[2], OH, OW), dtype=M.dtype)
+    require_shape("winograd_output y", y, (N, M.shape[2], OH, OW))
+    require_same_dtype("winograd_output M and y", M, y)
+    if not y.flags.c_contiguous:
+        raise ValueError("npresnet.kernels: winograd_output writes into a C-contiguous y only")
     winograd_output_kernel(M, y, -(-OH // 2), -(-OW // 2))
     return y

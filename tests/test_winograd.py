@@ -83,6 +83,13 @@ def test_the_numba_transforms_give_the_reference_bits(dtype):
         y = kernels.get("winograd_output", M)(M, N, out)
         want = winograd.transform_output(M, N, out)
         assert y.shape == want.shape and y.flags.c_contiguous and np.array_equal(y, want), case
+        # into the caller's array (a slice of the whole batch's output), by the kernel and the reference
+        for transform in (kernels.get("winograd_output", M), winograd.transform_output):
+            whole = np.full((N + 2, *want.shape[1:]), 7.0, dtype)
+            assert transform(M, N, out, whole[1 : N + 1]) is not None
+            assert np.array_equal(whole[1 : N + 1], want) and (whole[[0, N + 1]] == 7).all(), case
+    with pytest.raises(ValueError, match="winograd_output y must have shape"):
+        kernels.get("winograd_output", M)(M, N, out, np.empty((N, 1, 1, 1), dtype))
 
 
 def test_where_winograd_applies():

@@ -49,6 +49,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import autotune, batch_threads, kernels
+from .winograd import tiles
 
 __all__ = [
     "CHUNK_BYTES",
@@ -120,18 +121,16 @@ def winograd_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], it
     values per 2x2 output tile and input channel: 4x the input) in a quarter, one or four times
     ``CHUNK_BYTES``. Never the whole batch regardless of size: on ResNet-50's first stage that
     would be 51 MB of tiles and as much of products, for no gain measured."""
-    tile_bytes = 16 * channels * (-(-out[0] // 2)) * (-(-out[1] // 2)) * itemsize  # per sample
-    budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
-    return list(dict.fromkeys(samples_per_chunk(xp, N, tile_bytes, b) for b in budgets))
+    TH, TW = tiles(*out)
+    return list(dict.fromkeys(_budget_sizes(xp, N, 16 * channels * TH * TW * itemsize)))
 
 
 def winograd_split_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int) -> list[int]:
     """Samples per chunk worth timing for "winograd-split/<n>" (each thread its own slice of the
     batch, as "split"): ``winograd_candidates`` for one slice; none where ``batch_threads`` would
     not split."""
-    if N < 2 or not batch_threads.available(xp):
-        return []
-    return winograd_candidates(xp, -(-N // batch_threads.threads()), channels, out, itemsize)
+    samples = _slice_samples(xp, N)
+    return [] if samples is None else winograd_candidates(xp, samples, channels, out, itemsize)
 
 
 def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -145,8 +144,7 @@ def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes
 def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
     """The chunk sizes worth timing; the fixed rule's first. The whole batch only where its
     columns take at most ``WHOLE_BATCH_MAX_BYTES`` on the CPU (always on a GPU)."""
-    budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
-    sizes = [samples_per_chunk(xp, N, column_bytes_per_sample, b) for b in budgets]
+    sizes = _budget_sizes(xp, N, column_bytes_per_sample)
     if xp.__name__ != "numpy" or N * column_bytes_per_sample <= WHOLE_BATCH_MAX_BYTES:
         sizes.append(N)
     return list(dict.fromkeys(int(s) for s in sizes))
@@ -155,10 +153,22 @@ def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]
 def split_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
     """The chunk sizes worth timing for "split/<n>": those of ``chunk_candidates`` for one thread's
     slice of the batch; none where ``batch_threads`` would not split (GPU, one thread, N = 1)."""
-    T = batch_threads.threads()
+    samples = _slice_samples(xp, N)
+    return [] if samples is None else chunk_candidates(xp, samples, column_bytes_per_sample)
+
+
+def _budget_sizes(xp: Any, N: int, bytes_per_sample: int) -> list[int]:
+    """Samples per chunk for chunks of about ``CHUNK_BYTES``, a quarter of it and four times it."""
+    budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
+    return [samples_per_chunk(xp, N, bytes_per_sample, b) for b in budgets]
+
+
+def _slice_samples(xp: Any, N: int) -> int | None:
+    """Samples in one thread's slice of the batch under ``batch_threads``; None where it would not
+    split (GPU, one thread, N = 1)."""
     if N < 2 or not batch_threads.available(xp):
-        return []
-    return chunk_candidates(xp, -(-N // T), column_bytes_per_sample)
+        return None
+    return -(-N // batch_threads.threads())
 
 
 def choose(

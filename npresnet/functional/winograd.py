@@ -103,19 +103,23 @@ def _at(m0: Any, m1: Any, m2: Any, m3: Any) -> tuple[Any, Any]:
     return m0 + m1 + m2, m1 - m2 - m3
 
 
-def transform_output(M: Any, N: int, out: tuple[int, int]) -> Any:
-    """y = A^T M A for every output channel and tile: M (4, 4, O, N*TH*TW) -> y (N, O, OH, OW)."""
+def transform_output(M: Any, N: int, out: tuple[int, int], y: Any = None) -> Any:
+    """y = A^T M A for every output channel and tile: M (4, 4, O, N*TH*TW) -> y (N, O, OH, OW),
+    written into ``y`` if given (C-contiguous), else a new array."""
     xp = get_array_module(M)
     O = M.shape[2]
     OH, OW = out
     TH, TW = tiles(OH, OW)
     M = M.reshape(4, 4, O, N, TH, TW)
-    y = xp.empty((N, O, 2 * TH, 2 * TW), dtype=M.dtype)
+    wide = xp.empty((N, O, 2 * TH, 2 * TW), dtype=M.dtype)  # whole tiles, overhang included
     rows = _at(M[0], M[1], M[2], M[3])  # each (4, O, N, TH, TW), indexed by b
     for i, row in enumerate(rows):
         for j, value in enumerate(_at(row[0], row[1], row[2], row[3])):
-            y[:, :, i::2, j::2] = value.transpose(1, 0, 2, 3)
-    return y if (2 * TH, 2 * TW) == (OH, OW) else xp.ascontiguousarray(y[:, :, :OH, :OW])
+            wide[:, :, i::2, j::2] = value.transpose(1, 0, 2, 3)
+    if y is None:
+        return wide if (2 * TH, 2 * TW) == (OH, OW) else xp.ascontiguousarray(wide[:, :, :OH, :OW])
+    y[...] = wide[:, :, :OH, :OW]
+    return y
 
 
 def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int], samples_per_chunk: int, split: bool = False) -> Any:
@@ -140,7 +144,7 @@ def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int], samples_per_
             n = chunk.shape[0]
             V = to_tiles(chunk, padding, (TH, TW)).reshape(16, C, n * TH * TW)
             M = xp.matmul(U, V)  # 16 GEMMs (O, C) @ (C, n*TH*TW)
-            y[start : start + n] = from_tiles(M.reshape(4, 4, O, n * TH * TW), n, (OH, OW))
+            from_tiles(M.reshape(4, 4, O, n * TH * TW), n, (OH, OW), y[start : start + n])
 
     if split:
         batch_threads.run(N, convolve_samples)
