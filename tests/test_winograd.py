@@ -109,11 +109,10 @@ def test_where_winograd_applies():
 
 def test_the_chunk_candidates_never_take_the_whole_of_a_large_batch():
     # ResNet-50's first stage at batch 16: 3.2 MB of Winograd tiles per sample
-    chunks = conv_dispatch.winograd_candidates(np, 16, 64, (56, 56), 4)
+    chunks, split = conv_dispatch.winograd_candidates(np, 16, 64, (56, 56), 4)
     assert chunks and max(chunks) < 16 and min(chunks) >= 1
-    split = conv_dispatch.winograd_split_candidates(np, 16, 64, (56, 56), 4)  # a slice per thread
-    assert split == ([1] if batch_threads.available(np) else [])
-    assert conv_dispatch.winograd_split_candidates(np, 1, 64, (56, 56), 4) == []  # nothing to split
+    assert split == ([1] if batch_threads.available(np) else [])  # a slice per thread
+    assert conv_dispatch.winograd_candidates(np, 1, 64, (56, 56), 4)[1] == []  # nothing to split
     # its 7x7 stem: 7.4 MB of columns per sample, 118 MB for the batch
     assert 16 not in conv_dispatch.chunk_candidates(np, 16, 147 * 112 * 112 * 4)
     assert 16 in conv_dispatch.chunk_candidates(np, 16, 1152 * 28 * 28 * 4)  # its 128-channel 3x3: 58 MB

@@ -73,7 +73,6 @@ from .conv_dispatch import (
     split_candidates,
     winograd_applies,
     winograd_candidates,
-    winograd_split_candidates,
 )
 from .conv_dispatch import choose as choose_algorithm
 from .im2col import col2im, conv_output_size, im2col
@@ -102,7 +101,6 @@ class ConvCache(NamedTuple):
     pointwise: bool  # True: 1x1, no padding, one group -> no im2col (see module docstring)
     direct_ok: bool  # True: the direct 3x3 kernels can compute the gradients
     key: tuple  # the layer's shape, for conv_dispatch
-    winograd_ok: bool = False  # True: Winograd F(2x2, 3x3) is a candidate for dx (conv_dispatch)
 
     @property
     def direct_grads(self) -> bool:
@@ -174,7 +172,6 @@ def conv2d_forward(
 
     key = ((N, C, H, W), tuple(weight.shape), stride, padding, dilation, G, x.dtype.str)
     direct_ok = direct_applies(x, (KH, KW), stride, padding, dilation, G)
-    winograd_ok = winograd_applies(x, (KH, KW), stride, padding, dilation, G)
     pointwise = _is_pointwise((KH, KW), padding, G)
     if pointwise:
         x_used = x if stride == (1, 1) else xp.ascontiguousarray(x[:, :, :: stride[0], :: stride[1]])
@@ -183,8 +180,10 @@ def conv2d_forward(
         x_used = x
         column_bytes = C * KH * KW * OH * OW * x.dtype.itemsize
         chunks, split_chunks = chunk_candidates(xp, N, column_bytes), split_candidates(xp, N, column_bytes)
-        winograd_chunks = winograd_candidates(xp, N, C, (OH, OW), x.dtype.itemsize) if winograd_ok else []
-        winograd_split = winograd_split_candidates(xp, N, C, (OH, OW), x.dtype.itemsize) if winograd_ok else []
+        winograd_ok = winograd_applies(x, (KH, KW), stride, padding, dilation, G)
+        winograd_chunks, winograd_split = (
+            winograd_candidates(xp, N, C, (OH, OW), x.dtype.itemsize) if winograd_ok else ([], [])
+        )
         args = (x, weight, stride, padding, dilation, G, (OH, OW))
         algorithm = choose_algorithm(
             "forward",
@@ -201,18 +200,7 @@ def conv2d_forward(
     if bias is not None:
         y += bias.reshape(1, O, 1, 1)
     cache = ConvCache(
-        x_used,
-        weight,
-        (N, C, H, W),
-        stride,
-        padding,
-        dilation,
-        G,
-        bias is not None,
-        pointwise,
-        direct_ok,
-        key,
-        winograd_ok,
+        x_used, weight, (N, C, H, W), stride, padding, dilation, G, bias is not None, pointwise, direct_ok, key
     )
     return y, cache
 
@@ -289,10 +277,10 @@ def conv2d_backward(
     direct_ok = cache.direct_ok and kernels.get("conv3x3_backward_input", dout) is not None  # not in reference_only()
     input_algorithm = weight_algorithm = None
     if need_input_grad:
-        winograd_chunks = winograd_split = []
-        if cache.winograd_ok:
-            winograd_chunks = winograd_candidates(xp, N, O, (H, W), dout.dtype.itemsize)
-            winograd_split = winograd_split_candidates(xp, N, O, (H, W), dout.dtype.itemsize)
+        winograd_ok = winograd_applies(dout, (KH, KW), cache.stride, cache.padding, cache.dilation, cache.groups)
+        winograd_chunks, winograd_split = (
+            winograd_candidates(xp, N, O, (H, W), dout.dtype.itemsize) if winograd_ok else ([], [])
+        )
         input_algorithm = choose_algorithm(
             "input grad",
             cache.key,

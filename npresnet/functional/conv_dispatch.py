@@ -60,7 +60,6 @@ __all__ = [
     "split_candidates",
     "winograd_applies",
     "winograd_candidates",
-    "winograd_split_candidates",
 ]
 
 #: Fixed rule: the direct 3x3 kernels compute the gradients of convs with at most this many input
@@ -116,21 +115,20 @@ def winograd_applies(
     return kernels.get("winograd_input", x) is not None
 
 
-def winograd_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int) -> list[int]:
-    """Samples per chunk worth timing for "winograd/<n>": the transformed tiles of a chunk (16
-    values per 2x2 output tile and input channel: 4x the input) in a quarter, one or four times
-    ``CHUNK_BYTES``. Never the whole batch regardless of size: on ResNet-50's first stage that
-    would be 51 MB of tiles and as much of products, for no gain measured."""
+def winograd_candidates(
+    xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int
+) -> tuple[list[int], list[int]]:
+    """Samples per chunk worth timing for "winograd/<n>" and for "winograd-split/<n>" (each thread
+    its own slice of the batch, as "split"; none where ``batch_threads`` would not split): the
+    transformed tiles of a chunk (16 values per 2x2 output tile and input channel: 4x the input)
+    in a quarter, one or four times ``CHUNK_BYTES``. Never the whole batch regardless of size: on
+    ResNet-50's first stage that would be 51 MB of tiles and as much of products, for no gain
+    measured."""
     TH, TW = tiles(*out)
-    return list(dict.fromkeys(_budget_sizes(xp, N, 16 * channels * TH * TW * itemsize)))
-
-
-def winograd_split_candidates(xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int) -> list[int]:
-    """Samples per chunk worth timing for "winograd-split/<n>" (each thread its own slice of the
-    batch, as "split"): ``winograd_candidates`` for one slice; none where ``batch_threads`` would
-    not split."""
+    tile_bytes = 16 * channels * TH * TW * itemsize  # per sample
+    whole = list(dict.fromkeys(_budget_sizes(xp, N, tile_bytes)))
     samples = _slice_samples(xp, N)
-    return [] if samples is None else winograd_candidates(xp, samples, channels, out, itemsize)
+    return whole, [] if samples is None else list(dict.fromkeys(_budget_sizes(xp, samples, tile_bytes)))
 
 
 def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
@@ -186,9 +184,8 @@ def choose(
 
     ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``,
     ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` and ``winograd_split_chunks`` from
-    ``winograd_candidates`` and ``winograd_split_candidates`` (or empty: not a candidate; never for
-    the weight gradient); ``run(name)`` computes the result with algorithm
-    ``name`` (used only for timing).
+    ``winograd_candidates`` (or empty: not a candidate; never for the weight gradient);
+    ``run(name)`` computes the result with algorithm ``name`` (used only for timing).
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
     fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
