@@ -11,15 +11,19 @@ Run ``python -m npresnet.demo``. It
    output and the gradients.
 
 ``main()`` returns 0 when every check passes (the exit status of ``python -m npresnet.demo``).
+``--input-shape N,C,H,W`` and ``--seed`` change the batch and the draws; ``--help`` lists them.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from . import nn
+from .commands import EXIT_OPTIONS, command_parser, shape_type
 from .gradcheck import gradcheck
 
 TORCH_TOLERANCE = 1e-10  # float64: max |ours - torch| / max |torch|
@@ -140,11 +144,34 @@ def compare_with_torch(block: BasicBlock, x: np.ndarray, dy: np.ndarray, y: np.n
     return ok
 
 
-def main() -> int:
+def parser():
+    p = command_parser(
+        "demo",
+        "A short tour: ResNet's basic block (C -> 2C channels, stride 2, projection shortcut), its forward "
+        "and backward by hand on a float64 batch, a gradient check of that backward, and the same block "
+        "in PyTorch (if installed) with the same weights.",
+        examples=["python -m npresnet.demo", "python -m npresnet.demo --input-shape 2,3,9,9 --seed 7"],
+        exit_status=["0  every check passed", "1  a check failed (the table above says which)", EXIT_OPTIONS],
+    )
+    p.add_argument(
+        "--input-shape",
+        type=shape_type(4),
+        default=(4, 8, 12, 10),
+        metavar="N,C,H,W",
+        help="the batch x the block takes (default 4,8,12,10)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the weights; seed + 1 the batch and dy (default 0)")
+    return p
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    """The tour; 0 when every check passes. ``argv``: the command's options (none: the defaults)."""
+    args = parser().parse_args(list(argv))
     print("npresnet demo: ResNet's basic block, forward and backward by hand\n")
-    block = make_block(8, 16, stride=2, seed=0)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((4, 8, 12, 10))  # (N, C, H, W), float64
+    n, c, h, w = args.input_shape
+    block = make_block(c, 2 * c, stride=2, seed=args.seed)
+    rng = np.random.default_rng(args.seed + 1)
+    x = rng.standard_normal((n, c, h, w))  # (N, C, H, W), float64
     print(f"1. The block (projection shortcut, stride 2):\n{block}\n")
 
     y = block(x)  # each layer keeps what its backward needs
@@ -177,4 +204,4 @@ def _indent(report) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -395,7 +395,7 @@ def test_trainable_and_frozen_after_requires_grad_false(capsys):
     model.fc.requires_grad_(True)  # fine-tuning the head only
     a = answers(summary(model, measure_memory=False))
     assert (a["trainable_params"], a["frozen_params"]) == (params - without_fc, without_fc)
-    assert main(["resnet50", "--freeze", "backbone", "--no-memory"]) == 0
+    assert main(["--model", "resnet50", "--freeze", "backbone", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert f"trainable: {params - without_fc:,}; frozen (requires_grad=False): {without_fc:,}" in out
 
@@ -430,11 +430,11 @@ def test_depth_shows_the_whole_network_the_stages_or_the_blocks(capsys):
     for table in (top, blocks):
         assert sum(r.params for r in table) == s.total_params and sum(r.macs for r in table) == s.total_macs
     assert s.table(3) == s.table() == s.rows  # every leaf of ResNet-20 is at most 3 deep
-    assert main(["resnet20", "--depth", "1", "--no-memory"]) == 0
+    assert main(["--model", "resnet20", "--depth", "1", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "layer2 (Sequential)" in out and "layer2.0" not in out
     with pytest.raises(SystemExit):
-        main(["resnet20", "--depth", "-1"])
+        main(["--model", "resnet20", "--depth", "-1"])
     assert "--depth must be 0 or more" in capsys.readouterr().err
 
 
@@ -468,7 +468,7 @@ def test_memory_at_batch_1_where_batchnorm_sees_one_value_per_channel():
 
 
 def test_command_line_at_batch_1_says_how_memory_was_measured(capsys):
-    assert main(["resnet18", "--input-shape", "1,3,32,32"]) == 0
+    assert main(["--model", "resnet18", "--input-shape", "1,3,32,32"]) == 0
     out = capsys.readouterr().out
     assert (
         "activation memory, training step at batch 1: " in out
@@ -481,16 +481,16 @@ def test_command_line_at_batch_1_says_how_memory_was_measured(capsys):
 @pytest.mark.parametrize(
     "shape, message",
     [
-        ("3,224,224", "expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got '3,224,224' (3 values)"),
+        ("3,224,224", "expected N,C,H,W, the batch first, like 1,3,224,224 (4 values); got '3,224,224' (3 values)"),
         ("1,3,224,224,1", "(5 values)"),
-        ("1,3,x,224", "4 comma-separated integers"),
+        ("1,3,x,224", "like 1,3,224,224; got '1,3,x,224'"),
         ("1,3,0,224", "at least 1"),
         ("1,1,224,224", "resnet18 takes 3 input channels (C, the second value), got 1"),
     ],
 )
 def test_bad_input_shape_is_an_argparse_error(capsys, shape, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["resnet18", "--input-shape", shape, "--no-memory"])
+        main(["--model", "resnet18", "--input-shape", shape, "--no-memory"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "python -m npresnet.summary: error: " in err and message in err, err
@@ -516,10 +516,10 @@ def markdown_tables(text: str) -> list[list[list[str]]]:
 
 def test_side_by_side_markdown_and_json_round_trip_the_same_numbers(capsys):
     names = ["resnet18", "resnet20", "plain20"]
-    assert main([*names, "--input-shape", "2,3,32,32", "--format", "json"]) == 0
+    assert main(["--model", *names, "--input-shape", "2,3,32,32", "--format", "json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [m["model"] for m in data["models"]] == names
-    assert main([*names, "--input-shape", "2,3,32,32", "--format", "markdown"]) == 0
+    assert main(["--model", *names, "--input-shape", "2,3,32,32", "--format", "markdown"]) == 0
     (table,) = markdown_tables(capsys.readouterr().out)
     assert table[0] == ["", *names]
     rows = {cells[0]: cells[1:] for cells in table[1:]}
@@ -540,9 +540,9 @@ def test_side_by_side_markdown_and_json_round_trip_the_same_numbers(capsys):
 
 
 def test_one_model_markdown_and_json_agree(capsys):
-    assert main(["resnet20", "--depth", "2", "--format", "json"]) == 0
+    assert main(["--model", "resnet20", "--depth", "2", "--format", "json"]) == 0
     (model,) = json.loads(capsys.readouterr().out)["models"]
-    assert main(["resnet20", "--depth", "2", "--format", "markdown"]) == 0
+    assert main(["--model", "resnet20", "--depth", "2", "--format", "markdown"]) == 0
     layers, stages, questions = markdown_tables(capsys.readouterr().out)
     assert layers[0] == ["Layer", "Type", "Output shape", "Params", "MACs"]
     assert [(r[0], r[1], number(r[3]), number(r[4])) for r in layers[1:]] == [
@@ -562,7 +562,7 @@ def test_one_model_markdown_and_json_agree(capsys):
 
 def test_side_by_side_text_has_one_column_per_model(capsys):
     names = [row["model"] for row in IMAGENET[:3]]
-    assert main([*names, "--no-memory"]) == 0
+    assert main(["--model", *names, "--no-memory"]) == 0
     header, rule, *body = capsys.readouterr().out.splitlines()
     assert header.split() == names and set(rule) == {"-"}
     rows = {}
@@ -580,12 +580,12 @@ def test_side_by_side_text_has_one_column_per_model(capsys):
 
 
 def test_command_line(capsys):
-    assert main(["resnet50", "--variant", "v1", "--no-memory"]) == 0
+    assert main(["--model", "resnet50", "--variant", "v1", "--no-memory"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 25,557,032" in out
     assert "Total MACs (multiply-accumulates, conv + linear, batch of 1): 3,857,973,248 (3.86 G)" in out
     assert "Weighted layers (conv + linear on the main path): 50" in out
-    assert main(["resnet34", "--no-memory"]) == 0
+    assert main(["--model", "resnet34", "--no-memory"]) == 0
     out = capsys.readouterr().out
     for answer in [
         "residual blocks: 3+4+6+3 = 16 BasicBlock (3x3, 3x3 convs)",
@@ -596,15 +596,15 @@ def test_command_line(capsys):
         "MACs: 3,663,761,408 (3.66 G) at 1x3x224x224; FLOPs (2 x MACs): 7,327,522,816 (7.33 G)",
     ]:
         assert f"  {answer}\n" in out, answer
-    assert main(["resnet20", "--input-shape", "2,3,32,32"]) == 0
+    assert main(["--model", "resnet20", "--input-shape", "2,3,32,32"]) == 0
     out = capsys.readouterr().out
     assert "Total params: 269,722" in out and "[2, 64, 8, 8]" in out and "batch of 2): 81,102,080" in out
     assert "activation memory, training step at batch 2: 2.88 MB (measured: training-mode forward" in out
     with pytest.raises(SystemExit):
-        main(["resnet7"])
+        main(["--model", "resnet7"])
     assert "unknown model 'resnet7'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["plain20", "--shortcut", "B"])
+        main(["--model", "plain20", "--shortcut", "B"])
     assert "--shortcut does not apply to plain20" in capsys.readouterr().err
 
 
@@ -613,7 +613,7 @@ def test_python_dash_m_runs_the_command():
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "npresnet.summary", "resnet20", "--no-memory", "--depth", "0"],
+        [sys.executable, "-m", "npresnet.summary", "--model", "resnet20", "--no-memory", "--depth", "0"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import nn
+from ..commands import EXIT_OPTIONS, add_model, command_parser, deprecation_note, parse_shape, shape_type
 from .record import Summary, summary
 from .report import comparison_text, markdown, text, to_json
 from .structure import classifier_name
@@ -15,33 +16,27 @@ from .structure import classifier_name
 
 def input_shape(value: str) -> tuple[int, ...]:
     """``"1,3,224,224"`` -> (1, 3, 224, 224); anything else is an argparse error naming what it got."""
-    try:
-        shape = tuple(int(s) for s in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected N,C,H,W as 4 comma-separated integers like 1,3,224,224, got {value!r}"
-        ) from None
-    if len(shape) != 4:
-        raise argparse.ArgumentTypeError(
-            f"expected N,C,H,W (4 values, the batch first) like 1,3,224,224, got "
-            f"{value!r} ({len(shape)} value{'s' if len(shape) != 1 else ''})"
-        )
-    if min(shape) < 1:
-        raise argparse.ArgumentTypeError(f"every size in N,C,H,W must be at least 1, got {value!r}")
-    return shape
+    return parse_shape(value, 4)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m npresnet.summary",
-        description="A model's layers, stages, parameters, MACs/FLOPs and measured memory, and the answers to "
+    p = command_parser(
+        "summary",
+        "A model's layers, stages, parameters, MACs/FLOPs and measured memory, and the answers to "
         "the usual questions (blocks, weighted layers, parameters without the classifier). "
         "Several models: one table, a column per model.",
+        examples=[
+            "python -m npresnet.summary --model resnet50",
+            "python -m npresnet.summary --model resnet18 resnet34 resnet50 --no-memory",
+            "python -m npresnet.summary --model resnet20 --input-shape 128,3,32,32 --format json",
+        ],
+        exit_status=["0  the report was printed", EXIT_OPTIONS],
     )
-    p.add_argument("models", nargs="+", metavar="MODEL", help="factories in npresnet.models, e.g. resnet50 resnet20")
+    add_model(p, many=True, help="one or more factories of npresnet.models, e.g. resnet50 resnet20")
+    p.add_argument("models", nargs="*", metavar="MODEL", help=argparse.SUPPRESS)  # 0.1's spelling: deprecated
     p.add_argument(
         "--input-shape",
-        type=input_shape,
+        type=shape_type(4),
         default=None,
         metavar="N,C,H,W",
         help="the batch (default 1,3,224,224; 1,3,32,32 for the CIFAR models)",
@@ -92,6 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     from .. import models
+
+    if args.models:
+        if args.model:
+            p.error(f"name the models once: --model {' '.join(args.model)}, not also {' '.join(args.models)}")
+        deprecation_note("the positional MODEL", f"--model {' '.join(args.models)}")
+        args.model = args.models
+    if not args.model:
+        p.error("the following arguments are required: --model (e.g. --model resnet50)")
+    args.models = args.model
 
     cifar = models.CIFAR_MODELS
     known = {**models.IMAGENET_MODELS, **cifar}
