@@ -11,6 +11,8 @@ Quick start::
 """
 
 import importlib.util as _importlib_util
+from types import ModuleType as _ModuleType
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"  # the one place: pyproject.toml reads it from here (setuptools dynamic version)
 
@@ -23,11 +25,10 @@ if _importlib_util.find_spec(f"{__name__}.kernels") is None:
 
 # optim, schedules and data are imported here too (as torch.optim is): ``npresnet.optim.SGD(...)`` works
 # after a bare ``import npresnet``. They cost about 5 ms of the ~140 ms import, so they are not lazy.
-from . import backend, data, functional, io, models, nn, optim, schedules, testing  # noqa: E402  (after the check)
+from . import backend, data, functional, gradcheck, io, models, nn, optim, schedules, summary, testing  # noqa: E402
 from .grad_mode import is_grad_enabled, no_grad
-from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, gradcheck
+from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError
 from .io import load, save
-from .summary import summary
 
 __all__ = [
     "GradcheckError",
@@ -49,3 +50,25 @@ __all__ = [
     "save",
     "summary",
 ]
+
+# The namespace is the API: __all__. Importing the package above also imported its internals (grad_mode,
+# checks, kernels, ...), and Python binds each imported submodule as an attribute of its package; they are
+# unbound here, so dir(npresnet) lists the API only. ``import npresnet.checks`` works as before, and the
+# attribute ``npresnet.checks`` of a submodule already imported still resolves (``__getattr__`` below).
+for _name in [n for n, v in globals().items() if isinstance(v, _ModuleType) and n not in __all__]:
+    del globals()[_name]
+del _name
+
+if not TYPE_CHECKING:  # hidden from mypy, which would type what it cannot resolve (npresnet.kernels) as object
+
+    def __getattr__(name: str) -> object:
+        """``npresnet.<submodule>`` for a submodule already imported (an internal one is not bound, see above)."""
+        import sys
+
+        module = sys.modules.get(f"{__name__}.{name}")
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return module
+
+
+del _ModuleType, TYPE_CHECKING

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from npresnet import demo, gradcheck
+from npresnet import demo
+from npresnet.gradcheck import gradcheck
 
 
 def test_demo_main_passes_every_check(capsys):

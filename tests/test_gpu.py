@@ -498,20 +498,20 @@ def test_gradcheck_on_cupy(xp):
         nn.AvgPool2d(2, padding=1),
     ).to(np.float64)
     x = tie_free((2, 2, 5, 5), rng)
-    report_np = npresnet.gradcheck(model, x, mode="directional")
-    report = npresnet.gradcheck(copy.deepcopy(model).to(DEVICE), dev(x), mode="directional")
+    report_np = npresnet.gradcheck.gradcheck(model, x, mode="directional")
+    report = npresnet.gradcheck.gradcheck(copy.deepcopy(model).to(DEVICE), dev(x), mode="directional")
     assert report.passed and report_np.passed, str(report)
     assert [a.name for a in report.arrays] == [a.name for a in report_np.arrays]
     small = nn.Conv2d(2, 2, 3, stride=2, padding=1, rng=rng).to(np.float64).to(DEVICE)
-    full = npresnet.gradcheck(small, dev(rng.standard_normal((1, 2, 4, 5))), mode="full")
+    full = npresnet.gradcheck.gradcheck(small, dev(rng.standard_normal((1, 2, 4, 5))), mode="full")
     assert full.passed, str(full)
 
 
 @gpu
 def test_summary_on_cupy_equals_numpy(xp):
     model = models.resnet20(seed=0)
-    on_host = npresnet.summary(model, (2, 3, 32, 32))
-    on_device = npresnet.summary(copy.deepcopy(model).to(DEVICE), (2, 3, 32, 32))
+    on_host = npresnet.summary.summary(model, (2, 3, 32, 32))
+    on_device = npresnet.summary.summary(copy.deepcopy(model).to(DEVICE), (2, 3, 32, 32))
     assert on_device.rows == on_host.rows
     for field in ("total_params", "total_macs", "weighted_layers", "input_bytes", "param_bytes", "activation_bytes"):
         assert getattr(on_device, field) == getattr(on_host, field), field

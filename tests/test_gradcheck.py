@@ -262,7 +262,7 @@ def test_full_gradcheck_passes_on_functional_pairs(case):
 
 
 def test_gradcheck_is_exposed_in_both_places():
-    assert npresnet.testing.gradcheck is npresnet.gradcheck is gradcheck
+    assert npresnet.testing.gradcheck is npresnet.gradcheck.gradcheck is gradcheck
     assert issubclass(GradcheckError, AssertionError)
     assert issubclass(NondifferentiableError, GradcheckError)
 

@@ -296,7 +296,7 @@ def test_shortcut_a_forward_and_adjoint():
     dy = rng.standard_normal(y.shape)
     dx = shortcut.backward(dy)
     assert np.isclose((y * dy).sum(), (x * dx).sum(), rtol=1e-13)
-    npresnet.gradcheck(ShortcutA(3, 7, stride=2), rng.standard_normal((2, 3, 4, 5)))  # odd padding 2 + 2
+    npresnet.gradcheck.gradcheck(ShortcutA(3, 7, stride=2), rng.standard_normal((2, 3, 4, 5)))  # odd padding 2 + 2
 
 
 @pytest.mark.parametrize(
@@ -333,7 +333,7 @@ def test_block_gradients_full(make_block, channels):
     block = make_block().to(np.float64)
     randomize_batchnorm(block, rng)
     x = npresnet.testing.kink_free((2, channels, 4, 4), rng, margin=0.05)
-    npresnet.gradcheck(block, x, mode="full", eps=1e-6, atol=1e-7, rtol=1e-5)
+    npresnet.gradcheck.gradcheck(block, x, mode="full", eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -345,7 +345,7 @@ def test_whole_network_gradcheck_directional(name, kwargs):
     model = models.get_model(name, seed=0, **kwargs).to(np.float64)
     randomize_batchnorm(model, rng)
     x = rng.standard_normal((2, 3, 32, 32))
-    report = npresnet.gradcheck(model, x, mode="directional", eps=1e-7, atol=1e-7, rtol=1e-4)
+    report = npresnet.gradcheck.gradcheck(model, x, mode="directional", eps=1e-7, atol=1e-7, rtol=1e-4)
     assert len(report.arrays) == 1 + len(list(model.parameters()))
     assert report.passed
 

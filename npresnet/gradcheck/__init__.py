@@ -1,8 +1,8 @@
 """Numerical gradient checking for hand-written backward passes.
 
-``gradcheck(target, *inputs)`` lives in ``check.py``, the report and its failure text in
-``report.py``, and ``python -m npresnet.gradcheck MODEL`` (a whole model or your own class from the
-command line) in ``__main__.py`` and ``cli.py``.
+``gradcheck(target, *inputs)`` (``from npresnet.gradcheck import gradcheck``) lives in ``check.py``,
+the report and its failure text in ``report.py``, and ``python -m npresnet.gradcheck MODEL`` (a whole
+model or your own class from the command line) in ``__main__.py`` and ``cli.py``.
 
 The checked scalar is ``L = sum(v * f(inputs))`` with a *random* upstream gradient ``v`` (drawn
 from gradcheck's own seeded stream). A ``sum(f)`` loss (v = ones) would be blind to whole classes
@@ -35,6 +35,7 @@ on the side the point lies on. A failing element that shows both signs is report
 gradient next to a kink, is a ``GradcheckError`` ("your backward is wrong").
 """
 
+from .._callable_module import make_callable
 from .check import gradcheck
 from .report import ArrayReport, GradcheckError, GradcheckReport, Kink, NondifferentiableError, compare, rel_error
 
@@ -48,3 +49,5 @@ __all__ = [
     "gradcheck",
     "rel_error",
 ]
+
+make_callable(__name__)  # the 0.1 spelling npresnet.gradcheck(f, x) still works in 0.2, with a DeprecationWarning

@@ -4,7 +4,7 @@ the classifier), like ``torchsummary`` / ``torchinfo``.
 
 ::
 
-    print(npresnet.summary(npresnet.models.resnet50(), (1, 3, 224, 224)))
+    print(npresnet.summary.summary(npresnet.models.resnet50(), (1, 3, 224, 224)))
     python -m npresnet.summary resnet50 --input-shape 1,3,224,224 --variant v1      # from a shell
     python -m npresnet.summary resnet18 resnet34 resnet50 --format markdown          # side by side
 
@@ -28,6 +28,7 @@ buffers such as BatchNorm's running statistics, random generators). ``measure_me
 skips the measurement and runs the forward in evaluation mode under ``no_grad``.
 """
 
+from .._callable_module import make_callable
 from .cli import main
 from .memory import MemoryMeasurement, held_for_backward
 from .record import LayerRow, Summary, layer_macs, summary
@@ -51,3 +52,5 @@ __all__ = [
     "summary",
     "to_json",
 ]
+
+make_callable(__name__)  # the 0.1 spelling npresnet.summary(model) still works in 0.2, with a DeprecationWarning
