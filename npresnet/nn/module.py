@@ -12,139 +12,29 @@ There is no autograd. Each layer implements::
 
 A container's backward simply calls its children's backward in reverse order.
 
-Hooks (PyTorch's, minus autograd) let you watch or change what flows through any module::
-
-    register_forward_pre_hook(fn)   fn(module, inputs)                       before forward
-    register_forward_hook(fn)       fn(module, inputs, output)               after forward
-    register_backward_pre_hook(fn)  fn(module, grad_output)                  before backward
-    register_backward_hook(fn)      fn(module, grad_input, grad_output)      after backward
-
-``grad_output`` is the tuple of arguments backward received (``(dL/dy,)``) and ``grad_input``
-the tuple of what it returned (``(dL/dx,)``). A hook that returns something other than None
-replaces that value (inputs, output, grad_output or grad_input). Each ``register_*`` returns a
-``HookHandle``; ``handle.remove()`` unregisters the hook.
-
-How backward hooks reach every module without changing any layer: ``Module.__init_subclass__``
-wraps the ``backward`` that each subclass defines in ``_hooked_backward``. Containers and blocks
-call ``child.backward(d)`` directly, so the call goes through the wrapper whoever makes it. A
-subclass whose ``backward`` calls ``super().backward(...)`` still fires its hooks once: only the
-outermost call on a module runs them. With no backward hooks registered the wrapper is a
-dictionary lookup and a direct call.
+Hooks (``register_forward_hook`` and the rest: watch or change what flows through any module)
+work as PyTorch's, minus autograd; their mechanism is in ``hooks.py``. The state_dict (PyTorch's
+dotted keys) and its checked, all-or-nothing loading are in ``state_dict.py``.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
-from ..backend import BACKENDS, backend_name, get_default, to_backend, xp_for
+from ..backend import BACKENDS, get_default, to_backend, xp_for
 from ..grad_mode import is_grad_enabled
-from ..state_checks import StateError, convert_array
+from ..state_checks import StateError
+from .hooks import HookHandle, as_tuple, hooked_backward
 from .parameter import Parameter
+from .state_dict import CheckedStateDict, IncompatibleKeys, check_state_dict_of, state_entries
 
 # `model.to(...)`, `.train()`, `.eval()` and `.requires_grad_()` return the module itself, typed as its own class.
 ModuleT = TypeVar("ModuleT", bound="Module")
-
-
-class HookHandle:
-    """Returned by ``register_*_hook``; ``handle.remove()`` unregisters the hook."""
-
-    _next_id = 0
-
-    def __init__(self, hooks: dict[int, Callable], key: int) -> None:
-        self._hooks, self._key = hooks, key
-
-    @classmethod
-    def add(cls, hooks: dict[int, Callable], hook: Callable) -> HookHandle:
-        cls._next_id += 1
-        hooks[cls._next_id] = hook
-        return cls(hooks, cls._next_id)
-
-    def remove(self) -> None:
-        self._hooks.pop(self._key, None)
-
-
-def _as_tuple(value: Any) -> tuple:
-    return value if isinstance(value, tuple) else (value,)
-
-
-def _hooked_backward(backward: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a subclass's ``backward`` so that the module's backward (pre-)hooks fire around it.
-
-    The arguments of the call (bound to ``backward``'s signature, defaults filled in, e.g.
-    ``CrossEntropyLoss.backward()`` gets ``(1.0,)``) are ``grad_output``; the result, as a tuple,
-    is ``grad_input``. A backward that returns a single array returns a single array again after
-    a hook replaced ``grad_input``.
-    """
-    signature = inspect.signature(backward)
-
-    @functools.wraps(backward)
-    def wrapper(self: Module, *args: Any, **kwargs: Any) -> Any:
-        state = self.__dict__
-        pre_hooks: dict[int, Callable] = state.get("_backward_pre_hooks") or {}
-        hooks: dict[int, Callable] = state.get("_backward_hooks") or {}
-        if not (pre_hooks or hooks) or state.get("_in_backward"):
-            return backward(self, *args, **kwargs)  # no hooks, or a super().backward() inside the hooked call
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        grad_output = tuple(bound.arguments.values())[1:]
-        for hook in list(pre_hooks.values()):
-            replaced = hook(self, grad_output)
-            if replaced is not None:
-                grad_output = _as_tuple(replaced)
-        object.__setattr__(self, "_in_backward", True)
-        try:
-            result = backward(self, *grad_output)
-        finally:
-            object.__setattr__(self, "_in_backward", False)
-        grad_input = _as_tuple(result)
-        for hook in list(hooks.values()):
-            replaced = hook(self, grad_input, grad_output)
-            if replaced is not None:
-                replaced = _as_tuple(replaced)
-                if len(replaced) != len(grad_input):
-                    raise ValueError(
-                        f"a backward hook of {type(self).__name__} returned {len(replaced)} "
-                        f"gradient(s), expected {len(grad_input)} (one per entry of grad_input)"
-                    )
-                grad_input = replaced
-        return grad_input if isinstance(result, tuple) else grad_input[0]
-
-    wrapper._npresnet_hooked = True  # type: ignore[attr-defined]
-    return wrapper
-
-
-class IncompatibleKeys(NamedTuple):
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-
-
-class CheckedStateDict(NamedTuple):
-    """What ``Module.check_state_dict`` found; ``apply()`` installs it (all or nothing).
-
-    ``problems`` is empty when the state_dict fits; ``keys`` are the missing and unexpected keys;
-    ``updates`` are (module, name, is_param, converted array). Loaders that check several things
-    (a model, its optimizer, a schedule) check them all first, then apply each.
-    """
-
-    problems: list[str]
-    keys: IncompatibleKeys
-    updates: list[tuple[Module, str, bool, Any]]
-
-    def apply(self) -> None:
-        """Install the checked arrays (cannot fail half way: every value was converted already)."""
-        if self.problems:
-            raise StateError("a state_dict with problems cannot be applied: " + "; ".join(self.problems))
-        for module, name, is_param, array in self.updates:
-            if is_param:
-                module._parameters[name].data = array
-            else:
-                module._buffers[name] = array
 
 
 class Module:
@@ -154,7 +44,7 @@ class Module:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("backward")
         if inspect.isfunction(own) and not getattr(own, "_npresnet_hooked", False):
-            cls.backward = _hooked_backward(own)  # type: ignore[method-assign]  # on purpose: see the docstring
+            cls.backward = hooked_backward(own)  # type: ignore[method-assign]  # on purpose: see the docstring
 
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", {})
@@ -219,7 +109,7 @@ class Module:
         for hook in list(self.__dict__.get("_forward_pre_hooks", {}).values()):
             replaced = hook(self, args)
             if replaced is not None:
-                args = _as_tuple(replaced)
+                args = as_tuple(replaced)
         out = self.forward(*args, **kwargs)
         for hook in list(self._forward_hooks.values()):
             replaced = hook(self, args, out)
@@ -449,22 +339,11 @@ class Module:
         return self
 
     # ------------------------------------------------------------------ state_dict
-    def _state_entries(self) -> Iterator[tuple[str, Module, str, bool]]:
-        """(dotted key, owning module, attribute name, is_parameter) in PyTorch's order."""
-        for owner, module in self.named_modules():
-            base = f"{owner}." if owner else ""
-            for name, param in module._parameters.items():
-                if param is not None:
-                    yield base + name, module, name, True
-            for name, buf in module._buffers.items():
-                if buf is not None:
-                    yield base + name, module, name, False
-
     def state_dict(self) -> dict[str, Any]:
         """``{dotted name: array}`` for every parameter and buffer (references, not copies)."""
         return {
             key: (module._parameters[name].data if is_param else module._buffers[name])
-            for key, module, name, is_param in self._state_entries()
+            for key, module, name, is_param in state_entries(self)
         }
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> IncompatibleKeys:
@@ -488,44 +367,7 @@ class Module:
         """Check ``state_dict`` against this module without changing anything (the first half of
         ``load_state_dict``): every problem, the missing and unexpected keys, and the converted
         arrays, which ``.apply()`` installs."""
-        if not hasattr(state_dict, "items") or not hasattr(state_dict, "keys"):
-            return CheckedStateDict(
-                [f"a state_dict must be a dict of arrays, got {type(state_dict).__name__}"],
-                IncompatibleKeys([], []),
-                [],
-            )
-        entries = {key: (module, name, is_param) for key, module, name, is_param in self._state_entries()}
-
-        def tolerated(key: str) -> bool:
-            return key.split(".")[-1] == "num_batches_tracked"
-
-        missing = [k for k in entries if k not in state_dict and not tolerated(k)]
-        unexpected = [k for k in state_dict if k not in entries and not tolerated(k)]
-        mismatched, bad_values, updates = [], [], []
-        for key, value in state_dict.items():
-            if key not in entries:
-                continue
-            module, name, is_param = entries[key]
-            current = module._parameters[name].data if is_param else module._buffers[name]
-            shape = tuple(np.shape(value))
-            if shape != tuple(current.shape):
-                mismatched.append(f"{key}: expected {tuple(current.shape)}, got {shape}")
-                continue
-            array, problem = convert_array(key, value, current, finite=is_param)
-            if problem is not None:
-                bad_values.append(problem)
-            else:
-                updates.append((module, name, is_param, to_backend(array, backend_name(current))))
-        problems = []
-        if missing and strict:
-            problems.append("missing keys: " + ", ".join(missing))
-        if unexpected and strict:
-            problems.append("unexpected keys: " + ", ".join(unexpected))
-        if mismatched:
-            problems.append("wrong shapes: " + "; ".join(mismatched))
-        if bad_values:
-            problems.append("bad values: " + "; ".join(bad_values))
-        return CheckedStateDict(problems, IncompatibleKeys(missing, unexpected), updates)
+        return check_state_dict_of(self, state_dict, strict)
 
     # ------------------------------------------------------------------ printing
     def extra_repr(self) -> str:
