@@ -19,6 +19,6 @@ common=(--compare torch --profile --memory --repeat 5 --threads 1,all --mode tra
 # Targets, float32: ResNet-50 batch 16 at 224x224, ResNet-20 batch 128 at 32x32.
 r50="$out/$cpu-$label-resnet50-b16.json"
 r20="$out/$cpu-$label-resnet20-b128.json"
-bench --models resnet50 --batch 16 "${common[@]}" --json "$r50"
-bench --models resnet20 --batch 128 "${common[@]}" --json "$r20"
+bench --model resnet50 --batch 16 "${common[@]}" --json "$r50"
+bench --model resnet20 --batch 128 "${common[@]}" --json "$r20"
 python bench/speed_table.py "$r50" "$r20"

@@ -29,15 +29,13 @@ def test_bench_command_writes_the_promised_json(tmp_path):
             sys.executable,
             "-m",
             "npresnet.bench",
-            "--models",
+            "--model",
             "resnet20",
-            "--batch",
-            "4",
-            "--size",
-            "16",
+            "--input-shape",
+            "4,3,16,16",
             "--repeat",
             "2",
-            "--warmup",
+            "--warmup-runs",
             "1",
             "--compare",
             "torch",
@@ -241,19 +239,21 @@ def _bench_error(code, *args):
 RUN_BENCH = "import runpy, sys; sys.argv[0] = 'npresnet.bench'; runpy.run_module('npresnet.bench', run_name='__main__')"
 
 
-def test_unknown_model_is_a_one_line_error_before_anything_is_measured():
-    code, out, err = _bench_error(RUN_BENCH, "--models", "resnet20", "resnet51")
+def test_unknown_model_is_an_argparse_error_before_anything_is_measured():
+    code, out, err = _bench_error(RUN_BENCH, "--model", "resnet20", "resnet51")
     assert code == 2 and out == "", out  # not even the machine line: nothing ran
-    assert len(err) == 1 and err[0].startswith("error: unknown model 'resnet51'; did you mean resnet50? "), err
-    assert "resnext50_32x4d" in err[0] and "ResNet" not in err[0]  # the real model names, not classes
+    assert err[0].startswith("usage: python -m npresnet.bench "), err
+    prefix = "python -m npresnet.bench: error: unknown model 'resnet51'; did you mean resnet50? "
+    assert err[-1].startswith(prefix), err
+    assert "resnext50_32x4d" in err[-1] and "ResNet" not in err[-1]  # the real model names, not classes
 
 
 def test_compare_torch_without_torch_is_a_one_line_error_with_the_install_command():
     hide_torch = "import sys; sys.modules['torch'] = None; " + RUN_BENCH
-    code, out, err = _bench_error(hide_torch, "--models", "resnet20", "--compare", "torch")
+    code, out, err = _bench_error(hide_torch, "--model", "resnet20", "--compare", "torch")
     assert code == 2 and out == "", out
-    assert len(err) == 1 and err[0].startswith("error: --compare torch needs PyTorch"), err
-    assert "pip install torch==2.13.0" in err[0]
+    assert err[-1].startswith("python -m npresnet.bench: error: --compare torch needs PyTorch"), err
+    assert "pip install torch==2.13.0" in err[-1]
 
 
 def test_the_memory_probe_can_forget_a_peak_that_came_before_the_step():

@@ -46,7 +46,7 @@ def test_bench_runs_at_each_thread_count(tmp_path):
             sys.executable,
             "-m",
             "npresnet.bench",
-            "--models",
+            "--model",
             "resnet20",
             "--batch",
             "2",
@@ -89,7 +89,9 @@ def test_bad_thread_counts_stop_the_bench_before_measuring():
         [sys.executable, "-m", "npresnet.bench", "--threads", "1,x"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2
-    assert done.stderr.strip() == "error: --threads takes thread counts >= 1 separated by commas (or 'all'), got '1,x'"
+    assert done.stderr.strip().splitlines()[-1] == (
+        "python -m npresnet.bench: error: --threads takes thread counts >= 1 separated by commas (or 'all'), got '1,x'"
+    )
     assert done.stdout == ""
 
 

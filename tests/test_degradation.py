@@ -70,8 +70,18 @@ def test_command_line_reuses_finished_networks_and_checks_depths(tmp_path, capsy
     combined = json.loads((out / "results.json").read_text())
     assert combined["networks"]["plain8"]["history"] == first["history"]
 
-    assert D.main(["--depths", "10", "--out", str(out), "--work", str(work)]) == 1
-    assert "6n + 2 layers" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a mistake in the options: argparse's error, exit 2
+        D.main(["--depths", "10", "--out", str(out), "--work", str(work)])
+    assert stop.value.code == 2 and "6n + 2 layers" in capsys.readouterr().err
+
+
+def test_checkpoints_land_inside_the_out_folder_by_default(tmp_path, monkeypatch):
+    """Without --work, every file goes under --out (the training runs in OUT/runs), none in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "named"
+    assert D.main(["--depths", "8", "--kinds", "plain", "--epochs", "1", "--train-limit", "64", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["named"]
+    assert (out / "runs" / "plain8" / "checkpoint.npz").is_file()
 
 
 def test_quick_recipe_is_short_and_shares_the_full_recipe():

@@ -751,7 +751,7 @@ def _cli(*args: str, cwd=None, pythonpath=None) -> subprocess.CompletedProcess:
 
 
 def test_cli_checks_a_named_model_with_a_line_per_array():
-    result = _cli("resnet20", "--mode", "directional", "--input-shape", "2", "3", "8", "8")
+    result = _cli("--model", "resnet20", "--mode", "directional", "--input-shape", "2,3,8,8")
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "gradcheck resnet20: input (2, 3, 8, 8), training mode, seed 0"
@@ -764,10 +764,10 @@ def test_cli_checks_a_named_model_with_a_line_per_array():
 
 def test_cli_checks_a_users_class_and_reports_a_bug(tmp_path):
     (tmp_path / "mylayers.py").write_text(_USER_LAYERS)
-    good = _cli("mylayers:LeakyReLU", "--input-shape", "2", "3", "4", cwd=tmp_path, pythonpath=tmp_path)
+    good = _cli("--model", "mylayers:LeakyReLU", "--input-shape", "2,3,4", cwd=tmp_path, pythonpath=tmp_path)
     assert good.returncode == 0, good.stdout + good.stderr
     assert "ok   input 0      24 elements" in good.stdout
-    bad = _cli("mylayers:off_by_one_percent", "--input-shape", "2", "3", "4", cwd=tmp_path, pythonpath=tmp_path)
+    bad = _cli("--model", "mylayers:off_by_one_percent", "--input-shape", "2,3,4", cwd=tmp_path, pythonpath=tmp_path)
     assert bad.returncode == 1, bad.stdout + bad.stderr
     assert "FAILED" in bad.stdout and "FAIL input 0" in bad.stdout
     assert re.search(r"^input 0: 2\d of 24 element\(s\) fail .* Worst at \(", bad.stdout, re.MULTILINE), bad.stdout
@@ -788,17 +788,20 @@ def test_cli_checks_a_users_class_and_reports_a_bug(tmp_path):
         (["mylayers:Missing", "--input-shape", "2"], "error: module 'mylayers' has no attribute 'Missing'"),
         (["mylayers:NOT_A_MODULE", "--input-shape", "2"], "error: mylayers:NOT_A_MODULE is a int, not a Module class"),
         (["mylayers:np", "--input-shape", "2"], "error: mylayers:np is a module, not a Module class"),
-        (["resnet20", "--input-shape", "2", "0", "8", "8"], "error: --input-shape needs positive sizes, got 2 0 8 8"),
+        (["resnet20", "--input-shape", "2,0,8,8"], "error: argument --input-shape: every size must be at least 1"),
         (
-            ["resnet20", "--mode", "directional", "--input-shape", "2", "1", "8", "8"],
+            ["resnet20", "--mode", "directional", "--input-shape", "2,1,8,8"],
             "error: resnet20 on input (2, 1, 8, 8): Conv2d expects input with 3 channels",
         ),
         (["resnet20", "--mode", "fast"], "error: argument --mode: invalid choice: 'fast'"),
     ],
 )
-def test_cli_errors_are_one_line_and_exit_2(tmp_path, args, message):
+def test_cli_errors_are_argparse_errors_and_exit_2(tmp_path, args, message):
+    """Every mistake is reported as argparse reports one: the usage line, then ``PROG: error: ...``."""
     (tmp_path / "mylayers.py").write_text(_USER_LAYERS)
-    result = _cli(*args, cwd=tmp_path, pythonpath=tmp_path)
+    result = _cli("--model", *args, cwd=tmp_path, pythonpath=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.startswith(message), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("usage: python -m npresnet.gradcheck "), result.stderr
+    assert lines[-1].startswith("python -m npresnet.gradcheck: " + message), result.stderr
+    assert "Traceback" not in result.stderr

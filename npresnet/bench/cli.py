@@ -6,7 +6,6 @@ import argparse
 import json
 import resource
 import statistics
-import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 
 from .. import autotune, nn, runtime
 from ..backend import xp_for
+from ..commands import EXIT_OPTIONS, command_parser, deprecated_option, shape_type
 from ..optim import SGD
 from .compare import check_same_logits, torch_missing, torch_setup, torch_step
 from .machine import gemm_peak_gflops, machine_info
@@ -161,11 +161,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": machine, "results": results}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m npresnet.bench", description=DESCRIPTION)
-    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="model factory names")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default: 8 at 224x224, 64 at 32x32)")
-    p.add_argument("--size", type=int, default=None, help="image size (default: 224, or 32 for CIFAR models)")
+def build_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "bench",
+        DESCRIPTION + " Prints a line per model and mode; --json records it all.",
+        examples=[
+            "python -m npresnet.bench",
+            "python -m npresnet.bench --model resnet20 --mode forward --repeat 1",
+            "python -m npresnet.bench --model resnet50 --input-shape 16,3,224,224 --compare torch --threads 1,all",
+            "python -m npresnet.bench --model resnet20 --batch 128 --compare torch --memory --json r20.json",
+        ],
+        exit_status=["0  measured (and --json written)", EXIT_OPTIONS],
+    )
+    p.add_argument(
+        "--model",
+        dest="models",
+        nargs="+",
+        metavar="NAME",
+        default=list(DEFAULT_MODELS),
+        help=f"one or more factories of npresnet.models (default: {' '.join(DEFAULT_MODELS)})",
+    )
+    deprecated_option(p, "--models", "--model", dest="models", nargs="+")
+    p.add_argument(
+        "--input-shape",
+        type=shape_type(4),
+        default=None,
+        metavar="N,C,H,W",
+        help="the batch: C = 3, H = W (default: 8,3,224,224; 64,3,32,32 for the CIFAR models)",
+    )
+    p.add_argument("--batch", type=int, default=None, help="shorthand: N of --input-shape")
+    p.add_argument("--size", type=int, default=None, help="shorthand: H and W of --input-shape")
     p.add_argument("--mode", nargs="+", default=["forward", "train"], choices=["forward", "train"])
     p.add_argument(
         "--threads",
@@ -183,7 +208,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (the first one is reported)")
+    p.add_argument(
+        "--warmup-runs",
+        dest="warmup",
+        type=int,
+        default=1,
+        metavar="N",
+        help="untimed calls first (the first one's time is reported; default 1)",
+    )
+    deprecated_option(p, "--warmup", "--warmup-runs", dest="warmup", type=int)
     p.add_argument(
         "--compare",
         choices=["torch"],
@@ -201,12 +234,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave glibc malloc's thresholds alone (see npresnet.runtime.tune_allocator)",
     )
-    p.add_argument("--json", metavar="PATH", default=None, help="write machine info and results as JSON")
-    return p.parse_args(argv)
+    p.add_argument("--json", metavar="PATH", default=None, help="write machine info and results as JSON to PATH")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options; a mistake in them (or in what ``check_args`` checks) exits 2 with argparse's message."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = check_args(args)
+    if problem is not None:
+        parser.error(problem)
+    return args
 
 
 def check_args(args: argparse.Namespace) -> str | None:
-    """The first problem with the options that would stop the run midway (checked before measuring), or None."""
+    """The first problem with the options that would stop the run midway (checked before measuring), or
+    None. Sets ``args.batch`` and ``args.size`` from ``--input-shape``."""
+    if args.input_shape is not None:
+        n, c, h, w = args.input_shape
+        shape = ",".join(map(str, args.input_shape))
+        if c != 3 or h != w:
+            return f"argument --input-shape: the bench feeds square RGB images (N,3,S,S), got {shape}"
+        for option, given, implied in (("--batch", args.batch, n), ("--size", args.size, h)):
+            if given is not None and given != implied:
+                return f"argument {option}: {given} contradicts --input-shape {shape}"
+        args.batch, args.size = n, h
+    for option, value, least in (
+        ("--batch", args.batch, 1),
+        ("--size", args.size, 1),
+        ("--warmup-runs", args.warmup, 0),
+    ):
+        if value is not None and value < least:
+            return f"argument {option}: must be at least {least}, got {value}"
     for name in args.models:
         problem = unknown_model_message(name)
         if problem is not None:
@@ -229,13 +289,9 @@ def threads_list(args: argparse.Namespace) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the bench; returns the report. A bad option ends it before anything is measured: one line
-    ``error: ...`` on stderr and exit status 2."""
+    """Run the bench; returns the report. A bad option ends it before anything is measured: argparse's
+    usage line and ``error: ...`` on stderr, exit status 2."""
     args = parse_args(argv)
-    problem = check_args(args)
-    if problem is not None:
-        print(f"error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
     report = run_scaling(args, threads_list(args), run)
     if args.json:
         with open(args.json, "w") as f:

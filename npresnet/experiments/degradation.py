@@ -2,8 +2,8 @@
 
 ::
 
-    python -m npresnet.experiments.degradation --quick                 # a few minutes on 2 cores
-    python -m npresnet.experiments.degradation --out docs/degradation  # the full run
+    python -m npresnet.experiments.degradation --quick --out runs/degradation-quick   # 10 epochs
+    python -m npresnet.experiments.degradation --out docs/degradation                 # the full run
 
 Plain-20/56 and ResNet-20/56 (the CIFAR networks of ``npresnet.models.cifar``: the same layers
 and parameters, with and without option-A shortcuts) are trained on scikit-learn's 8x8 digits
@@ -25,13 +25,15 @@ Writes to ``--out``:
 * ``metrics.csv``: one row per network and epoch; ``results.json``: the recipe, the per-epoch
   history, the final errors and the gradient-flow records; ``summary.md``: the final table.
 
-The training runs' checkpoints go to ``--work`` (default ``runs/degradation``), not to ``--out``.
-The four networks can be trained by separate processes and then combined without retraining::
+The training runs' checkpoints go to ``--work`` (default ``OUT/runs``, inside the ``--out`` folder;
+the command prints both folders). The four networks can be trained by separate processes and then
+combined without retraining, all of them sharing one ``--work``::
 
     for net in "56 plain" "56 resnet" "20 plain" "20 resnet"; do set -- $net
-        python -m npresnet.experiments.degradation --depths $1 --kinds $2 --out runs/degradation-parts/$2$1 &
+        python -m npresnet.experiments.degradation --depths $1 --kinds $2 --work runs/degradation \\
+            --out runs/degradation-parts/$2$1 &
     done; wait
-    python -m npresnet.experiments.degradation --reuse --out docs/degradation
+    python -m npresnet.experiments.degradation --reuse --work runs/degradation --out docs/degradation
 
 On a shared machine, limit each process to one thread (``OPENBLAS_NUM_THREADS=1
 NUMBA_NUM_THREADS=1``): oversubscribed BLAS and Numba threads made epochs several times slower here.
@@ -55,6 +57,7 @@ import numpy as np
 
 from .. import data as D
 from ..atomic_write import atomic_write_text
+from ..commands import EXIT_OPTIONS, command_parser
 from ..inspect import GradientFlow, plot_gradient_flow, summarize
 from ..models.cifar import CifarResNet
 from ..nn import CrossEntropyLoss
@@ -186,7 +189,7 @@ def train_network(
 def run(
     depths: Sequence[int] = (20, 56),
     out_dir: str = "docs/degradation",
-    work_dir: str = "runs/degradation",
+    work_dir: str | None = None,
     recipe: dict[str, Any] | None = None,
     flow_batch: int = 128,
     log: Callable[[str], None] | None = None,
@@ -200,8 +203,10 @@ def run(
     ``TrainConfig`` field, e.g. ``epochs``, ``train_limit``). Each network's record is also kept in
     ``work_dir/<name>/degradation.json``; with ``reuse`` a network whose record there has the same
     recipe is not trained again (so networks can be trained by separate processes, then combined).
+    ``work_dir`` defaults to ``out_dir/runs``: nothing is written outside the folders named.
     """
     log = log or (lambda line: print(line, flush=True))
+    work_dir = os.path.join(out_dir, "runs") if work_dir is None else work_dir
     settings = {**RECIPE, **(recipe or {})}
     for depth in depths:
         blocks_per_stage(depth)
@@ -342,15 +347,39 @@ def plot_training_error(results: dict[str, Any], path: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- command line
+def _depth(value: str) -> int:
+    """An argparse ``type``: a CIFAR network depth, 6n + 2 with n >= 1."""
+    try:
+        depth = int(value)
+        blocks_per_stage(depth)
+    except ValueError as exc:
+        message = str(exc) if "6n + 2" in str(exc) else f"expected an integer, got {value!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    return depth
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m npresnet.experiments.degradation",
-        description="Plain vs residual networks on digits: the degradation problem.",
+    p = command_parser(
+        "degradation",
+        "Plain vs residual networks on digits: the degradation problem (He et al. 2015, Figure 6 in "
+        "miniature). Writes figures, metrics.csv, results.json and summary.md to --out, the training "
+        "runs' checkpoints to --work (default OUT/runs).",
+        examples=[
+            "python -m npresnet.experiments.degradation --quick --out runs/degradation-quick",
+            "python -m npresnet.experiments.degradation --out docs/degradation --work runs/degradation",
+        ],
+        exit_status=[
+            "0  done",
+            "1  a problem during the run (e.g. matplotlib missing), one line 'error: ...'",
+            EXIT_OPTIONS,
+        ],
     )
-    p.add_argument("--quick", action="store_true", help=f"a short run ({QUICK['epochs']} epochs): a few minutes")
+    p.add_argument("--quick", action="store_true", help=f"a short run: {QUICK['epochs']} epochs instead of 60")
     p.add_argument("--out", default="docs/degradation", help="where figures and metrics go (default docs/degradation)")
-    p.add_argument("--work", default="runs/degradation", help="where the training runs' checkpoints go")
-    p.add_argument("--depths", type=int, nargs="+", default=[20, 56], help="6n+2 depths (default 20 56)")
+    p.add_argument(
+        "--work", default=None, help="where the training runs' checkpoints go (default: OUT/runs, inside --out)"
+    )
+    p.add_argument("--depths", type=_depth, nargs="+", default=[20, 56], help="6n+2 depths (default 20 56)")
     p.add_argument(
         "--epochs",
         type=int,
@@ -402,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(summary_table(results))
-    print(f"wrote {args.out}/ in {results['wall_seconds']:.0f}s")
+    work = os.path.join(args.out, "runs") if args.work is None else args.work
+    print(f"wrote {args.out}/ (checkpoints: {work}/) in {results['wall_seconds']:.0f}s")
     return 0
 
 

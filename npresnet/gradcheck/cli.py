@@ -1,15 +1,15 @@
-"""``python -m npresnet.gradcheck MODEL``: gradient-check a whole model or your own layer from the shell.
+"""``python -m npresnet.gradcheck --model MODEL``: gradient-check a whole model or your own layer from the shell.
 
 MODEL is a model name (``resnet20``, ``resnet18``, ... see ``npresnet.models``) or
 ``package.module:Name``, where Name is a Module class (or a function returning a Module) called
 with no arguments. The check is ``npresnet.testing.check_module`` on a float64 copy: drawn inputs,
 constant parameters replaced, a random upstream gradient. It prints one line per checked array::
 
-    python -m npresnet.gradcheck resnet20 --mode directional
-    python -m npresnet.gradcheck mylayers:SqueezeExcite --input-shape 2 8 4 4
+    python -m npresnet.gradcheck --model resnet20 --mode directional
+    python -m npresnet.gradcheck --model mylayers:SqueezeExcite --input-shape 2,8,4,4
 
 Exit status: 0 passed, 1 the check failed (the failing arrays are described), 2 bad arguments
-(one line ``error: ...``).
+(argparse's usage line and ``error: ...``).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
-import sys
 import time
-from typing import Any, NoReturn
+from typing import Any
 
+from ..commands import EXIT_OPTIONS, add_model, command_parser, deprecated_option, deprecation_note, parse_shape
 from ..models import CIFAR_MODELS, IMAGENET_MODELS, get_model
 from ..nn import Module
 
@@ -33,29 +33,24 @@ DEFAULT_SHAPES = {
 
 
 class UsageError(Exception):
-    """A bad argument: printed as one line ``error: ...``, exit status 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see python -m npresnet.gradcheck --help)", file=sys.stderr)
-        raise SystemExit(2)
+    """A bad argument: reported as argparse reports one (the usage line, ``error: ...``), exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m npresnet.gradcheck",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Gradient-check a whole model or your own layer against finite differences (on a "
-        "float64 copy,\nwith drawn inputs and a random upstream gradient) and print a line per "
-        "array.",
-        epilog="MODEL_OR_MODULE_PATH: a model name (" + ", ".join([*CIFAR_MODELS][:3]) + ", resnet18, ...) or "
-        "package.module:Name\n(a Module class or a function returning one, called with no arguments)."
-        "\n\nexamples:\n  python -m npresnet.gradcheck resnet20 --mode directional\n"
-        "  python -m npresnet.gradcheck mylayers:SqueezeExcite --input-shape 2 8 4 4\n\n"
-        "exit status: 0 passed, 1 the check failed, 2 bad arguments",
+    p = command_parser(
+        "gradcheck",
+        "Gradient-check a whole model or your own layer against finite differences (on a float64 copy, "
+        "with drawn inputs and a random upstream gradient) and print a line per array. MODEL is a model "
+        "name (" + ", ".join([*CIFAR_MODELS][:3]) + ", resnet18, ...) or package.module:Name (a Module "
+        "class or a function returning one, called with no arguments).",
+        examples=[
+            "python -m npresnet.gradcheck --model resnet20 --mode directional",
+            "python -m npresnet.gradcheck --model mylayers:SqueezeExcite --input-shape 2,8,4,4",
+        ],
+        exit_status=["0  every array passed", "1  the check failed (the failing arrays are described)", EXIT_OPTIONS],
     )
-    p.add_argument("model", metavar="MODEL_OR_MODULE_PATH", help="resnet20, ... or package.module:Name")
+    add_model(p, many=False, help="resnet20, ... or package.module:Name")
+    p.add_argument("positional_model", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)  # 0.1's spelling
     p.add_argument(
         "--mode",
         choices=["full", "directional"],
@@ -65,15 +60,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input-shape",
-        type=int,
         nargs="+",
-        metavar="N",
-        help="input shape, e.g. 2 3 32 32 (default for a named model: 2 3 32 32 for CIFAR, 2 3 64 64 "
-        "for ImageNet models; required for package.module:Name)",
+        metavar="N,C,H,W",
+        help="input shape, e.g. 2,3,32,32 (default for a named model: 2,3,32,32 for CIFAR, 2,3,64,64 "
+        "for ImageNet models; required for package.module:Name, any number of sizes)",
     )
     p.add_argument("--eval", action="store_true", help="check the module in eval mode (default: training mode)")
     p.add_argument("--seed", type=int, default=0, help="seeds the model, the inputs and the check (default 0)")
-    p.add_argument("--eps", type=float, default=1e-6, help="finite-difference step (default 1e-6)")
+    p.add_argument("--fd-step", type=float, default=1e-6, help="finite-difference step h (default 1e-6)")
+    deprecated_option(p, "--eps", "--fd-step", dest="fd_step", type=float)
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
     return p
@@ -113,20 +108,24 @@ def load_module(spec: str, seed: int) -> Module:
 def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
     if args.input_shape is None:
         if args.model not in DEFAULT_SHAPES:
-            raise UsageError(f"--input-shape is required for {args.model} (e.g. --input-shape 2 3 8 8)")
+            raise UsageError(f"--input-shape is required for {args.model} (e.g. --input-shape 2,3,8,8)")
         return DEFAULT_SHAPES[args.model]
-    if min(args.input_shape) < 1:
-        raise UsageError(f"--input-shape needs positive sizes, got {' '.join(map(str, args.input_shape))}")
-    return tuple(args.input_shape)
+    values = args.input_shape
+    if len(values) > 1:  # 0.1's spelling, sizes separated by spaces
+        deprecation_note(f"--input-shape {' '.join(values)}", f"--input-shape {','.join(values)}")
+    try:
+        return parse_shape(",".join(values))
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"argument --input-shape: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
     """Check the model; print the table; 0 if it passed, 1 if not. Bad arguments raise UsageError."""
     from ..testing import check_module  # npresnet.testing imports this package: import it late
 
-    if not args.eps > 0 or args.atol < 0 or args.rtol < 0:
+    if not args.fd_step > 0 or args.atol < 0 or args.rtol < 0:
         raise UsageError(
-            f"--eps must be positive and --atol, --rtol non-negative, got {args.eps}, {args.atol}, {args.rtol}"
+            f"--fd-step must be positive and --atol, --rtol non-negative, got {args.fd_step}, {args.atol}, {args.rtol}"
         )
     module = load_module(args.model, args.seed).train(not args.eval)
     shape = _input_shape(args)
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
             shape,
             mode=args.mode,
             seed=args.seed,
-            eps=args.eps,
+            eps=args.fd_step,
             atol=args.atol,
             rtol=args.rtol,
             raise_exception=False,
@@ -165,9 +164,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.positional_model is not None:
+        if args.model is not None:
+            parser.error(f"name the model once: --model {args.model}, not also {args.positional_model}")
+        deprecation_note(f"the positional MODEL ({args.positional_model})", f"--model {args.positional_model}")
+        args.model = args.positional_model
+    if args.model is None:
+        parser.error("the following arguments are required: --model (a model name or package.module:Name)")
     try:
         return run(args)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        parser.error(str(exc))

@@ -19,6 +19,7 @@ from typing import Any
 from .. import distributed as dist
 from .. import runtime
 from ..checkpoint import read_checkpoint
+from ..commands import command_parser
 from .agreement import RanksDisagree
 from .config import PRESETS, TrainConfig
 from .interrupts import StopRequest, TrainingInterrupted, stop_on_signals
@@ -57,7 +58,24 @@ def _argument(field: dataclasses.Field[Any], kind: Any) -> tuple[str, dict[str, 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m npresnet.train``: ``--preset``, one option per ``TrainConfig`` field,
     then ``--resume``, ``--overwrite`` and ``--threads`` (properties of this invocation, not of the run)."""
-    p = argparse.ArgumentParser(prog="python -m npresnet.train", description=DESCRIPTION)
+    p = command_parser(
+        "train",
+        DESCRIPTION + " Each epoch writes checkpoint.npz, metrics.csv and metrics.json to the run folder "
+        "(--out; default runs/<model>-<data>, printed at the start).",
+        examples=[
+            "python -m npresnet.train --model resnet20 --data digits --epochs 30 --lr 0.05 --out runs/digits",
+            "python -m npresnet.train --resume runs/digits",
+            "python -m npresnet.train --preset cifar-paper --data-root ~/data/cifar-10-batches-bin",
+            "mpiexec -n 2 python -m npresnet.train --distributed --data digits --out runs/digits-2ranks",
+        ],
+        exit_status=[
+            "0    done",
+            "2    a mistake in the options (the usage line and 'error: ...'), or a problem with a file or the",
+            "     run (one line 'error: ...': a bad checkpoint, a busy run folder, ranks that disagree, divergence)",
+            "130  stopped by Ctrl-C (SIGINT) after the current step or write; the --resume command is printed",
+            "143  stopped by SIGTERM, likewise",
+        ],
+    )
     p.add_argument(
         "--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS, help="a recipe; explicit options override it"
     )
@@ -120,16 +138,23 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; returns the exit code.
 
-    0: done. 2: an error of the user's input, files or run (bad options, a corrupt checkpoint, a
-    busy run folder, ranks that disagree, divergence), printed as one line ``error: ...``.
+    0: done. 2: a mistake in the options (argparse's usage line and ``error: ...``), or a problem
+    with the files or the run (a corrupt checkpoint, a busy run folder, ranks that disagree,
+    divergence), printed as one line ``error: ...``.
     130 / 143 (128 + the signal's number): stopped by SIGINT (Ctrl-C) / SIGTERM after the current
     step or write, with the intact checkpoint and the ``--resume`` command printed.
     """
     stop = StopRequest()
     with stop_on_signals(stop):
         try:
-            config, resume, overwrite = config_from_args(argv)
-            threads = build_parser().parse_args(argv).threads
+            parser = build_parser()
+            try:
+                config, resume, overwrite = config_from_args(argv)
+            except ValueError as exc:
+                if parser.parse_args(argv).resume is None:  # the options alone are wrong: argparse's format
+                    parser.error(str(exc))
+                raise  # a checkpoint's problem: one line, below
+            threads = parser.parse_args(argv).threads
             if threads is not None:
                 runtime.set_num_threads(threads)
             note = runtime.slow_pool_note()  # workqueue on a machine where its hand-off is slow
