@@ -17,7 +17,9 @@ The package, in the order a run uses it:
 * ``config``: ``TrainConfig`` (every setting, each with its command-line option in its
   metadata), the ``PRESETS`` recipes, and which settings may change on resume;
 * ``datasets``: the datasets and transforms a config names;
+* ``recipe``: the optimizer and the learning-rate schedule a config names;
 * ``trainer``: ``Trainer`` (one epoch, evaluation, the loop, saving and resuming) and ``train()``;
+* ``resume``: the checks that a checkpoint continues this run, before anything is loaded;
 * ``progress``: the per-epoch progress display (tqdm, plain lines, or none);
 * ``records``: ``metrics.csv``, ``metrics.json`` and the loss/accuracy plot;
 * ``cli``: the argparse parser generated from ``TrainConfig``, and ``main``.

@@ -5,10 +5,11 @@ One epoch: shuffle (seeded), augment, forward, loss, backward, ``optimizer.step(
 (``eval()`` mode, no caches), append a row to the history, write ``checkpoint.npz`` atomically,
 then the metrics files and the plot (``npresnet.training.records``).
 
-Reproducibility: the model's initial weights come from ``seed``; the data order and augmentation
-of epoch e from (seed, e) (see ``npresnet.data.loader``). The checkpoint holds weights, buffers,
-optimizer state, schedule state, epoch, step and history, so ``resume`` continues exactly where
-it stopped: two epochs straight and one + resume + one give identical weights.
+The optimizer and the schedule come from the config (``recipe``). Reproducibility: the model's
+initial weights come from ``seed``; the data order and augmentation of epoch e from (seed, e) (see
+``npresnet.data.loader``). The checkpoint holds weights, buffers, optimizer state, schedule state,
+epoch, step and history, so ``resume`` continues exactly where it stopped (after the checks of
+``npresnet.training.resume``): two epochs straight and one + resume + one give identical weights.
 
 A non-finite loss (or weights) stops training with ``TrainingDiverged``; the last good
 checkpoint (end of the previous epoch) and the metrics files are left as they were.
@@ -38,20 +39,19 @@ from .. import data as D
 from .. import distributed as dist
 from ..atomic_write import remove_stale_temporaries
 from ..backend import get_array_module
-from ..checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from ..functional.loss import cross_entropy_forward
 from ..grad_mode import no_grad
 from ..nn import CrossEntropyLoss, Module
-from ..optim import SGD, Adam, AdamW, Optimizer, weight_decay_groups
-from ..schedules import ConstantLR, CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
-from ..state_checks import setting_problem
 from .agreement import check_ranks_agree
-from .config import RESUMABLE_CHANGES, TrainConfig
+from .config import TrainConfig
 from .datasets import build_transforms, load_datasets
 from .interrupts import StopRequest, TrainingInterrupted
 from .lock import RunFolderLock
 from .progress import make_progress
+from .recipe import build_optimizer, build_scheduler
 from .records import plot_history, write_metrics
+from .resume import check_resumable, record_paths
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "train"]
 
@@ -156,45 +156,12 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        self.optimizer = self._build_optimizer()
-        self.scheduler = self._build_scheduler()
+        self.optimizer = build_optimizer(self.model, config)
+        self.scheduler = build_scheduler(self.optimizer, config, self.total_steps, self.steps_per_epoch)
         self.epoch, self.step = 0, 0  # completed epochs and iterations
         self.history: list[dict[str, Any]] = []
         self.out_dir = config.run_dir
         self.checkpoint_path = os.path.join(self.out_dir, "checkpoint.npz")
-
-    def _build_optimizer(self) -> Optimizer:
-        c = self.config
-        params = (
-            list(self.model.parameters()) if c.decay_bn_and_bias else weight_decay_groups(self.model, c.weight_decay)
-        )
-        if c.optimizer == "sgd":
-            return SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov)
-        kind = Adam if c.optimizer == "adam" else AdamW
-        return kind(params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
-
-    def _build_scheduler(self) -> LRScheduler:
-        c, opt = self.config, self.optimizer
-        warmup = min(c.warmup_steps, max(self.total_steps - 1, 0))
-        remaining = max(self.total_steps - warmup, 1)
-        if c.schedule == "cosine":
-            main: LRScheduler = CosineAnnealingLR(opt, T_max=remaining)
-        elif c.schedule == "multistep":
-            steps = (
-                c.milestone_steps
-                if c.milestone_steps is not None
-                else [round(m * self.steps_per_epoch) for m in c.milestones]
-            )
-            main = MultiStepLR(opt, [s - warmup for s in steps if s > warmup], gamma=c.gamma)
-        else:
-            main = MultiStepLR(opt, [], gamma=1.0)
-        if not warmup:
-            return main
-        if c.warmup == "linear":
-            first: LRScheduler = LinearLR(opt, start_factor=c.warmup_factor, end_factor=1.0, total_iters=warmup)
-        else:
-            first = ConstantLR(opt, factor=c.warmup_factor, total_iters=warmup)
-        return SequentialLR(opt, [first, main], milestones=[warmup])
 
     # ------------------------------------------------------------------ one epoch
     def train_epoch(self) -> dict[str, float]:
@@ -387,10 +354,6 @@ class Trainer:
         if config.plot:
             plot_history(self.history, config.plot, title=f"{config.model} on {config.data}")
 
-    def _record_paths(self) -> list[str]:
-        paths = [self.checkpoint_path] + [os.path.join(self.out_dir, n) for n in ("metrics.csv", "metrics.json")]
-        return paths + ([self.config.plot] if self.config.plot else [])
-
     def resume(self, path: str) -> None:
         """Continue from a checkpoint file (or a run folder holding ``checkpoint.npz``).
 
@@ -401,43 +364,13 @@ class Trainer:
         """
         path = os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
         meta, _ = read_checkpoint(path)
-        saved = meta.get("extra", {}).get("config")
-        saved_world = meta.get("extra", {}).get("world_size", 1)
-        if saved_world != self.world.size:
-            raise ValueError(
-                f"cannot resume {path}: it was written by a run of {saved_world} rank(s), this run has "
-                f"{self.world.size}; resume with mpiexec -n {saved_world} (the global batch and the "
-                "data shards depend on it)"
-            )
-        if saved is not None:
-            defaults = TrainConfig(data="digits").to_dict()  # fields added after the checkpoint was written
-            differences = [
-                f"{k}: checkpoint {saved.get(k, defaults[k])!r}, now {v!r}"
-                for k, v in self.config.to_dict().items()
-                if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != v
-            ]
-            if differences:
-                allowed = ", ".join(RESUMABLE_CHANGES)
-                raise ValueError(
-                    f"cannot resume {path}: the run's settings differ from the checkpoint's (only "
-                    f"{allowed} may change): " + "; ".join(differences)
-                )
-        history = meta["extra"].get("history", [])
-        rows_ok = isinstance(history, list) and all(
-            isinstance(row, dict) and not any(setting_problem(k, v, "number") for k, v in row.items())
-            for row in history
-        )
-        if not rows_ok or len(history) != meta["epoch"]:
-            raise CheckpointError(
-                f"{path}: the saved history must hold one row of numbers per finished epoch "
-                f"({meta['epoch']}), got {history!r:.80}"
-            )
+        saved, history = check_resumable(path, meta, self.config, self.world.size)
         meta = load_checkpoint(path, self.model, self.optimizer, self.scheduler, model_name=self.config.model)
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.history = list(history)
         self.checkpoint_path = os.path.join(self.out_dir, "checkpoint.npz")
         if self.world.is_main:  # the records as the checkpoint's own run wrote them
-            for record in self._record_paths():
+            for record in record_paths(self.out_dir, self.config):
                 remove_stale_temporaries(record)
             self.write_records(TrainConfig.from_dict(saved) if saved is not None else None)
 
