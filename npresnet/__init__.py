@@ -14,7 +14,7 @@ import importlib.util as _importlib_util
 from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"  # the one place: pyproject.toml reads it from here (setuptools dynamic version)
+__version__ = "0.2.0"  # the one place: pyproject.toml reads it from here (setuptools dynamic version)
 
 if _importlib_util.find_spec(f"{__name__}.kernels") is None:
     # A bare checkout on sys.path: the top-level kernels/ folder becomes npresnet.kernels only when installed.
