@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numba import njit, prange  # noqa: F401  (prange is re-exported for the kernel modules)
 
-from . import _this_thread  # the package's thread-local settings (no Numba there)
+from . import _tbb, _this_thread  # TBB's library loader; the package's thread-local settings (no Numba there)
 
 #: Write compiled kernels to disk so later processes skip the compile (seconds per kernel); only
 #: as npresnet.kernels (see above: a cache entry carries the module name it was compiled under).
@@ -63,6 +63,7 @@ if PARALLEL not in ("auto", "0", "1"):
 # Inside a ResNet-20 b128 training step at 2 threads (same machine): tbb 0.48 s, omp 0.54 s,
 # workqueue 0.60 s, omp with OpenBLAS's default spin 1.06 s. So TBB first when it is installed
 # (pip install tbb), else workqueue; never omp unless asked for (NUMBA_THREADING_LAYER).
+_tbb.load()  # pip's libtbb, where Numba's tbbpool cannot find it on its own (see _tbb.py)
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]  # type: ignore[attr-defined]
 

@@ -53,6 +53,7 @@ __all__ = [
     "set_blas_spin",
     "set_num_threads",
     "slow_pool_note",
+    "tbb_reason",
     "tune_allocator",
 ]
 
@@ -182,12 +183,13 @@ def set_blas_spin(exponent: int | None) -> bool:
 SLOW_HANDOFF_US = 30.0
 
 
-def slow_pool_note(pool: tuple[str, int, float] | None = None) -> str | None:
+def slow_pool_note(pool: tuple[str, int, float] | None = None, why: bool = True) -> str | None:
     """One line for the user when Numba's kernels run on the workqueue layer and a hand-off to its
     pool is slow on this machine, else None (also at one Numba thread: the kernels then run serial
     builds, with no hand-off). ``pool``: a measurement of ``kernels.thread_pool()`` (layer, threads,
-    microseconds) already taken; without it one is taken now, which starts the pool."""
-    from . import kernels
+    microseconds) already taken; without it one is taken now, which starts the pool. ``why``: end
+    with the reason TBB is not in use (``tbb_reason``); False where the caller has printed it."""
+    from .. import kernels
 
     pool = pool if pool is not None else kernels.thread_pool()
     if pool is None:
@@ -195,11 +197,20 @@ def slow_pool_note(pool: tuple[str, int, float] | None = None) -> str | None:
     layer, threads, handoff_us = pool
     if layer != "workqueue" or threads < 2 or handoff_us <= SLOW_HANDOFF_US:
         return None
-    return (
+    note = (
         f"note: Numba's workqueue thread pool takes {handoff_us:.0f} us per parallel kernel call on this machine, "
-        "so its kernels gain little or nothing from more threads; pip install tbb (npresnet[tbb]) gives Numba "
-        "its TBB layer (1-2 us)"
+        "so its kernels gain little or nothing from more threads (TBB's pool hands off in microseconds)"
     )
+    reason = tbb_reason(layer) if why else None
+    return note if reason is None else f"{note}; TBB is not in use: {reason}"
+
+
+def tbb_reason(layer: str) -> str | None:
+    """Why Numba's pool runs ``layer`` rather than TBB, in one line (None on TBB): e.g. that the tbb
+    package is not installed, or that NUMBA_THREADING_LAYER chose another layer."""
+    from .kernels import _tbb
+
+    return _tbb.reason(layer)
 
 
 def default_threads() -> int:

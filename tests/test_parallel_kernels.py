@@ -173,13 +173,9 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                  npresnet.kernels.relu_cpu) for name, kernel in vars(module).items()
                  if isinstance(kernel, _numba.ParallelKernel)]
         assert len(built) == 17, [b[:2] for b in built]
-        from importlib.metadata import PackageNotFoundError, version
-        try:
-            version("tbb")
-            default_layer = "tbb"
-        except PackageNotFoundError:
-            default_layer = "workqueue"
-        assert numba.threading_layer() == default_layer, (numba.threading_layer(), default_layer)
+        from npresnet.kernels import _tbb  # TBB where its library loads (test_an_installed_tbb_...)
+        default_layer = "tbb" if _tbb.load() is not None else "workqueue"
+        assert numba.threading_layer() == default_layer, (numba.threading_layer(), _tbb.reason(default_layer))
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
         print("ok")
@@ -290,8 +286,8 @@ def test_the_thread_pool_probe_names_the_layer_and_times_a_hand_off(layer):
         assert name == numba.threading_layer() == os.environ["PROBE_LAYER"], name
         assert threads == 2 and 0 < handoff_us < 1e6, (threads, handoff_us)
         from npresnet import runtime
-        note = runtime.slow_pool_note()  # a note only for a slow workqueue, and then it names the fix
-        assert note is None or (name == "workqueue" and "pip install tbb" in note), note
+        note = runtime.slow_pool_note()  # a note only for a slow workqueue, and then it says why
+        assert note is None or (name == "workqueue" and note.endswith("NUMBA_THREADING_LAYER=workqueue chose it")), note
         numba.set_num_threads(1)
         assert runtime.slow_pool_note() is None  # one thread: serial builds, nothing to say
         print("ok")
@@ -405,3 +401,54 @@ def test_cached_build_names_are_the_same_in_every_process():
         assert done.returncode == 0, done.stderr[-2000:]
         names.add(done.stdout.strip())
     assert len(names) == 1, names
+
+
+def test_an_installed_tbb_is_loaded_and_runs_the_pool():
+    """pip's tbb wheel puts libtbb outside the loader's search path (a virtual environment's lib/);
+    npresnet.kernels._tbb loads it from the distribution's recorded files, so an installed tbb is the
+    layer Numba runs, with no reason printed against it."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("tbb")
+    except PackageNotFoundError:
+        pytest.skip("the tbb package is not installed")
+    assert_ok(
+        run_with_two_threads("""
+        from npresnet.kernels import _tbb
+        path = _tbb.load()
+        assert path is not None and path.endswith(_tbb.LIBRARY), _tbb.reason()
+        layer = kernels.thread_pool()[0]
+        assert layer == numba.threading_layer() == "tbb", (layer, _tbb.reason(layer))
+        assert _tbb.reason(layer) is None
+        print("ok")
+    """)
+    )
+
+
+def test_tbb_reasons_name_the_cause_and_advise_installing_only_what_is_missing(monkeypatch):
+    """Each reason TBB is not used, in one line; "pip install" only when tbb is not installed."""
+    import importlib.metadata
+
+    from npresnet.kernels import _tbb
+
+    class Listed:  # a tbb distribution whose recorded files lack the library
+        version, files = "2099.0", []
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.delenv("NUMBA_THREADING_LAYER", raising=False)
+    for distribution, expected in [
+        (missing, "the tbb package is not installed (pip install tbb"),
+        (lambda name: Listed(), f"the tbb 2099.0 package lists no {_tbb.LIBRARY}"),
+    ]:
+        monkeypatch.setattr(_tbb, "_state", {})
+        monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+        reason = _tbb.reason("workqueue")
+        assert reason is not None and reason.startswith(expected) and "\n" not in reason, reason
+        assert _tbb.load() is None
+        assert ("pip install" in reason) == (distribution is missing), reason
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "omp")
+    assert _tbb.reason("omp") == "NUMBA_THREADING_LAYER=omp chose it"
+    assert _tbb.reason("tbb") is None

@@ -55,12 +55,21 @@ def test_set_num_threads_sets_every_library_and_shortens_openblas_spin():
     assert done.stdout.strip() in ("ok", "no pthreads OpenBLAS under numpy")
 
 
-def test_the_slow_pool_note_names_the_fix_only_for_a_slow_workqueue_at_several_threads():
-    """``runtime.slow_pool_note`` on given measurements (layer, Numba threads, us per hand-off)."""
+def test_the_slow_pool_note_says_why_only_for_a_slow_workqueue_at_several_threads(monkeypatch):
+    """``runtime.slow_pool_note`` on given measurements (layer, Numba threads, us per hand-off): it
+    ends with the reason TBB is not in use, and advises installing tbb only where it is not installed."""
+    from npresnet.kernels import _tbb
+
     from npresnet import runtime
 
+    monkeypatch.delenv("NUMBA_THREADING_LAYER", raising=False)
+    monkeypatch.setattr(_tbb, "_state", {"path": None, "reason": "the tbb package is not installed (pip install tbb)"})
     note = runtime.slow_pool_note(("workqueue", 2, 90.0))
-    assert note is not None and "90 us" in note and "pip install tbb" in note
+    assert note is not None and "90 us" in note and note.endswith("TBB is not in use: " + _tbb._state["reason"])
+    assert "pip install" not in runtime.slow_pool_note(("workqueue", 2, 90.0), why=False)
+    monkeypatch.setenv("NUMBA_THREADING_LAYER", "workqueue")
+    note = runtime.slow_pool_note(("workqueue", 2, 90.0))
+    assert note.endswith("TBB is not in use: NUMBA_THREADING_LAYER=workqueue chose it") and "pip" not in note
     assert runtime.slow_pool_note(("workqueue", 1, 90.0)) is None  # one thread: serial builds
     assert runtime.slow_pool_note(("workqueue", 2, runtime.SLOW_HANDOFF_US)) is None
     assert runtime.slow_pool_note(("tbb", 2, 500.0)) is None

@@ -62,8 +62,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"GEMM peak (single {1536}^3 matmul): {peak:.1f} GFLOP/s")
     pool = machine["numba_pool"]
     if pool is not None and args.threads > 1:
-        print(f"Numba thread pool: {pool['layer']} layer, {pool['handoff_us']:.1f} us per hand-off")
-        note = runtime.slow_pool_note((pool["layer"], pool["threads"], pool["handoff_us"]))  # the same figures
+        why = runtime.tbb_reason(pool["layer"])  # None on TBB
+        print(
+            f"Numba thread pool: {pool['layer']} layer{'' if why is None else f' (not TBB: {why})'}, "
+            f"{pool['handoff_us']:.1f} us per hand-off"
+        )
+        note = runtime.slow_pool_note((pool["layer"], pool["threads"], pool["handoff_us"]), why=False)  # same figures
         if note is not None:
             print(note)
     legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
