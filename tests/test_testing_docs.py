@@ -9,6 +9,11 @@ The page's code blocks, in a fresh project folder (``tmp_path``):
 * a ```console block's ``$ command`` runs in that folder, and each line shown under it must be a
   line of the command's output (the same ``...`` rule).
 
+A figure written with three significant digits (``6.65e-10``) is a finite-difference error: rounding
+noise of size about ``u * |L| / eps``, whose digits change with the BLAS kernel, the vector width and
+the thread count. Its order of magnitude is what the math fixes, so it matches any figure of the same
+sign within a factor of 10; every other character of the line must match exactly.
+
 A failure names the block by its section and line.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -64,14 +70,44 @@ def _shown_after(index: int) -> list[str]:
     return following["code"].splitlines() if following and following["lang"] == "text" else []
 
 
+#: A rounding-noise figure as the page prints it: three significant digits, an exponent.
+NOISE = re.compile(r"-?\d\.\d\de[-+]\d\d")
+
+
+def shows(want: str, line: str) -> bool:
+    """Whether printed ``line`` is the page's ``want``: the same text, noise figures within 10x."""
+    prefix = want.endswith("...")
+    want = want[:-3] if prefix else want
+    pattern = "".join(f"({NOISE.pattern})" if i % 2 else re.escape(part) for i, part in enumerate(_split(want)))
+    match = (re.match if prefix else re.fullmatch)(pattern, line)
+    if match is None:
+        return False
+    figures = zip(NOISE.findall(want), match.groups())
+    return all(float(a) * float(b) > 0 and 0.1 <= float(b) / float(a) <= 10 for a, b in figures)
+
+
+def _split(text: str) -> list[str]:
+    """``text`` cut around its noise figures: [text, figure, text, figure, ..., text]."""
+    return re.split(f"({NOISE.pattern})", text)
+
+
 def assert_shows(expected: list[str], output: str, where: str) -> None:
     lines = [line.rstrip() for line in output.splitlines()]
     for want in (w.rstrip() for w in expected if w.strip()):
-        if want.endswith("..."):
-            ok = any(line.startswith(want[:-3]) for line in lines)
-        else:
-            ok = want in lines
+        ok = any(shows(want, line) for line in lines)
         assert ok, f"{where}: the page shows\n  {want}\nbut the block printed:\n{output}"
+
+
+def test_noise_figures_match_to_their_order_of_magnitude_and_the_rest_exactly():
+    want = "  ok   input 0        256 elements  max rel 2.03e-07  norm ratio 6.65e-10  max abs 1.58e-09"
+    assert shows(want, want)
+    assert shows(want, want.replace("6.65e-10", "6.98e-10").replace("1.58e-09", "1.84e-09"))  # an AVX2 machine
+    assert not shows(want, want.replace("6.65e-10", "7.00e-09"))  # more than 10x: a real change
+    assert not shows(want, want.replace("1.58e-09", "-1.58e-09"))
+    assert not shows(want, want.replace("ok   input", "FAIL input"))
+    assert not shows(want, want + " and more")
+    assert shows("  ok   input 0 ...", want) and not shows("  ok   input 1 ...", want)
+    assert shows("atol=1e-05 rtol=0.001", "atol=1e-05 rtol=0.001") and not shows("atol=1e-05", "atol=1e-06")
 
 
 @pytest.fixture
