@@ -16,6 +16,7 @@ Standard library only: this runs before Numba is configured.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.metadata
 import os
 import sys
@@ -35,7 +36,7 @@ def _find() -> tuple[str | None, str | None]:
     listed = [f for f in dist.files or () if f.name == LIBRARY]
     if not listed:
         return None, f"the tbb {dist.version} package lists no {LIBRARY} among its installed files"
-    path = os.path.realpath(dist.locate_file(listed[0]))  # type: ignore[arg-type]  # (a PathLike)
+    path = os.path.realpath(str(dist.locate_file(listed[0])))
     if not os.path.isfile(path):
         return None, f"tbb {dist.version}'s {LIBRARY} is listed but missing: {path}"
     return path, None
@@ -71,7 +72,7 @@ def reason(layer: str | None = None) -> str | None:
         from numba.np.ufunc import parallel
 
         getattr(parallel, "_check_tbb_version_compatible", lambda: None)()
-        from numba.np.ufunc import tbbpool  # noqa: F401  (import only: it fails as Numba's does)
+        importlib.import_module("numba.np.ufunc.tbbpool")  # the extension Numba loads for its TBB layer
     except ImportError as error:
         return f"Numba's TBB layer did not load with {_state['path']}: {error}"
     return f"Numba chose {layer} over TBB (TBB {_state['path']} loaded; see NUMBA_THREADING_LAYER_PRIORITY)"

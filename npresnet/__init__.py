@@ -11,7 +11,6 @@ Quick start::
 """
 
 import importlib.util as _importlib_util
-from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING
 
 __version__ = "0.2.0"  # the one place: pyproject.toml reads it from here (setuptools dynamic version)
@@ -23,12 +22,24 @@ if _importlib_util.find_spec(f"{__name__}.kernels") is None:
         "top-level kernels/ folder to npresnet.kernels)"
     )
 
-# optim, schedules and data are imported here too (as torch.optim is): ``npresnet.optim.SGD(...)`` works
-# after a bare ``import npresnet``. They cost about 5 ms of the ~140 ms import, so they are not lazy.
-from . import backend, data, functional, gradcheck, io, models, nn, optim, schedules, summary, testing  # noqa: E402
-from .grad_mode import is_grad_enabled, no_grad
-from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError
-from .io import load, save
+# The API is imported on first use (PEP 562, ``__getattr__`` below): ``import npresnet`` loads no NumPy,
+# so the pytest plugin (npresnet.testing.plugin), which pytest loads in every test run of an environment
+# that has npresnet installed, costs those runs nothing. ``npresnet.optim.SGD(...)`` after a bare
+# ``import npresnet`` works as before: the attribute access imports npresnet.optim.
+if TYPE_CHECKING:
+    from . import backend, data, functional, gradcheck, io, models, nn, optim, schedules, summary, testing
+    from .grad_mode import is_grad_enabled, no_grad
+    from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError
+    from .io import load, save
+
+#: Each public name -> the submodule that defines it (a submodule of the API maps to itself).
+_API = {
+    **{name: name for name in ("backend", "data", "functional", "gradcheck", "io", "models", "nn", "optim")},
+    **{name: name for name in ("schedules", "summary", "testing")},
+    **dict.fromkeys(["is_grad_enabled", "no_grad"], "grad_mode"),
+    **dict.fromkeys(["GradcheckError", "GradcheckReport", "NondifferentiableError"], "gradcheck"),
+    **dict.fromkeys(["load", "save"], "io"),
+}
 
 __all__ = [
     "GradcheckError",
@@ -51,24 +62,29 @@ __all__ = [
     "summary",
 ]
 
-# The namespace is the API: __all__. Importing the package above also imported its internals (grad_mode,
-# checks, kernels, ...), and Python binds each imported submodule as an attribute of its package; they are
-# unbound here, so dir(npresnet) lists the API only. ``import npresnet.checks`` works as before, and the
-# attribute ``npresnet.checks`` of a submodule already imported still resolves (``__getattr__`` below).
-for _name in [n for n, v in globals().items() if isinstance(v, _ModuleType) and n not in __all__]:
-    del globals()[_name]
-del _name
-
+# The namespace is the API: __all__. Python binds every imported submodule as an attribute of its package,
+# internals too (grad_mode, checks, kernels, ...); ``__dir__`` lists the API only. ``import npresnet.checks``
+# works as before, and the attribute ``npresnet.checks`` of a submodule already imported resolves.
 if not TYPE_CHECKING:  # hidden from mypy, which would type what it cannot resolve (npresnet.kernels) as object
 
     def __getattr__(name: str) -> object:
-        """``npresnet.<submodule>`` for a submodule already imported (an internal one is not bound, see above)."""
+        """A public name, imported now (once); or an internal submodule already imported."""
+        import importlib
         import sys
 
+        if name in _API:
+            module = importlib.import_module(f"{__name__}.{_API[name]}")
+            value = module if _API[name] == name else getattr(module, name)
+            globals()[name] = value
+            return value
         module = sys.modules.get(f"{__name__}.{name}")
         if module is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         return module
 
 
-del _ModuleType, TYPE_CHECKING
+def __dir__() -> list[str]:
+    return sorted({*__all__, *(name for name in globals() if name.startswith("_"))})
+
+
+del TYPE_CHECKING

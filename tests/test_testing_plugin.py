@@ -121,3 +121,20 @@ def test_in_this_project_the_conftest_rng_still_wins(rng):
     # tests/conftest.py's rng (one fixed seed) overrides the plugin's here, so the suite's tests draw
     # the same numbers as before the plugin existed.
     assert rng.random() == np.random.default_rng(20240607).random()
+
+
+def test_loading_the_plugin_imports_neither_numpy_nor_the_rest_of_npresnet():
+    """pytest loads the plugin in every test run of an environment that has npresnet installed, for
+    projects that never use it: loading it must cost them nothing but the plugin (NumPy, npresnet's
+    layers and kernels are imported by the fixtures, when a test asks for one)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pytest\n"
+        "import npresnet.testing.plugin\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('numpy', 'numba', 'npresnet'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", "import json\n" + code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == ["npresnet", "npresnet.testing", "npresnet.testing.plugin"]

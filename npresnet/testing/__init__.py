@@ -22,16 +22,28 @@ One call per question::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, compare, gradcheck, rel_error
-from .check import check_module
-from .configs import Arrays, BatchNormConfig, Conv2dConfig, Pool2dConfig, arrays_for
-from .inputs import kink_free, tie_free
-from .torch_parity import TorchMismatchError, assert_matches_torch
+if TYPE_CHECKING:
+    from ..gradcheck import GradcheckError, GradcheckReport, NondifferentiableError, compare, gradcheck, rel_error
+    from .check import check_module
+    from .configs import Arrays, BatchNormConfig, Conv2dConfig, Pool2dConfig, arrays_for
+    from .inputs import kink_free, tie_free
+    from .strategies import batchnorm_configs, conv2d_configs, pool2d_configs
+    from .torch_parity import TorchMismatchError, assert_matches_torch
 
-# name -> the module of npresnet.testing that defines it, imported on first use (strategies import hypothesis)
-_LAZY = {"conv2d_configs": "strategies", "pool2d_configs": "strategies", "batchnorm_configs": "strategies"}
+# name -> the module that defines it, imported on first use: the pytest plugin (plugin.py) is loaded
+# in every test run of the environment and imports this package, which must then cost nothing (no
+# NumPy); the strategies also need hypothesis, which npresnet does not.
+_LAZY = {
+    **dict.fromkeys(["GradcheckError", "GradcheckReport", "NondifferentiableError"], "..gradcheck"),
+    **dict.fromkeys(["compare", "gradcheck", "rel_error"], "..gradcheck"),
+    "check_module": ".check",
+    **dict.fromkeys(["Arrays", "BatchNormConfig", "Conv2dConfig", "Pool2dConfig", "arrays_for"], ".configs"),
+    **dict.fromkeys(["kink_free", "tie_free"], ".inputs"),
+    **dict.fromkeys(["conv2d_configs", "pool2d_configs", "batchnorm_configs"], ".strategies"),
+    **dict.fromkeys(["TorchMismatchError", "assert_matches_torch"], ".torch_parity"),
+}
 
 __all__ = [
     "Arrays",
@@ -50,7 +62,9 @@ __all__ = [
     "kink_free",
     "rel_error",
     "tie_free",
-    *_LAZY,
+    "conv2d_configs",
+    "pool2d_configs",
+    "batchnorm_configs",
 ]
 
 
@@ -59,7 +73,9 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once: later lookups find it without __getattr__
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -1,8 +1,9 @@
 """npresnet's pytest plugin: seeded ``rng`` per test, a ``float64`` caster, and ``--npresnet-seed``.
 
 Installed with npresnet and loaded by pytest on its own (the ``pytest11`` entry point ``npresnet``
-in pyproject.toml; ``-p no:npresnet`` turns it off). It imports only NumPy and pytest, so it costs
-nothing in a test run that does not use it.
+in pyproject.toml; ``-p no:npresnet`` turns it off). Loading it imports neither NumPy nor the rest
+of npresnet (pytest loads it in every test run of the environment, whether the project uses
+npresnet or not): the fixtures import NumPy when a test asks for them.
 
 * ``rng``: a ``numpy.random.Generator`` seeded per test from the test's id, so each test draws its
   own numbers, the same on every run. When a test that used it fails, the report shows the seed and
@@ -19,13 +20,14 @@ that already has an ``rng`` fixture keeps its own.
 
 from __future__ import annotations
 
-import copy
 import zlib
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _SEED_KEY = pytest.StashKey[int]()
 
@@ -51,6 +53,8 @@ def seed_for(config: pytest.Config, nodeid: str) -> int:
 @pytest.fixture
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     """A NumPy generator seeded for this test (printed when the test fails)."""
+    import numpy as np
+
     seed = seed_for(request.config, request.node.nodeid)
     request.node.stash[_SEED_KEY] = seed
     return np.random.default_rng(seed)
@@ -64,6 +68,10 @@ def float64() -> Callable[[Any], Any]:
 
 def to_float64(thing: Any) -> Any:
     """A float64 copy of an array, a Module, or each element of a tuple or list (others as they are)."""
+    import copy
+
+    import numpy as np
+
     if isinstance(thing, (tuple, list)):
         return type(thing)(to_float64(t) for t in thing)
     if hasattr(thing, "named_parameters") and hasattr(thing, "to"):  # an npresnet Module
