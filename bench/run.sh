@@ -15,7 +15,7 @@ mkdir -p "$out"
 # name ("AMD EPYC") covers several generations.
 cpu=$(python -c "from npresnet.bench.machine import file_label; print(file_label())")
 bench() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m npresnet.bench "$@"; }
-common=(--compare torch --profile --memory --repeat 5 --threads 1,all --mode train forward)
+common=(--compare torch --profile --memory --repeat 5 --threads 1,all --steps train forward)
 # Targets, float32: ResNet-50 batch 16 at 224x224, ResNet-20 batch 128 at 32x32.
 r50="$out/$cpu-$label-resnet50-b16.json"
 r20="$out/$cpu-$label-resnet20-b128.json"

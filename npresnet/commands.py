@@ -7,7 +7,8 @@ One spelling per idea, in every command that has the idea:
   ``--size`` as shorthands for N and H = W);
 * ``--seed``, ``--threads``, ``--dtype`` mean the same wherever they appear; no flag means two things
   (bench's untimed runs are ``--warmup-runs``, train's ``--warmup`` is the learning-rate warm-up;
-  gradcheck's finite-difference step is ``--fd-step``, train's ``--eps`` is Adam's epsilon).
+  gradcheck's finite-difference step is ``--fd-step``, train's ``--eps`` is Adam's epsilon; bench's
+  ``--steps`` names the steps it times, gradcheck's ``--mode`` how it checks).
 
 A mistake in the options is argparse's error: the usage line, then ``PROG: error: MESSAGE`` (with a
 hint where one helps), exit status 2. Every ``--help`` ends with examples and the exit statuses.
@@ -26,6 +27,9 @@ from typing import Any
 __all__ = [
     "COMMANDS",
     "DEPRECATED",
+    "PARSERS",
+    "get_parser",
+    "reference_markdown",
     "add_model",
     "command_parser",
     "deprecated_option",
@@ -48,6 +52,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: name -> "module:function" returning the command's parser (docs/commands.md is generated from them).
+PARSERS: dict[str, str] = {
+    "demo": "npresnet.demo:parser",
+    "summary": "npresnet.summary.cli:parser",
+    "gradcheck": "npresnet.gradcheck.cli:build_parser",
+    "bench": "npresnet.bench.cli:build_parser",
+    "train": "npresnet.training.cli:build_parser",
+    "degradation": "npresnet.experiments.degradation:_parser",
+}
+
 #: The release after which the deprecated spellings stop working.
 REMOVED_IN = "0.3.0"
 
@@ -55,6 +69,7 @@ REMOVED_IN = "0.3.0"
 DEPRECATED: list[tuple[str, str, str]] = [
     ("bench", "--models NAME ...", "--model NAME ..."),
     ("bench", "--warmup N", "--warmup-runs N"),
+    ("bench", "--mode forward train", "--steps forward train"),
     ("summary", "MODEL ... (positional)", "--model MODEL ..."),
     ("gradcheck", "MODEL_OR_MODULE_PATH (positional)", "--model MODEL_OR_MODULE_PATH"),
     ("gradcheck", "--input-shape 2 3 32 32", "--input-shape 2,3,32,32"),
@@ -238,3 +253,74 @@ def _listing() -> str:
         "(Also: python -m npresnet.COMMAND; degradation is python -m npresnet.experiments.degradation.)",
     ]
     return "\n".join(lines)
+
+
+def get_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``python -m npresnet.<command>`` (imported on demand)."""
+    import importlib
+
+    module, _, function = PARSERS[command].partition(":")
+    parser: argparse.ArgumentParser = getattr(importlib.import_module(module), function)()
+    return parser
+
+
+def _invocation(action: argparse.Action) -> str:
+    """``--model NAME [NAME ...]``: the option as its usage line writes it."""
+    formatter = argparse.HelpFormatter("")
+    if not action.option_strings:
+        return formatter._format_args(action, action.metavar or action.dest)  # noqa: SLF001
+    if action.nargs == 0:
+        return ", ".join(action.option_strings)
+    args = formatter._format_args(action, action.metavar or action.dest.upper())  # noqa: SLF001
+    return ", ".join(f"{flag} {args}" for flag in action.option_strings)
+
+
+def reference_markdown() -> str:
+    """docs/commands.md: every command's options, examples and exit statuses, from the parsers themselves."""
+    lines = [
+        "# Commands",
+        "",
+        "<!-- Generated from the commands' parsers (npresnet.commands.reference_markdown) by",
+        "`python tests/test_commands.py --write`; the tests fail when this page differs from what they give. -->",
+        "",
+        "Every command is `python -m npresnet.COMMAND` (or `python -m npresnet COMMAND`); `python -m npresnet`",
+        "lists them and `python -m npresnet --version` prints the version. They share one vocabulary:",
+        "`--model` names the model(s), `--input-shape N,C,H,W` the input (comma-separated), and `--seed`,",
+        "`--threads`, `--dtype`, `--out` mean the same wherever they appear. A mistake in the options is",
+        "argparse's error: the usage line, then `PROG: error: MESSAGE`, exit status 2.",
+        "",
+        " | ".join(f"[{name}](#{name})" for name in COMMANDS),
+    ]
+    for name, (module, what) in COMMANDS.items():
+        parser = get_parser(name)
+        lines += ["", f"## {name}", "", f"`python -m {module}`: {what}.", ""]
+        lines += [" ".join(parser.description.split()) if parser.description else "", ""]
+        lines += ["| option | meaning |", "|---|---|"]
+        for action in parser._actions:  # noqa: SLF001
+            if action.help == argparse.SUPPRESS or isinstance(action, argparse._HelpAction):  # noqa: SLF001
+                continue
+            meaning = " ".join((action.help or "").replace("%%", "%").split())
+            if action.choices is not None and "{" not in _invocation(action):
+                meaning += (" " if meaning else "") + "(one of: " + ", ".join(map(str, action.choices)) + ")"
+            lines.append(f"| `{_invocation(action)}` | {meaning.replace('|', '/')} |")
+        epilog = parser.epilog or ""
+        examples, _, statuses = epilog.partition("\n\nexit status:\n")
+        lines += ["", "Examples:", "", "```text"]
+        lines += [line.strip() for line in examples.splitlines()[1:]]
+        lines += ["```", "", "Exit status:", ""]
+        lines += [
+            f"- {' '.join(line.split())}" if line.lstrip()[:1].isdigit() else f"  {line.strip()}"
+            for line in statuses.splitlines()
+        ]
+    lines += [
+        "",
+        "## Deprecated spellings",
+        "",
+        "The spellings of release 0.1 still work in this release, each with a one-line note on stderr; "
+        f"they go in {REMOVED_IN}.",
+        "",
+        "| command | old | new |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {command} | `{old}` | `{new}` |" for command, old, new in DEPRECATED]
+    return "\n".join(lines) + "\n"

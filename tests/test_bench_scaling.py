@@ -52,7 +52,7 @@ def test_bench_runs_at_each_thread_count(tmp_path):
             "2",
             "--size",
             "8",
-            "--mode",
+            "--steps",
             "forward",
             "--repeat",
             "1",

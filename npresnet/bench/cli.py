@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         DESCRIPTION + " Prints a line per model and mode; --json records it all.",
         examples=[
             "python -m npresnet.bench",
-            "python -m npresnet.bench --model resnet20 --mode forward --repeat 1",
+            "python -m npresnet.bench --model resnet20 --steps forward --repeat 1",
             "python -m npresnet.bench --model resnet50 --input-shape 16,3,224,224 --compare torch --threads 1,all",
             "python -m npresnet.bench --model resnet20 --batch 128 --compare torch --memory --json r20.json",
         ],
@@ -195,7 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", type=int, default=None, help="shorthand: N of --input-shape")
     p.add_argument("--size", type=int, default=None, help="shorthand: H and W of --input-shape")
-    p.add_argument("--mode", nargs="+", default=["forward", "train"], choices=["forward", "train"])
+    p.add_argument(
+        "--steps",
+        dest="mode",
+        nargs="+",
+        default=["forward", "train"],
+        choices=["forward", "train"],
+        help="which steps to time: forward (eval mode, no_grad) and/or train (forward, loss, backward, "
+        "SGD update); default both",
+    )
+    deprecated_option(p, "--mode", "--steps", dest="mode", nargs="+", choices=["forward", "train"])
     p.add_argument(
         "--threads",
         default=None,
@@ -209,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="measure",
         help="kernel choice: time the candidates per layer shape (default), or the fixed rule (npresnet.autotune)",
     )
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
     p.add_argument(
         "--warmup-runs",

@@ -400,7 +400,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not retrain networks whose record in --work has the same recipe (combine separate runs)",
     )
-    p.add_argument("--progress", choices=["none", "plain", "tqdm", "auto"], default="none")
+    p.add_argument(
+        "--progress",
+        choices=["none", "plain", "tqdm", "auto"],
+        default="none",
+        help="progress display of each training run (default none)",
+    )
     return p
 
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import math
+import sys
 import time
 from typing import Any
 
-from ..commands import EXIT_OPTIONS, add_model, command_parser, deprecated_option, deprecation_note, parse_shape
+from ..commands import EXIT_OPTIONS, add_model, command_parser, deprecated_option, deprecation_note, shape_type
 from ..models import CIFAR_MODELS, IMAGENET_MODELS, get_model
 from ..nn import Module
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--input-shape",
-        nargs="+",
+        type=shape_type(),
         metavar="N,C,H,W",
         help="input shape, e.g. 2,3,32,32 (default for a named model: 2,3,32,32 for CIFAR, 2,3,64,64 "
         "for ImageNet models; required for package.module:Name, any number of sizes)",
@@ -110,13 +111,23 @@ def _input_shape(args: argparse.Namespace) -> tuple[int, ...]:
         if args.model not in DEFAULT_SHAPES:
             raise UsageError(f"--input-shape is required for {args.model} (e.g. --input-shape 2,3,8,8)")
         return DEFAULT_SHAPES[args.model]
-    values = args.input_shape
-    if len(values) > 1:  # 0.1's spelling, sizes separated by spaces
-        deprecation_note(f"--input-shape {' '.join(values)}", f"--input-shape {','.join(values)}")
-    try:
-        return parse_shape(",".join(values))
-    except argparse.ArgumentTypeError as exc:
-        raise UsageError(f"argument --input-shape: {exc}") from None
+    return tuple(args.input_shape)
+
+
+def _old_input_shape(argv: list[str]) -> list[str]:
+    """0.1's ``--input-shape 2 3 32 32`` (sizes as separate words) as ``--input-shape 2,3,32,32``, with the
+    deprecation note; other arguments unchanged."""
+    if "--input-shape" not in argv:
+        return argv
+    at = argv.index("--input-shape") + 1
+    end = at
+    while end < len(argv) and argv[end].lstrip("-").isdigit():
+        end += 1
+    if end - at < 2:
+        return argv
+    joined = ",".join(argv[at:end])
+    deprecation_note(f"--input-shape {' '.join(argv[at:end])}", f"--input-shape {joined}")
+    return [*argv[:at], joined, *argv[end:]]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_old_input_shape(list(sys.argv[1:] if argv is None else argv)))
     if args.positional_model is not None:
         if args.model is not None:
             parser.error(f"name the model once: --model {args.model}, not also {args.positional_model}")
