@@ -100,3 +100,45 @@ def test_the_package_under_test_is_the_installed_wheel_not_the_checkout():
         where = Path(module.__file__ or "").resolve()
         assert not where.is_relative_to(checkout), (module.__name__, where, checkout)
         assert where.is_relative_to(site), (module.__name__, where, site)
+
+
+@pytest.fixture
+def holder(tmp_path) -> Path:
+    """A folder that holds the checkout under the name a plain ``git clone`` gives it: npresnet/."""
+    if not (ROOT / "__init__.py").is_file():
+        pytest.skip("no checkout beside the tests")
+    try:
+        (tmp_path / "npresnet").symlink_to(ROOT, target_is_directory=True)
+    except OSError as error:
+        pytest.skip(f"no symlink here: {error}")
+    return tmp_path
+
+
+def test_commands_work_in_the_folder_that_holds_the_clone(holder):
+    """There the clone comes first on sys.path as ``npresnet``; its root __init__.py hands the import
+    to the installed package (``python -m npresnet.bench`` found the repository's bench/ folder and
+    failed; other commands ran without npresnet/__init__.py)."""
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=holder, capture_output=True, text=True, timeout=300)
+
+    found = run("-c", "import npresnet, npresnet.kernels; print(npresnet.__file__); print(npresnet.kernels.__file__)")
+    assert found.returncode == 0, found.stderr
+    import npresnet.kernels
+
+    assert found.stdout.split() == [npresnet.__file__, npresnet.kernels.__file__]
+    for command in (["-m", "npresnet.bench", "--help"], ["-m", "npresnet.summary", "--help"]):
+        done = run(*command)
+        assert done.returncode == 0 and done.stdout.startswith("usage:"), (command, done.stderr[-2000:])
+    version = run("-m", "npresnet", "--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"npresnet {npresnet.__version__}", version
+
+
+def test_without_an_installed_npresnet_the_clone_says_what_to_do_in_one_line(holder):
+    """``python -S`` leaves site-packages (and every install in it) off sys.path."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", "import npresnet"], cwd=holder, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: ") and "no npresnet is installed: run `pip install -e .`" in last, last
