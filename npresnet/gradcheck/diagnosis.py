@@ -50,7 +50,7 @@ def _constant_ratio(a: np.ndarray, n: np.ndarray, atol: float, rtol: float) -> f
 def _factor_text(ratio: float, batch: int | None) -> str:
     if abs(ratio + 1) <= 1e-6:
         return "the sign is flipped (a subtraction the wrong way round, or a forgotten minus)"
-    for name, value in (("N (the batch size)", batch), ("2", 2), ("1/2", 0.5)):
+    for name, value in (("N, the batch size", batch), ("2", 2), ("1/2", 0.5)):
         if value and abs(ratio - value) <= 1e-6 * abs(value):
             return f"an extra factor {name}"
         if value and abs(ratio - 1 / value) <= 1e-6 / abs(value):
@@ -125,9 +125,7 @@ def diagnose(
     if ratio is not None and abs(ratio - 1) > rtol:
         if a.size == 1:  # one slope (directional mode): a ratio, not yet a diagnosis
             return f"along the check direction {ours} = {ratio:.6g} x {theirs}; mode='full' shows the wrong elements"
-        return (
-            f"{ours} = {ratio:.6g} x {theirs} everywhere: one constant factor is wrong ({_factor_text(ratio, batch)})"
-        )
+        return f"{ours} = {ratio:.6g} x {theirs} everywhere: one constant factor is wrong: {_factor_text(ratio, batch)}"
     if channel_axis is not None and a.ndim > 1 and a.shape[channel_axis] > 1:
         moved_a, moved_n = np.moveaxis(a, channel_axis, 0), np.moveaxis(n, channel_axis, 0)
         ratios = [_constant_ratio(ca.ravel(), cn.ravel(), atol, rtol) for ca, cn in zip(moved_a, moved_n)]

@@ -105,7 +105,9 @@ def _array_check(name: str, value: Any, shape: tuple[int, ...], dtype: Any, of: 
     if not isinstance(value, np.ndarray):
         raise _Stop("fail", f"{name} is a {type(value).__name__}, expected a NumPy array of shape {shape} ({of})")
     if value.shape != shape:
-        reversed_hint = " (the expected shape reversed: transposed?)" if value.shape == shape[::-1] != shape else ""
+        reversed_hint = (
+            f"; {value.shape} is {shape} reversed: is {name} transposed?" if value.shape == shape[::-1] else ""
+        )
         raise _Stop("fail", f"{name} has shape {value.shape}, expected {shape} ({of}){reversed_hint}")
     if value.dtype != dtype:
         raise _Stop(
@@ -213,7 +215,7 @@ def _check_case(
     grads = _backward(exercise, fns, _copied(upstream), cache, _copied(inputs), path)
     yours = {}
     for name, key in exercise.grads.items():
-        of = f"the shape of {key}" if name.startswith("grads[") else f"the shape and dtype of {key}"
+        of = f"{key}'s shape and dtype"
         yours[name] = _array_check(name, grads[name], inputs[key].shape, inputs[key].dtype, of)
     memo = (exercise.name, case.label)  # the cases and the upstream gradient are seeded: the same every run
     if memo not in _EXPECTED:
@@ -279,7 +281,7 @@ def _check_ties(exercise: Exercise, fns: dict[str, Callable[..., Any]], path: st
     y_ref = np.asarray(exercise.reference(inputs))
     upstream = _upstream(y_ref, rng, y_ref.dtype)
     grads = _backward(exercise, fns, upstream, cache, inputs, path)
-    dx = _array_check("dx", grads["dx"], inputs["x"].shape, inputs["x"].dtype, "the shape and dtype of x")
+    dx = _array_check("dx", grads["dx"], inputs["x"].shape, inputs["x"].dtype, "x's shape and dtype")
     expected = exercise.ties_reference(inputs, upstream)
     atol, rtol = BACKWARD_TOLERANCE
     if np.allclose(dx, expected, atol=atol, rtol=rtol):
