@@ -10,9 +10,13 @@ shortcut (the identity, option A's subsample-and-pad, or a 1x1 conv projection).
     dx         = dx_main + dx_short          x forked in forward, so its gradients add
 
 In a plain block there is no S: ``dx = dx_main``. Every layer of F can shrink the gradient; the
-shortcut term reaches x without passing any of them. Stacked over many blocks, the shortcut gives
-the gradient a path from the loss to the first layer that crosses no weight layer at all, which is
-why gradients survive in a deep ResNet and can fade (or explode) in a plain network.
+shortcut term reaches x without passing any of them. Stacked over many blocks, the identity
+shortcuts give the gradient a path from the loss to the first layer that crosses no weight layer
+of any identity block: only each block's output ReLU (this post-activation ResNet gates the
+shortcut path by it; pre-activation ResNets remove that gate) and, at a change of shape, the
+shortcut's own layer (option A keeps only the strided pixels and drops the padded channels' part;
+a projection multiplies by its 1x1 weights and BatchNorm). That is why gradients survive in a deep
+ResNet and can fade (or explode) in a plain network.
 
 ``GradientFlow`` attaches backward hooks (``Module.register_backward_hook``) to every block, its
 first main-branch layer (``conv1``), its shortcut and its ``relu_out`` (which each block declares:

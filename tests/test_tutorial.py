@@ -2,12 +2,14 @@
 ONE test (a reader runs the page top to bottom, and later blocks use names defined earlier, so a
 block on its own is not a test; a failure names the block's section and first line). Also checks
 that every figure the tutorial shows is a file in the repository, and that every derivation step
-calls gradcheck."""
+calls gradcheck. The diagrams are drawn by docs/draw_tutorial_figures.py, which runs here too."""
 
 from __future__ import annotations
 
 import os
 import re
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TUTORIAL = os.path.join(ROOT, "docs", "tutorial.md")
@@ -38,10 +40,20 @@ BLOCKS = python_blocks(TEXT)
 
 def test_the_tutorial_has_the_promised_steps():
     headings = [h for h, _, _ in BLOCKS]
-    for topic in ("Linear", "ReLU", "Max-pooling", "Average pooling", "im2col", "BatchNorm", "residual add"):
+    topics = (
+        "Linear",
+        "ReLU",
+        "Max-pooling",
+        "Average pooling",
+        "im2col",
+        "BatchNorm",
+        "residual add",
+        "cross-entropy",
+    )
+    for topic in topics:
         assert any(topic in h for h in headings), f"no runnable block in a section about {topic}"
-    # each derivation step (1-7) checks its backward numerically with gradcheck
-    for number in range(1, 8):
+    # each derivation step (1-8) checks its backward numerically with gradcheck
+    for number in range(1, 9):
         code = "\n".join(c for h, _, c in BLOCKS if h.startswith(f"{number}."))
         assert "gradcheck(" in code, f"section {number} never calls gradcheck"
 
@@ -62,4 +74,24 @@ def test_figures_referenced_exist():
     figures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", TEXT)
     assert figures, "the tutorial shows no figure"
     for path in figures:
-        assert os.path.isfile(os.path.join(ROOT, "docs", path)), f"docs/{path} is missing: run the command in section 8"
+        assert os.path.isfile(os.path.join(ROOT, "docs", path)), (
+            f"docs/{path} is missing: run the command in section 9, or python docs/draw_tutorial_figures.py"
+        )
+
+
+def test_the_diagrams_are_drawn_by_the_script_in_the_repository(tmp_path):
+    """docs/draw_tutorial_figures.py draws every diagram the tutorial shows from docs/tutorial/."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    done = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "docs", "draw_tutorial_figures.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    drawn = {f"tutorial/{name}" for name in os.listdir(tmp_path)}
+    shown = {path for path in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", TEXT) if path.startswith("tutorial/")}
+    assert shown and shown <= drawn, (shown, drawn)

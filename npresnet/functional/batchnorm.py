@@ -9,8 +9,8 @@ Forward (training)::
     invstd = 1 / sqrt(var + eps)        eps inside the square root
     x_hat = (x - mu) * invstd
     y     = gamma * x_hat + beta
-    running_mean = (1 - m) * running_mean + m * mu
-    running_var  = (1 - m) * running_var  + m * var * n / (n - 1)      unbiased!
+    running_mean = (1 - momentum) * running_mean + momentum * mu
+    running_var  = (1 - momentum) * running_var  + momentum * var * n / (n - 1)      unbiased!
 
 In evaluation mode mu and var are the running statistics, which are constants, so the whole
 layer folds into one multiply-add per element (as PyTorch's CPU inference path does)::

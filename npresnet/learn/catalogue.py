@@ -244,7 +244,7 @@ CROSS_ENTROPY = Exercise(
             lambda t: _close(t.yours["dz"], _softmax(t.inputs["z"]) * float(t.upstream) / t.inputs["z"].shape[0]),
         ),
     ),
-    tutorial="Softmax cross-entropy",
+    tutorial="8. Softmax cross-entropy",
     swapped_in="the loss",
 )
 
