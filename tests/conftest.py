@@ -2,7 +2,8 @@
 
 Helpers are fixtures (not importable names): pytest runs with ``--import-mode=importlib``, where
 test files cannot ``import conftest``. The helper fixtures are session-scoped, so hypothesis tests
-may use them too.
+may use them too. The case lists that several files share are in cases.py, which this file loads
+as the module ``cases`` (``from cases import IM2COL_CASES``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+
+def _load_cases() -> None:
+    """tests/cases.py as the module ``cases``, before any test file imports it (see cases.py)."""
+    spec = importlib.util.spec_from_file_location("cases", Path(__file__).with_name("cases.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cases"] = module
+    spec.loader.exec_module(module)
+
+
+_load_cases()
 
 # Worst relative error (max |a - b| / max |b|) accepted against PyTorch, per dtype.
 TOLERANCES = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}

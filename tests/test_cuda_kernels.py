@@ -122,6 +122,7 @@ if not SIMULATOR:
                     assert f"div.rn.f{name[1:]}" in ptx, f"{what}: the IEEE division is missing"
 
 else:
+    from cases import AVGPOOL_CASES, IM2COL_CASES, MAXPOOL_CASES, pool_input
     from hypothesis import HealthCheck, given, settings
 
     from npresnet import batch_threads, kernels, nn
@@ -168,21 +169,8 @@ else:
     # ------------------------------------------------------------------------------------------
     # im2col / col2im
 
-    # (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW)
-    CONV_CASES = [
-        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 2), (1, 2)),  # non-square kernel, H != W, all arguments != 1
-        ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),  # batch 1, one channel, 1x1: a plain copy
-        ((3, 4, 11, 6), (5, 3), (3, 2), (2, 1), (2, 1)),  # dilation on H only
-        ((2, 2, 5, 7), (3, 3), (1, 1), (2, 2), (2, 3)),  # dilation on both axes, stride 1: deep overlaps
-        ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),  # ResNet stem, small
-        ((2, 3, 6, 5), (1, 1), (2, 2), (0, 0), (1, 1)),  # 1x1 stride-2 downsample: odd pixels unread
-        ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),  # padding wider than the kernel reaches
-        ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),  # stride larger than the kernel
-        ((1, 2, 3, 2), (5, 4), (1, 1), (0, 0), (1, 1)),  # kernel larger than the input: no windows
-    ]
-
     @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-    @pytest.mark.parametrize("shape, ksize, stride, padding, dilation", CONV_CASES)
+    @pytest.mark.parametrize("shape, ksize, stride, padding, dilation", IM2COL_CASES)
     def test_im2col_col2im_exact(shape, ksize, stride, padding, dilation, dtype, rng):
         x = rng.standard_normal(shape).astype(dtype)
         with kernels.reference_only():
@@ -250,31 +238,10 @@ else:
     # ------------------------------------------------------------------------------------------
     # max pooling
 
-    # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
-    MAXPOOL_CASES = [
-        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
-        ((1, 1, 5, 5), 2, None, 0, 1, False),  # batch 1, one channel, stride = kernel
-        ((3, 4, 11, 6), 3, 2, 1, 1, True),  # ceil_mode: the last window hangs over the edge
-        ((2, 2, 8, 8), 3, 1, 1, 1, False),  # stride 1: a pixel is in up to 9 windows
-        ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
-        ((2, 3, 10, 10), 3, 2, 1, 1, False),  # ResNet stem max pool, small
-        ((1, 2, 9, 6), (3, 1), (1, 3), (1, 0), (3, 1), False),  # dilation 3, stride > kernel along W
-        ((2, 1, 5, 8), 2, 3, 1, 2, True),  # dilation 2 with ceil_mode
-    ]
-
-    def _pool_input(shape, dtype, rng):
-        """Small integers (many ties, +0.0 tied with -0.0), plus NaNs, a -inf and an all -inf row."""
-        x = rng.integers(-3, 4, size=shape).astype(dtype)
-        x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
-        x[0, 0, 1, 0:2] = np.nan  # two cells: with strides > 1 some cells are in no window
-        x[-1, -1, 0, 0] = -np.inf
-        x[0, -1, -1, :] = -np.inf
-        return x
-
     @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
     @pytest.mark.parametrize("shape, ksize, stride, padding, dilation, ceil_mode", MAXPOOL_CASES)
     def test_maxpool_exact(shape, ksize, stride, padding, dilation, ceil_mode, dtype, rng):
-        x = _pool_input(shape, dtype, rng)
+        x = pool_input(shape, dtype, rng)
         with kernels.reference_only():
             y_ref, cache = maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
         y, argmax = cuda_pool.maxpool2d_forward(x, cache.geometry)
@@ -340,17 +307,6 @@ else:
 
     # ------------------------------------------------------------------------------------------
     # average pooling
-
-    # (N, C, H, W), kernel, stride, padding, ceil_mode, count_include_pad, divisor_override
-    AVGPOOL_CASES = [
-        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True, True, None),
-        ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True, False, None),  # divisor counts real cells only
-        ((1, 1, 5, 5), 2, None, 0, False, True, None),  # batch 1, stride = kernel
-        ((3, 2, 11, 6), 3, 2, 1, True, True, None),  # ceil_mode window clipped to H + PH
-        ((2, 2, 8, 8), 3, 1, 1, False, False, None),  # stride 1: deep overlaps
-        ((1, 2, 6, 10), (2, 4), (3, 1), (1, 2), True, False, 5),  # divisor_override
-        ((2, 1, 4, 9), (1, 3), (2, 4), (0, 1), False, True, None),  # stride > kernel: unread pixels
-    ]
 
     @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
     @pytest.mark.parametrize("shape, ksize, stride, padding, ceil_mode, include_pad, override", AVGPOOL_CASES)

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from cases import CONV2D_LAYER_CASES
 
 import npresnet
 from npresnet import backend, kernels, models, nn, optim
@@ -145,43 +146,10 @@ def _bn(training):
 
 LAYERS = {
     # id: (input shape, make(rng) -> module, torch_fn(module, xt, params) -> yt, input kind, exact)
-    "conv3x3-pad1": ((2, 3, 7, 9), *_conv(in_channels=3, out_channels=4, kernel_size=3, padding=1), "normal", False),
-    "conv3x2-stride2x1": (
-        (2, 3, 9, 6),
-        *_conv(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
-        "normal",
-        False,
-    ),
-    "conv-dilation2x3": (
-        (2, 2, 11, 10),
-        *_conv(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1), dilation=(2, 3)),
-        "normal",
-        False,
-    ),
-    "conv-groups2-stride2": (
-        (3, 4, 8, 7),
-        *_conv(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=2, padding=1, groups=2),
-        "normal",
-        False,
-    ),
-    "conv-depthwise": (
-        (2, 3, 6, 5),
-        *_conv(in_channels=3, out_channels=6, kernel_size=3, padding=1, groups=3),
-        "normal",
-        False,
-    ),
-    "conv1x1-stride2-batch1": (
-        (1, 4, 7, 6),
-        *_conv(in_channels=4, out_channels=8, kernel_size=1, stride=2, bias=False),
-        "normal",
-        False,
-    ),
-    "conv7x7-stem": (
-        (2, 3, 17, 14),
-        *_conv(in_channels=3, out_channels=4, kernel_size=7, stride=2, padding=3, bias=False),
-        "normal",
-        False,
-    ),
+    **{
+        f"conv-{case}": (shape, *_conv(**kwargs), "normal", False)
+        for case, (shape, kwargs) in CONV2D_LAYER_CASES.items()
+    },
     "batchnorm-train": ((4, 3, 5, 6), *_bn(True), "shifted", False),
     "batchnorm-eval": ((2, 3, 4, 3), *_bn(False), "normal", False),
     "relu": ((2, 3, 4, 5), lambda rng: nn.ReLU(), lambda m, xt, p: TF.relu(xt), "kink_free", True),

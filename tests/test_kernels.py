@@ -16,6 +16,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from cases import AVGPOOL_CASES, BN_SHAPES, DIRECT_CASES, IM2COL_CASES, MAXPOOL_CASES, pool_input
 from hypothesis import HealthCheck, given, settings
 
 from npresnet import kernels
@@ -56,28 +57,10 @@ def rel_to_max(got: np.ndarray, want: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # im2col / col2im
 
-# (N, C, H, W), (KH, KW), (SH, SW), (PH, PW), (DH, DW): non-square kernels, H != W, stride > 1,
-# padding, dilation, uneven sizes, batch 1, C = 1, and windows that read only padding.
-CONV_CASES = [
-    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 2), (1, 2)),
-    ((1, 1, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),
-    ((3, 4, 11, 6), (5, 3), (3, 2), (2, 1), (2, 1)),
-    ((1, 2, 8, 13), (7, 7), (2, 2), (3, 3), (1, 1)),  # ResNet stem, small
-    ((2, 1, 6, 4), (2, 4), (1, 3), (2, 3), (1, 1)),  # padding wider than the kernel reaches
-    ((1, 3, 4, 10), (3, 3), (4, 5), (0, 4), (1, 2)),  # stride larger than the kernel
-    # stride 1 with OW == W: the one-run-per-plane path (_shifted_plane)
-    ((2, 3, 5, 8), (3, 3), (1, 1), (1, 1), (1, 1)),  # ResNet's 3x3, H != W
-    ((1, 2, 9, 6), (3, 3), (1, 1), (2, 2), (2, 2)),  # dilated, batch 1
-    ((2, 2, 6, 7), (2, 5), (1, 1), (0, 2), (1, 1)),  # OH != H, non-square kernel
-    ((1, 1, 2, 3), (5, 3), (1, 1), (3, 1), (1, 1)),  # taller kernel than the input: rows all padding
-    ((2, 4, 3, 1), (3, 1), (1, 1), (1, 0), (1, 1)),  # W = 1
-    ((1, 2, 3, 1), (3, 3), (1, 1), (1, 2), (1, 2)),  # W = 1, dilation 2: whole kernel columns in padding
-]
-
 
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("shape, ksize, stride, padding, dilation", CONV_CASES)
+@pytest.mark.parametrize("shape, ksize, stride, padding, dilation", IM2COL_CASES)
 def test_im2col_col2im_bitwise(shape, ksize, stride, padding, dilation, dtype):
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(dtype)
@@ -138,33 +121,13 @@ def test_im2col_col2im_random_configurations(config):
 # ---------------------------------------------------------------------------------------------
 # pooling
 
-# (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
-POOL_CASES = [
-    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), (1, 2), True),
-    ((1, 1, 5, 5), 2, 2, 0, 1, False),
-    ((3, 4, 11, 6), 3, 2, 1, 1, True),  # ceil_mode: the last window hangs over the edge
-    ((2, 2, 8, 8), 3, 1, 1, 1, False),  # stride 1: a pixel is in up to 9 windows
-    ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), (2, 1), True),
-    ((2, 3, 10, 10), 3, 2, 1, 1, False),  # ResNet stem max pool, small
-]
-
-
-def _pool_input(shape, dtype, rng):
-    """Small integers (many ties, +0.0 tied with -0.0), plus a NaN, a -inf and an all -inf row."""
-    x = rng.integers(-3, 4, size=shape).astype(dtype)
-    x[(x == 0) & (rng.random(shape) < 0.5)] = -0.0
-    x[0, 0, 1, 1] = np.nan
-    x[-1, -1, 0, 0] = -np.inf
-    x[0, -1, -1, :] = -np.inf
-    return x
-
 
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("shape, ksize, stride, padding, dilation, ceil_mode", POOL_CASES)
+@pytest.mark.parametrize("shape, ksize, stride, padding, dilation, ceil_mode", MAXPOOL_CASES)
 def test_maxpool_bitwise(shape, ksize, stride, padding, dilation, ceil_mode, dtype):
     rng = np.random.default_rng(2)
-    x = _pool_input(shape, dtype, rng)
+    x = pool_input(shape, dtype, rng)
     with kernels.reference_only():
         y_ref, cache = maxpool2d_forward(x, ksize, stride, padding, dilation, ceil_mode)
     y, argmax = kernel("maxpool2d_forward", x)(x, cache.geometry)
@@ -212,28 +175,14 @@ def test_maxpool_random_configurations(config):
     assert_bitwise(kernel("maxpool2d_backward", dy)(dy, argmax, shape, cache.geometry), np.ascontiguousarray(dx_ref))
 
 
-AVG_CASES = [
-    ((2, 3, 7, 9), (3, 2), (2, 1), (1, 1), True),
-    ((1, 1, 5, 5), 2, 2, 0, False),
-    ((3, 4, 11, 6), 3, 2, 1, True),
-    ((2, 2, 8, 8), 3, 1, 1, False),
-    ((1, 2, 12, 7), (2, 3), (3, 2), (1, 1), True),
-]
-
-
 @needs_numba
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
-@pytest.mark.parametrize("divisor_mode", ["include_pad", "exclude_pad", "override"])
-@pytest.mark.parametrize("shape, ksize, stride, padding, ceil_mode", AVG_CASES)
-def test_avgpool_bitwise(shape, ksize, stride, padding, ceil_mode, divisor_mode, dtype):
+@pytest.mark.parametrize("shape, ksize, stride, padding, ceil_mode, include_pad, override", AVGPOOL_CASES)
+def test_avgpool_bitwise(shape, ksize, stride, padding, ceil_mode, include_pad, override, dtype):
     rng = np.random.default_rng(3)
     x = rng.standard_normal(shape).astype(dtype)
-    options = {
-        "count_include_pad": divisor_mode != "exclude_pad",
-        "divisor_override": 5 if divisor_mode == "override" else None,
-    }
     with kernels.reference_only():
-        y_ref, cache = avgpool2d_forward(x, ksize, stride, padding, ceil_mode, **options)
+        y_ref, cache = avgpool2d_forward(x, ksize, stride, padding, ceil_mode, include_pad, override)
     y = kernel("avgpool2d_forward", x)(x, cache.divisor, cache.geometry)
     assert_bitwise(y, y_ref)
     dy = rng.standard_normal(y.shape).astype(dtype)
@@ -245,8 +194,6 @@ def test_avgpool_bitwise(shape, ksize, stride, padding, ceil_mode, divisor_mode,
 
 # ---------------------------------------------------------------------------------------------
 # batch norm (training mode)
-
-BN_SHAPES = [(8, 3, 32, 32), (2, 5, 7, 3), (1, 1, 6, 5), (16, 4, 9, 1)]
 
 
 def _bn_inputs(shape, affine, rng):
@@ -612,19 +559,6 @@ def test_relu_backward_kernel_rejects_mismatched_shapes():
 # ---------------------------------------------------------------------------------------------
 # Direct 3x3 convolution (thin layers): same math as im2col + GEMM, another summation order
 
-# (N, C, O, H, W), padding, dilation: batch 1, one channel, H != W, no padding, padding per axis
-# up to 2*dilation (the most the direct input gradient takes), dilation per axis, the 32-channel
-# limit, and a batch whose N*Hp*Wp spans two weight-gradient chunks, the last one ragged.
-DIRECT_CASES = [
-    ((1, 1, 1, 3, 3), (0, 0), (1, 1)),
-    ((1, 3, 16, 5, 7), (1, 1), (1, 1)),
-    ((2, 5, 7, 9, 6), (0, 2), (1, 2)),
-    ((2, 4, 8, 10, 11), (4, 3), (2, 3)),
-    ((2, 32, 32, 6, 11), (2, 1), (1, 1)),
-    ((3, 16, 16, 20, 30), (1, 1), (1, 1)),
-    ((5, 32, 8, 13, 4), (1, 0), (1, 1)),
-]
-
 
 def _conv_both_ways(x, w, b, padding, dilation, dy):
     """(y, dx, dw, db) through the direct kernels (asserting they were used) and through the reference."""
@@ -763,13 +697,12 @@ def test_kernels_stay_in_bounds():
                                          batchnorm2d_forward, conv2d_backward, conv2d_forward, maxpool2d_backward,
                                          maxpool2d_forward, relu_backward, relu_forward)
         rng = np.random.default_rng(0)
-        for shape, k, s, p, d, ceil_mode in {POOL_CASES!r}:
+        for shape, k, s, p, d, ceil_mode in {MAXPOOL_CASES!r}:
             y, cache = maxpool2d_forward(rng.standard_normal(shape), k, s, p, d, ceil_mode)
             maxpool2d_backward(np.ones_like(y), cache)
-        for shape, k, s, p, ceil_mode in {AVG_CASES!r}:
-            for include_pad in (True, False):
-                y, cache = avgpool2d_forward(rng.standard_normal(shape), k, s, p, ceil_mode, include_pad)
-                avgpool2d_backward(np.ones_like(y), cache)
+        for shape, k, s, p, ceil_mode, include_pad, override in {AVGPOOL_CASES!r}:
+            y, cache = avgpool2d_forward(rng.standard_normal(shape), k, s, p, ceil_mode, include_pad, override)
+            avgpool2d_backward(np.ones_like(y), cache)
         for shape in {BN_SHAPES!r}:
             C = shape[1]
             y, cache = batchnorm2d_forward(rng.standard_normal(shape), np.ones(C), np.zeros(C), np.zeros(C),
@@ -777,7 +710,7 @@ def test_kernels_stay_in_bounds():
             batchnorm2d_backward(rng.standard_normal(shape), cache)
             y, cache = relu_forward(y)
             relu_backward(np.ones_like(y), cache)
-        for shape, k, s, p, d in {CONV_CASES!r}:
+        for shape, k, s, p, d in {IM2COL_CASES!r}:
             x = rng.standard_normal(shape)
             cols = kernels.get("im2col", x)(x, k, s, p, d)
             kernels.get("col2im", cols)(cols, shape, s, p, d)

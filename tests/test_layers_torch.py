@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
+from cases import CONV2D_LAYER_CASES
 
 from npresnet import nn
 from npresnet.testing import kink_free, tie_free
@@ -76,39 +77,11 @@ def versus_torch(close, to_torch, rng):
 
 # ---------------------------------------------------------------------------------------------- Conv2d
 
-CONV_CASES = {
-    # id: (x shape, Conv2d kwargs)
-    "3x3-pad1": ((2, 3, 7, 9), dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)),
-    "3x2-stride2x1-pad1x0": (
-        (2, 3, 9, 6),
-        dict(in_channels=3, out_channels=5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 0)),
-    ),
-    "dilation2x3": (
-        (2, 2, 11, 10),
-        dict(in_channels=2, out_channels=3, kernel_size=(3, 2), padding=(2, 1), dilation=(2, 3)),
-    ),
-    "groups2-stride2": (
-        (3, 4, 8, 7),
-        dict(in_channels=4, out_channels=6, kernel_size=(2, 3), stride=2, padding=1, groups=2),
-    ),
-    "depthwise": ((2, 3, 6, 5), dict(in_channels=3, out_channels=6, kernel_size=3, padding=1, groups=3)),
-    "no-bias-stride3": (
-        (2, 3, 10, 8),
-        dict(in_channels=3, out_channels=4, kernel_size=(4, 3), stride=(3, 2), bias=False),
-    ),
-    "batch1-1x1-stride2": ((1, 4, 7, 6), dict(in_channels=4, out_channels=8, kernel_size=1, stride=2, bias=False)),
-    "stem-7x7-stride2-pad3": (
-        (2, 3, 17, 14),
-        dict(in_channels=3, out_channels=4, kernel_size=7, stride=2, padding=3, bias=False),
-    ),
-    "kernel-equals-input": ((2, 2, 3, 4), dict(in_channels=2, out_channels=3, kernel_size=(3, 4))),
-}
-
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", list(CONV_CASES))
+@pytest.mark.parametrize("case", list(CONV2D_LAYER_CASES))
 def test_conv2d(case, dtype, versus_torch, rng):
-    shape, kwargs = CONV_CASES[case]
+    shape, kwargs = CONV2D_LAYER_CASES[case]
     conv = nn.Conv2d(**kwargs, rng=rng).to(dtype)
     x = rng.standard_normal(shape).astype(dtype)
     y, _ = versus_torch(

@@ -34,7 +34,7 @@ def run_with_two_threads(code: str, **env: str) -> subprocess.CompletedProcess:
         sys.path.insert(0, {str(TESTS)!r})
         import numba
         import numpy as np
-        import test_kernels as cases
+        import cases  # tests/cases.py
         from npresnet import kernels
         from npresnet.kernels import _numba
         assert numba.config.NUMBA_NUM_THREADS == 2, numba.config.NUMBA_NUM_THREADS
@@ -89,7 +89,7 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                ((3, 2, 33, 31), (3, 3), (2, 2), (1, 1), (1, 1)),     # stride 2, odd sizes
                ((1, 1, 40, 27), (3, 2), (1, 2), (2, 1), (2, 1))]     # batch 1, one channel, dilation
         for dtype in (np.float64, np.float32):
-            for shape, k, s, p, d in cases.CONV_CASES + big:
+            for shape, k, s, p, d in cases.IM2COL_CASES + big:
                 x = rng.standard_normal(shape).astype(dtype)
                 cols = serial_and_parallel(lambda: kernels.get("im2col", x)(x, k, s, p, d))
                 same_bits(*cols, f"im2col {shape}")
@@ -101,8 +101,8 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                 dx = serial_and_parallel(lambda: kernels.get("col2im", want)(want, shape, s, p, d))
                 same_bits(*dx, f"col2im {shape}")
                 same_bits(dx[1], want_dx, f"col2im {shape} vs reference")
-            for shape, k, s, p, d, ceil_mode in cases.POOL_CASES + [((2, 3, 41, 30), 3, 2, 1, 1, True)]:
-                x = cases._pool_input(shape, dtype, rng)
+            for shape, k, s, p, d, ceil_mode in cases.MAXPOOL_CASES + [((2, 3, 41, 30), 3, 2, 1, 1, True)]:
+                x = cases.pool_input(shape, dtype, rng)
                 dy = rng.standard_normal(maxpool2d_forward(x, k, s, p, d, ceil_mode)[0].shape).astype(dtype)
                 def max_pool():
                     y, cache = maxpool2d_forward(x, k, s, p, d, ceil_mode)
@@ -111,11 +111,14 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                 same_bits(*got, f"max pool {shape}")
                 with kernels.reference_only():
                     same_bits(got[1], max_pool(), f"max pool {shape} vs reference")
-            for shape, k, s, p, ceil_mode in cases.AVG_CASES + [((2, 3, 41, 30), 3, 2, 1, True)]:
+            for shape, k, s, p, ceil_mode, include_pad, override in cases.AVGPOOL_CASES + [
+                ((2, 3, 41, 30), 3, 2, 1, True, False, None)
+            ]:
                 x = rng.standard_normal(shape).astype(dtype)
-                dy = rng.standard_normal(avgpool2d_forward(x, k, s, p, ceil_mode, False)[0].shape).astype(dtype)
+                dy = rng.standard_normal(avgpool2d_forward(x, k, s, p, ceil_mode, include_pad, override)[0].shape)
+                dy = dy.astype(dtype)
                 def avg_pool():
-                    y, cache = avgpool2d_forward(x, k, s, p, ceil_mode, False)
+                    y, cache = avgpool2d_forward(x, k, s, p, ceil_mode, include_pad, override)
                     return y, avgpool2d_backward(dy, cache)
                 got = serial_and_parallel(avg_pool)
                 same_bits(*got, f"avg pool {shape}")
