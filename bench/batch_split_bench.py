@@ -7,7 +7,7 @@ cores), it times the forward and the backward (dx and dw in one pass) both ways,
 algorithms interleaved call by call, so that a drifting machine slows both alike, and prints the
 medians and the split's speed-up. ``--after-relu`` runs a parallel ReLU kernel (TBB or workqueue)
 before each timed call, as happens inside a model, where the kernel pool's workers are still
-spinning. See npresnet/batch_threads.py.
+spinning. See npresnet/engine/batch_threads.py.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from npresnet import batch_threads, kernels, runtime
-from npresnet.functional import conv_dispatch
-from npresnet.functional.conv import _forward, _gradients, conv2d_forward
+from npresnet import kernels
+from npresnet.engine import batch_threads, conv_dispatch, runtime
+from npresnet.engine.conv import run_forward, run_gradients
+from npresnet.functional.conv import conv2d_forward
 
 # (C, O, H, stride): ResNet-20's stride-2 entries and its 32- and 64-channel stages; also the
 # 16-channel stage (the direct kernels' domain, here by im2col + GEMM).
@@ -36,12 +37,15 @@ def time_shape(C: int, O: int, H: int, stride: int, args: argparse.Namespace, be
     w = rng.standard_normal((O, C, 3, 3), dtype=np.float32)
     y, cache = conv2d_forward(x, w, None, stride, 1)
     dy = rng.standard_normal(y.shape, dtype=np.float32)
-    chunk = conv_dispatch.samples_per_chunk(np, args.batch, C * 9 * y.shape[2] * y.shape[3] * 4)
+    chunk = conv_dispatch.samples_per_chunk(
+        np, N=args.batch, column_bytes_per_sample=C * 9 * y.shape[2] * y.shape[3] * 4
+    )
     names = (f"gemm/{chunk}", f"split/{chunk}")
     runs: dict[tuple[str, str], Callable[[], object]] = {}
     for name in names:
-        runs["fwd", name] = functools.partial(_forward, name, x, w, (stride,) * 2, (1, 1), (1, 1), 1, y.shape[2:])
-        runs["bwd", name] = functools.partial(_gradients, dy, cache, name, name)
+        geometry = {"stride": (stride,) * 2, "padding": (1, 1), "dilation": (1, 1), "groups": 1}
+        runs["fwd", name] = functools.partial(run_forward, name, x, w, **geometry)
+        runs["bwd", name] = functools.partial(run_gradients, dy, cache, input_algorithm=name, weight_algorithm=name)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
     for run in runs.values():
         run()  # compile, page in

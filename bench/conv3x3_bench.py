@@ -4,7 +4,7 @@
 
 For each 3x3 conv shape of ResNet-20 (batch 128, float32) it prints the median time of the forward,
 the input gradient and the weight gradient, on the path npresnet picks (``direct`` where
-``npresnet.functional.conv`` sends the layer to ``kernels/conv3x3_cpu.py``, ``im2col/direct``
+the engine (``npresnet.engine.conv``) sends the layer to ``kernels/conv3x3_cpu.py``, ``im2col/direct``
 where only the gradients go there), on im2col + GEMM
 (the Numba im2col/col2im kernels and BLAS), and torch's forward and whole backward, plus how far the
 chosen path is from im2col + GEMM. The direct path is used for stride 1 and at most
@@ -22,8 +22,9 @@ import time
 
 import numpy as np
 
-from npresnet import kernels, runtime
-from npresnet.functional import conv_dispatch
+from npresnet import kernels
+from npresnet.engine import conv_dispatch, runtime
+from npresnet.engine.conv import direct_gradients
 from npresnet.functional.conv import conv2d_backward, conv2d_forward
 
 # (C, O, H, stride): the stem, stage 1, the stride-2 entries of stages 2 and 3, stages 2 and 3.
@@ -45,7 +46,7 @@ def time_npresnet(x, w, stride, dy) -> tuple[float, float, float, bool, tuple]:
     forward = median_ms(lambda: conv2d_forward(x, w, None, stride, 1))
     input_grad = median_ms(lambda: conv2d_backward(dy, cache, need_weight_grad=False))
     weight_grad = median_ms(lambda: conv2d_backward(dy, cache, need_input_grad=False))
-    return forward, input_grad, weight_grad, cache.direct_grads, (y, *conv2d_backward(dy, cache)[:2])
+    return forward, input_grad, weight_grad, direct_gradients(cache), (y, *conv2d_backward(dy, cache)[:2])
 
 
 def time_torch(torch, x, w, stride, dy) -> tuple[float, float]:

@@ -14,13 +14,14 @@ The functional layer asks for a kernel by name, for the array it is about to pro
 
 Threads. Every kernel with a parallel loop is compiled twice, serially and for Numba's thread pool,
 and runs the pool build whenever Numba has more than one thread: ``set_num_threads(n)`` below
-(``npresnet.runtime.set_num_threads`` sets BLAS and these together). The two builds give the same
+(``npresnet.engine.set_num_threads`` sets BLAS and these together). The two builds give the same
 bits. ``NPRESNET_NUMBA_PARALLEL=0`` keeps every kernel serial; ``kernels/_numba.py`` explains the
 threading layer (TBB where the tbb package is installed, else workqueue) and why the kernels then
 do not fight OpenBLAS for the cores; ``thread_pool()`` measures what one hand-off to the pool
-costs on this machine (1-2 us on TBB, up to ~160 us on workqueue on some VMs). The builds release
-the GIL; ``serial_in_this_thread(True)`` makes one Python thread run only serial builds (the
-threads of ``npresnet.batch_threads`` each compute a slice of a layer: they are the parallelism).
+costs on this machine (microseconds on TBB, up to a hundred times more on workqueue on some VMs).
+The builds release the GIL; ``serial_in_this_thread(True)`` makes one Python thread run only serial
+builds (the threads of ``npresnet.engine.batch_threads`` each compute a slice of a layer: they are
+the parallelism).
 
 ``get`` returns None (run the reference) unless Numba is active and ``x`` is a NumPy float32 or
 float64 array, so CuPy arrays never reach a Numba kernel. The kernels make their inputs
@@ -77,7 +78,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import os
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -85,10 +85,10 @@ from typing import Any
 
 import numpy as np
 
+from ._settings import settings
+
 #: NPRESNET_KERNELS: "auto" (Numba when installed), "numba" (required) or "numpy" (the references only).
-REQUESTED = os.environ.get("NPRESNET_KERNELS", "auto").strip().lower() or "auto"
-if REQUESTED not in ("auto", "numba", "numpy"):
-    raise ValueError(f"NPRESNET_KERNELS must be 'auto', 'numba' or 'numpy', got {REQUESTED!r}")
+REQUESTED = settings.KERNELS
 
 
 def _numba_installed() -> bool:
@@ -164,7 +164,7 @@ def set_num_threads(threads: int) -> int:
 
 def serial_in_this_thread(serial: bool) -> bool:
     """Make the calling Python thread run only the kernels' serial builds (``serial`` True), or the
-    pool builds again (False); returns the previous setting. Used by ``npresnet.batch_threads``,
+    pool builds again (False); returns the previous setting. Used by ``npresnet.engine.batch_threads``,
     whose threads each compute a share of one layer. Imports nothing (no Numba)."""
     previous = getattr(_this_thread, "serial", False)
     _this_thread.serial = bool(serial)
@@ -173,8 +173,8 @@ def serial_in_this_thread(serial: bool) -> bool:
 
 def thread_pool() -> tuple[str, int, float] | None:
     """(Numba's threading layer, its thread count, median microseconds to hand work to its pool and
-    wait for it), measured now; None without the Numba kernels. ``kernels/_numba.py``
-    has the figures: TBB 1-2 us, workqueue 5-160 us depending on the machine."""
+    wait for it), measured now; None without the Numba kernels. Microseconds on TBB, up to a hundred
+    times more on workqueue depending on the machine (docs/performance.md has the figures)."""
     if active() != "numba":
         return None
     from . import _numba

@@ -26,10 +26,11 @@ import numpy as np
 from numba import njit, prange  # noqa: F401  (prange is re-exported for the kernel modules)
 
 from . import _tbb, _this_thread  # TBB's library loader; the package's thread-local settings (no Numba there)
+from ._settings import settings
 
 #: Write compiled kernels to disk so later processes skip the compile (seconds per kernel); only
 #: as npresnet.kernels (see above: a cache entry carries the module name it was compiled under).
-CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0" and __name__ == "npresnet.kernels._numba"
+CACHE = settings.NUMBA_CACHE and __name__ == "npresnet.kernels._numba"
 
 
 def require_shape(name, array, expected):
@@ -46,34 +47,26 @@ def require_same_dtype(what, a, b):
 #: NPRESNET_NUMBA_PARALLEL: "auto" (default) runs the ``prange`` kernels on Numba's thread pool
 #: whenever ``numba.get_num_threads() > 1`` and as plain serial loops at one thread; "0" always
 #: serial. Each kernel is compiled twice, once each way, on first use (``ParallelKernel``).
-PARALLEL = os.environ.get("NPRESNET_NUMBA_PARALLEL", "auto").strip().lower() or "auto"
-if PARALLEL not in ("auto", "0", "1"):
-    raise ValueError(f"NPRESNET_NUMBA_PARALLEL must be 'auto', '0' or '1', got {PARALLEL!r}")
+PARALLEL = settings.NUMBA_PARALLEL
 
 # Why not Numba's OpenMP layer (when NUMBA_THREADING_LAYER is not set). The kernels run
-# between OpenBLAS GEMMs, and both libraries want every core. Numba's default here is its OpenMP
-# layer (libgomp; TBB is not installed), whose workers spin-wait after each parallel region on the
-# cores the next GEMM's OpenBLAS threads need. Quiet 2-vCPU Xeon, 20 x (a 2-thread GEMM, then a
-# 2-thread row-sum kernel): omp 170 ms (OMP_WAIT_POLICY=active 218 ms), omp with
-# OMP_WAIT_POLICY=passive 33 ms, tbb 33 ms, workqueue 35 ms; serial kernels with a 2-thread BLAS
-# 33 ms, everything at 1 thread 42 ms. Shortening OpenBLAS's own spin as well (npresnet.runtime's
-# set_blas_spin) brings workqueue to 25 ms. The one limitation of workqueue: two Python threads may
-# not run parallel kernels at once, so ``ParallelKernel`` runs the serial build when another
-# thread holds the pool.
-# Inside a ResNet-20 b128 training step at 2 threads (same machine): tbb 0.48 s, omp 0.54 s,
-# workqueue 0.60 s, omp with OpenBLAS's default spin 1.06 s. So TBB first when it is installed
-# (pip install tbb), else workqueue; never omp unless asked for (NUMBA_THREADING_LAYER).
+# between OpenBLAS GEMMs, and both libraries want every core. Numba's default without TBB is its
+# OpenMP layer (libgomp), whose workers spin-wait after each parallel region on the cores the next
+# GEMM's OpenBLAS threads need: alternating GEMMs and kernels ran several times slower on omp than
+# on tbb or workqueue, whose workers sleep (shortening OpenBLAS's own spin as well helps more:
+# npresnet.engine.runtime.set_blas_spin). TBB was also the fastest inside a training step. The one
+# limitation of workqueue: two Python threads may not run parallel kernels at once, so
+# ``ParallelKernel`` runs the serial build when another thread holds the pool. So TBB first when it
+# is installed (pip install tbb), else workqueue; never omp unless asked for (NUMBA_THREADING_LAYER).
+# docs/performance.md has the measurements.
 _tbb.load()  # pip's libtbb, where Numba's tbbpool cannot find it on its own (see _tbb.py)
 if "NUMBA_THREADING_LAYER" not in os.environ and "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:
     numba.config.THREADING_LAYER_PRIORITY = ["tbb", "workqueue", "omp"]  # type: ignore[attr-defined]
 
 #: Calls whose arrays hold fewer bytes than this run serially: handing work to the pool and waiting
-#: for it costs 5-20 us, as long as a serial im2col of one 16-channel 32x32 sample (23 us, 1 thread;
-#: 37-138 us at 2 threads without this limit). NPRESNET_PARALLEL_MIN_BYTES overrides it.
-_min_bytes = os.environ.get("NPRESNET_PARALLEL_MIN_BYTES", str(1 << 20)).strip()
-if not _min_bytes.isdigit():
-    raise ValueError(f"NPRESNET_PARALLEL_MIN_BYTES must be a whole number of bytes, got {_min_bytes!r}")
-PARALLEL_MIN_BYTES = int(_min_bytes)
+#: for it costs about as long as a serial im2col of one small sample, so such a call ran slower at
+#: two threads than at one (docs/performance.md). NPRESNET_PARALLEL_MIN_BYTES overrides it.
+PARALLEL_MIN_BYTES = settings.PARALLEL_MIN_BYTES
 
 _pool_lock = threading.Lock()  # held while a parallel kernel runs (workqueue is not reentrant)
 
@@ -104,11 +97,10 @@ def thread_pool(repeat=51):
     current thread count: a parallel loop over 2 elements, i.e. waking the workers and waiting for them, nothing
     else. Starts the pool if it is not running (which fixes the layer for the process).
 
-    Measured (2 vCPUs, 2 threads, noop loop, us): tbb 1-2, omp 1-2 (its workers spin), workqueue
-    5-20 on an Intel Xeon KVM guest but 94-160 on an AMD EPYC (Zen 5) guest, where every hand-off
-    wakes a sleeping vCPU. There a parallel kernel on workqueue loses to the serial one (an 8 MB ReLU:
-    465 us against 205 serial, 130 on tbb) and a ResNet-20 b128 training step at 2 threads took
-    0.529 s on workqueue, 0.276 s on tbb (0.496 s at 1 thread).
+    A few microseconds on tbb and omp (whose workers spin); on workqueue from a few times that to a
+    hundred times, on VMs where every hand-off wakes a sleeping vCPU: there a parallel kernel on
+    workqueue loses to the serial one, and a training step at 2 threads gains nothing over 1
+    (docs/performance.md has the figures).
     """
     a = np.zeros(2)
     _handoff_probe(a)
@@ -142,9 +134,9 @@ def _sources_digest(folder=None):
 
 #: Part of every cached kernel's name: Numba's cache index checks the kernel's own source file
 #: only, so a change here (a row helper the kernel inlines, a build option such as nogil) left
-#: the old machine code in use. Measured: after nogil was added here, the cached conv3x3 kernels
-#: still held the GIL, and two threads each running the serial build on half a batch took 5.1 ms
-#: against 3.0 ms once the cache was cleared. Any edit to kernels/ now compiles afresh.
+#: the old machine code in use: after nogil was added here, the cached conv3x3 kernels still held
+#: the GIL, and two threads each running the serial build on half a batch were much slower than
+#: once the cache was cleared. Any edit to kernels/ now compiles afresh.
 SOURCES_DIGEST = _sources_digest() if CACHE else ""
 
 

@@ -17,9 +17,8 @@ Why rows, not channels. The first version gave each thread whole channels, which
 idle when C is small (1-3 channels, or C not a multiple of the thread count) and had x read three
 times. Here any thread count splits the N*C rows evenly, a row's two passes (its sum, then its
 squares about the row mean) find it in L1, and the rows' moments are combined exactly (Chan et
-al.), so x comes from memory twice. Measured on the 2-vCPU Xeon, 1 thread, float32, ms (old /
-new): forward (128, 16, 32, 32) 3.10 / 2.90, (128, 64, 8, 8) 0.93 / 0.83, (16, 256, 56, 56)
-48.3 / 43.9; backward unchanged within 5%.
+al.), so x comes from memory twice. The forward ran 5-10% faster than the channel version at one
+thread, the backward as fast (docs/performance.md).
 
 Every sum and every per-element formula is evaluated in float64, also for float32 input, and only
 the results are rounded to the input dtype. So float64 results equal the float64 reference up to
@@ -36,12 +35,10 @@ from ._numba import CACHE, njit, parallel_kernel, prange, require_same_dtype, re
 
 #: Row sums keep this many interleaved float64 partial sums (lane j takes elements j, j + LANES, ...),
 #: then add the lanes pairwise. Independent adds let LLVM fill whole SIMD registers; with 4 lanes
-#: (one add chain per 4 elements) the row moments were bound by the add latency: (16, 256, 56, 56)
-#: float32, 1 thread, AMD EPYC (Zen 5): 8.5 ms, against 2.3 ms for a plain copy of x. Measured
-#: alone there, a row-sum sweep over that x took 2.9 ms with 4 lanes, 3.0 with 16, 3.4 with 32 and
-#: 1.4 with 64, the centred squares 4.5 / 4.5 / 1.4 ms with 16 / 32 / 64 lanes. The order is fixed
-#: by the code, so any thread count gives the same bits; more lanes are also more accurate (each
-#: adds ~M/64 terms). Channel c's rows x[n, c] are contiguous views, so the loops vectorise.
+#: (one add chain per 4 elements) the row moments were bound by the add latency, several times
+#: slower than a plain copy of x, and only 64 lanes made a sweep about twice as fast as 4, 16 or 32
+#: (docs/performance.md). The order is fixed by the code, so any thread count gives the same bits;
+#: more lanes are also more accurate (each adds ~M/64 terms). Channel c's rows x[n, c] are contiguous views, so the loops vectorise.
 LANES = 64
 
 

@@ -3,19 +3,12 @@
 Why: im2col + GEMM is the right tool for wide layers, but for the 16- and 32-channel 3x3 convs of
 the CIFAR ResNets the GEMM has only O = 16 or 32 rows, and OpenBLAS spends as long packing the
 columns as multiplying them (27 GFLOP/s for O = 16, against 100+ on square shapes), on top of the
-im2col pass itself. ``python bench/conv3x3_bench.py`` (1 thread, float32, batch 128, ms for the
-forward / input gradient / weight gradient of one conv; torch's backward is both gradients):
-
-    channels, size     im2col + GEMM            direct (this module)     torch (oneDNN)
-    16, 32x32          17.4 / 19.9 / 20.4       12.0 / 12.1 / 13.8       22 / 22   (9-22 between runs)
-    32, 16x16           9.6 / 12.8 / 13.2       12.9*/ 13.4 / 11.3        6 / 13
-    64,  8x8            8.7 / 11.1 / 10.3       ~20* / ~20* / ~18*        5 / 11   <- GEMM wins from 64
-
-(* measured with the limits below raised; the bench cannot route those there.) Both gradients in
-one backward call at 32 channels, measured separately: 24.3 ms direct, 26.0 im2col + GEMM. So
-npresnet.functional.conv sends stride-1, ungrouped 3x3 convolutions whose channels are at most
-``DIRECT_MAX_CHANNELS`` (32) here for their gradients, and at most ``DIRECT_FORWARD_MAX_CHANNELS``
-(16) for their forward too, when P <= 2*D per axis (see below).
+im2col pass itself. Computing the convolution directly is faster there for the forward up to
+16 channels and for the gradients up to 32; from 64 channels on the GEMM wins
+(``python bench/conv3x3_bench.py`` compares every ResNet-20 conv shape; docs/performance.md has
+the figures). So ``npresnet.engine`` sends stride-1, ungrouped 3x3 convolutions whose channels are
+at most ``DIRECT_MAX_CHANNELS`` (32) here for their gradients, and at most
+``DIRECT_FORWARD_MAX_CHANNELS`` (16) for their forward too, when P <= 2*D per axis (see below).
 
 The "wide row" trick. Pad each input plane once into a flat buffer of Hp*Wp pixels (Hp = H + 2PH,
 Wp = W + 2PW, plus a few zeros at the end). For stride 1, output pixel (oh, ow) reads the nine
@@ -27,9 +20,8 @@ nine reads become nine *shifted contiguous vectors*::
 
 one long loop that LLVM vectorises, with acc (one output plane, a few KB) staying in L1 while the
 C input planes stream past. Four output channels share each pass over the nine shifted inputs (the
-loop was bound by loads), and each a*b + c may be one FMA (``fused_multiply_add_kernel``): on the
-2-vCPU Xeon, batch 128 float32, 1 thread, the kernel went from 13.1 to 7.8 ms at 16 channels 32x32,
-14.0 to 8.7 at 32 channels 16x16, 20.0 to 12.7 at 64 channels 8x8 (FMA alone: 11.1, 12.1, 16.6).
+loop was bound by loads), and each a*b + c may be one FMA (``fused_multiply_add_kernel``): together
+a third to 40% faster than one channel per pass without FMA.
 Each output is the sum over (c, i, k) in that fixed order: the result is
 deterministic, though not bitwise equal to the GEMM's order (tests compare with a tolerance).
 
@@ -50,21 +42,18 @@ pixels of the batch, with X read through a shifted view (no im2col)::
 
 A (O, M) @ (M, C) product with O, C <= 32 and huge M is memory-bound and slow in BLAS, so M is cut
 into chunks small enough (O*C*chunk <= 2^19) for OpenBLAS's small-matrix kernel, which skips
-packing: at 16 channels the nine products over a batch of 128 at 32x32 take 8.6 ms chunked against
-19.4 ms unchunked; with building the two wide buffers the weight gradient takes 13.8 ms, against
-20.4 ms for im2col + GEMM (1 thread, float32).
+packing: at 16 channels the chunked products take less than half the time of unchunked ones, and
+the whole weight gradient a third less than im2col + GEMM's.
 
 Weight gradient by dot products (``conv3x3_backward_weight_dots``, Numba). Those small BLAS
 products are too small for OpenBLAS to thread: a second core buys nothing. The same sums written
 as nine dot products per (o, c) over the wide rows, two output channels per pass (18 running sums,
 11 loads per 18 multiply-adds), split over fixed blocks of 4096 columns, use every thread; LLVM
-vectorises each sum only if it may reassociate it (``reassociating_kernel``). On the 2-vCPU Xeon
-(batch 128, float32, ms per call, BLAS products -> dots): 16 ch 32x32 22.8 -> 17.3 at 1 thread,
-20.8 -> 10.1 at 2; 32 ch 16x16 14.0 -> 14.6 / 19.6 -> 10.4; 64 ch 8x8 29.5 -> 20.3 / 25.1 -> 11.8;
-the stem (3 -> 16 ch) 5.5 -> 3.5 / 6.1 -> 2.8. Measured on one CPU only, so it is a candidate of
-the measured dispatch ("direct/dots"), not the fixed rule's choice. (LLVM picks 256-bit vectors
-on this Xeon; forcing 512-bit, ``NUMBA_CPU_FEATURES=<host features>,-prefer-256-bit``, took the
-16-channel case to 14.1 / 7.9 ms in isolation but gained nothing measurable in a training step.)
+vectorises each sum only if it may reassociate it (``reassociating_kernel``). At two threads they
+took about half the BLAS products' time; at one thread from as long to a third less. Measured on
+one CPU only, so it is a candidate of the measured dispatch ("direct/dots"), not the fixed rule's
+choice. (Forcing 512-bit vectors where LLVM picks 256-bit, ``NUMBA_CPU_FEATURES=<host
+features>,-prefer-256-bit``, was faster in isolation but gained nothing in a training step.)
 """
 
 from __future__ import annotations

@@ -24,10 +24,11 @@ the test suite runs them without a GPU. The simulator launches few, small blocks
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from numba import cuda
+
+from ._settings import settings
 
 
 def _simulator_enabled() -> bool:
@@ -40,7 +41,7 @@ def _simulator_enabled() -> bool:
 
 
 #: Keep compiled kernels on disk (kernels/__pycache__), as the CPU kernels do; NPRESNET_NUMBA_CACHE=0 turns it off.
-CACHE = os.environ.get("NPRESNET_NUMBA_CACHE", "1").strip() != "0"
+CACHE = settings.NUMBA_CACHE
 
 
 def kernel(function: Any) -> Any:

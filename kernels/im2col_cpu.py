@@ -58,9 +58,7 @@ def _strided_plane(cols, out0, x, in0, OH, W, OW, SH, SW, top, row_lo, row_hi, l
 
     Offsets, not views, and unsigned indices: a view per output row costs a reference count, and a
     signed index makes Numba test it for wraparound (x[-1]), which keeps the loop scalar. The first
-    version had both and was 2-8x slower at one thread (AMD EPYC, float32, batch 128: the 3x3
-    stride-2 im2col of a 16-channel 32x32 map 11.0 -> 2.6 ms, of a 32-channel 16x16 one
-    9.8 -> 1.9 ms; ResNet-50's 7x7 stem at batch 16 22.0 -> 17.1 ms).
+    version had both and was up to several times slower at one thread (docs/performance.md).
     """
     o = np.uint64(out0)
     _zero_padding(cols, o, OH, OW, row_lo, row_hi, lo, hi)
@@ -79,11 +77,10 @@ def _shifted_plane(cols, out0, x, in0, OH, H, OW, di, dj, lo, hi):
     in the padding; ``[lo, hi)`` are the ow whose column ow + dj is inside.
 
     With equal row lengths the valid rows are one contiguous run of x shifted by di*OW + dj: one
-    long copy instead of a short copy per row (the per-row overhead dominated small planes: 12 ns a
-    row, 2.7 GB/s on ResNet-20's 8x8 layers). The copy also fills the invalid columns with
+    long copy instead of a short copy per row (the per-row overhead dominated small planes such as
+    ResNet-20's 8x8 layers). The copy also fills the invalid columns with
     neighbouring pixels, which the last loop overwrites with zeros. Offsets instead of a view per
-    plane and unsigned indices, as in ``_strided_plane`` (64-channel 8x8 planes: 3.2 -> 1.7 ms for
-    a batch of 128, AMD EPYC, 1 thread).
+    plane and unsigned indices, as in ``_strided_plane`` (about twice as fast on 8x8 planes).
     """
     row_lo, row_hi = valid_range(di, 1, H, OH)
     o = np.uint64(out0)

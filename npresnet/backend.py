@@ -23,18 +23,16 @@ array), :func:`to_torch` (the reverse), and :func:`to_numpy` (the one explicit d
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from . import settings
 from .kernels import is_cupy_array  # the one definition (kernels/ is the leaf of the import graph)
 
 BACKENDS = ("numpy", "cupy")
-_default_backend = os.environ.get("NPRESNET_BACKEND", "numpy").strip().lower() or "numpy"
-if _default_backend not in BACKENDS:
-    raise ValueError(f"NPRESNET_BACKEND must be one of {BACKENDS}, got {_default_backend!r}")
+_default_backend = settings.BACKEND
 
 
 def _import_cupy() -> ModuleType:

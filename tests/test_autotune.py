@@ -1,4 +1,4 @@
-"""Measured kernel choice (npresnet.autotune, npresnet.functional.conv_dispatch).
+"""Measured kernel choice (npresnet.engine.autotune, npresnet.engine.conv_dispatch).
 
 What is tested (never a timing: which candidate wins is the machine's business):
 * every candidate algorithm of a convolution (im2col + GEMM at each chunk size, the same on each
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from npresnet import autotune, kernels
-from npresnet.functional import conv as conv_module
-from npresnet.functional.conv import conv2d_backward, conv2d_forward
-from npresnet.functional.conv_dispatch import chunk_candidates
+from npresnet import kernels
+from npresnet.engine import autotune, conv_dispatch
+from npresnet.engine.conv import direct_gradients, run_forward, run_gradients
+from npresnet.functional.conv import conv2d_backward, conv2d_forward, output_size
 
 TESTS = Path(__file__).resolve().parent
 
@@ -69,14 +69,15 @@ def candidate_names(x, w, stride, padding, dilation):
     """Every algorithm conv_dispatch may time for this conv."""
     N, C, H, W = x.shape
     O, _, KH, KW = w.shape
-    OH = conv_module.conv_output_size(H, KH, stride[0], padding[0], dilation[0])
-    OW = conv_module.conv_output_size(W, KW, stride[1], padding[1], dilation[1])
-    names = [f"gemm/{n}" for n in chunk_candidates(np, N, C * KH * KW * OH * OW * x.dtype.itemsize)]
+    OH, OW = output_size(x.shape, w.shape, stride, padding, dilation)
+    column_bytes = C * KH * KW * OH * OW * x.dtype.itemsize
+    names = [f"gemm/{n}" for n in conv_dispatch.chunk_candidates(np, N=N, column_bytes_per_sample=column_bytes)]
     names += [f"gemm/{n}" for n in (1, N)]
     names += [f"split/{n}" for n in (1, 2, N)]  # at one thread a split runs inline: the same loop
-    if conv_module.direct_applies(x, (KH, KW), stride, padding, dilation, 1):
+    geometry = {"kernel": (KH, KW), "stride": stride, "padding": padding, "dilation": dilation, "groups": 1}
+    if conv_dispatch.direct_applies(x, **geometry):
         names.append("direct")
-    if conv_module.winograd_applies(x, (KH, KW), stride, padding, dilation, 1):  # forward and dx only
+    if conv_dispatch.winograd_applies(x, **geometry):  # forward and dx only
         names += [f"winograd/{n}" for n in (1, 2, N)] + [f"winograd-split/{n}" for n in (1, 2, N)]
     return list(dict.fromkeys(names)), (OH, OW)
 
@@ -93,7 +94,8 @@ def check_every_candidate(cases=AWKWARD):
                 dy = np.random.default_rng(1).standard_normal(y_ref.shape).astype(dtype)
                 dx_ref, dw_ref, _ = conv2d_backward(dy, cache_ref)
             _, cache = conv2d_forward(x, w, None, s, p, d)
-            names, out = candidate_names(x, w, s, p, d)
+            names, _ = candidate_names(x, w, s, p, d)
+            geometry = {"stride": s, "padding": p, "dilation": d, "groups": 1}
             assert ("direct" in names) == (
                 k == (3, 3) and s == (1, 1) and p[0] <= 2 * d[0] and p[1] <= 2 * d[1] and kernels.active() == "numba"
             )
@@ -102,15 +104,15 @@ def check_every_candidate(cases=AWKWARD):
             )
             for name in names + (["direct/dots"] if "direct" in names else []):
                 if name == "direct/dots":  # a weight-gradient candidate only
-                    results = [("dw", conv_module._gradients(dy, cache, None, name)[1], dw_ref)]
+                    results = [("dw", run_gradients(dy, cache, weight_algorithm=name)[1], dw_ref)]
                 elif name.startswith("winograd"):  # forward and input-gradient candidates only
-                    y = conv_module._forward(name, x, w, s, p, d, 1, out)
-                    results = [("y", y, y_ref), ("dx", conv_module._gradients(dy, cache, name, None)[0], dx_ref)]
+                    y = run_forward(name, x, w, **geometry)
+                    results = [("y", y, y_ref), ("dx", run_gradients(dy, cache, input_algorithm=name)[0], dx_ref)]
                 else:
-                    y = conv_module._forward(name, x, w, s, p, d, 1, out)
-                    dx, _ = conv_module._gradients(dy, cache, name, None)
-                    _, dw = conv_module._gradients(dy, cache, None, name)
-                    shared = conv_module._gradients(dy, cache, name, name)
+                    y = run_forward(name, x, w, **geometry)
+                    dx, _ = run_gradients(dy, cache, input_algorithm=name)
+                    _, dw = run_gradients(dy, cache, weight_algorithm=name)
+                    shared = run_gradients(dy, cache, input_algorithm=name, weight_algorithm=name)
                     results = [
                         ("y", y, y_ref),
                         ("dx", dx, dx_ref),
@@ -138,7 +140,7 @@ def test_every_candidate_matches_the_reference_at_two_threads():
         from npresnet import kernels
         import numpy as np
         import test_autotune
-        from npresnet import batch_threads
+        from npresnet.engine import batch_threads
         kernels.set_num_threads(2)
         assert numba.get_num_threads() == 2
         assert batch_threads.threads() == 2 and batch_threads.available(np)  # "split" really splits
@@ -183,7 +185,7 @@ def test_the_fixed_mode_gives_the_same_bits_in_every_process():
     code = textwrap.dedent("""
         import hashlib
         import numpy as np
-        from npresnet import autotune
+        from npresnet.engine import autotune
         from npresnet.functional.conv import conv2d_backward, conv2d_forward
         assert autotune.mode() == "fixed"
         rng = np.random.default_rng(0)
@@ -267,9 +269,9 @@ def test_bad_modes_are_refused():
         autotune.choose("op", (1,), {"a": lambda: None}, fixed="b")
     env = {**os.environ, "NPRESNET_AUTOTUNE": "always"}
     done = subprocess.run(
-        [sys.executable, "-c", "import npresnet.autotune"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", "import npresnet.engine"], env=env, capture_output=True, text=True, timeout=120
     )
-    assert done.returncode != 0 and "NPRESNET_AUTOTUNE must be one of ('fixed', 'measure'), got 'always'" in done.stderr
+    assert done.returncode != 0 and "NPRESNET_AUTOTUNE='always' is not valid: expected fixed or measure" in done.stderr
 
 
 def test_fixed_mode_keeps_the_documented_rule():
@@ -294,7 +296,7 @@ def test_fixed_mode_keeps_the_documented_rule():
             y, cache = conv2d_forward(x, np.ones((C, C, 3, 3), np.float32), None, 1, 1)
             conv2d_backward(y, cache)
             assert ("conv3x3_forward" in seen) == direct_forward, (C, seen)
-            assert ("conv3x3_backward_input" in seen) == direct_grads == cache.direct_grads, (C, seen)
+            assert ("conv3x3_backward_input" in seen) == direct_grads == direct_gradients(cache), (C, seen)
             assert ("conv3x3_backward_weight" in seen) == direct_grads, (C, seen)
     finally:
         kernels.set_observer(previous)

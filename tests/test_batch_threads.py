@@ -1,4 +1,4 @@
-"""npresnet.batch_threads: one layer's work split over the batch, a slice per thread.
+"""npresnet.engine.batch_threads: one layer's work split over the batch, a slice per thread.
 
 What is tested (no timings):
 * the slices cover the batch once, in order, sizes differing by at most one, never empty;
@@ -20,7 +20,7 @@ import textwrap
 
 import pytest
 
-from npresnet import batch_threads
+from npresnet.engine import batch_threads
 
 
 @pytest.mark.parametrize("N, T", [(1, 2), (2, 2), (5, 2), (7, 3), (3, 8), (128, 2)])
@@ -38,7 +38,7 @@ def run_at_two_threads(code: str) -> str:
         import threading
         import numpy as np
         from threadpoolctl import threadpool_info
-        from npresnet import batch_threads, runtime
+        from npresnet.engine import batch_threads, runtime
         from npresnet.kernels import _numba
         runtime.set_num_threads(2)
         def blas_threads():
@@ -114,7 +114,7 @@ def test_a_split_inside_a_split_runs_inline():
 
 def test_split_convolutions_are_deterministic_and_match_gemm():
     out = run_at_two_threads("""
-        from npresnet.functional import conv as conv_module
+        from npresnet.engine.conv import run_forward, run_gradients
         from npresnet.functional.conv import conv2d_forward
         rng = np.random.default_rng(0)
         cases = [  # (N, C, O, H, W), kernel, stride, padding, dilation
@@ -129,14 +129,15 @@ def test_split_convolutions_are_deterministic_and_match_gemm():
                 w = rng.standard_normal((O, C, *k)).astype(dtype)
                 y, cache = conv2d_forward(x, w, None, s, p, d)
                 dy = rng.standard_normal(y.shape).astype(dtype)
-                args = (x, w, s, p, d, 1, y.shape[2:])
+                geometry = {"stride": s, "padding": p, "dilation": d, "groups": 1}
                 for n in (1, 2, 3):
-                    ys = [conv_module._forward(f"split/{n}", *args) for _ in range(3)]
-                    gs = [conv_module._gradients(dy, cache, f"split/{n}", f"split/{n}") for _ in range(3)]
+                    split, gemm = f"split/{n}", f"gemm/{n}"
+                    ys = [run_forward(split, x, w, **geometry) for _ in range(3)]
+                    gs = [run_gradients(dy, cache, input_algorithm=split, weight_algorithm=split) for _ in range(3)]
                     assert all(np.array_equal(ys[0], other) for other in ys[1:])
                     assert all(np.array_equal(gs[0][0], g[0]) and np.array_equal(gs[0][1], g[1]) for g in gs[1:])
-                    y_gemm = conv_module._forward(f"gemm/{n}", *args)
-                    dx_gemm, dw_gemm = conv_module._gradients(dy, cache, f"gemm/{n}", f"gemm/{n}")
+                    y_gemm = run_forward(gemm, x, w, **geometry)
+                    dx_gemm, dw_gemm = run_gradients(dy, cache, input_algorithm=gemm, weight_algorithm=gemm)
                     for got, want in ((ys[0], y_gemm), (gs[0][0], dx_gemm), (gs[0][1], dw_gemm)):
                         assert got.shape == want.shape and got.dtype == want.dtype
                         error = np.abs(got.astype(np.float64) - want).max() / np.abs(want).max()
@@ -181,15 +182,15 @@ def test_a_forked_child_splits_with_its_own_workers():
 def test_the_switch_turns_the_split_candidates_off(setting, expected):
     code = textwrap.dedent("""
         import numpy as np
-        from npresnet import batch_threads, runtime
-        from npresnet.functional.conv_dispatch import split_candidates
+        from npresnet.engine import batch_threads, runtime
+        from npresnet.engine.conv_dispatch import split_candidates
         runtime.set_num_threads(2)
-        print(batch_threads.available(np), split_candidates(np, 4, 1 << 20))
+        print(batch_threads.available(np), split_candidates(np, N=4, column_bytes_per_sample=1 << 20))
     """)
     env = {**os.environ, "NPRESNET_BATCH_SPLIT": setting}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     if expected == "error":
-        assert done.returncode != 0 and "NPRESNET_BATCH_SPLIT must be '0' or '1', got 'yes'" in done.stderr
+        assert done.returncode != 0 and "NPRESNET_BATCH_SPLIT='yes' is not valid: expected 0 or 1" in done.stderr
     else:
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip() == expected
@@ -197,7 +198,8 @@ def test_the_switch_turns_the_split_candidates_off(setting, expected):
 
 def test_the_fixed_rule_splits_im2col_layers_at_two_threads_and_not_at_one():
     out = run_at_two_threads("""
-        from npresnet import autotune, kernels
+        from npresnet import kernels
+        from npresnet.engine import autotune
         from npresnet.functional.conv import conv2d_backward, conv2d_forward
         assert autotune.mode() == "fixed"
         threads_seen = set()

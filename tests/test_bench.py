@@ -103,7 +103,8 @@ def test_runtime_sets_blas_and_numba_threads_together():
     import numba
     from threadpoolctl import threadpool_info
 
-    from npresnet import kernels, runtime
+    from npresnet import kernels
+    from npresnet.engine import runtime
 
     limiter = runtime.set_num_threads(1)
     try:
@@ -119,7 +120,8 @@ def test_runtime_sets_blas_and_numba_threads_together():
 ALLOCATOR_PROBE = textwrap.dedent("""
     import hashlib, sys
     import numpy as np
-    from npresnet import models, runtime
+    from npresnet import models
+    from npresnet.engine import runtime
 
     def resident():
         with open("/proc/self/status") as status:
@@ -185,9 +187,10 @@ def test_profiler_counts_winograd_under_its_own_kind_and_its_gemms_under_gemm():
     rest of the conv's time (the 16 GEMMs) is GEMM."""
     from collections import defaultdict
 
-    from npresnet import autotune, kernels
+    from npresnet import kernels
     from npresnet.bench import op_profile
     from npresnet.bench.profiler import profile_ms
+    from npresnet.engine import autotune
 
     if kernels.active() != "numba":
         pytest.skip("no kernels to observe")

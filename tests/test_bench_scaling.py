@@ -101,7 +101,8 @@ def test_memory_probes_reuse_the_timed_runs_choices(tmp_path):
     cache = tmp_path / "autotune.json"
     step = (
         "import numpy as np\n"
-        "from npresnet import autotune, nn, runtime\n"
+        "from npresnet import nn\n"
+        "from npresnet.engine import autotune, runtime\n"
         "from npresnet.bench.workloads import build_npresnet, make_step\n"
         "from npresnet.optim import SGD\n"
         "runtime.set_num_threads(1)\n"

@@ -125,8 +125,9 @@ else:
     from cases import AVGPOOL_CASES, IM2COL_CASES, MAXPOOL_CASES, pool_input
     from hypothesis import HealthCheck, given, settings
 
-    from npresnet import batch_threads, kernels, nn
     from npresnet import functional as F
+    from npresnet import kernels, nn
+    from npresnet.engine import batch_threads
     from npresnet.functional.im2col import col2im, im2col
     from npresnet.functional.pooling import (
         avgpool2d_backward,

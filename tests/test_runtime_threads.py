@@ -1,4 +1,4 @@
-"""npresnet.runtime's thread settings: BLAS, Numba and torch together, and OpenBLAS's idle spin.
+"""npresnet.engine.runtime's thread settings: BLAS, Numba and torch together, and OpenBLAS's idle spin.
 
 Each check runs in a fresh interpreter: the settings are process-wide.
 """
@@ -32,7 +32,7 @@ def test_set_num_threads_sets_every_library_and_shortens_openblas_spin():
         import numba
         import numpy as np
         from threadpoolctl import threadpool_info, threadpool_limits
-        from npresnet import runtime
+        from npresnet.engine import runtime
         blas = [i for i in threadpool_info() if i["internal_api"] == "openblas" and "numpy" in i["filepath"]]
         if not blas or blas[0]["threading_layer"] != "pthreads":
             print("no pthreads OpenBLAS under numpy"); raise SystemExit(0)
@@ -60,7 +60,7 @@ def test_the_slow_pool_note_says_why_only_for_a_slow_workqueue_at_several_thread
     ends with the reason TBB is not in use, and advises installing tbb only where it is not installed."""
     from npresnet.kernels import _tbb
 
-    from npresnet import runtime
+    from npresnet.engine import runtime
 
     monkeypatch.delenv("NUMBA_THREADING_LAYER", raising=False)
     monkeypatch.setattr(_tbb, "_state", {"path": None, "reason": "the tbb package is not installed (pip install tbb)"})

@@ -1,10 +1,11 @@
-"""Winograd F(2x2, 3x3) (npresnet.functional.winograd and kernels/winograd_cpu.py).
+"""Winograd F(2x2, 3x3) (npresnet.functional.winograd, npresnet.engine.conv.winograd and
+kernels/winograd_cpu.py).
 
 The reference equals the im2col + GEMM convolution to rounding on awkward shapes (H != W, odd sizes
-with tiles hanging over the edge, batch 1, 1-3 channels, padding 0, 1, 2 and mixed); the Numba
-transforms give the reference's bits, at one thread and at two; the dispatch offers it only where
-it applies, and the fixed rule never picks it. (Serial against parallel builds: in
-tests/test_parallel_kernels.py, with the other kernels.)
+with tiles hanging over the edge, batch 1, 1-3 channels, padding 0, 1, 2 and mixed); the engine's
+chunked version gives the reference's bits; the Numba transforms give the reference's bits, at one
+thread and at two; the dispatch offers it only where it applies, and the fixed rule never picks it.
+(Serial against parallel builds: in tests/test_parallel_kernels.py, with the other kernels.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npresnet import autotune, batch_threads, kernels
-from npresnet.functional import conv_dispatch, winograd
+from npresnet import kernels
+from npresnet.engine import autotune, batch_threads, conv_dispatch
+from npresnet.engine.conv import winograd as engine_winograd
+from npresnet.functional import winograd
 from npresnet.functional.conv import conv2d_backward, conv2d_forward
 
 numba_only = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
@@ -36,14 +39,25 @@ def _case(case, dtype, seed=0):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("chunk", [1, 2, 100])
-def test_the_reference_is_the_convolution(case, chunk):
+def test_the_reference_is_the_convolution(case):
     x, w, padding = _case(case, np.float64)
     with kernels.reference_only():
         want = conv2d_forward(x, w, None, 1, padding)[0]
-        got = winograd.conv3x3_winograd(x, w, padding, chunk)
+    got = winograd.conv3x3_winograd(x, w, padding)
     assert got.shape == want.shape and got.dtype == want.dtype
     assert np.abs(got - want).max() <= 1e-13 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("chunk, split", [(1, False), (2, False), (100, False), (1, True), (2, True)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_engine_gives_the_references_bits_in_chunks(case, chunk, split, dtype):
+    """Chunks of samples (a slice per thread with ``split``), the Numba transforms where they run:
+    each output sample is computed by the same operations as in the whole-batch reference."""
+    x, w, padding = _case(case, dtype)
+    want = winograd.conv3x3_winograd(x, w, padding)
+    got = engine_winograd(x, w, padding=padding, samples=chunk, split=split)
+    assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want)
 
 
 def test_float32_is_as_accurate_as_the_gemm():
@@ -53,7 +67,7 @@ def test_float32_is_as_accurate_as_the_gemm():
         exact = conv2d_forward(x, w, None, 1, padding)[0]
         x32, w32 = x.astype(np.float32), w.astype(np.float32)
         gemm = conv2d_forward(x32, w32, None, 1, padding)[0]
-        wino = winograd.conv3x3_winograd(x32, w32, padding, 2)
+        wino = winograd.conv3x3_winograd(x32, w32, padding)
     scale = np.abs(exact).max()
     gemm_error, wino_error = np.abs(gemm - exact).max() / scale, np.abs(wino - exact).max() / scale
     assert wino.dtype == np.float32 and wino_error <= max(2 * gemm_error, 1e-6), (wino_error, gemm_error)
@@ -94,28 +108,34 @@ def test_the_numba_transforms_give_the_reference_bits(dtype):
 
 def test_where_winograd_applies():
     x = np.zeros((1, 2, 6, 6), np.float32)
-    applies = conv_dispatch.winograd_applies
+
+    def applies(kernel, stride, padding, dilation, groups):
+        return conv_dispatch.winograd_applies(
+            x, kernel=kernel, stride=stride, padding=padding, dilation=dilation, groups=groups
+        )
+
     expected = kernels.active() == "numba"
-    assert applies(x, (3, 3), (1, 1), (1, 1), (1, 1), 1) == expected
-    assert applies(x, (3, 3), (1, 1), (2, 0), (1, 1), 1) == expected
-    assert not applies(x, (3, 3), (2, 2), (1, 1), (1, 1), 1)  # stride
-    assert not applies(x, (3, 3), (1, 1), (2, 2), (2, 2), 1)  # dilation
-    assert not applies(x, (3, 3), (1, 1), (3, 1), (1, 1), 1)  # padding above 2: no adjoint for dx
-    assert not applies(x, (3, 3), (1, 1), (1, 1), (1, 1), 2)  # groups
-    assert not applies(x, (5, 5), (1, 1), (1, 1), (1, 1), 1)
+    assert applies((3, 3), (1, 1), (1, 1), (1, 1), 1) == expected
+    assert applies((3, 3), (1, 1), (2, 0), (1, 1), 1) == expected
+    assert not applies((3, 3), (2, 2), (1, 1), (1, 1), 1)  # stride
+    assert not applies((3, 3), (1, 1), (2, 2), (2, 2), 1)  # dilation
+    assert not applies((3, 3), (1, 1), (3, 1), (1, 1), 1)  # padding above 2: no adjoint for dx
+    assert not applies((3, 3), (1, 1), (1, 1), (1, 1), 2)  # groups
+    assert not applies((5, 5), (1, 1), (1, 1), (1, 1), 1)
     with kernels.reference_only():
-        assert not applies(x, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+        assert not applies((3, 3), (1, 1), (1, 1), (1, 1), 1)
 
 
 def test_the_chunk_candidates_never_take_the_whole_of_a_large_batch():
     # ResNet-50's first stage at batch 16: 3.2 MB of Winograd tiles per sample
-    chunks, split = conv_dispatch.winograd_candidates(np, 16, 64, (56, 56), 4)
+    chunks, split = conv_dispatch.winograd_candidates(np, N=16, channels=64, out=(56, 56), itemsize=4)
     assert chunks and max(chunks) < 16 and min(chunks) >= 1
     assert split == ([1] if batch_threads.available(np) else [])  # a slice per thread
-    assert conv_dispatch.winograd_candidates(np, 1, 64, (56, 56), 4)[1] == []  # nothing to split
+    assert conv_dispatch.winograd_candidates(np, N=1, channels=64, out=(56, 56), itemsize=4)[1] == []  # no split
     # its 7x7 stem: 7.4 MB of columns per sample, 118 MB for the batch
-    assert 16 not in conv_dispatch.chunk_candidates(np, 16, 147 * 112 * 112 * 4)
-    assert 16 in conv_dispatch.chunk_candidates(np, 16, 1152 * 28 * 28 * 4)  # its 128-channel 3x3: 58 MB
+    assert 16 not in conv_dispatch.chunk_candidates(np, N=16, column_bytes_per_sample=147 * 112 * 112 * 4)
+    # its 128-channel 3x3: 58 MB
+    assert 16 in conv_dispatch.chunk_candidates(np, N=16, column_bytes_per_sample=1152 * 28 * 28 * 4)
 
 
 @numba_only
@@ -133,7 +153,9 @@ def test_measure_mode_may_pick_it_and_fixed_mode_never_does():
         autotune.set_mode("fixed")
         ran: list[str] = []
         for what in ("forward", "input grad"):
-            name = conv_dispatch.choose(what, "key", (64, 64), False, [2], ran.append, [], [1, 2])
+            name = conv_dispatch.choose(
+                what, key="key", channels=(64, 64), direct_ok=False, chunks=[2], run=ran.append, winograd_chunks=[1, 2]
+            )
             assert name == "gemm/2" and ran == []
     finally:
         autotune.set_mode(previous)

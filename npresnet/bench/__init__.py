@@ -11,7 +11,7 @@ PyTorch after checking both give the same logits; ``--profile`` splits the time 
 ``--threads N`` (default: all the machine's cores) sets BLAS, Numba and torch to N together;
 ``--threads 1,2,...`` (or ``--scaling``: 1 and all cores) repeats the runs at each count and reports
 the speed-ups (``scaling``). ``--autotune measure`` (default) times the convolution algorithms per
-layer shape first (``npresnet.autotune``), ``fixed`` uses the fixed rule. glibc's allocator is
+layer shape first (``npresnet.engine.autotune``), ``fixed`` uses the fixed rule. glibc's allocator is
 tuned to keep freed activation memory (``--no-tune-allocator`` to compare).
 Memory: the NumPy peak of one untimed step (tracemalloc), and with ``--memory`` each framework's
 resident-memory peak of a step in a fresh process. The OpenBLAS variables

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import autotune, nn, runtime
+from .. import nn
 from ..backend import xp_for
 from ..commands import EXIT_OPTIONS, command_parser, deprecated_option, shape_type
+from ..engine import autotune, runtime
 from ..optim import SGD
 from .compare import check_same_logits, torch_missing, torch_setup, torch_step
 from .machine import gemm_peak_gflops, machine_info
@@ -216,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--autotune",
         choices=["measure", "fixed"],
         default="measure",
-        help="kernel choice: time the candidates per layer shape (default), or the fixed rule (npresnet.autotune)",
+        help="kernel choice: time the candidates per layer shape (default), or the fixed rule (npresnet.engine.autotune)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-tune-allocator",
         action="store_true",
-        help="leave glibc malloc's thresholds alone (see npresnet.runtime.tune_allocator)",
+        help="leave glibc malloc's thresholds alone (see npresnet.engine.runtime.tune_allocator)",
     )
     p.add_argument("--json", metavar="PATH", default=None, help="write machine info and results as JSON to PATH")
     return p

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import kernels
-from ..runtime import cpu_id, cpu_model
+from ..engine.runtime import cpu_id, cpu_model
 from .timing import timed
 
 __all__ = ["blas_info", "cpu_label", "cpu_model", "file_label", "gemm_peak_gflops", "machine_info", "numba_pool"]

@@ -7,8 +7,9 @@ import sys
 
 import numpy as np
 
-from .. import nn, runtime
+from .. import nn
 from ..backend import to_numpy
+from ..engine import runtime
 from ..optim import SGD
 from .compare import make_torch_step
 from .workloads import build_npresnet, make_step
@@ -41,9 +42,9 @@ def memory_probe(framework: str, name: str, mode: str, batch: int, size: int, dt
 
     One step on a batch of 2 runs first and its peak is forgotten (``_reset_peak``): it loads the
     one-time machinery, Numba's compiled kernels and torch's oneDNN primitives, which is not memory
-    of a step. Without it, ResNet-20 b128 forward measured 106 MB for npresnet against 53 MB for
-    torch (AMD EPYC, 1 thread), though the step's NumPy arrays peak at 41 MB (tracemalloc): the
-    difference was the kernels being loaded. Where the peak cannot be reset, the warm-up's own
+    of a step. Without it, npresnet's ResNet-20 forward measured twice torch's peak, though the
+    step's NumPy arrays (tracemalloc) took less than half of it: the difference was the kernels
+    being loaded (docs/performance.md). Where the peak cannot be reset, the warm-up's own
     peak (a 2-sample step, smaller than the real one) stays in the figure.
     """
     runtime.set_num_threads(threads)

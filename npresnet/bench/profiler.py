@@ -10,7 +10,7 @@ Two public hook points, nothing patched:
   count under GEMM), counted under the direction of the layer
   method that runs them (the im2col a convolution's backward runs to rebuild its columns counts
   as backward). Only the calls on the thread running the model count: when a layer's batch is
-  split over threads (``npresnet.batch_threads``), the other slices run the same kernels at the
+  split over threads (``npresnet.engine.batch_threads``), the other slices run the same kernels at the
   same time, and adding their times too would count that wall time twice.
 
 Kernels run only where ``npresnet.kernels`` is active (Numba on the CPU, numba-cuda on the GPU):

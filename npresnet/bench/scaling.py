@@ -18,7 +18,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import autotune
+from .. import settings
+from ..engine import autotune
 
 __all__ = ["parse_threads", "run_scaling", "scaling_table", "shared_autotune_cache", "speedups"]
 
@@ -87,13 +88,14 @@ def shared_autotune_cache(mode: str) -> Iterator[None]:
     processes (``--memory``) read too: they then run the algorithms the timed steps ran, and time
     nothing (timing runs the whole-batch candidates, which would inflate their peak). A cache file
     the user set (NPRESNET_AUTOTUNE_CACHE) is used as it is. The temporary folder is removed after."""
-    if mode != "measure" or os.environ.get("NPRESNET_AUTOTUNE_CACHE"):
+    mode_variable, cache_variable = settings.variable("AUTOTUNE"), settings.variable("AUTOTUNE_CACHE")
+    if mode != "measure" or os.environ.get(cache_variable):
         yield
         return
-    saved = {k: os.environ.get(k) for k in ("NPRESNET_AUTOTUNE", "NPRESNET_AUTOTUNE_CACHE")}
+    saved = {k: os.environ.get(k) for k in (mode_variable, cache_variable)}
     with tempfile.TemporaryDirectory(prefix="npresnet-bench-autotune-") as folder:
         path = os.path.join(folder, "autotune.json")
-        os.environ.update(NPRESNET_AUTOTUNE="measure", NPRESNET_AUTOTUNE_CACHE=path)
+        os.environ.update({mode_variable: "measure", cache_variable: path})
         autotune.set_cache_file(path)
         try:
             yield

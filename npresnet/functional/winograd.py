@@ -29,8 +29,9 @@ inputs V[a, b] = (B^T d B)[a, b] as (C, P) matrices, the whole layer is 16 GEMMs
 Why: a direct 3x3 convolution (or im2col + GEMM) spends 36 multiplications on a 2x2 output tile,
 this spends 16, so the GEMMs do 2.25x fewer flops; the transforms are additions only, reading and
 writing each value a few times. On the CPU it pays where the GEMMs dominate (ResNet-50's 3x3 layers
-of 64-512 channels); thin layers lose to the direct kernels. ``npresnet.functional.conv_dispatch``
-offers it as a measured candidate, never as the fixed rule's choice.
+of 64-512 channels); thin layers lose to the direct kernels. ``npresnet.engine`` runs it (in chunks
+of samples, with the Numba transforms: ``npresnet.engine.conv.winograd``) as a measured candidate,
+never as the fixed rule's choice.
 
 Accuracy: the transforms only add, subtract and halve (exact), and each output sums the same C*9
 products in a different grouping, so results agree with im2col + GEMM to rounding: float32 max
@@ -44,13 +45,14 @@ dx, for padding <= 2. The weight gradient stays with the other algorithms.
 This file is the reference (NumPy or CuPy through the array module, whole arrays at a time); on the
 CPU ``npresnet.kernels`` has Numba versions of the two data transforms with the same arithmetic in
 the same order, hence the same bits (tested), that sweep the data once instead of once per step.
+Nothing in the library calls :func:`conv3x3_winograd` itself: it is the page to read, and the
+engine's chunked version is tested against it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .. import batch_threads, kernels
 from ..backend import get_array_module
 
 __all__ = ["G", "conv3x3_winograd", "tiles", "transform_input", "transform_output", "transform_weight"]
@@ -69,8 +71,8 @@ def transform_weight(weight: Any) -> Any:
     """U = G g G^T for every (o, c): weight (O, C, 3, 3) -> U (4, 4, O, C), C-contiguous.
 
     U[a, b, o, c] = sum_ij G[a, i] G[b, j] g[o, c, i, j]: with the Kronecker product kron(G, G)
-    (16 x 9) that is one GEMM over all O*C filters, kron(G, G) @ g.reshape(O*C, 9).T (the
-    elementwise form took 12-14 ms for 512 x 512 filters at 1 thread, this 4.4 ms; AMD EPYC Zen 4)."""
+    (16 x 9) that is one GEMM over all O*C filters, kron(G, G) @ g.reshape(O*C, 9).T (about three
+    times faster than the elementwise form for ResNet-50's widest filters)."""
     xp = get_array_module(weight)
     O, C = weight.shape[:2]
     g = xp.asarray(G, dtype=weight.dtype)
@@ -122,32 +124,16 @@ def transform_output(M: Any, N: int, out: tuple[int, int], y: Any = None) -> Any
     return y
 
 
-def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int], samples_per_chunk: int, split: bool = False) -> Any:
+def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int]) -> Any:
     """y = conv2d(x, weight), stride 1, dilation 1, no bias, padding <= 2: x (N, C, H, W),
-    weight (O, C, 3, 3) -> y (N, O, OH, OW), ``samples_per_chunk`` samples at a time (V and M are
-    16 values per tile and channel, 4x the input and output they stand for: chunks bound that).
-    ``split``: each thread takes its own slice of the batch, with one-thread GEMMs and serial
-    kernels (``npresnet.batch_threads``), instead of all threads working on each chunk in turn."""
+    weight (O, C, 3, 3) -> y (N, O, OH, OW), the whole batch at once (the four lines of the
+    module docstring)."""
     xp = get_array_module(x)
     N, C, H, W = x.shape
     O = weight.shape[0]
     OH, OW = H + 2 * padding[0] - 2, W + 2 * padding[1] - 2
     TH, TW = tiles(OH, OW)
     U = transform_weight(weight).reshape(16, O, C)
-    to_tiles = kernels.get("winograd_input", x) or transform_input
-    from_tiles = kernels.get("winograd_output", x) or transform_output
-    y = xp.empty((N, O, OH, OW), dtype=x.dtype)
-
-    def convolve_samples(begin: int, end: int, _slice: int = 0) -> None:
-        for start in range(begin, end, samples_per_chunk):
-            chunk = x[start : min(start + samples_per_chunk, end)]
-            n = chunk.shape[0]
-            V = to_tiles(chunk, padding, (TH, TW)).reshape(16, C, n * TH * TW)
-            M = xp.matmul(U, V)  # 16 GEMMs (O, C) @ (C, n*TH*TW)
-            from_tiles(M.reshape(4, 4, O, n * TH * TW), n, (OH, OW), y[start : start + n])
-
-    if split:
-        batch_threads.run(N, convolve_samples)
-    else:
-        convolve_samples(0, N)
-    return y
+    V = transform_input(x, padding, (TH, TW)).reshape(16, C, N * TH * TW)
+    M = xp.matmul(U, V)  # 16 GEMMs (O, C) @ (C, N*TH*TW)
+    return transform_output(M.reshape(4, 4, O, N * TH * TW), N, (OH, OW))

@@ -17,9 +17,9 @@ import typing
 from typing import Any
 
 from .. import distributed as dist
-from .. import runtime
 from ..checkpoint import read_checkpoint
 from ..commands import command_parser
+from ..engine import runtime
 from .agreement import RanksDisagree
 from .config import PRESETS, TrainConfig
 from .interrupts import StopRequest, TrainingInterrupted, stop_on_signals
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=None,
-        help="threads of this process for BLAS, Numba's kernels and torch together (npresnet.runtime); "
+        help="threads of this process for BLAS, Numba's kernels and torch together (npresnet.engine.runtime); "
         "without it the libraries' defaults stay: all cores, unless OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / "
         "NUMBA_NUM_THREADS say otherwise",
     )
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             note = runtime.slow_pool_note()  # workqueue on a machine where its hand-off is slow
             if note is not None:
                 print(note, file=sys.stderr)
-            runtime.tune_allocator()  # keep freed activation memory for the next step (npresnet.runtime)
+            runtime.tune_allocator()  # keep freed activation memory for the next step (npresnet.engine.runtime)
             result = train(config, resume=resume, overwrite=overwrite, stop=stop)
         except TrainingInterrupted as exc:
             world = dist.current_world()

@@ -1,55 +1,41 @@
 """Which algorithm computes a convolution, its input gradient and its weight gradient.
 
-``npresnet.functional.conv`` has two ways to compute each of the three (see its docstring):
+``npresnet.engine.conv`` has six ways to compute them (its docstring says how each works):
+``"gemm/<n>"`` (im2col + GEMM in chunks of ``n`` samples; the whole batch on a GPU), ``"split/<n>"``
+(the same on each thread's slice of the batch: NumPy at more than one thread, unless
+``NPRESNET_BATCH_SPLIT=0``), ``"direct"`` (the direct 3x3 kernels: CPU, stride 1, one group,
+padding <= 2 * dilation, see ``direct_applies``), ``"direct/dots"`` (weight gradient only: the same
+layout, dw as Numba dot products per (o, c), which use every thread where the small BLAS products
+do not), ``"winograd/<n>"`` and ``"winograd-split/<n>"`` (forward and input gradient only, measure
+mode only: F(2x2, 3x3), 2.25x fewer multiplications, where ``winograd_applies``).
 
-``"gemm/<n>"``
-    im2col + GEMM, ``n`` samples per chunk (the whole batch on a GPU);
-``"direct"``
-    the direct 3x3 kernels of ``npresnet.kernels.conv3x3_cpu`` (CPU, stride 1, one group,
-    padding <= 2 * dilation: ``direct_applies``); for the weight gradient the nine BLAS products;
-``"split/<n>"``
-    im2col + GEMM on each thread's slice of the batch, ``n`` samples per chunk, one BLAS thread
-    per slice (``npresnet.batch_threads``; NumPy at more than one thread, not NPRESNET_BATCH_SPLIT=0);
-``"direct/dots"``
-    weight gradient only: the same direct layout, dw as nine Numba dot products per (o, c)
-    (``conv3x3_backward_weight_dots``), which, unlike the small BLAS products, uses every thread.
-``"winograd/<n>"``
-    forward and input gradient only, measure mode only: Winograd's F(2x2, 3x3)
-    (``npresnet.functional.winograd``), ``n`` samples per chunk (CPU with the Numba kernels, 3x3,
-    stride 1, dilation 1, one group, padding <= 2: ``winograd_applies``). 2.25x fewer multiplications
-    than the other algorithms, plus transforms that only add; it wins on wide 3x3 layers.
-``"winograd-split/<n>"``
-    the same on each thread's slice of the batch, as "split" does for im2col + GEMM.
-
-This module lists the candidates for a shape and asks ``npresnet.autotune`` to pick one. In the
-``"fixed"`` mode (the default) the pick is the rule measured on the first development machine:
-the direct kernels for the gradients up to ``DIRECT_MAX_CHANNELS`` input and output channels,
-for the forward up to ``DIRECT_FORWARD_MAX_CHANNELS``, and chunks of about ``CHUNK_BYTES`` of
-columns, which at more than one thread run as "split" (a slice of the batch per thread): on a
-2-vCPU AMD EPYC (Zen 5), ResNet-20 b128 at 2 threads in fixed mode, four alternating pairs, the
-ratio to torch went from 1.96x to 1.75x for a training step and from 2.09x to 1.76x for the
-forward (medians), and ``python bench/batch_split_bench.py`` gives 1.07-1.76x per layer there.
-The bits then depend on the thread count (so did OpenBLAS's at 2 threads), not on the run.
+This module lists the candidates for a shape and asks ``autotune`` to pick one. In the ``"fixed"``
+mode (the default) the pick is a rule: the direct kernels for the gradients up to
+``DIRECT_MAX_CHANNELS`` input and output channels and for the forward up to
+``DIRECT_FORWARD_MAX_CHANNELS``, else chunks of about ``CHUNK_BYTES`` of columns, which at more
+than one thread run as "split" (a slice of the batch per thread: one hand-off per layer instead of
+two per chunk; docs/performance.md has the measurements). The bits then depend on the thread count
+(as OpenBLAS's do), not on the run.
 
 In the ``"measure"`` mode every candidate is timed on the first call with a new shape: the chunk
 sizes around ``CHUNK_BYTES`` (a quarter, one, four times, and the whole batch up to
 ``WHOLE_BATCH_MAX_BYTES``), at more than one thread the same for "split/<n>" on a slice,
-"winograd/<n>" where it applies, and the direct kernels up to
-``DIRECT_CANDIDATE_MAX_CHANNELS`` channels (wider, they lose by far: timing them would only slow
-the first step down), "direct/dots" among them for the weight gradient. The fixed rule never
-picks "direct/dots" or "winograd": they were measured on few CPUs (see ``conv3x3_cpu`` and
-``winograd``), and the fixed rule's bits stay those of the releases before them.
-Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``,
-``kernels.reference_only()``) there is one candidate and nothing is timed.
+"winograd/<n>" where it applies, and the direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS``
+channels (wider, they lose by far: timing them would only slow the first step down), "direct/dots"
+among them for the weight gradient. The fixed rule never picks "direct/dots" or "winograd": they
+were measured on few CPUs, and the fixed rule's bits stay those of the releases before them.
+Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``, ``kernels.reference_only()``) there
+is one candidate and nothing is timed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .. import autotune, batch_threads, kernels
-from .winograd import tiles
+from .. import kernels
+from ..functional.winograd import tiles
+from . import autotune, batch_threads
 
 __all__ = [
     "CHUNK_BYTES",
@@ -63,8 +49,8 @@ __all__ = [
 ]
 
 #: Fixed rule: the direct 3x3 kernels compute the gradients of convs with at most this many input
-#: and output channels, and their forward up to DIRECT_FORWARD_MAX_CHANNELS (kernels/conv3x3_cpu.py
-#: has the measurements behind these on the first development machine).
+#: and output channels, and their forward up to DIRECT_FORWARD_MAX_CHANNELS (where they beat
+#: im2col + GEMM on the first development machine: docs/performance.md).
 DIRECT_MAX_CHANNELS = 32
 DIRECT_FORWARD_MAX_CHANNELS = 16
 #: Measure mode: the direct kernels are timed up to this many channels.
@@ -72,15 +58,15 @@ DIRECT_CANDIDATE_MAX_CHANNELS = 64
 #: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache (fixed rule).
 CHUNK_BYTES = 1 << 20
 #: Measure mode on the CPU: the whole batch is a chunk candidate only up to this many bytes of
-#: columns. ResNet-50's 7x7 stem at batch 16 has 118 MB of columns, and a measured run that picked
-#: the whole batch there (within timing noise of one sample per chunk) raised the forward's step
-#: memory from 167 to 210 MB, above torch's; the measured dispatch had picked
-#: the whole batch (15-58 MB) for several of its 3x3 layers.
+#: columns. ResNet-50's 7x7 stem at batch 16 has over a hundred MB of columns, and a measured run
+#: that picked the whole batch there (within timing noise of one sample per chunk) raised the
+#: step's peak memory by a quarter; below the cap the dispatch may still take the whole batch.
 WHOLE_BATCH_MAX_BYTES = 64 * CHUNK_BYTES
 
 
 def direct_applies(
     x: Any,
+    *,
     kernel: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
@@ -101,6 +87,7 @@ def direct_applies(
 
 def winograd_applies(
     x: Any,
+    *,
     kernel: tuple[int, int],
     stride: tuple[int, int],
     padding: tuple[int, int],
@@ -116,14 +103,14 @@ def winograd_applies(
 
 
 def winograd_candidates(
-    xp: Any, N: int, channels: int, out: tuple[int, int], itemsize: int
+    xp: Any, *, N: int, channels: int, out: tuple[int, int], itemsize: int
 ) -> tuple[list[int], list[int]]:
     """Samples per chunk worth timing for "winograd/<n>" and for "winograd-split/<n>" (each thread
     its own slice of the batch, as "split"; none where ``batch_threads`` would not split): the
     transformed tiles of a chunk (16 values per 2x2 output tile and input channel: 4x the input)
     in a quarter, one or four times ``CHUNK_BYTES``. Never the whole batch regardless of size: on
-    ResNet-50's first stage that would be 51 MB of tiles and as much of products, for no gain
-    measured."""
+    ResNet-50's first stage that would be tens of MB of tiles and as much of products, for no
+    gain measured."""
     TH, TW = tiles(*out)
     tile_bytes = 16 * channels * TH * TW * itemsize  # per sample
     whole = list(dict.fromkeys(_budget_sizes(xp, N, tile_bytes)))
@@ -131,7 +118,7 @@ def winograd_candidates(
     return whole, [] if samples is None else list(dict.fromkeys(_budget_sizes(xp, samples, tile_bytes)))
 
 
-def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
+def samples_per_chunk(xp: Any, *, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
     """How many samples one im2col + GEMM round handles: all of them on a GPU, else as many as fit
     in ``chunk_bytes`` (at least one)."""
     if xp.__name__ != "numpy":
@@ -139,7 +126,7 @@ def samples_per_chunk(xp: Any, N: int, column_bytes_per_sample: int, chunk_bytes
     return max(1, min(N, chunk_bytes // max(column_bytes_per_sample, 1)))
 
 
-def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
+def chunk_candidates(xp: Any, *, N: int, column_bytes_per_sample: int) -> list[int]:
     """The chunk sizes worth timing; the fixed rule's first. The whole batch only where its
     columns take at most ``WHOLE_BATCH_MAX_BYTES`` on the CPU (always on a GPU)."""
     sizes = _budget_sizes(xp, N, column_bytes_per_sample)
@@ -148,17 +135,17 @@ def chunk_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]
     return list(dict.fromkeys(int(s) for s in sizes))
 
 
-def split_candidates(xp: Any, N: int, column_bytes_per_sample: int) -> list[int]:
+def split_candidates(xp: Any, *, N: int, column_bytes_per_sample: int) -> list[int]:
     """The chunk sizes worth timing for "split/<n>": those of ``chunk_candidates`` for one thread's
     slice of the batch; none where ``batch_threads`` would not split (GPU, one thread, N = 1)."""
     samples = _slice_samples(xp, N)
-    return [] if samples is None else chunk_candidates(xp, samples, column_bytes_per_sample)
+    return [] if samples is None else chunk_candidates(xp, N=samples, column_bytes_per_sample=column_bytes_per_sample)
 
 
 def _budget_sizes(xp: Any, N: int, bytes_per_sample: int) -> list[int]:
     """Samples per chunk for chunks of about ``CHUNK_BYTES``, a quarter of it and four times it."""
     budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES * 4)
-    return [samples_per_chunk(xp, N, bytes_per_sample, b) for b in budgets]
+    return [samples_per_chunk(xp, N=N, column_bytes_per_sample=bytes_per_sample, chunk_bytes=b) for b in budgets]
 
 
 def _slice_samples(xp: Any, N: int) -> int | None:
@@ -171,14 +158,15 @@ def _slice_samples(xp: Any, N: int) -> int | None:
 
 def choose(
     what: str,
+    *,
     key: Any,
     channels: tuple[int, int],
     direct_ok: bool,
     chunks: list[int],
     run: Callable[[str], Any],
-    split_chunks: list[int] = (),  # type: ignore[assignment]
-    winograd_chunks: list[int] = (),  # type: ignore[assignment]
-    winograd_split_chunks: list[int] = (),  # type: ignore[assignment]
+    split_chunks: Sequence[int] = (),
+    winograd_chunks: Sequence[int] = (),
+    winograd_split_chunks: Sequence[int] = (),
 ) -> str:
     """The algorithm for ``what`` ("forward", "input grad" or "weight grad") of the conv ``key``.
 

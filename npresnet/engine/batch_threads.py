@@ -14,14 +14,14 @@ restored after; a BLAS call from the user's own threads in that window also gets
 the Numba kernels run their serial builds in these threads (``kernels.serial_in_this_thread``).
 The kernels and NumPy's GEMMs release the GIL, so the slices really run at once.
 
-Where it is used: ``npresnet.functional.conv_dispatch`` offers "split/<n>" (every slice in chunks
+Where it is used: ``npresnet.engine.conv_dispatch`` offers "split/<n>" (every slice in chunks
 of n samples) as a candidate of the measured dispatch, and its fixed rule runs its im2col + GEMM
-layers split at more than one thread (the measurements are there). Results: a sample's output
+layers split at more than one thread (docs/performance.md has the measurements). Results: a sample's output
 does not depend on which slice computed it, and the weight gradient adds the slices' partial sums
 in slice order, so a given T gives the same bits on every run; they agree with the other
 algorithms to rounding.
 
-``threads()`` is T: BLAS's thread count (``npresnet.runtime.set_num_threads`` sets it with Numba's).
+``threads()`` is T: BLAS's thread count (``npresnet.engine.set_num_threads`` sets it with Numba's).
 ``available(xp)`` says whether splitting can help here: NumPy arrays, T > 1, threadpoolctl
 installed (it sets BLAS's thread count), and not switched off with ``NPRESNET_BATCH_SPLIT=0``
 (then the measured dispatch never offers "split").
@@ -37,14 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels
+from .. import kernels, settings
 
 __all__ = ["available", "run", "slices", "threads"]
 
-_setting = os.environ.get("NPRESNET_BATCH_SPLIT", "1").strip() or "1"
-if _setting not in ("0", "1"):
-    raise ValueError(f"NPRESNET_BATCH_SPLIT must be '0' or '1', got {_setting!r}")
-ENABLED = _setting == "1"
+ENABLED = settings.BATCH_SPLIT
 
 _pool: ThreadPoolExecutor | None = None
 _pool_threads = 0

@@ -1,0 +1,269 @@
+"""Measured kernel choice: time the candidates for a shape once, then always use the winner.
+
+Several algorithms compute the same convolution (im2col + GEMM in chunks of various sizes, the
+direct 3x3 kernels); which is fastest depends on the CPU, its caches, the thread count and the
+layer's shape, so a constant threshold tuned on one machine is wrong on the next. Like
+``torch.backends.cudnn.benchmark``, the first time an operation sees a shape it times every
+candidate on that shape and remembers the winner for the rest of the process::
+
+    name = autotune.choose("conv2d forward", key, candidates, fixed="gemm/4")
+    # candidates: {name: zero-argument callable running that algorithm}
+
+Modes (``set_mode`` or ``NPRESNET_AUTOTUNE``, read by ``npresnet.settings``):
+
+``"fixed"`` (the library's default, like cudnn.benchmark's False)
+    always the ``fixed`` candidate, a deterministic rule: the same algorithm, hence the same bits,
+    on every run (at a given thread count: BLAS's own bits, and the batch split's, depend on it).
+    Checkpoint resumes and bitwise-reproducible runs rely on it.
+``"measure"``
+    time the candidates (``python -m npresnet.bench`` uses this by default). Candidates agree to
+    rounding, not bitwise, so two processes may pick differently and differ in the last bits.
+
+Timing: each candidate runs once untimed (JIT compile, first touch of its memory), then its best
+of up to three timed runs counts (one when a run takes longer than ``LONG_RUN_S``); the timed runs
+go round the candidates in turn, so a slow spell of the machine does not hit one candidate only.
+The fixed rule's candidate wins unless another one is faster by more than ``KEEP_FIXED_WITHIN``
+(15%). On a small shared VM the candidates of a layer often lie within 10-20% of each other, and
+then the isolated timing names a different winner in each process and does not carry over to the
+model (the whole forward was no faster, and varied more, with the plain fastest: the figures are
+in docs/performance.md); clear wins (Winograd on ResNet-50's 3x3 layers) still count.
+
+On-disk cache (opt-in: ``set_cache_file(path)`` or ``NPRESNET_AUTOTUNE_CACHE=path``). The
+winners are also written to a JSON file, in a section keyed by the machine: CPU model name and
+``runtime.cpu_id()`` (family, model, stepping, cache sizes: one name covers several generations), and the
+versions of Python, NumPy, Numba, npresnet and NumPy's BLAS (with the OpenBLAS variables that
+select its kernels). A later process
+on the same machine reads its section and times nothing it finds there; sections of other
+machines or versions are ignored (and kept). Each entry's key holds the thread counts (Numba's and
+BLAS's), so a run at 2 threads never takes a 1-thread winner. A file that cannot be parsed is
+ignored with a warning and never overwritten. Writes are atomic (``npresnet.atomic_write``).
+
+This module is ``npresnet.engine.autotune`` (``npresnet.autotune`` is a deprecated alias of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .. import settings
+from .runtime import cpu_id, cpu_model
+
+__all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "timed_keys"]
+
+MODES = ("fixed", "measure")
+FORMAT = "npresnet-autotune/1"
+#: Timed runs of each candidate (interleaved: see ``_best_times``); its best counts.
+TIMED_ROUNDS = 3
+#: A candidate whose run takes longer than this is timed once (not ``TIMED_ROUNDS`` times).
+LONG_RUN_S = 0.05
+#: The fixed rule's candidate is kept unless another one's best time is shorter by more than this
+#: fraction of it: within that margin the timings on a small VM pick a different winner in every
+#: process, and the isolated timing does not carry over to the model (see the module docstring).
+KEEP_FIXED_WITHIN = 0.15
+
+_mode = settings.AUTOTUNE
+_cache_file: str | None = settings.AUTOTUNE_CACHE
+_choices: dict[str, str] = {}  # entry key -> winner, this process
+_timed: list[str] = []  # entry keys timed in this process, in order
+_disk: dict[str, str] | None = None  # this machine's section of the cache file, once read
+_machine: dict[str, Any] | None = None
+
+
+def mode() -> str:
+    """'fixed' or 'measure' (see the module docstring)."""
+    return _mode
+
+
+def set_mode(new_mode: str) -> str:
+    """Switch between 'fixed' and 'measure'; returns the previous mode."""
+    global _mode
+    if new_mode not in MODES:
+        raise ValueError(f"autotune mode must be one of {MODES}, got {new_mode!r}")
+    previous, _mode = _mode, new_mode
+    return previous
+
+
+def set_cache_file(path: str | os.PathLike | None) -> None:
+    """Also keep the winners in this JSON file (None: memory only). Re-read on the next lookup."""
+    global _cache_file, _disk
+    _cache_file = os.fspath(path) if path is not None else None
+    _disk = None
+
+
+def clear() -> None:
+    """Forget every winner of this process (the cache file stays)."""
+    global _disk
+    _choices.clear()
+    _timed.clear()
+    _disk = None
+
+
+def choices() -> dict[str, str]:
+    """Every entry key decided in this process (timed, or read from the cache file) -> its winner."""
+    return dict(_choices)
+
+
+def timed_keys() -> list[str]:
+    """The entry keys timed in this process so far (for tests and the bench)."""
+    return list(_timed)
+
+
+def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed: str) -> str:
+    """The name of the candidate to run for ``op`` on ``key`` (a repr-able description of the
+    shape): ``fixed`` in fixed mode or when there is nothing to choose, else the measured winner."""
+    if fixed not in candidates:
+        raise ValueError(f"autotune: the fixed choice {fixed!r} is not a candidate of {op} ({sorted(candidates)})")
+    if _mode == "fixed" or len(candidates) == 1:
+        return fixed
+    entry = f"{op} | {key!r} | threads {_thread_counts()} | candidates {sorted(candidates)}"
+    winner = _choices.get(entry) or _read_disk().get(entry)
+    if winner is None or winner not in candidates:
+        best = _best_times(candidates)
+        winner = min(best, key=best.__getitem__)
+        if best[fixed] <= (1 + KEEP_FIXED_WITHIN) * best[winner]:
+            winner = fixed  # not clearly faster: keep the rule's choice
+        _timed.append(entry)
+        _write_disk(entry, winner)
+    _choices[entry] = winner
+    return winner
+
+
+def _best_times(candidates: Mapping[str, Callable[[], Any]]) -> dict[str, float]:
+    """Each candidate's best time (seconds) over ``TIMED_ROUNDS`` rounds, each round running every
+    candidate once in turn: a slow spell of a shared machine (seconds, on a VM) then hits all
+    candidates alike instead of all runs of one. A candidate slower than ``LONG_RUN_S`` stays out
+    of further rounds."""
+    for run in candidates.values():
+        run()  # untimed: compiles, pages memory in
+    best = dict.fromkeys(candidates, float("inf"))
+    for _ in range(TIMED_ROUNDS):
+        for name, run in candidates.items():
+            if LONG_RUN_S < best[name] < float("inf"):  # timed once already, and slow
+                continue
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def _thread_counts() -> str:
+    """'numba N, blas M' as set now (BLAS: the count runtime.set_num_threads last set, else threadpoolctl's)."""
+    numba_threads = 1
+    if "numba" in sys.modules:
+        numba_threads = sys.modules["numba"].get_num_threads()
+    from . import runtime
+
+    return f"numba {numba_threads}, blas {runtime.blas_threads()}"
+
+
+def machine() -> dict[str, Any]:
+    """What a cache section is keyed by: the CPU (name and ``cpu_id``) and library versions (computed once)."""
+    global _machine
+    if _machine is None:
+        import numpy as np
+
+        from .. import __version__
+
+        versions = {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "npresnet": __version__,
+            "numba": _installed_version("numba"),
+        }
+        _machine = {
+            "cpu": cpu_model(),
+            "cpu_id": cpu_id(),
+            "machine": platform.machine(),
+            "versions": versions,
+            "blas": _blas(),
+        }
+    return _machine
+
+
+def _installed_version(package: str) -> str | None:
+    """The installed version, read without importing the package (so it is the same whether or not
+    this process has imported it yet), or None."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _blas() -> dict[str, Any]:
+    """NumPy's BLAS: its build (name, version) and the OpenBLAS variables that pick its kernels at
+    run time. Not threadpoolctl's list of loaded libraries, which grows when torch is imported."""
+    import numpy as np
+
+    try:
+        build = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        name, version = str(build.get("name")), str(build.get("version"))
+    except Exception:  # older NumPy, unusual builds: no build record
+        name = version = "unknown"
+    variables = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    return {"name": name, "version": version, "environment": variables}
+
+
+def _load_file() -> dict[str, Any] | None:
+    """The cache file's content ({} if absent), or None if it cannot be used (warned)."""
+    assert _cache_file is not None
+    try:
+        with open(_cache_file, encoding="utf-8") as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        return {"format": FORMAT, "sections": []}
+    except (OSError, ValueError) as exc:
+        warnings.warn(
+            f"npresnet.engine.autotune: ignoring the cache file {_cache_file} ({exc})", RuntimeWarning, stacklevel=4
+        )
+        return None
+    if (
+        not isinstance(content, dict)
+        or content.get("format") != FORMAT
+        or not isinstance(content.get("sections"), list)
+    ):
+        warnings.warn(
+            f"npresnet.engine.autotune: ignoring the cache file {_cache_file} (not a {FORMAT} file)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return None
+    return content
+
+
+def _read_disk() -> dict[str, str]:
+    global _disk
+    if _cache_file is None:
+        return {}
+    if _disk is None:
+        content = _load_file()
+        _disk = {}
+        for section in (content or {}).get("sections", []):
+            if isinstance(section, dict) and section.get("machine") == machine():
+                choices = section.get("choices")
+                if isinstance(choices, dict):
+                    _disk = {str(k): str(v) for k, v in choices.items()}
+    return _disk
+
+
+def _write_disk(entry: str, winner: str) -> None:
+    if _cache_file is None:
+        return
+    content = _load_file()
+    if content is None:  # unreadable: never overwrite what we cannot read
+        return
+    disk = _read_disk()
+    sections = [s for s in content["sections"] if not (isinstance(s, dict) and s.get("machine") == machine())]
+    sections.append({"machine": machine(), "choices": {**disk, entry: winner}})
+    from ..atomic_write import atomic_write_text
+
+    atomic_write_text(_cache_file, json.dumps({"format": FORMAT, "sections": sections}, indent=1) + "\n")
+    disk[entry] = winner
