@@ -94,6 +94,9 @@ def diagnose(
         return f"{ours} is zero where {theirs} is not: it is never computed, or never accumulated"
     if scale <= atol:
         return f"{theirs} is ~0 (the result does not depend on this array), but {ours} is not"
+    if a.size == 1:  # one slope (directional mode): a ratio, not yet a diagnosis
+        ratio = float(a.ravel()[0] / n.ravel()[0])
+        return f"along the check direction {ours} = {ratio:.6g} x {theirs}; mode='full' shows the wrong elements"
     if a.size > 1 and np.all(a == a.ravel()[0]):
         return f"{ours} holds the same value {a.ravel()[0]:.6g} everywhere: it cannot depend on the upstream gradient"
     for name, branch in (branches or {}).items():
@@ -118,14 +121,17 @@ def diagnose(
                 "to the element the forward used (e.g. the maximum of its window)?"
             )
         if a.ndim >= 2 and a.shape[-1] == a.shape[-2] and np.all(_close(np.swapaxes(a, -1, -2), n, atol, rtol)):
-            return f"{ours} is {theirs} transposed: swap the factors of the product (or transpose the result)"
+            return (
+                f"{ours} holds the right values in the wrong places: it is {theirs} transposed (swap the factors "
+                "of the product, or transpose the result)"
+            )
         if np.all(_close(np.sort(a, axis=None), np.sort(n, axis=None), atol, rtol)):
             return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
     ratio = _constant_ratio(a.ravel(), n.ravel(), atol, rtol)
     if ratio is not None and abs(ratio - 1) > rtol:
-        if a.size == 1:  # one slope (directional mode): a ratio, not yet a diagnosis
-            return f"along the check direction {ours} = {ratio:.6g} x {theirs}; mode='full' shows the wrong elements"
-        return f"{ours} = {ratio:.6g} x {theirs} everywhere: one constant factor is wrong: {_factor_text(ratio, batch)}"
+        return (
+            f"{ours} = {ratio:.6g} x {theirs} everywhere: one constant factor is wrong ({_factor_text(ratio, batch)})"
+        )
     if channel_axis is not None and a.ndim > 1 and a.shape[channel_axis] > 1:
         moved_a, moved_n = np.moveaxis(a, channel_axis, 0), np.moveaxis(n, channel_axis, 0)
         ratios = [_constant_ratio(ca.ravel(), cn.ravel(), atol, rtol) for ca, cn in zip(moved_a, moved_n)]

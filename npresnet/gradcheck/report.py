@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..backend import to_numpy
+from .diagnosis import diagnose as _diagnose
 
 _REL_FLOOR = 1e-8  # CS231n: |a-n| / max(1e-8, |a|+|n|); relative error means nothing where both are ~0
 
@@ -134,39 +135,11 @@ def diagnose(
 ) -> str:
     """The usual cause behind a failing comparison, from the pattern of the two arrays ("" if none fits).
 
-    Tried in order: a result that is zero (never computed or never accumulated) or that should be;
-    nonzero and zero entries swapped (a gradient routed to the wrong element, e.g. the wrong maximum
-    of a pooling window); the right values in the wrong places (a transposed or shifted index); one
-    constant factor between the two (a missing 1/N, 2 or gamma).
+    One diagnosis for every checker: ``npresnet.gradcheck.diagnosis.diagnose`` (a gradient that is
+    zero or constant, routed to the wrong element, transposed or otherwise in the wrong places, off
+    by one constant factor, or every element wrong with no pattern).
     """
-    ours, reference = labels
-    a, n = analytic.ravel(), numeric.ravel()
-    scale = float(np.max(np.abs(n), initial=0.0))
-    if not np.any(np.abs(a) > atol) and scale > atol:
-        return f"{ours} is zero where {reference} is not: it is never computed, or never accumulated"
-    if scale <= atol:
-        return f"{reference} is ~0 (the result does not depend on this array), but {ours} is not"
-    if a.size > 1:
-        zero_a, zero_n = np.abs(a) <= atol, np.abs(n) <= atol
-        if np.any(zero_n & ~zero_a) and np.any(zero_a & ~zero_n):
-            return (
-                f"{ours} is nonzero where {reference} is zero, and zero where it is not: is each gradient routed "
-                "to the element the forward used (e.g. the maximum of its window)?"
-            )
-        tolerance = atol + rtol * np.abs(np.sort(n))
-        if np.all(np.abs(np.sort(a) - np.sort(n)) <= tolerance):
-            return f"{ours} holds the right values in the wrong places: an index is transposed, flipped or shifted"
-    big = np.abs(n) > max(atol, 1e-3 * scale)  # holds the largest |n| (> atol): never empty
-    ratios = a[big] / n[big]
-    ratio = float(np.median(ratios))
-    if a.size == 1:  # one slope (directional mode): a ratio, not yet a diagnosis
-        return f"along the check direction {ours} = {ratio:.6g} x {reference}; mode='full' shows the wrong elements"
-    if np.all(np.abs(ratios - ratio) <= 1e-4 * abs(ratio)) and abs(ratio - 1) > rtol and abs(ratio) > 1e-6:
-        return (
-            f"{ours} = {ratio:.6g} x {reference} everywhere: one constant factor is wrong "
-            "(a missing or extra 1/N, 2, or scale)"
-        )
-    return ""
+    return _diagnose(analytic, numeric, atol, rtol, labels)
 
 
 def compare(
