@@ -353,6 +353,9 @@ def test_start_check_hint_solution_and_list(tmp_path, capsys):
 
 
 def test_usage_errors_exit_2_in_argparses_format():
+    with pytest.raises(SystemExit) as stopped:
+        main(["train", "--epochs", "0"])
+    assert stopped.value.code == 2
     done = subprocess.run(
         [sys.executable, "-m", "npresnet.learn", "check", "nonsense"], capture_output=True, text=True, timeout=120
     )
@@ -362,6 +365,25 @@ def test_usage_errors_exit_2_in_argparses_format():
 
 
 # ------------------------------------------------------------------------------------------ the payoff
+def test_train_refuses_a_failing_file_before_training(tmp_path, capsys):
+    from npresnet.learn.train import main as train
+
+    write(tmp_path, "relu", solution(get("relu")))
+    write(tmp_path, "conv", planted("conv", "db = G.sum(axis=1)", "db = G.sum(axis=1) * 2"))
+    write(tmp_path, "batchnorm", skeleton(get("batchnorm")))  # started, not written: npresnet's is used
+    assert train(str(tmp_path), epochs=1) == 1
+    captured = capsys.readouterr()
+    assert "refused before training" in captured.err and "conv.py does not pass" in captured.err
+    assert "db is wrong" in captured.err and "epoch" not in captured.out
+
+
+def test_syntax_errors_and_missing_functions_are_named(tmp_path):
+    result = grade(get("relu"), write(tmp_path, "relu", "def relu_forward(x)\n    return x\n"))
+    assert result.status == "crash" and "SyntaxError" in result.message and "relu.py" in result.message
+    result = grade(get("relu"), write(tmp_path, "relu", "def relu_forward(x):\n    return x, x\n"))
+    assert result.status == "fail" and "defines no function relu_backward" in result.message
+
+
 @pytest.mark.slow  # about 10-25 s: three short trainings of ResNet-20
 def test_train_learns_the_digits_through_the_learners_files_and_refuses_a_wrong_one(tmp_path, capsys):
     from npresnet.learn.train import main as train

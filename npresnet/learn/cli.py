@@ -55,6 +55,17 @@ def solution(exercise: Exercise) -> str:
     return _text("solutions", exercise)
 
 
+def _positive(value: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     names = ", ".join(e.name for e in EXERCISES)
     parser = argparse.ArgumentParser(
@@ -94,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("solution", "npresnet's own solution, once your file passes")
     sub.add_argument("--anyway", action="store_true", help="show it even though your file does not pass yet")
     sub = command("train", "train ResNet-20 on the digits with every layer you completed swapped in", takes_name=False)
-    sub.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default: 4)")
+    sub.add_argument("--epochs", type=_positive, default=None, metavar="N", help="epochs (default: 4)")
     sub.add_argument("--seed", type=int, default=0, help="the seed of the weights and the batches (default: 0)")
     sub.add_argument(
         "--anyway",

@@ -91,7 +91,8 @@ def _run(fn: Callable[..., Any], call: Callable[[], Any], path: str, what: str, 
         raise _Stop(
             "not written",
             f"{fn.__name__} is not written yet: replace its `raise NotImplementedError` in {path} with your code "
-            f"(python -m npresnet.learn hint {exercise.name} gives a hint, one more each time)",
+            f"(python -m npresnet.learn hint {exercise.name} --dir {os.path.dirname(path) or '.'} gives a hint, "
+            "one more each time)",
         ) from None
     except Exception as error:
         raise _Stop("crash", f"{what} raised an error:\n{_trimmed(error, path)}") from None

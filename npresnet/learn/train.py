@@ -252,8 +252,10 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     return correct / len(labels)
 
 
-def run(learned: dict[str, Any], epochs: int, seed: int, out: Any = sys.stdout) -> tuple[float, list[float]]:
-    """Train ResNet-20 on the digits with the learned layers; (test accuracy, mean loss per epoch)."""
+def run(learned: dict[str, Any], epochs: int, seed: int, out: Any = None) -> tuple[float, list[float]]:
+    """Train ResNet-20 on the digits with the learned layers; (test accuracy, mean loss per epoch).
+    Progress goes to ``out`` (default: sys.stdout at the time of the call)."""
+    out = sys.stdout if out is None else out
     from ..data import digits
     from ..optim import SGD
 
