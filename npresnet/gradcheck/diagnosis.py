@@ -95,8 +95,8 @@ def diagnose(
     if scale <= atol:
         return f"{theirs} is ~0 (the result does not depend on this array), but {ours} is not"
     if a.size == 1:  # one slope (directional mode): a ratio, not yet a diagnosis
-        ratio = float(a.ravel()[0] / n.ravel()[0])
-        return f"along the check direction {ours} = {ratio:.6g} x {theirs}; mode='full' shows the wrong elements"
+        slope = float(a.ravel()[0] / n.ravel()[0])
+        return f"along the check direction {ours} = {slope:.6g} x {theirs}; mode='full' shows the wrong elements"
     if a.size > 1 and np.all(a == a.ravel()[0]):
         return f"{ours} holds the same value {a.ravel()[0]:.6g} everywhere: it cannot depend on the upstream gradient"
     for name, branch in (branches or {}).items():
