@@ -83,8 +83,8 @@ REVIEWED = {
         "np.full",
     ): "divisor_override table from a Python int; moved with xp.asarray right after",
     (
-        "npresnet/nn/module.py",
-        "Module.check_state_dict",
+        "npresnet/nn/state_dict.py",
+        "check_state_dict_of",
         "np.shape",
     ): "np.shape reads .shape first, so it does not convert a CuPy array",
     ("npresnet/nn/module.py", "new_parameter", "np.asarray"): "fresh host initialisation, then to_backend",
