@@ -17,6 +17,7 @@ import pytest
 from npresnet.gradcheck.diagnosis import diagnose
 from npresnet.learn import EXERCISES, get, grade
 from npresnet.learn.cli import main, skeleton, solution
+from npresnet.learn.grader import reference_gradients
 
 NAMES = [e.name for e in EXERCISES]
 
@@ -44,6 +45,17 @@ def test_an_untouched_skeleton_is_not_written_yet(tmp_path, name):
 def test_npresnets_solution_passes(tmp_path, name):
     result = grade(get(name), write(tmp_path, name, solution(get(name))))
     assert result.passed, result.message
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_case_is_vacuous(name):
+    """Every gradient of every case is far from zero: a backward returning zeros cannot pass any of
+    them (an upstream gradient drawn from the inputs' own stream once made BatchNorm's dx zero)."""
+    exercise = get(name)
+    for number in range(1, len(exercise.cases) + 1):
+        _, expected = reference_gradients(exercise, number)
+        for grad, values in expected.items():
+            assert np.abs(values).max() > 1e-2, f"{name} case {number}: {grad} is ~0"
 
 
 # Correct, but written another way: other loop orders, einsum, pooling without np.mean/np.max slices.

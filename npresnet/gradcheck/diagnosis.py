@@ -69,6 +69,7 @@ def diagnose(
     overlap: Any = None,
     branches: Mapping[str, Any] | None = None,
     batch: int | None = None,
+    kind: str = "gradient",
 ) -> str:
     """The likely cause of ``analytic != reference`` from the pattern of the error ("" if none fits).
 
@@ -82,6 +83,7 @@ def diagnose(
         branches: name -> the part of ``reference`` that flows along one branch of a fork (for
             a residual block: the gradient through the shortcut).
         batch: the batch size N, to name a factor N exactly.
+        kind: "gradient" (a backward's result) or "value" (a forward's): how a misplaced element is named.
     """
     ours, theirs = labels
     a = np.asarray(analytic, np.float64)
@@ -115,6 +117,11 @@ def diagnose(
             )
     if a.size > 1:
         zero_a, zero_n = np.abs(a) <= atol, np.abs(n) <= atol
+        if np.any(zero_n & ~zero_a) and np.any(zero_a & ~zero_n) and kind != "gradient":
+            return (
+                f"{ours} is nonzero where {theirs} is zero, and zero where it is not: values are taken from the "
+                "wrong elements (a window offset, the padding, or the order of an index)"
+            )
         if np.any(zero_n & ~zero_a) and np.any(zero_a & ~zero_n):
             return (
                 f"{ours} is nonzero where {theirs} is zero, and zero where it is not: is each gradient routed "

@@ -47,6 +47,7 @@ class Mistake:
     name: str
     advice: str
     detect: Callable[[Attempt], bool]
+    array: str = "dx"  # the gradient it makes wrong: named only when that one fails
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,7 @@ LINEAR = Exercise(
             "a transposed dW",
             "dw must have w's layout (M, D): dw = dy.T @ x, not x.T @ dy",
             _linear_transposed_dw,
+            "dw",
         ),
         Mistake(
             "dx computed with w transposed",
@@ -237,11 +239,19 @@ CROSS_ENTROPY = Exercise(
             "a softmax cross-entropy not divided by N",
             "the loss is the mean over the N rows, so every row's gradient carries a factor 1/N",
             lambda t: t.inputs["z"].shape[0] > 1 and _close(t.yours["dz"], t.expected["dz"] * t.inputs["z"].shape[0]),
+            "dz",
+        ),
+        Mistake(
+            "the upstream gradient dloss ignored",
+            "the backward gets dloss (the gradient of whatever comes after the loss) and must multiply by it",
+            lambda t: _close(t.yours["dz"], t.expected["dz"] / float(t.upstream)),
+            "dz",
         ),
         Mistake(
             "the -1 at the target class forgotten",
             "dL/dz[n, k] = (p[n, k] - [k == t_n]) / N: subtract 1 at the target class of each row",
             lambda t: _close(t.yours["dz"], _softmax(t.inputs["z"]) * float(t.upstream) / t.inputs["z"].shape[0]),
+            "dz",
         ),
     ),
     tutorial="8. Softmax cross-entropy",
@@ -621,6 +631,12 @@ BATCHNORM = Exercise(
             "BatchNorm without the variance term",
             "every x moves var too: subtract xhat * mean(dxhat * xhat) (the path through the variance)",
             _bn_no_var,
+        ),
+        Mistake(
+            "dgamma without xhat",
+            "y = gamma * xhat + beta, so dgamma = sum(dy * xhat); sum(dy) alone is dbeta",
+            lambda t: _close(t.yours["dgamma"], t.expected["dbeta"]),
+            "dgamma",
         ),
         Mistake(
             "the unbiased variance in the backward",

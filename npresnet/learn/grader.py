@@ -35,7 +35,8 @@ FORWARD_TOLERANCE = (1e-8, 1e-6)  # atol, rtol: the learner's float64 forward ag
 BACKWARD_TOLERANCE = (1e-6, 1e-4)  # against central differences with EPS
 EPS = 1e-6
 _SEED = 2028  # the cases are the same on every run: a learner compares one attempt with the next
-_EXPECTED: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # finite differences per (exercise, case)
+_UPSTREAM = 0x7570  # the upstream gradients' stream
+_EXPECTED: dict[tuple[str, int], tuple[Any, dict[str, np.ndarray]]] = {}  # per (exercise, case number)
 
 
 @dataclass
@@ -161,9 +162,11 @@ def _describe(name: str, yours: np.ndarray, expected: np.ndarray, reference: str
 def _pattern(exercise: Exercise, name: str, yours: np.ndarray, expected: np.ndarray, extra: dict[str, Any]) -> str:
     atol, rtol = extra.pop("tolerance")
     channel_axis = exercise.channel_axis if yours.ndim == 4 else None
-    text = diagnose(yours, expected, atol, rtol, (f"your {name}", "the expected"), channel_axis=channel_axis, **extra)
+    kind = "value" if name == "y" else "gradient"
+    labels = (f"your {name}", "the expected")
+    text = diagnose(yours, expected, atol, rtol, labels, channel_axis=channel_axis, kind=kind, **extra)
     if text:
-        return f"Pattern: {text}."
+        return f"Pattern: {text}" + ("" if text.endswith(("?", ".")) else ".")
     return (
         "Pattern: none that I recognise, so no guess. Compare your code with the index form of the "
         f"equation, one element at a time (python -m npresnet.learn hint {exercise.name})."
@@ -192,10 +195,29 @@ def _backward(
         raise _Stop("fail", f"{exercise.backward_name}: {error}") from None
 
 
+def case_inputs(exercise: Exercise, number: int) -> dict[str, Any]:
+    """The inputs of case ``number`` (1-based): seeded, the same on every run."""
+    return exercise.cases[number - 1].build(np.random.default_rng([_SEED, number]))
+
+
+def reference_gradients(exercise: Exercise, number: int) -> tuple[Any, dict[str, np.ndarray]]:
+    """(the upstream gradient, the right gradients by finite differences) of case ``number``."""
+    memo = (exercise.name, number)
+    if memo not in _EXPECTED:
+        inputs = case_inputs(exercise, number)
+        # Its own stream: an upstream gradient drawn from the inputs' stream would be an affine function
+        # of x, for which BatchNorm's dx is exactly zero (and any backward returning zeros would pass).
+        rng = np.random.default_rng([_SEED, _UPSTREAM, number])
+        y_ref = np.asarray(exercise.reference(inputs))
+        upstream = _upstream(y_ref, rng, y_ref.dtype)
+        grads = {name: _numeric(exercise, inputs, key, upstream) for name, key in exercise.grads.items()}
+        _EXPECTED[memo] = (upstream, grads)
+    return _EXPECTED[memo]
+
+
 def _check_case(
-    exercise: Exercise, fns: dict[str, Callable[..., Any]], case: Case, inputs: dict[str, Any], path: str
+    exercise: Exercise, fns: dict[str, Callable[..., Any]], case: Case, number: int, inputs: dict[str, Any], path: str
 ) -> None:
-    rng = np.random.default_rng([_SEED, 1])
     y_ref = np.asarray(exercise.reference(inputs))
     y, cache = _forward(exercise, fns, _copied(inputs), path)  # a copy: their code may write into its inputs
     if y_ref.shape == ():  # a loss: a float or a 0-d array
@@ -212,16 +234,12 @@ def _check_case(
             raise _Stop("fail", head)
         head = _describe("y", y, y_ref, "npresnet's forward", atol, rtol)
         raise _Stop("fail", head + "\n" + _pattern(exercise, "y", y, y_ref, {"tolerance": (atol, rtol)}))
-    upstream = _upstream(y_ref, rng, y_ref.dtype)
+    upstream, expected = reference_gradients(exercise, number)
     grads = _backward(exercise, fns, _copied(upstream), cache, _copied(inputs), path)
     yours = {}
     for name, key in exercise.grads.items():
         of = f"{key}'s shape and dtype"
         yours[name] = _array_check(name, grads[name], inputs[key].shape, inputs[key].dtype, of)
-    memo = (exercise.name, case.label)  # the cases and the upstream gradient are seeded: the same every run
-    if memo not in _EXPECTED:
-        _EXPECTED[memo] = {name: _numeric(exercise, inputs, key, upstream) for name, key in exercise.grads.items()}
-    expected = _EXPECTED[memo]
     atol, rtol = BACKWARD_TOLERANCE
     failing = [n for n in exercise.grads if not np.allclose(yours[n], expected[n], atol=atol, rtol=rtol)]
     if not failing:
@@ -231,7 +249,10 @@ def _check_case(
     if len(failing) > 1:
         lines.append(f"(also wrong: {', '.join(failing[1:])})")
     attempt = Attempt(inputs, upstream, yours, expected)
-    named = [m for m in exercise.mistakes if _detects(m.detect, attempt)]
+    named = [m for m in exercise.mistakes if m.array in failing and _detects(m.detect, attempt)]
+    right = [n for n in exercise.grads if n not in failing]
+    if right and len(exercise.grads) > 3:  # a block: its gradients in the order of its layers
+        lines.append(f"(right: {', '.join(right)}: the backward is correct down to those layers; look below them)")
     if named:
         lines.append(f'This is the classic mistake "{named[0].name}": {named[0].advice}.')
     else:
@@ -289,7 +310,7 @@ def _check_ties(exercise: Exercise, fns: dict[str, Callable[..., Any]], path: st
         return
     lines = [_describe("dx", dx, expected, "npresnet's backward", atol, rtol)]
     attempt = Attempt(inputs, upstream, {"dx": dx}, {"dx": expected})
-    named = [m for m in exercise.ties_mistakes if _detects(m.detect, attempt)]
+    named = [m for m in exercise.ties_mistakes if m.array == "dx" and _detects(m.detect, attempt)]
     if named:
         lines.append(f'This is the classic mistake "{named[0].name}": {named[0].advice}.')
     else:
@@ -316,9 +337,9 @@ def grade(exercise: Exercise, path: str) -> Result:
             fns[name] = fn
         count = len(exercise.cases)
         for number, case in enumerate(exercise.cases, 1):
-            inputs = case.build(np.random.default_rng([_SEED, number]))
+            inputs = case_inputs(exercise, number)
             try:
-                _check_case(exercise, fns, case, inputs, path)
+                _check_case(exercise, fns, case, number, inputs, path)
             except _Stop as stop:
                 if stop.status == "not written":
                     raise
