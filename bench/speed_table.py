@@ -1,11 +1,14 @@
-"""The README's speed table, generated from recorded bench JSON files (never typed by hand).
+"""The speed tables of README.md and docs/performance.md, generated from recorded bench JSON files
+(never typed by hand).
 
     python bench/speed_table.py bench/results/A.json bench/results/B.json   # rewrite the README table
-    python bench/speed_table.py --check                                     # is the README up to date?
+    python bench/speed_table.py                                             # regenerate every table
+    python bench/speed_table.py --check                                     # are they all up to date?
 
-The table sits in README.md between the lines ``<!-- speed-table: FILES -->`` and
-``<!-- speed-table end -->``; the first names the JSON files it was made from, so ``--check``
-(and tests/test_speed_table.py) can render them again and compare. Each row is one result of a
+Each table sits between the lines ``<!-- speed-table: FILES -->`` and ``<!-- speed-table end -->``;
+the first names the JSON files it was made from, so ``--check`` (and tests/test_speed_table.py) can
+render them again and compare. README.md has one such section (the current recording);
+docs/performance.md has one per recorded run. Each row is one result of a
 ``python -m npresnet.bench --compare torch`` run: model, batch, mode, threads, npresnet's and
 torch's median seconds per step, their ratio, the speed-up over one thread where the run measured
 it (``--threads 1,N`` / ``--scaling``), and the resident step memory against torch's (``--memory``).
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from npresnet.bench.machine import cpu_label  # noqa: E402  (this checkout's npresnet)
 
 README = ROOT / "README.md"
+PAGES = (README, ROOT / "docs" / "performance.md")  # every file with speed-table sections
 START, END = "<!-- speed-table:", "<!-- speed-table end -->"
 MODEL_NAMES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50", "resnet20": "ResNet-20", "resnet56": "ResNet-56"}
 
@@ -97,15 +101,35 @@ def render(files: list[str]) -> str:
     return "\n\n".join(parts)
 
 
-def split_readme(text: str) -> tuple[str, list[str], str, str]:
-    """(before, files, table, after) of the README's generated section."""
-    start = text.find(START)
+def split_readme(text: str, start_at: int = 0) -> tuple[str, list[str], str, str]:
+    """(before, files, table, after) of the first generated section from ``start_at`` on."""
+    start = text.find(START, start_at)
     end = text.find(END, start)
     if start < 0 or end < 0:
-        raise SystemExit(f"error: README.md has no '{START} FILES -->' ... '{END}' section")
+        raise SystemExit(f"error: the page has no '{START} FILES -->' ... '{END}' section")
     header_end = text.index("-->", start) + 3
     files = text[start + len(START) : header_end - 3].split()
     return text[:start], files, text[header_end:end].strip("\n"), text[end + len(END) :]
+
+
+def sections(text: str) -> list[tuple[list[str], str]]:
+    """(files, table) of every generated section of a page, in order."""
+    found, at = [], text.find(START)
+    while at >= 0:
+        before, files, table, _ = split_readme(text, at)
+        found.append((files, table))
+        at = text.find(START, text.index(END, at))
+    return found
+
+
+def regenerate(text: str) -> str:
+    """The page with every section rendered again from the files it names."""
+    at = text.find(START)
+    while at >= 0:
+        before, files, _, after = split_readme(text, at)
+        text = before + section(files) + after
+        at = text.find(START, len(before) + len(section(files)))
+    return text
 
 
 def section(files: list[str]) -> str:
@@ -116,28 +140,42 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("files", nargs="*", help="bench JSON files (relative to the repository root)")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md's table is not what its files give")
-    parser.add_argument("--readme", type=Path, default=README, help="the README to read and rewrite")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        help="only this page (default: README.md and docs/performance.md; FILES rewrite README.md's table)",
+    )
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    before, files, table, after = split_readme(text)
+    pages = [args.readme] if args.readme is not None else [page for page in PAGES if page.is_file()]
     if args.check:
-        if table != render(files):
-            print(
-                f"error: {args.readme.name}'s speed table differs from its JSON files; run "
-                f"python bench/speed_table.py {' '.join(files)}",
-                file=sys.stderr,
-            )
-            return 1
+        for page in pages:
+            for files, table in sections(page.read_text()):
+                if table != render(files):
+                    print(
+                        f"error: {page.name}'s speed table differs from its JSON files; run "
+                        f"python bench/speed_table.py{' --readme ' + str(page) if page != README else ''} "
+                        f"{' '.join(files)}",
+                        file=sys.stderr,
+                    )
+                    return 1
         return 0
-    files = args.files or files
+    from npresnet.atomic_write import atomic_write_text
+
+    if not args.files:
+        for page in pages:
+            atomic_write_text(page, regenerate(page.read_text()))
+            print(f"{page.name}: {len(sections(page.read_text()))} speed table(s) regenerated")
+        return 0
+    page = pages[0]
+    before, _, _, after = split_readme(page.read_text())
+    files = args.files
     for name in files:
         if not (ROOT / name).is_file():
             print(f"error: no such bench JSON file: {name}", file=sys.stderr)
             return 2
-    from npresnet.atomic_write import atomic_write_text
-
-    atomic_write_text(args.readme, before + section(files) + after)
-    print(f"README.md: speed table from {', '.join(files)}")
+    atomic_write_text(page, before + section(files) + after)
+    print(f"{page.name}: speed table from {', '.join(files)}")
     return 0
 
 

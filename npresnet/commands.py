@@ -42,6 +42,7 @@ __all__ = [
 #: name -> (module run by ``python -m``, what it does). ``python -m npresnet`` lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("npresnet.demo", "one residual block's forward and backward by hand, checked against PyTorch"),
+    "learn": ("npresnet.learn", "exercises: write each layer's backward yourself; a grader names the mistake"),
     "summary": ("npresnet.summary", "a model's layers, parameters, MACs and memory; several side by side"),
     "gradcheck": ("npresnet.gradcheck", "gradient-check a model or your own layer against finite differences"),
     "bench": ("npresnet.bench", "time forward and training steps, against PyTorch with --compare torch"),
@@ -55,6 +56,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 #: name -> "module:function" returning the command's parser (docs/commands.md is generated from them).
 PARSERS: dict[str, str] = {
     "demo": "npresnet.demo:parser",
+    "learn": "npresnet.learn.cli:_parser",
     "summary": "npresnet.summary.cli:parser",
     "gradcheck": "npresnet.gradcheck.cli:build_parser",
     "bench": "npresnet.bench.cli:build_parser",
@@ -303,6 +305,16 @@ def reference_markdown() -> str:
             if action.choices is not None and "{" not in _invocation(action):
                 meaning += (" " if meaning else "") + "(one of: " + ", ".join(map(str, action.choices)) + ")"
             lines.append(f"| `{_invocation(action)}` | {meaning.replace('|', '/')} |")
+        for sub_action in parser._actions:  # noqa: SLF001
+            if isinstance(sub_action, argparse._SubParsersAction):  # noqa: SLF001
+                for sub in sub_action.choices.values():
+                    rows = [
+                        f"| `{_invocation(a)}` | {' '.join((a.help or '').split()).replace('|', '/')} |"
+                        for a in sub._actions  # noqa: SLF001
+                        if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)  # noqa: SLF001
+                    ]
+                    lines += ["", f"`{sub.prog}`:", ""]
+                    lines += ["| option | meaning |", "|---|---|", *rows] if rows else ["(no options)"]
         epilog = parser.epilog or ""
         examples, _, statuses = epilog.partition("\n\nexit status:\n")
         lines += ["", "Examples:", "", "```text"]
