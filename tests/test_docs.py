@@ -28,6 +28,7 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -297,3 +298,36 @@ def test_no_duration_is_promised_that_no_recorded_run_measured():
         text = get_parser(command).format_help()
         match = DURATION.search(text)
         assert match is None, f"python -m npresnet.{command} --help states a duration: {match.group(0)!r}"
+
+
+def test_every_command_a_page_names_in_its_prose_parses():
+    """Commands written inline (`python -m npresnet.bench --compare torch`) are not run, but each must
+    be a valid command line of this release: its parser accepts it, with no deprecation note."""
+    from npresnet.commands import COMMANDS, get_parser
+
+    by_module = {module: command for command, (module, _) in COMMANDS.items()}
+    checked = 0
+    for page in pages():
+        if name(page) == "docs/commands.md":  # generated: its examples are parsed in tests/test_commands.py
+            continue
+        for line in re.findall(r"`(python -m npresnet[^`]*)`", page.read_text(encoding="utf-8")):
+            words = shlex.split(line, comments=True)[2:]
+            module = words[0]
+            if module == "npresnet" and len(words) > 1 and words[1] in COMMANDS:
+                module, words = COMMANDS[words[1]][0], words[1:]
+            if (
+                len(words) == 1
+                or module not in by_module
+                or "..." in words
+                or any("<" in w or w.isupper() for w in words[1:])
+            ):
+                continue  # the command's name alone, another module, or a pattern such as COMMAND [OPTIONS]
+            errors = io.StringIO()
+            with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    get_parser(by_module[module]).parse_args(words[1:])
+                except SystemExit as stop:
+                    assert stop.code == 0, f"{name(page)}: `{line}` does not parse: {errors.getvalue()}"
+            assert "deprecated" not in errors.getvalue(), f"{name(page)}: `{line}`: {errors.getvalue()}"
+            checked += 1
+    assert checked >= 5, checked  # the check must not pass by finding nothing

@@ -5,8 +5,8 @@ the classifier), like ``torchsummary`` / ``torchinfo``.
 ::
 
     print(npresnet.summary.summary(npresnet.models.resnet50(), (1, 3, 224, 224)))
-    python -m npresnet.summary resnet50 --input-shape 1,3,224,224 --variant v1      # from a shell
-    python -m npresnet.summary resnet18 resnet34 resnet50 --format markdown          # side by side
+    python -m npresnet.summary --model resnet50 --input-shape 1,3,224,224 --variant v1   # from a shell
+    python -m npresnet.summary --model resnet18 resnet34 resnet50 --format markdown  # side by side
 
 One forward pass of a batch of ``input_shape`` fills the report: a forward hook on every module
 records the name, type and output shape of each call (``record``). From those:
