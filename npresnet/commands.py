@@ -270,10 +270,10 @@ def _invocation(action: argparse.Action) -> str:
     """``--model NAME [NAME ...]``: the option as its usage line writes it."""
     formatter = argparse.HelpFormatter("")
     if not action.option_strings:
-        return formatter._format_args(action, action.metavar or action.dest)  # noqa: SLF001
+        return formatter._format_args(action, action.dest)  # noqa: SLF001  (the metavar if set)
     if action.nargs == 0:
         return ", ".join(action.option_strings)
-    args = formatter._format_args(action, action.metavar or action.dest.upper())  # noqa: SLF001
+    args = formatter._format_args(action, action.dest.upper())  # noqa: SLF001  (the metavar if set)
     return ", ".join(f"{flag} {args}" for flag in action.option_strings)
 
 

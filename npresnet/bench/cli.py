@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--autotune",
         choices=["measure", "fixed"],
         default="measure",
-        help="kernel choice: time the candidates per layer shape (default), or the fixed rule (npresnet.engine.autotune)",
+        help="kernel choice: time the candidates per layer shape (default), or the fixed rule "
+        "(npresnet.engine.autotune)",
     )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
