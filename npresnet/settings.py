@@ -1,4 +1,5 @@
-"""Every ``NPRESNET_*`` environment variable, read here, once, when this module is first imported.
+"""Every ``NPRESNET_*`` environment variable, read here, once, when this module is first imported
+(by the first part of npresnet that needs a setting: the layers, the kernels, the engine).
 
 The rest of the library reads the parsed values below (``settings.AUTOTUNE``, ...), never the
 environment, so this file is the one list of what can be set; ``docs/settings.md`` is generated

@@ -51,13 +51,16 @@ def test_the_reference_is_the_convolution(case):
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("chunk, split", [(1, False), (2, False), (100, False), (1, True), (2, True)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_engine_gives_the_references_bits_in_chunks(case, chunk, split, dtype):
+def test_the_engine_equals_the_reference_in_chunks(case, chunk, split, dtype):
     """Chunks of samples (a slice per thread with ``split``), the Numba transforms where they run:
-    each output sample is computed by the same operations as in the whole-batch reference."""
+    each output sample goes through the same transforms and products as in the whole-batch reference
+    (equal to rounding: the 16 GEMMs have fewer columns, which BLAS may block differently)."""
     x, w, padding = _case(case, dtype)
     want = winograd.conv3x3_winograd(x, w, padding)
     got = engine_winograd(x, w, padding=padding, samples=chunk, split=split)
-    assert got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    bound = 1e-13 if dtype == np.float64 else 1e-5
+    assert np.abs(got - want).max() <= bound * np.abs(want).max()
 
 
 def test_float32_is_as_accurate_as_the_gemm():

@@ -9,7 +9,7 @@
     the reference itself, on chunks of ``n`` samples: a chunk's columns fit in the L2 cache, so
     im2col writes a block and the GEMM reads it back while it is still there, and the next chunk
     reuses the memory (one im2col of the whole batch would stream KH*KW times the input through
-    main memory twice). On a GPU the whole batch is one chunk. Same bits as the whole batch at once.
+    main memory twice). On a GPU the whole batch is one chunk.
 ``split/<n>``
     the same loop on each thread's own slice of the batch, one BLAS thread per slice
     (``batch_threads``): one hand-off per layer instead of two per chunk; dW adds the slices'
