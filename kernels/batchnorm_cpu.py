@@ -38,7 +38,8 @@ from ._numba import CACHE, njit, parallel_kernel, prange, require_same_dtype, re
 #: (one add chain per 4 elements) the row moments were bound by the add latency, several times
 #: slower than a plain copy of x, and only 64 lanes made a sweep about twice as fast as 4, 16 or 32
 #: (docs/performance.md). The order is fixed by the code, so any thread count gives the same bits;
-#: more lanes are also more accurate (each adds ~M/64 terms). Channel c's rows x[n, c] are contiguous views, so the loops vectorise.
+#: more lanes are also more accurate (each adds ~M/64 terms). Channel c's rows x[n, c] are
+#: contiguous views, so the loops vectorise.
 LANES = 64
 
 

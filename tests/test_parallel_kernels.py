@@ -358,7 +358,8 @@ def test_small_calls_stay_serial():
 
 def test_a_bad_parallel_setting_is_an_error():
     result = run_with_two_threads("print('ok')", NPRESNET_NUMBA_PARALLEL="yes")
-    assert result.returncode != 0 and "NPRESNET_NUMBA_PARALLEL='yes' is not valid: expected auto, 0 or 1" in result.stderr
+    expected = "NPRESNET_NUMBA_PARALLEL='yes' is not valid: expected auto, 0 or 1"
+    assert result.returncode != 0 and expected in result.stderr
     result = run_with_two_threads("print('ok')", NPRESNET_PARALLEL_MIN_BYTES="1MB")
     assert (
         result.returncode != 0
