@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# These tests read the checkout's source; CI's run against the installed wheel has only the tests.
+pytestmark = pytest.mark.skipif(not (ROOT / "kernels").is_dir(), reason="no source tree beside the tests")
 LIBRARY = sorted([*(ROOT / "npresnet").rglob("*.py"), *(ROOT / "kernels").glob("*.py")])
 
 #: Modules whose functions handle (possibly device) arrays on every step: the forward/backward path.
