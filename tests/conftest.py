@@ -1,9 +1,12 @@
-"""Shared fixtures for the test suite: a seeded generator, torch conversion, tolerances, mpiexec.
+"""Shared fixtures for the test suite: torch conversion, tolerances, mpiexec.
 
-Helpers are fixtures (not importable names): pytest runs with ``--import-mode=importlib``, where
-test files cannot ``import conftest``. The helper fixtures are session-scoped, so hypothesis tests
-may use them too. The case lists that several files share are in cases.py, which this file loads
-as the module ``cases`` (``from cases import IM2COL_CASES``).
+The seeded generator ``rng`` (and ``float64``) are npresnet's own pytest plugin's
+(npresnet.testing.plugin): each test's generator is seeded from its id, a failure prints its seed,
+and ``--npresnet-seed N`` reseeds every test. Helpers are fixtures (not importable names): pytest
+runs with ``--import-mode=importlib``, where test files cannot ``import conftest``. The helper
+fixtures are session-scoped, so hypothesis tests may use them too. The case lists that several
+files share are in cases.py, which this file loads as the module ``cases``
+(``from cases import IM2COL_CASES``).
 """
 
 from __future__ import annotations
@@ -33,12 +36,6 @@ _load_cases()
 
 # Worst relative error (max |a - b| / max |b|) accepted against PyTorch, per dtype.
 TOLERANCES = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    """A fresh, seeded generator per test: every test draws the same numbers on every run."""
-    return np.random.default_rng(20240607)
 
 
 @pytest.fixture(scope="session")

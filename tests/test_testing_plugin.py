@@ -117,10 +117,13 @@ def test_the_plugin_can_be_turned_off(pytester):
     assert "--npresnet-seed" in pytester.runpytest_inprocess("--help").stdout.str()
 
 
-def test_in_this_project_the_conftest_rng_still_wins(rng):
-    # tests/conftest.py's rng (one fixed seed) overrides the plugin's here, so the suite's tests draw
-    # the same numbers as before the plugin existed.
-    assert rng.random() == np.random.default_rng(20240607).random()
+def test_this_project_draws_from_the_plugins_rng(rng, request):
+    """Dogfooding: tests/conftest.py defines no rng, so the suite's tests use the plugin's (seeded per
+    test id, printed on failure, reseeded by --npresnet-seed)."""
+    from npresnet.testing.plugin import seed_for
+
+    seed = seed_for(request.config, request.node.nodeid)
+    assert rng.random() == np.random.default_rng(seed).random()
 
 
 def test_loading_the_plugin_imports_neither_numpy_nor_the_rest_of_npresnet():
