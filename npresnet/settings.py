@@ -81,7 +81,12 @@ def _spin(value: str) -> int | None:
     return int(value)
 
 
-def _path(value: str) -> str:
+def _cache(value: str) -> str:
+    """'default' (the user's cache directory), 'off', or a file path."""
+    if value.lower() in ("default", "off"):
+        return value.lower()
+    if value in ("0", "1"):  # a switch's spelling: off, or on where it is by default
+        return "off" if value == "0" else "default"
     return value
 
 
@@ -133,10 +138,12 @@ SETTINGS = (
     ),
     Setting(
         "AUTOTUNE_CACHE",
-        "",
-        "a file path",
-        _path,
-        "also keep the measured winners in this JSON file, for later processes on the same machine",
+        "default",
+        "default, off (or 0), or a file path",
+        _cache,
+        "where the measured winners are kept for later processes on the same machine: a file per machine "
+        "in the user's cache directory ($XDG_CACHE_HOME, else ~/.cache, then npresnet/autotune/), none "
+        "(off), or this JSON file",
     ),
     Setting(
         "BATCH_SPLIT",
@@ -189,6 +196,6 @@ NUMBA_PARALLEL: str = parse("NUMBA_PARALLEL")
 PARALLEL_MIN_BYTES: int = parse("PARALLEL_MIN_BYTES")
 NUMBA_CACHE: bool = parse("NUMBA_CACHE")
 AUTOTUNE: str = parse("AUTOTUNE")
-AUTOTUNE_CACHE: str | None = parse("AUTOTUNE_CACHE") or None
+AUTOTUNE_CACHE: str = parse("AUTOTUNE_CACHE")
 BATCH_SPLIT: bool = parse("BATCH_SPLIT")
 BLAS_SPIN: int | None = parse("BLAS_SPIN")

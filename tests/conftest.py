@@ -34,6 +34,12 @@ def _load_cases() -> None:
 
 _load_cases()
 
+# Hermetic: the measured dispatch's cache (on by default, in the user's cache directory) is off in
+# the tests and in the processes they start; the tests of the cache point it at tmp_path.
+os.environ["NPRESNET_AUTOTUNE_CACHE"] = "off"
+if "npresnet.engine.autotune" in sys.modules:
+    sys.modules["npresnet.engine.autotune"].set_cache_file(None)
+
 # Worst relative error (max |a - b| / max |b|) accepted against PyTorch, per dtype.
 TOLERANCES = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 

@@ -6,9 +6,11 @@ What is tested (never a timing: which candidate wins is the machine's business):
   forward, dx and dw, on awkward shapes, at one and at two Numba threads;
 * a shape is timed once per process, a new shape (or another thread count) once more;
 * the fixed mode gives the same bits in every process;
-* the opt-in cache file: a process finds its machine's winners there and times nothing; sections of
+* the cache file: a process finds its machine's winners there and times nothing; sections of
   another CPU or other library versions are ignored and kept; an unreadable file is ignored, with
-  a warning, and left as it was.
+  a warning, and rewritten; on by default in the user's cache directory (a fresh process with a
+  warm cache times no candidate), off with NPRESNET_AUTOTUNE_CACHE=off; racing writers never tear it;
+* candidates far slower than the best after the first round are timed no more.
 """
 
 from __future__ import annotations
@@ -253,13 +255,109 @@ def test_the_cache_file_serves_its_own_machine_only(measuring):
 
 
 @pytest.mark.parametrize("content", [b"{not json", b'{"format": "something-else", "sections": []}', b"\xff\xfe"])
-def test_an_unreadable_cache_file_is_ignored_and_left_alone(measuring, content):
+def test_an_unreadable_cache_file_is_ignored_and_rewritten(measuring, content):
     cache_file = measuring / "autotune.json"
     cache_file.write_bytes(content)
-    with pytest.warns(RuntimeWarning, match=f"ignoring the cache file {cache_file}"):
-        assert len(_timed_run(cache_file)) == 1
-    assert cache_file.read_bytes() == content
+    with pytest.warns(RuntimeWarning, match=f"ignoring the cache file {cache_file}") as caught:
+        first = _timed_run(cache_file)
+    assert len(first) == 1 and len(caught) == 1
+    assert "\n" not in str(caught[0].message)  # one line
+    (section,) = json.loads(cache_file.read_text())["sections"]
+    assert list(section["choices"]) == first
     assert sorted(os.listdir(measuring)) == ["autotune.json"]  # no debris
+    assert _timed_run(cache_file) == []  # and it serves the next process
+
+
+_WARM_CACHE_STEP = textwrap.dedent("""
+    import numpy as np
+    from npresnet.engine import autotune, runtime
+    from npresnet.functional.conv import conv2d_backward, conv2d_forward
+    runtime.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 16, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    y, cache = conv2d_forward(x, w, None, 1, 1)
+    conv2d_backward(np.cos(y), cache)
+    print(autotune.cache_file())
+    print(len(autotune.timed_keys()), len(autotune.choices()))
+""")
+
+
+def _measured_process(env: dict[str, str]) -> tuple[str, int, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", _WARM_CACHE_STEP], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    path, counts = done.stdout.strip().splitlines()[-2:]
+    timed, chosen = map(int, counts.split())
+    return path, timed, chosen
+
+
+def test_the_cache_is_on_by_default_in_the_users_cache_directory(tmp_path):
+    """A fresh process with a warm cache times no candidate; the file is the machine's own, under
+    XDG_CACHE_HOME; NPRESNET_AUTOTUNE_CACHE=off leaves no file and times again."""
+    env = {k: v for k, v in os.environ.items() if k != "NPRESNET_AUTOTUNE_CACHE"}
+    env.update(NPRESNET_AUTOTUNE="measure", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    path, timed, chosen = _measured_process(env)
+    assert Path(path).parent == tmp_path / "cache" / "npresnet" / "autotune" and Path(path).is_file()
+    assert timed == chosen == 3
+    assert _measured_process(env) == (path, 0, 3)  # warm: nothing timed
+
+    off = {**env, "NPRESNET_AUTOTUNE_CACHE": "off", "XDG_CACHE_HOME": str(tmp_path / "elsewhere")}
+    assert _measured_process(off) == ("None", 3, 3)
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_two_processes_racing_never_tear_the_cache_file(tmp_path):
+    """Writers that interleave keep a whole file that one of them wrote (atomic replace); each
+    entry a process wrote survives unless a racing writer's merge missed it, and the file is never
+    ignored as unreadable afterwards."""
+    cache_file = tmp_path / "autotune.json"
+    code = textwrap.dedent(f"""
+        import sys, warnings
+        from npresnet.engine import autotune
+        warnings.simplefilter("error")
+        autotune.set_mode("measure")
+        autotune.set_cache_file({str(cache_file)!r})
+        for i in range(40):
+            autotune.choose("race", (sys.argv[1], i), {{"a": lambda: None, "b": lambda: None}}, fixed="a")
+    """)
+    racers = [subprocess.Popen([sys.executable, "-c", code, name]) for name in ("p", "q")]
+    assert [r.wait(timeout=300) for r in racers] == [0, 0]
+    (section,) = json.loads(cache_file.read_text())["sections"]
+    keys = list(section["choices"])
+    assert any("('p', 39)" in k for k in keys) or any("('q', 39)" in k for k in keys)
+    assert set(section["choices"].values()) <= {"a", "b"}
+    assert sorted(os.listdir(tmp_path)) == ["autotune.json"]
+
+
+def test_candidates_far_behind_after_the_first_round_are_timed_no_more(measuring):
+    runs = {"fast": 0, "close": 0, "slow": 0}
+
+    def sleeper(name, seconds):
+        def run():
+            runs[name] += 1
+            time.sleep(seconds)
+
+        return run
+
+    candidates = {"fast": sleeper("fast", 0.002), "close": sleeper("close", 0.0022), "slow": sleeper("slow", 0.02)}
+    assert autotune.choose("test op", "prune", candidates, fixed="fast") == "fast"
+    assert runs["slow"] == 2  # the untimed run and the first round: over PRUNE_FACTOR x the best
+    assert runs["fast"] == runs["close"] == 1 + autotune.TIMED_ROUNDS
+    assert autotune.choosing_seconds() > 0
+
+
+def test_replayed_choices_are_used_without_timing(measuring):
+    def never():
+        raise AssertionError("a replayed choice must not be timed")
+
+    autotune.choose("test op", "k", {"a": lambda: None, "b": lambda: None}, fixed="a")
+    (entry,) = autotune.choices()
+    autotune.clear()
+    autotune.replay({entry: "b"})
+    assert autotune.choose("test op", "k", {"a": never, "b": never}, fixed="a") == "b"
+    assert autotune.timed_keys() == []
 
 
 def test_bad_modes_are_refused():

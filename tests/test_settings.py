@@ -51,6 +51,9 @@ def test_no_other_module_reads_an_npresnet_variable():
         ("BLAS_SPIN", "default", None),
         ("BLAS_SPIN", "20", 20),
         ("AUTOTUNE_CACHE", "/tmp/x.json", "/tmp/x.json"),
+        ("AUTOTUNE_CACHE", "", "default"),
+        ("AUTOTUNE_CACHE", "OFF", "off"),
+        ("AUTOTUNE_CACHE", "0", "off"),
     ],
 )
 def test_values_are_parsed(key, value, expected):

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info(args.threads, args.backend)
     machine["allocator_tuned"] = allocator_tuned
     machine["autotune"] = args.autotune
+    machine["autotune_cache"] = autotune.cache_file() if args.autotune == "measure" else None
     peak = gemm_peak_gflops(args.dtype, xp)
     machine["gemm_peak_gflops"] = round(peak, 1)
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in machine["blas"])
@@ -61,6 +62,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"kernels: {machine['kernels']} | BLAS: {blas}"
     )
     print(f"GEMM peak (single {1536}^3 matmul): {peak:.1f} GFLOP/s")
+    if args.autotune == "measure":
+        where = machine["autotune_cache"] or "off (--no-autotune-cache): every shape is timed in this process"
+        print(f"measured kernel choice; its cache: {where}")
     pool = machine["numba_pool"]
     if pool is not None and args.threads > 1:
         why = runtime.tbb_reason(pool["layer"])  # None on TBB
@@ -94,11 +98,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {name} {mode} batch {batch} {size}x{size} ...", end="", flush=True)
             step = make_step(mode, model, criterion, optimizer, x, target)
             flops = (2 if mode == "forward" else 3 * 2) * macs
+            choosing_before = autotune.choosing_seconds()
             if compare is not None:  # the two frameworks' steps in alternation: the same machine state
                 tstep = torch_step(compare, mode, x, target)
                 (first, times), (_, torch_times) = timed_together([step, tstep], args.warmup, args.repeat, xp)
             else:
                 first, times = timed(step, args.warmup, args.repeat, xp)
+            choosing = autotune.choosing_seconds() - choosing_before  # within the first call
             peak_bytes = step_peak_memory(step, xp)
             median = statistics.median(times)
             q1, q3 = quartiles(times)
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "npresnet_s": median,
                 "iqr_s": q3 - q1,
                 "first_call_s": first,
+                "choosing_s": choosing,
                 "images_per_s": batch / median,
                 "gflops": flops / median / 1e9,
                 "peak_share": flops / median / 1e9 / peak,
@@ -121,7 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             line = (
                 f"\r  {name:<16} {mode:<8} batch {batch:<4} {size}x{size}: {median:8.3f} s/batch "
-                f"(IQR {q3 - q1:.3f}, first {first:.2f} s)  {batch / median:8.1f} img/s  "
+                f"(IQR {q3 - q1:.3f}, first {first:.2f} s, choosing {choosing:.2f} of it)  "
+                f"{batch / median:8.1f} img/s  "
                 f"{row['gflops']:6.1f} GFLOP/s ({100 * row['peak_share']:.0f}% of peak)"
             )
             if row["peak_memory_mb"] is not None:
@@ -220,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kernel choice: time the candidates per layer shape (default), or the fixed rule "
         "(npresnet.engine.autotune)",
     )
+    p.add_argument(
+        "--no-autotune-cache",
+        action="store_true",
+        help="measure: time every layer shape in this process, neither reading nor writing the cache "
+        "of winners (default: kept per machine in the user's cache directory; NPRESNET_AUTOTUNE_CACHE)",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="default float32")
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"], help="array library (default numpy)")
     p.add_argument("--repeat", type=int, default=3, help="timed repetitions (the median is reported)")
@@ -307,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the bench; returns the report. A bad option ends it before anything is measured: argparse's
     usage line and ``error: ...`` on stderr, exit status 2."""
     args = parse_args(argv)
+    if args.no_autotune_cache:
+        autotune.set_cache_file(None)
     report = run_scaling(args, threads_list(args), run)
     if args.json:
         with open(args.json, "w") as f:

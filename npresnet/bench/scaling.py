@@ -86,21 +86,27 @@ def scaling_table(table: list[dict[str, Any]]) -> list[str]:
 def shared_autotune_cache(mode: str) -> Iterator[None]:
     """In measure mode, keep the winners in a temporary cache file that the memory probes' fresh
     processes (``--memory``) read too: they then run the algorithms the timed steps ran, and time
-    nothing (timing runs the whole-batch candidates, which would inflate their peak). A cache file
-    the user set (NPRESNET_AUTOTUNE_CACHE) is used as it is. The temporary folder is removed after."""
+    nothing (timing runs the whole-batch candidates, which would inflate their peak). The cache file
+    in use (the user's cache directory's by default) is passed on as it is; only where the cache is
+    off (``--no-autotune-cache``) is a temporary one used, and its folder removed after."""
     mode_variable, cache_variable = settings.variable("AUTOTUNE"), settings.variable("AUTOTUNE_CACHE")
-    if mode != "measure" or os.environ.get(cache_variable):
+    if mode != "measure":
         yield
         return
     saved = {k: os.environ.get(k) for k in (mode_variable, cache_variable)}
-    with tempfile.TemporaryDirectory(prefix="npresnet-bench-autotune-") as folder:
-        path = os.path.join(folder, "autotune.json")
+    in_use = autotune.cache_file()
+    with contextlib.ExitStack() as stack:
+        if in_use is None:
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="npresnet-bench-autotune-"))
+            path = os.path.join(folder, "autotune.json")
+            autotune.set_cache_file(path)
+            stack.callback(autotune.set_cache_file, None)
+        else:
+            path = in_use
         os.environ.update({mode_variable: "measure", cache_variable: path})
-        autotune.set_cache_file(path)
         try:
             yield
         finally:
-            autotune.set_cache_file(None)
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

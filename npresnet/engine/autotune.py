@@ -28,21 +28,33 @@ then the isolated timing names a different winner in each process and does not c
 model (the whole forward was no faster, and varied more, with the plain fastest: the figures are
 in docs/performance.md); clear wins (Winograd on ResNet-50's 3x3 layers) still count.
 
-On-disk cache (opt-in: ``set_cache_file(path)`` or ``NPRESNET_AUTOTUNE_CACHE=path``). The
-winners are also written to a JSON file, in a section keyed by the machine: CPU model name and
-``runtime.cpu_id()`` (family, model, stepping, cache sizes: one name covers several generations), and the
-versions of Python, NumPy, Numba, npresnet and NumPy's BLAS (with the OpenBLAS variables that
-select its kernels). A later process
-on the same machine reads its section and times nothing it finds there; sections of other
-machines or versions are ignored (and kept). Each entry's key holds the thread counts (Numba's and
-BLAS's), so a run at 2 threads never takes a 1-thread winner. A file that cannot be parsed is
-ignored with a warning and never overwritten. Writes are atomic (``npresnet.atomic_write``).
+Fewer, shorter rounds where the candidates are far apart: after the first timed round, a
+candidate slower than ``PRUNE_FACTOR`` times the best one leaves the race (timing noise on a
+shared VM is tens of percent, not 2x), and the rounds stop as soon as one candidate is left.
+
+On-disk cache (on by default; ``NPRESNET_AUTOTUNE_CACHE`` or ``set_cache_file``: ``"default"``,
+``None`` for off, or a file path). The winners are written to a JSON file, in a section keyed by
+the machine: CPU model name and ``runtime.cpu_id()`` (family, model, stepping, cache sizes: one
+name covers several generations), and the versions of Python, NumPy, Numba, npresnet and NumPy's
+BLAS (with the OpenBLAS variables that select its kernels). By default the file is
+``$XDG_CACHE_HOME/npresnet/autotune/<machine digest>.json`` (``~/.cache`` without XDG_CACHE_HOME),
+one file per machine key, so a home folder shared between machines never serves one machine's
+winners to another. A later process on the same machine reads its section and times nothing it
+finds there; sections of other machines or versions are ignored (and kept). Each entry's key
+holds the thread counts (Numba's and BLAS's), so a run at 2 threads never takes a 1-thread winner.
+A file that cannot be parsed is ignored with a one-line warning and rewritten with this process's
+winners. Writes are atomic (``npresnet.atomic_write``) and merge with the file as it is just before
+the write, so two processes racing lose at most each other's newest entries, never the file.
+
+``replay(choices)`` makes this process use a recorded set of winners (a checkpoint's: see
+npresnet.training.resume) before anything is timed or read from disk.
 
 This module is ``npresnet.engine.autotune`` (``npresnet.autotune`` is a deprecated alias of it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -55,7 +67,19 @@ from typing import Any
 from .. import settings
 from .runtime import cpu_id, cpu_model
 
-__all__ = ["choices", "choose", "clear", "mode", "set_cache_file", "set_mode", "timed_keys"]
+__all__ = [
+    "cache_file",
+    "choices",
+    "choose",
+    "choosing_seconds",
+    "clear",
+    "default_cache_file",
+    "mode",
+    "replay",
+    "set_cache_file",
+    "set_mode",
+    "timed_keys",
+]
 
 MODES = ("fixed", "measure")
 FORMAT = "npresnet-autotune/1"
@@ -67,10 +91,14 @@ LONG_RUN_S = 0.05
 #: fraction of it: within that margin the timings on a small VM pick a different winner in every
 #: process, and the isolated timing does not carry over to the model (see the module docstring).
 KEEP_FIXED_WITHIN = 0.15
+#: After the first timed round, a candidate slower than this many times the best one is timed no more.
+PRUNE_FACTOR = 2.0
 
 _mode = settings.AUTOTUNE
-_cache_file: str | None = settings.AUTOTUNE_CACHE
+_cache_setting: str | None = None if settings.AUTOTUNE_CACHE == "off" else settings.AUTOTUNE_CACHE
+_cache_path: str | None = None  # _cache_setting resolved (the default's name needs machine())
 _choices: dict[str, str] = {}  # entry key -> winner, this process
+_choosing_s = 0.0  # seconds spent timing candidates in this process
 _timed: list[str] = []  # entry keys timed in this process, in order
 _disk: dict[str, str] | None = None  # this machine's section of the cache file, once read
 _machine: dict[str, Any] | None = None
@@ -91,18 +119,50 @@ def set_mode(new_mode: str) -> str:
 
 
 def set_cache_file(path: str | os.PathLike | None) -> None:
-    """Also keep the winners in this JSON file (None: memory only). Re-read on the next lookup."""
-    global _cache_file, _disk
-    _cache_file = os.fspath(path) if path is not None else None
+    """Keep the winners in this JSON file, in ``"default"`` (``default_cache_file()``), or nowhere
+    but memory (None). Re-read on the next lookup."""
+    global _cache_setting, _cache_path, _disk
+    _cache_setting = os.fspath(path) if path is not None else None
+    _cache_path = None
     _disk = None
+
+
+def default_cache_file() -> str:
+    """This machine's file in the user's cache directory (XDG_CACHE_HOME, else ~/.cache)."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(json.dumps(machine(), sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(home, "npresnet", "autotune", f"{digest}.json")
+
+
+def cache_file() -> str | None:
+    """The cache file in use (resolved), or None where the cache is off."""
+    global _cache_path
+    if _cache_setting is None:
+        return None
+    if _cache_path is None:
+        _cache_path = default_cache_file() if _cache_setting == "default" else _cache_setting
+    return _cache_path
 
 
 def clear() -> None:
     """Forget every winner of this process (the cache file stays)."""
-    global _disk
+    global _disk, _choosing_s
     _choices.clear()
     _timed.clear()
     _disk = None
+    _choosing_s = 0.0
+
+
+def replay(recorded: Mapping[str, str]) -> None:
+    """Use these winners (entry key -> candidate name, as ``choices()`` returns them) in this
+    process: a later ``choose`` of one of these entries returns the recorded name without timing or
+    reading the cache file. Entries of other thread counts simply never match."""
+    _choices.update({str(k): str(v) for k, v in recorded.items()})
+
+
+def choosing_seconds() -> float:
+    """Seconds this process has spent timing candidates (the part of a first step that is choosing)."""
+    return _choosing_s
 
 
 def choices() -> dict[str, str]:
@@ -125,7 +185,10 @@ def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed
     entry = f"{op} | {key!r} | threads {_thread_counts()} | candidates {sorted(candidates)}"
     winner = _choices.get(entry) or _read_disk().get(entry)
     if winner is None or winner not in candidates:
+        global _choosing_s
+        start = time.perf_counter()
         best = _best_times(candidates)
+        _choosing_s += time.perf_counter() - start
         winner = min(best, key=best.__getitem__)
         if best[fixed] <= (1 + KEEP_FIXED_WITHIN) * best[winner]:
             winner = fixed  # not clearly faster: keep the rule's choice
@@ -139,17 +202,21 @@ def _best_times(candidates: Mapping[str, Callable[[], Any]]) -> dict[str, float]
     """Each candidate's best time (seconds) over ``TIMED_ROUNDS`` rounds, each round running every
     candidate once in turn: a slow spell of a shared machine (seconds, on a VM) then hits all
     candidates alike instead of all runs of one. A candidate slower than ``LONG_RUN_S`` stays out
-    of further rounds."""
+    of further rounds, and so does one slower than ``PRUNE_FACTOR`` times the best of the round
+    before (its time stays as measured, so it cannot win)."""
     for run in candidates.values():
         run()  # untimed: compiles, pages memory in
     best = dict.fromkeys(candidates, float("inf"))
+    racing = list(candidates)
     for _ in range(TIMED_ROUNDS):
-        for name, run in candidates.items():
-            if LONG_RUN_S < best[name] < float("inf"):  # timed once already, and slow
-                continue
+        for name in racing:
             start = time.perf_counter()
-            run()
+            candidates[name]()
             best[name] = min(best[name], time.perf_counter() - start)
+        fastest = min(best[name] for name in racing)
+        racing = [n for n in racing if best[n] <= LONG_RUN_S and best[n] <= PRUNE_FACTOR * fastest]
+        if len(racing) < 2:
+            break
     return best
 
 
@@ -212,41 +279,38 @@ def _blas() -> dict[str, Any]:
     return {"name": name, "version": version, "environment": variables}
 
 
-def _load_file() -> dict[str, Any] | None:
-    """The cache file's content ({} if absent), or None if it cannot be used (warned)."""
-    assert _cache_file is not None
+def _load_file(path: str, *, warn: bool) -> dict[str, Any]:
+    """The cache file's content; an empty one where the file is absent or cannot be used (then, if
+    ``warn``, one warning line: the next write replaces it)."""
+    empty: dict[str, Any] = {"format": FORMAT, "sections": []}
     try:
-        with open(_cache_file, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             content = json.load(f)
     except FileNotFoundError:
-        return {"format": FORMAT, "sections": []}
+        return empty
     except (OSError, ValueError) as exc:
+        problem = str(exc)
+    else:
+        if isinstance(content, dict) and content.get("format") == FORMAT and isinstance(content.get("sections"), list):
+            return content
+        problem = f"not a {FORMAT} file"
+    if warn:
         warnings.warn(
-            f"npresnet.engine.autotune: ignoring the cache file {_cache_file} ({exc})", RuntimeWarning, stacklevel=4
-        )
-        return None
-    if (
-        not isinstance(content, dict)
-        or content.get("format") != FORMAT
-        or not isinstance(content.get("sections"), list)
-    ):
-        warnings.warn(
-            f"npresnet.engine.autotune: ignoring the cache file {_cache_file} (not a {FORMAT} file)",
+            f"npresnet.engine.autotune: ignoring the cache file {path} ({problem}); it will be rewritten",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
-        return None
-    return content
+    return empty
 
 
 def _read_disk() -> dict[str, str]:
     global _disk
-    if _cache_file is None:
+    path = cache_file()
+    if path is None:
         return {}
     if _disk is None:
-        content = _load_file()
         _disk = {}
-        for section in (content or {}).get("sections", []):
+        for section in _load_file(path, warn=True)["sections"]:
             if isinstance(section, dict) and section.get("machine") == machine():
                 choices = section.get("choices")
                 if isinstance(choices, dict):
@@ -255,15 +319,34 @@ def _read_disk() -> dict[str, str]:
 
 
 def _write_disk(entry: str, winner: str) -> None:
-    if _cache_file is None:
-        return
-    content = _load_file()
-    if content is None:  # unreadable: never overwrite what we cannot read
+    """Add ``entry`` to the file: re-read just before the atomic write, so that the entries another
+    process wrote since this one read the file are kept. A file that cannot be written (a read-only
+    home) turns the cache off for this process, with one warning."""
+    global _cache_setting
+    path = cache_file()
+    if path is None:
         return
     disk = _read_disk()
-    sections = [s for s in content["sections"] if not (isinstance(s, dict) and s.get("machine") == machine())]
-    sections.append({"machine": machine(), "choices": {**disk, entry: winner}})
+    disk[entry] = winner
+    content = _load_file(path, warn=False)
+    ours: dict[str, str] = {}
+    sections = []
+    for section in content["sections"]:
+        if isinstance(section, dict) and section.get("machine") == machine():
+            if isinstance(section.get("choices"), dict):
+                ours.update({str(k): str(v) for k, v in section["choices"].items()})
+        else:
+            sections.append(section)
+    sections.append({"machine": machine(), "choices": {**ours, **disk}})
     from ..atomic_write import atomic_write_text
 
-    atomic_write_text(_cache_file, json.dumps({"format": FORMAT, "sections": sections}, indent=1) + "\n")
-    disk[entry] = winner
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(path, json.dumps({"format": FORMAT, "sections": sections}, indent=1) + "\n")
+    except OSError as exc:
+        warnings.warn(
+            f"npresnet.engine.autotune: cannot write the cache file {path} ({exc}); the cache is off",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        _cache_setting = None
