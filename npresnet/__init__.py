@@ -27,14 +27,14 @@ if _importlib_util.find_spec(f"{__name__}.kernels") is None:
 # that has npresnet installed, costs those runs nothing. ``npresnet.optim.SGD(...)`` after a bare
 # ``import npresnet`` works as before: the attribute access imports npresnet.optim.
 if TYPE_CHECKING:
-    from . import backend, data, functional, gradcheck, io, models, nn, optim, schedules, summary, testing
+    from . import backend, data, engine, functional, gradcheck, io, models, nn, optim, schedules, summary, testing
     from .grad_mode import is_grad_enabled, no_grad
     from .gradcheck import GradcheckError, GradcheckReport, NondifferentiableError
     from .io import load, save
 
 #: Each public name -> the submodule that defines it (a submodule of the API maps to itself).
 _API = {
-    **{name: name for name in ("backend", "data", "functional", "gradcheck", "io", "models", "nn", "optim")},
+    **{name: name for name in ("backend", "data", "engine", "functional", "gradcheck", "io", "models", "nn", "optim")},
     **{name: name for name in ("schedules", "summary", "testing")},
     **dict.fromkeys(["is_grad_enabled", "no_grad"], "grad_mode"),
     **dict.fromkeys(["GradcheckError", "GradcheckReport", "NondifferentiableError"], "gradcheck"),
@@ -47,6 +47,7 @@ __all__ = [
     "NondifferentiableError",
     "backend",
     "data",
+    "engine",
     "functional",
     "gradcheck",
     "is_grad_enabled",

@@ -21,6 +21,7 @@ PUBLIC = {
     "NondifferentiableError",
     "backend",
     "data",
+    "engine",
     "functional",
     "gradcheck",
     "io",
