@@ -389,6 +389,14 @@ def test_train_refuses_a_failing_file_before_training(tmp_path, capsys):
     assert "db is wrong" in captured.err and "epoch" not in captured.out
 
 
+def test_conv_may_import_the_learners_own_im2col(tmp_path):
+    write(tmp_path, "im2col", solution(get("im2col")))
+    text = planted("conv", "from npresnet.learn.layout import col2im, im2col", "from im2col import col2im, im2col")
+    assert grade(get("conv"), write(tmp_path, "conv", text)).passed
+    write(tmp_path, "im2col", planted("im2col", "+= cols[:, a, e]", "= cols[:, a, e]"))  # a fresh import
+    assert not grade(get("conv"), str(tmp_path / "conv.py")).passed
+
+
 def test_syntax_errors_and_missing_functions_are_named(tmp_path):
     result = grade(get("relu"), write(tmp_path, "relu", "def relu_forward(x)\n    return x\n"))
     assert result.status == "crash" and "SyntaxError" in result.message and "relu.py" in result.message

@@ -76,12 +76,19 @@ def load(path: str) -> types.ModuleType:
     if spec is None or spec.loader is None:
         raise _Stop("crash", f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
+    folder = os.path.dirname(os.path.abspath(path))
+    before = set(sys.modules)
+    sys.path.insert(0, folder)  # the learner's other files import as plain modules (conv.py: from im2col import ...)
     try:
         spec.loader.exec_module(module)
     except Exception as error:
         raise _Stop("crash", f"{path} does not import:\n{_trimmed(error, path)}") from None
     finally:
+        sys.path.remove(folder)
         sys.modules.pop(name, None)
+        for loaded in set(sys.modules) - before:  # imported from the folder: fresh on the next load
+            if os.path.dirname(os.path.abspath(getattr(sys.modules[loaded], "__file__", None) or "")) == folder:
+                del sys.modules[loaded]
     return module
 
 
