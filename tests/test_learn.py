@@ -404,7 +404,7 @@ def test_syntax_errors_and_missing_functions_are_named(tmp_path):
     assert result.status == "fail" and "defines no function relu_backward" in result.message
 
 
-@pytest.mark.slow  # about 10-25 s: three short trainings of ResNet-20
+@pytest.mark.slow  # three short trainings of ResNet-20 on the digits
 def test_train_learns_the_digits_through_the_learners_files_and_refuses_a_wrong_one(tmp_path, capsys):
     from npresnet.learn.train import main as train
 
