@@ -169,6 +169,45 @@ def batchnorm_backward(dy, cache):
     dx = dx1 + dmu * np.ones_like(dy) / n
     return dx, dgamma, dbeta
 """,
+    "cross_entropy": """
+import numpy as np
+def cross_entropy_forward(z, t):                  # a one-hot matrix, logsumexp written out
+    N, K = z.shape
+    onehot = np.eye(K, dtype=z.dtype)[t]
+    m = z.max(axis=1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+    return np.mean(lse - (z * onehot).sum(axis=1)), (z, onehot, lse)
+def cross_entropy_backward(dloss, cache):
+    z, onehot, lse = cache
+    return dloss * (np.exp(z - lse[:, None]) - onehot) / z.shape[0]
+""",
+    "basic_block": """
+from npresnet.functional import (batchnorm2d_backward, batchnorm2d_forward, conv2d_backward, conv2d_forward,
+                                 relu_backward, relu_forward)
+def basic_block_forward(x, params):
+    caches = []
+    h = x
+    for i in (1, 2):
+        h, c = conv2d_forward(h, params[f"w{i}"], None, 1, 1)
+        h, b = batchnorm2d_forward(h, params[f"gamma{i}"], params[f"beta{i}"], None, None, training=True)
+        caches += [c, b]
+        if i == 1:
+            h, r = relu_forward(h)
+            caches.append(r)
+    y, r_out = relu_forward(x + h)
+    return y, (caches, r_out)
+def basic_block_backward(dy, cache):
+    (c1, b1, r1, c2, b2), r_out = cache
+    d_sum = relu_backward(dy, r_out)
+    dx = d_sum.copy()                             # the shortcut's part first, the branch's added after
+    grads = {}
+    d, grads["gamma2"], grads["beta2"] = batchnorm2d_backward(d_sum, b2)
+    d, grads["w2"], _ = conv2d_backward(d, c2)
+    d, grads["gamma1"], grads["beta1"] = batchnorm2d_backward(relu_backward(d, r1), b1)
+    d, grads["w1"], _ = conv2d_backward(d, c1)
+    dx += d
+    return dx, grads
+""",
     "im2col": """
 import numpy as np
 def im2col(x, kh, kw, s, p):                      # one output pixel at a time

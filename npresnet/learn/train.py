@@ -310,6 +310,8 @@ def main(folder: str, epochs: int | None = None, seed: int = 0, anyway: bool = F
         return 1
     print(f"ResNet-20 on the digits, {epochs} epochs, seed {seed}. Whose layers:")
     print("\n".join(lines))
+    if not learned:
+        print(f"(none of {folder}'s files is complete yet: this run is npresnet's alone, for comparison)")
     print("(evaluation: npresnet's layers in evaluation mode, with the weights your backward trained)")
     acc, losses = run(learned, epochs, seed)
     if acc >= TARGET_ACCURACY and math.isfinite(losses[-1]):
