@@ -313,7 +313,11 @@ def main(folder: str, epochs: int | None = None, seed: int = 0, anyway: bool = F
     if not learned:
         print(f"(none of {folder}'s files is complete yet: this run is npresnet's alone, for comparison)")
     print("(evaluation: npresnet's layers in evaluation mode, with the weights your backward trained)")
-    acc, losses = run(learned, epochs, seed)
+    try:
+        acc, losses = run(learned, epochs, seed)
+    except ImportError as error:  # the digits ship with scikit-learn, an optional dependency
+        print(f"cannot train: {error}", file=sys.stderr)
+        return 1
     if acc >= TARGET_ACCURACY and math.isfinite(losses[-1]):
         print(f"reached {100 * acc:.1f}% test accuracy: the network learned through your code")
         return 0
