@@ -41,6 +41,8 @@ SHARED = {
     "--epochs": "passes over the training set",
     "--train-limit": "the first N training images",
     "--progress": "the progress display",
+    "--autotune": "the kernel choice, measure or fixed",
+    "--no-autotune-cache": "no cache of measured winners in this process",
 }
 
 

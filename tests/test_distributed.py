@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -477,6 +478,36 @@ def test_command_line_distributed_run_equals_single_process(tmp_path, mpiexec):
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-10)
     assert two["test_acc"] == one["test_acc"] and two["test_loss"] == pytest.approx(one["test_loss"], rel=1e-9)
     assert not list((tmp_path / "two").glob("*.tmp"))
+
+
+MEASURED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from npresnet.distributed import current_world
+    from npresnet.engine import autotune
+    from npresnet.training import main
+
+    code = main(sys.argv[1:])
+    world = current_world()
+    print(f"rank {world.rank} timed {len(autotune.timed_keys())} chose {json.dumps(autotune.choices())}")
+    sys.exit(code)
+""")
+
+
+@pytest.mark.slow  # an mpiexec training run of the CLI, measuring
+def test_a_measured_distributed_run_takes_rank_0s_choices(tmp_path, mpiexec):
+    """Rank 0 times the candidates of each training shape and every rank runs its winners: rank 1
+    times nothing (its evaluation, on a shard of its own size, takes the fixed rule), and the
+    checkpoint records rank 0's choices, which rank 1 holds too."""
+    (tmp_path / "measured.py").write_text(MEASURED_SCRIPT)
+    args = _train_args(tmp_path / "run", "--batch", "16", "--distributed", "--dtype", "float32", "--threads", "1")
+    proc, _ = _run([mpiexec, "-n", "2", sys.executable, "measured.py", *args], timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = {int(m.group(1)): m for m in re.finditer(r"rank (\d) timed (\d+) chose (.*)", proc.stdout)}
+    assert int(lines[0].group(2)) > 0 and int(lines[1].group(2)) == 0, proc.stdout
+    engine = read_checkpoint(tmp_path / "run" / "checkpoint.npz")[0]["extra"]["engine"]
+    assert engine["autotune"] == "measure"
+    train_choices = {k: v for k, v in engine["choices"].items() if "(16, " in k.split(" | ")[1][:6]}
+    assert train_choices and set(train_choices.items()) <= set(json.loads(lines[1].group(3)).items())
 
 
 FAULT_SCRIPT = textwrap.dedent("""

@@ -7,7 +7,9 @@ Every fault is real and happens in a real child process:
   destination not yet replaced (defects 3, 4);
 * two ``python -m npresnet.train`` processes started together on one ``--out`` (defect 5);
 * SIGINT and SIGTERM sent to a training process (defect 7);
-* ``mpiexec -n 2`` with one rank started with another ``--seed`` or ``--batch`` (defect 6).
+* ``mpiexec -n 2`` with one rank started with another ``--seed`` or ``--batch`` (defect 6);
+* a measured run (autotune) killed and resumed: its algorithm choices and thread counts are
+  replayed from the checkpoint (issue 29).
 """
 
 from __future__ import annotations
@@ -224,7 +226,8 @@ def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_ex
 
     All three runs are processes with the same thread count (``environment()``: one thread): bit
     equality across thread counts is not promised, since OpenBLAS's sgemm itself gives other bits at
-    2 threads than at 1 on some CPUs and kernels (seen: the Haswell kernel on AMD Zen 5)."""
+    2 threads than at 1 on some CPUs and kernels (seen: the Haswell kernel on AMD Zen 5). The fixed
+    kernel rule: two fresh measured runs may choose differently (the measured resume is the next test)."""
     import numpy as np
 
     from npresnet.checkpoint import read_checkpoint
@@ -234,8 +237,9 @@ def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_ex
         assert proc.returncode == 0, proc.stderr
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    train(*QUICK, "--epochs", "2", "--out", str(straight))
-    proc = run_python(TRAIN_AND_DIE, "checkpoint.npz", "2", *QUICK, "--epochs", "2", "--out", str(killed))
+    quick = [*QUICK, "--epochs", "2", "--autotune", "fixed"]
+    train(*quick, "--out", str(straight))
+    proc = run_python(TRAIN_AND_DIE, "checkpoint.npz", "2", *quick, "--out", str(killed))
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert read_checkpoint(killed / "checkpoint.npz")[0]["epoch"] == 1 and len(temporaries(killed)) == 1
     train("--resume", str(killed), "--progress", "none")
@@ -244,6 +248,63 @@ def test_a_kill_at_the_checkpoints_rename_keeps_the_old_one_and_resume_is_bit_ex
     assert meta_a["epoch"] == meta_b["epoch"] == 2 and list(arrays_a) == list(arrays_b)
     for key in arrays_a:
         assert np.array_equal(arrays_a[key], arrays_b[key]) and arrays_a[key].dtype == arrays_b[key].dtype, key
+
+
+TRAIN_AND_COUNT = """
+    import sys
+    from npresnet.engine import autotune
+    from npresnet.train import main
+
+    code = main(sys.argv[1:])
+    print("timed", len(autotune.timed_keys()))
+    sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_measured_run_killed_and_resumed_equals_the_uninterrupted_one(tmp_path):
+    """``python -m npresnet.train`` measures by default. Both first runs share a cache file (so they
+    choose alike, as two runs on one machine do); the resume has the cache off and one BLAS thread
+    by default in its environment, so only the checkpoint's record can give it the same algorithms
+    and thread counts: it times nothing and ends on the uninterrupted run's bits."""
+    import numpy as np
+
+    from npresnet.checkpoint import read_checkpoint
+
+    env = {**environment(), "NUMBA_NUM_THREADS": "2", "NPRESNET_AUTOTUNE_CACHE": str(tmp_path / "autotune.json")}
+
+    def run(code: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-c", textwrap.dedent(code), *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    quick = [*QUICK, "--epochs", "2", "--threads", "2"]
+    done = run(TRAIN_AND_COUNT, *quick, "--out", str(straight))
+    assert done.returncode == 0 and "timed 0" not in done.stdout, done.stderr  # measured: it timed
+    proc = run(TRAIN_AND_DIE, "checkpoint.npz", "2", *quick, "--out", str(killed))
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    engine = read_checkpoint(killed / "checkpoint.npz")[0]["extra"]["engine"]
+    assert engine["autotune"] == "measure" and engine["threads"] == {"numba": 2, "blas": 2} and engine["choices"]
+
+    # environment(): OPENBLAS_NUM_THREADS=1, so this process's BLAS default is not the run's 2 threads.
+    resumed = run(TRAIN_AND_COUNT, "--resume", str(killed), "--progress", "none", "--no-autotune-cache")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "timed 0" in resumed.stdout and "trained differently" not in resumed.stdout, resumed.stdout
+    (meta_a, arrays_a), (meta_b, arrays_b) = (read_checkpoint(p / "checkpoint.npz") for p in (straight, killed))
+    assert meta_a["epoch"] == meta_b["epoch"] == 2 and list(arrays_a) == list(arrays_b)
+    for key in arrays_a:
+        assert np.array_equal(arrays_a[key], arrays_b[key]), key
+
+    told = run(TRAIN_AND_COUNT, "--resume", str(killed), "--epochs", "3", "--progress", "none", "--threads", "1")
+    assert told.returncode == 0, told.stderr
+    (note,) = [line for line in told.stdout.splitlines() if "trained differently" in line]
+    assert "threads numba 2 -> 1, blas 2 -> 1" in note and "bits of this run will differ" in note
 
 
 def test_resuming_a_finished_run_removes_a_dead_writers_checkpoint_temporary(tmp_path, capsys):
@@ -372,7 +433,7 @@ def test_a_signal_stops_after_the_current_step_and_prints_the_resume_command(tmp
     epoch = int(match.group(3))
     assert int(match.group(2)) == epoch + 1 and read_checkpoint(out / "checkpoint.npz")[0]["epoch"] == epoch
     resume = shlex.split(match.group(4))
-    assert resume == ["python", "-m", "npresnet.train", "--resume", str(out), "--epochs", "200"]
+    assert resume == ["python", "-m", "npresnet.train", "--resume", str(out), "--epochs", "200", "--threads", "1"]
     # The printed command continues the run (here to one more epoch only).
     proc = subprocess.run(
         [sys.executable, *resume[1:], "--epochs", str(epoch + 1), "--progress", "none"],

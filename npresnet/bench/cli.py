@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = machine_info(args.threads, args.backend)
     machine["allocator_tuned"] = allocator_tuned
     machine["autotune"] = args.autotune
-    machine["autotune_cache"] = autotune.cache_file() if args.autotune == "measure" else None
+    cache = getattr(args, "autotune_cache", autotune.cache_file())  # main's: before any temporary one
+    machine["autotune_cache"] = cache if args.autotune == "measure" else None
     peak = gemm_peak_gflops(args.dtype, xp)
     machine["gemm_peak_gflops"] = round(peak, 1)
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})" for b in machine["blas"])
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     print(f"GEMM peak (single {1536}^3 matmul): {peak:.1f} GFLOP/s")
     if args.autotune == "measure":
-        where = machine["autotune_cache"] or "off (--no-autotune-cache): every shape is timed in this process"
+        where = machine["autotune_cache"] or "off: every shape is timed in this process"
         print(f"measured kernel choice; its cache: {where}")
     pool = machine["numba_pool"]
     if pool is not None and args.threads > 1:
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.no_autotune_cache:
         autotune.set_cache_file(None)
+    args.autotune_cache = autotune.cache_file()
     report = run_scaling(args, threads_list(args), run)
     if args.json:
         with open(args.json, "w") as f:

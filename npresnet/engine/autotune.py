@@ -47,13 +47,18 @@ winners. Writes are atomic (``npresnet.atomic_write``) and merge with the file a
 the write, so two processes racing lose at most each other's newest entries, never the file.
 
 ``replay(choices)`` makes this process use a recorded set of winners (a checkpoint's: see
-npresnet.training.resume) before anything is timed or read from disk.
+npresnet.training.resume) before anything is timed or read from disk. ``agreeing(share)`` makes
+the processes of a data-parallel job use one process's choices: inside it, every entry not yet
+agreed on goes through ``share(winner)``, a broadcast from the leading rank (the others pass None
+and time nothing). It is a collective: use it only where every process chooses the same entries in
+the same order (the training steps of equal shards, not an evaluation of unequal ones).
 
 This module is ``npresnet.engine.autotune`` (``npresnet.autotune`` is a deprecated alias of it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -61,13 +66,14 @@ import platform
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .. import settings
 from .runtime import cpu_id, cpu_model
 
 __all__ = [
+    "agreeing",
     "cache_file",
     "choices",
     "choose",
@@ -78,6 +84,7 @@ __all__ = [
     "replay",
     "set_cache_file",
     "set_mode",
+    "thread_counts",
     "timed_keys",
 ]
 
@@ -99,6 +106,9 @@ _cache_setting: str | None = None if settings.AUTOTUNE_CACHE == "off" else setti
 _cache_path: str | None = None  # _cache_setting resolved (the default's name needs machine())
 _choices: dict[str, str] = {}  # entry key -> winner, this process
 _choosing_s = 0.0  # seconds spent timing candidates in this process
+_share: Callable[[str | None], str] | None = None  # set inside agreeing()
+_leads = True
+_agreed: set[str] = set()  # entries agreed on with the other processes
 _timed: list[str] = []  # entry keys timed in this process, in order
 _disk: dict[str, str] | None = None  # this machine's section of the cache file, once read
 _machine: dict[str, Any] | None = None
@@ -149,6 +159,7 @@ def clear() -> None:
     global _disk, _choosing_s
     _choices.clear()
     _timed.clear()
+    _agreed.clear()
     _disk = None
     _choosing_s = 0.0
 
@@ -158,6 +169,20 @@ def replay(recorded: Mapping[str, str]) -> None:
     process: a later ``choose`` of one of these entries returns the recorded name without timing or
     reading the cache file. Entries of other thread counts simply never match."""
     _choices.update({str(k): str(v) for k, v in recorded.items()})
+
+
+@contextlib.contextmanager
+def agreeing(share: Callable[[str | None], str], leads: bool) -> Iterator[None]:
+    """Inside: each entry not yet agreed on is chosen by the leading process (``leads``) and sent to
+    the others through ``share`` (a broadcast: the leader passes its winner, the others None, and
+    every process gets the leader's). See the module docstring for where it may be used."""
+    global _share, _leads
+    previous = _share, _leads
+    _share, _leads = share, leads
+    try:
+        yield
+    finally:
+        _share, _leads = previous
 
 
 def choosing_seconds() -> float:
@@ -183,6 +208,18 @@ def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed
     if _mode == "fixed" or len(candidates) == 1:
         return fixed
     entry = f"{op} | {key!r} | threads {_thread_counts()} | candidates {sorted(candidates)}"
+    if _share is not None and entry not in _agreed:
+        winner = _share(_winner(entry, candidates, fixed) if _leads else None)
+        if winner not in candidates:  # another thread count here: other candidates; the bits differ anyway
+            winner = fixed
+        _agreed.add(entry)
+        _choices[entry] = winner
+        return winner
+    return _winner(entry, candidates, fixed)
+
+
+def _winner(entry: str, candidates: Mapping[str, Callable[[], Any]], fixed: str) -> str:
+    """This process's winner of ``entry``: remembered, read from the cache file, or timed now."""
     winner = _choices.get(entry) or _read_disk().get(entry)
     if winner is None or winner not in candidates:
         global _choosing_s
@@ -220,14 +257,21 @@ def _best_times(candidates: Mapping[str, Callable[[], Any]]) -> dict[str, float]
     return best
 
 
-def _thread_counts() -> str:
-    """'numba N, blas M' as set now (BLAS: the count runtime.set_num_threads last set, else threadpoolctl's)."""
+def thread_counts() -> dict[str, int]:
+    """{"numba": N, "blas": M} as set now (BLAS: the count runtime.set_num_threads last set, else
+    threadpoolctl's; Numba: 1 before Numba is imported)."""
     numba_threads = 1
     if "numba" in sys.modules:
         numba_threads = sys.modules["numba"].get_num_threads()
     from . import runtime
 
-    return f"numba {numba_threads}, blas {runtime.blas_threads()}"
+    return {"numba": numba_threads, "blas": runtime.blas_threads()}
+
+
+def _thread_counts() -> str:
+    """'numba N, blas M': the part of an entry's key that says the thread counts."""
+    counts = thread_counts()
+    return f"numba {counts['numba']}, blas {counts['blas']}"
 
 
 def machine() -> dict[str, Any]:

@@ -19,11 +19,12 @@ from typing import Any
 from .. import distributed as dist
 from ..checkpoint import read_checkpoint
 from ..commands import command_parser
-from ..engine import runtime
+from ..engine import autotune, runtime
 from .agreement import RanksDisagree
 from .config import PRESETS, TrainConfig
 from .interrupts import StopRequest, TrainingInterrupted, stop_on_signals
 from .lock import RunFolderBusy
+from .resume import recorded_engine
 from .trainer import TrainingDiverged, train
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -98,7 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="threads of this process for BLAS, Numba's kernels and torch together (npresnet.engine.runtime); "
         "without it the libraries' defaults stay: all cores, unless OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / "
-        "NUMBA_NUM_THREADS say otherwise",
+        "NUMBA_NUM_THREADS say otherwise; on --resume, the checkpoint's thread counts",
+    )
+    p.add_argument(
+        "--autotune",
+        choices=["measure", "fixed"],
+        default=None,
+        help="kernel choice: time the candidates per layer shape (default of a new run), or the fixed rule "
+        "(the library's default); on --resume, the checkpoint's, whose measured choices are replayed "
+        "(npresnet.engine.autotune)",
+    )
+    p.add_argument(
+        "--no-autotune-cache",
+        action="store_true",
+        help="measure: time every layer shape in this process, neither reading nor writing the cache "
+        "of winners (default: kept per machine in the user's cache directory; NPRESNET_AUTOTUNE_CACHE)",
     )
     return p
 
@@ -107,7 +122,8 @@ def config_from_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | 
     """(config, resume path or None, overwrite) from command-line arguments."""
     args = vars(build_parser().parse_args(argv))
     resume, overwrite = args.pop("resume"), args.pop("overwrite")
-    args.pop("threads", None)  # a property of this process, not of the run (see main)
+    for name in ("threads", "autotune", "no_autotune_cache"):  # this process's, not the run's (see main)
+        args.pop(name, None)
     values: dict[str, Any] = {}
     preset = args.pop("preset", None)
     if resume is not None:
@@ -143,7 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     divergence), printed as one line ``error: ...``.
     130 / 143 (128 + the signal's number): stopped by SIGINT (Ctrl-C) / SIGTERM after the current
     step or write, with the intact checkpoint and the ``--resume`` command printed.
+
+    The autotune mode and cache it sets (``_set_engine``) are restored on return, so a caller in
+    the same process (a test, a notebook) keeps its own.
     """
+    mode, cache = autotune.mode(), autotune.cache_file()
+    try:
+        return _main(argv)
+    finally:
+        autotune.set_mode(mode)
+        autotune.set_cache_file(cache)
+
+
+def _main(argv: list[str] | None) -> int:
     stop = StopRequest()
     with stop_on_signals(stop):
         try:
@@ -154,9 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 if parser.parse_args(argv).resume is None:  # the options alone are wrong: argparse's format
                     parser.error(str(exc))
                 raise  # a checkpoint's problem: one line, below
-            threads = parser.parse_args(argv).threads
-            if threads is not None:
-                runtime.set_num_threads(threads)
+            options = parser.parse_args(argv)
+            _set_engine(options, resume)
             note = runtime.slow_pool_note()  # workqueue on a machine where its hand-off is slow
             if note is not None:
                 print(note, file=sys.stderr)
@@ -192,6 +219,26 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.wall_time_s:.0f}s; checkpoint {result.checkpoint}"
         )
     return 0
+
+
+def _set_engine(options: argparse.Namespace, resume: str | None) -> None:
+    """Threads and kernel choice of this process: as the options say, else on --resume as the
+    checkpoint recorded them (``npresnet.training.resume``: the run continues bit for bit), else
+    the libraries' thread defaults and measured kernels."""
+    engine = recorded_engine(read_checkpoint(resume)[0]) if resume is not None else None
+    if options.threads is not None:
+        runtime.set_num_threads(options.threads)
+    elif engine is not None and isinstance(engine.get("threads"), dict):
+        recorded = engine["threads"]
+        runtime.set_num_threads(int(recorded["blas"]), numba_threads=int(recorded["numba"]))
+    if options.autotune is not None:
+        autotune.set_mode(options.autotune)
+    elif resume is not None:  # a checkpoint without a record was trained by the fixed rule (the old default)
+        autotune.set_mode(str(engine.get("autotune", "fixed")) if engine is not None else "fixed")
+    else:
+        autotune.set_mode("measure")
+    if options.no_autotune_cache:
+        autotune.set_cache_file(None)
 
 
 def _stop_other_ranks(code: int, traceback: bool = False) -> int:

@@ -11,6 +11,15 @@ only when:
 * the history holds one row of numbers per finished epoch (a damaged file is refused, not trained on).
 
 Then it loads the state and rewrites the records (``record_paths``) from the checkpoint's history.
+
+The engine's choices are part of the run (``engine_record``, saved in every checkpoint): the
+autotune mode and every measured algorithm choice, the thread counts (Numba's and BLAS's) and the
+BLAS kernel NumPy's BLAS runs (threadpoolctl's "architecture"). A resume replays the algorithm
+choices (``npresnet.engine.autotune.replay``), so a measured run continues with the algorithms
+it measured; the command line also replays the thread counts when ``--threads`` is not given.
+Whatever still differs (other threads, another BLAS kernel, the other autotune mode) is named by
+``engine_differences``, in the one line the resume prints: the bits will differ from those of the
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import os
 from typing import Any
 
 from ..checkpoint import CheckpointError
+from ..engine import autotune
 from ..state_checks import setting_problem
 from .config import RESUMABLE_CHANGES, TrainConfig
 
@@ -66,3 +76,50 @@ def record_paths(out_dir: str, config: TrainConfig) -> list[str]:
     """The files a run writes: the checkpoint, metrics.csv, metrics.json and the plot (if any)."""
     paths = [os.path.join(out_dir, n) for n in ("checkpoint.npz", "metrics.csv", "metrics.json")]
     return paths + ([config.plot] if config.plot else [])
+
+
+def blas_kernels() -> list[str]:
+    """NumPy's BLAS as threadpoolctl reports it: "<library> <version> <kernel>" per library loaded
+    from NumPy's own folder (torch's, loaded or not, does not count); [] without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    found = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    numpy_own = [i for i in found if "numpy" in str(i.get("filepath", "")).lower()]
+    return sorted(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in numpy_own or found)
+
+
+def engine_record() -> dict[str, Any]:
+    """What decides the bits of a step besides the weights and data: saved in every checkpoint."""
+    return {
+        "autotune": autotune.mode(),
+        "threads": autotune.thread_counts(),
+        "blas": blas_kernels(),
+        "choices": autotune.choices(),
+    }
+
+
+def engine_differences(recorded: dict[str, Any]) -> list[str]:
+    """What this process does differently from the ``recorded`` engine (``engine_record``), in words."""
+    now = engine_record()
+    differences = []
+    if recorded.get("autotune") != now["autotune"]:
+        differences.append(f"autotune {recorded.get('autotune')} then, {now['autotune']} now")
+    then_threads = recorded.get("threads") or {}
+    if then_threads != now["threads"]:
+        shown = ", ".join(f"{k} {then_threads.get(k)} -> {v}" for k, v in now["threads"].items())
+        differences.append(f"threads {shown}")
+    if recorded.get("blas") and recorded.get("blas") != now["blas"]:
+        differences.append(f"BLAS {'; '.join(recorded['blas'])} then, {'; '.join(now['blas']) or 'unknown'} now")
+    return differences
+
+
+def recorded_engine(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """A checkpoint's engine record (``engine_record``), or None (written before it was recorded)."""
+    engine = meta.get("extra", {}).get("engine")
+    if engine is None:
+        return None
+    if not (isinstance(engine, dict) and isinstance(engine.get("choices", {}), dict)):
+        raise CheckpointError(f"the saved engine record must be an object with a 'choices' object, got {engine!r:.80}")
+    return engine

@@ -40,6 +40,7 @@ from .. import distributed as dist
 from ..atomic_write import remove_stale_temporaries
 from ..backend import get_array_module
 from ..checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from ..engine import autotune
 from ..functional.loss import cross_entropy_forward
 from ..grad_mode import no_grad
 from ..nn import CrossEntropyLoss, Module
@@ -51,7 +52,7 @@ from .lock import RunFolderLock
 from .progress import make_progress
 from .recipe import build_optimizer, build_scheduler
 from .records import plot_history, write_metrics
-from .resume import check_resumable, record_paths
+from .resume import check_resumable, engine_differences, engine_record, record_paths, recorded_engine
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "train"]
 
@@ -178,6 +179,13 @@ class Trainer:
         loss_sum, correct, seen = 0.0, 0, 0
         start = time.perf_counter()
         batches = iter(self.train_loader)
+        agreement = contextlib.ExitStack()
+        if self.world.size > 1:  # equal shards: every rank meets the same shapes, and takes rank 0's choices
+            agreement.enter_context(
+                autotune.agreeing(
+                    lambda winner: self.world.broadcast_object(winner, what="an autotune choice"), self.world.is_main
+                )
+            )
         try:
             for _ in range(n_batches):
                 x, y = next(batches)
@@ -205,6 +213,7 @@ class Trainer:
                     {"loss": f"{loss_sum / seen:.4f}", "acc": f"{correct / seen:.4f}", "img/s": f"{seen / elapsed:.0f}"}
                 )
         finally:
+            agreement.close()
             batches.close()
             progress.close()
         elapsed = time.perf_counter() - start
@@ -222,6 +231,9 @@ class Trainer:
         loader = loader or self.test_loader
         self.model.eval()
         loss_sum, correct, seen = 0.0, 0, 0
+        # Ranks after 0 evaluate unequal shards, whose shapes cannot be agreed on with rank 0 (whose
+        # choices alone the checkpoint records): they use the fixed rule, the same bits on resume.
+        mode = autotune.set_mode("fixed") if not self.world.is_main else autotune.mode()
         try:
             with no_grad():
                 for x, y in loader:
@@ -232,6 +244,7 @@ class Trainer:
                     seen += x.shape[0]
                     self._check_stop()
         finally:
+            autotune.set_mode(mode)
             self.model.train()
         loss_sum, correct_sum, seen_sum = self.world.sum(loss_sum, correct, seen)  # each rank: its shard
         return {"test_loss": loss_sum / seen_sum, "test_acc": correct_sum / seen_sum}
@@ -261,6 +274,9 @@ class Trainer:
         command = f"python -m npresnet.train --resume {shlex.quote(self.out_dir)} --epochs {c.epochs}"
         if c.max_steps is not None:
             command += f" --max-steps {c.max_steps}"
+        threads = autotune.thread_counts()
+        if threads["numba"] == threads["blas"]:  # bit-exact only at the same thread counts (else: replayed)
+            command += f" --threads {threads['blas']}"
         if self.world.size > 1:
             command = f"mpiexec -n {self.world.size} {command}"
         raise TrainingInterrupted(
@@ -341,7 +357,12 @@ class Trainer:
             epoch=self.epoch,
             step=self.step,
             rng={"seed": self.config.seed, "next_epoch": self.epoch},
-            extra={"config": self.config.to_dict(), "history": self.history, "world_size": self.world.size},
+            extra={
+                "config": self.config.to_dict(),
+                "history": self.history,
+                "world_size": self.world.size,
+                "engine": engine_record(),  # threads, BLAS kernel, algorithm choices: replayed on resume
+            },
         )
         self.write_records()
 
@@ -361,10 +382,23 @@ class Trainer:
         (or for another model) it is an error and nothing is changed. Then the metrics files and
         the plot are rewritten from the checkpoint's history (repairing a run killed between the
         checkpoint and the metrics), and temporary files of killed writers are removed.
+
+        The checkpoint's algorithm choices are replayed (``npresnet.engine.autotune.replay``); if this
+        process runs at other thread counts, another BLAS kernel or the other autotune mode, one
+        line says so: its bits will differ from those of the uninterrupted run.
         """
         path = os.path.join(path, "checkpoint.npz") if os.path.isdir(path) else path
         meta, _ = read_checkpoint(path)
         saved, history = check_resumable(path, meta, self.config, self.world.size)
+        engine = recorded_engine(meta)
+        if engine is not None:
+            autotune.replay(engine.get("choices", {}))
+            differences = engine_differences(engine)
+            if differences:
+                self.log(
+                    f"note: {path} was trained differently ({'; '.join(differences)}): the bits of this "
+                    "run will differ from those of the uninterrupted run"
+                )
         meta = load_checkpoint(path, self.model, self.optimizer, self.scheduler, model_name=self.config.model)
         self.epoch, self.step = meta["epoch"], meta["step"]
         self.history = list(history)
