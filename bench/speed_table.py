@@ -13,7 +13,9 @@ docs/performance.md has one per recorded run. Each row is one result of a
 torch's median seconds per step, their ratio, the speed-up over one thread where the run measured
 it (``--threads 1,N`` / ``--scaling``), and the resident step memory against torch's (``--memory``).
 The heading names the CPU (model name, family, model and cache sizes: ``npresnet.bench.machine.cpu_label``)
-and BLAS from each file's ``machine``; files of one machine share a table.
+and BLAS from each file's ``machine``; files of one machine share a table. Where a file also timed
+torch in channels_last (the bench does since 0.3: ``torch_channels_last_s``), its table gains a
+column with that time and the ratio against it; tables of older files are rendered as before.
 """
 
 from __future__ import annotations
@@ -58,9 +60,19 @@ HEADER = [
     "| step memory vs torch |",
     "|---|---|---|---|---|---|---|---|",
 ]
+# The same with torch's channels_last time and the ratio against it, after the ratio column.
+HEADER_CHANNELS_LAST = [
+    "| model, batch | mode | threads | npresnet | torch | ratio | torch channels_last (ratio) "
+    "| speed-up vs 1 thread (npresnet / torch) | step memory vs torch |",
+    "|---|---|---|---|---|---|---|---|---|",
+]
 
 
-def _rows(report: dict[str, Any]) -> list[str]:
+def _has_channels_last(report: dict[str, Any]) -> bool:
+    return any("torch_channels_last_s" in row for row in report["results"])
+
+
+def _rows(report: dict[str, Any], channels_last: bool = False) -> list[str]:
     machine = report["machine"]
     scaling = {(s["model"], s["mode"], s["threads"]): s for s in report.get("scaling", [])}
     lines = []
@@ -82,22 +94,30 @@ def _rows(report: dict[str, Any]) -> list[str]:
             )
         size = row["image_size"]
         model = f"{MODEL_NAMES.get(row['model'], row['model'])}, {row['batch']} x {size}x{size}"
+        cl = ""
+        if channels_last:
+            cl = " |"
+            if "torch_channels_last_s" in row:
+                cl = f" {row['torch_channels_last_s']:.3f} s ({row['ratio_channels_last']:.2f}x) |"
         lines.append(
             f"| {model} | {row['mode']} | {threads} | {row['npresnet_s']:.3f} s | {row['torch_s']:.3f} s "
-            f"| {row['ratio']:.2f}x | {speedup} | {memory} |"
+            f"| {row['ratio']:.2f}x |{cl} {speedup} | {memory} |"
         )
     return lines
 
 
 def render(files: list[str]) -> str:
     """The markdown tables, one per machine (named above it), for these JSON files (repo-relative)."""
-    tables: dict[str, list[str]] = {}
+    reports: dict[str, list[dict[str, Any]]] = {}
     for name in files:
         report = json.loads((ROOT / name).read_text())
-        tables.setdefault(_machine_line(report["machine"]), []).extend(_rows(report))
+        reports.setdefault(_machine_line(report["machine"]), []).append(report)
     parts = []
-    for machine, rows in tables.items():
-        parts.append(f"Measured on {machine}:\n\n" + "\n".join(HEADER + rows))
+    for machine, group in reports.items():
+        channels_last = any(_has_channels_last(r) for r in group)
+        rows = [line for r in group for line in _rows(r, channels_last)]
+        header = HEADER_CHANNELS_LAST if channels_last else HEADER
+        parts.append(f"Measured on {machine}:\n\n" + "\n".join(header + rows))
     return "\n\n".join(parts)
 
 

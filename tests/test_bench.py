@@ -51,6 +51,7 @@ def test_bench_command_writes_the_promised_json(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     # The output names its figures: which way the ratio goes, and which memory is which.
     assert "ratio: npresnet time / torch time" in done.stdout and "ratio npresnet/torch" in done.stdout
+    assert "torch channels_last" in done.stdout and "choosing" in done.stdout
     assert "traced peak" in done.stdout and "resident memory of a step (fresh process)" in done.stdout
     report = json.loads(out.read_text())
     machine = report["machine"]
@@ -71,6 +72,10 @@ def test_bench_command_writes_the_promised_json(tmp_path):
             "gflops",
             "torch_s",
             "ratio",
+            "torch_channels_last_s",
+            "ratio_channels_last",
+            "first_call_s",
+            "choosing_s",
             "profile_ms",
             "rss_peak_mb",
             "torch_rss_peak_mb",
@@ -79,6 +84,8 @@ def test_bench_command_writes_the_promised_json(tmp_path):
         assert row["model"] == "resnet20" and row["batch"] == 4 and row["image_size"] == 16
         assert row["npresnet_s"] > 0 and row["torch_s"] > 0
         assert row["ratio"] == pytest.approx(row["npresnet_s"] / row["torch_s"])
+        assert row["ratio_channels_last"] == pytest.approx(row["npresnet_s"] / row["torch_channels_last_s"])
+        assert 0 <= row["choosing_s"] <= row["first_call_s"]
         assert row["images_per_s"] == pytest.approx(4 / row["npresnet_s"])
         assert row["logits_max_rel_error"] < 1e-3
     train = report["results"][1]

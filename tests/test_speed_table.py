@@ -69,3 +69,25 @@ def test_two_cpus_of_one_model_name_get_their_own_file_names_and_tables(tmp_path
     tables = speed_table.render(names)
     assert tables.count("Measured on AMD EPYC (family 2") == 2, tables
     assert tables.index("family 25 model 17") < tables.index("family 26 model 2")
+
+
+def test_a_file_with_torchs_channels_last_time_gets_its_column_and_older_files_render_as_before(tmp_path):
+    spec = importlib.util.spec_from_file_location("speed_table", SCRIPT)
+    speed_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed_table)
+    name = "bench/results/amd-epyc-2026-12-04-split-resnet20-b128.json"
+    old = json.loads((ROOT / name).read_text())
+    assert not any("torch_channels_last_s" in row for row in old["results"])  # an older file
+    assert speed_table.HEADER[0] in speed_table.render([name])
+    new = json.loads(json.dumps(old))
+    for row in new["results"]:
+        row["torch_channels_last_s"] = row["torch_s"] / 2
+        row["ratio_channels_last"] = row["npresnet_s"] / row["torch_channels_last_s"]
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    table = speed_table.render([str(tmp_path / "new.json"), name]).splitlines()
+    assert table[2] == speed_table.HEADER_CHANNELS_LAST[0]
+    rows = [line for line in table if line.startswith("| ResNet")]
+    assert len(rows) == 2 * len(old["results"]) and all(line.count("|") == 10 for line in rows)
+    first = new["results"][0]
+    assert f"| {first['torch_channels_last_s']:.3f} s ({2 * first['ratio']:.2f}x) |" in rows[0]
+    assert "| |" in rows[len(old["results"])]  # the older file's row: the column left empty

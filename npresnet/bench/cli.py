@@ -78,7 +78,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(note)
     legend = "s/batch: median seconds per step; traced peak: NumPy allocations of one step (tracemalloc)"
     if args.compare == "torch":
-        legend += "; ratio: npresnet time / torch time, their steps timed in alternation (above 1: npresnet is slower)"
+        legend += (
+            "; ratio: npresnet time / torch time, their steps timed in alternation (above 1: npresnet is slower), "
+            "against torch's default layout (NCHW) and its channels_last"
+        )
     print(legend)
     results = []
     for name in args.models:
@@ -101,8 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             flops = (2 if mode == "forward" else 3 * 2) * macs
             choosing_before = autotune.choosing_seconds()
             if compare is not None:  # the two frameworks' steps in alternation: the same machine state
-                tstep = torch_step(compare, mode, x, target)
-                (first, times), (_, torch_times) = timed_together([step, tstep], args.warmup, args.repeat, xp)
+                tsteps = [torch_step(compare, mode, x, target, channels_last=cl) for cl in (False, True)]
+                timings = timed_together([step, *tsteps], args.warmup, args.repeat, xp)
+                (first, times), (_, torch_times), (_, torch_cl_times) = timings
             else:
                 first, times = timed(step, args.warmup, args.repeat, xp)
             choosing = autotune.choosing_seconds() - choosing_before  # within the first call
@@ -136,9 +140,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if row["peak_memory_mb"] is not None:
                 line += f"  traced peak {row['peak_memory_mb']:.0f} MB"
             if compare is not None:
-                torch_s = statistics.median(torch_times)
-                row.update({"torch_s": torch_s, "ratio": median / torch_s, "logits_max_rel_error": logits_error})
-                line += f"  | torch {torch_s:.3f} s, ratio npresnet/torch {median / torch_s:.2f}x"
+                torch_s, torch_cl_s = statistics.median(torch_times), statistics.median(torch_cl_times)
+                row.update(
+                    {
+                        "torch_s": torch_s,
+                        "ratio": median / torch_s,
+                        "torch_channels_last_s": torch_cl_s,
+                        "ratio_channels_last": median / torch_cl_s,
+                        "logits_max_rel_error": logits_error,
+                    }
+                )
+                line += (
+                    f"  | torch {torch_s:.3f} s, ratio npresnet/torch {median / torch_s:.2f}x; "
+                    f"torch channels_last {torch_cl_s:.3f} s, ratio {median / torch_cl_s:.2f}x"
+                )
             if args.memory and args.backend == "numpy":
                 sizes = {
                     fw: measure_memory(fw, name, mode, batch, size, args.dtype, args.threads)

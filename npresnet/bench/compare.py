@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -88,11 +89,16 @@ def check_same_logits(model: nn.Module, tmodel: Any, torch: Any, x: Any, device:
     return error
 
 
-def torch_step(compare: tuple, mode: str, x: Any, target: Any) -> Callable[[], None]:
-    """One PyTorch step on the same data (synchronised on a GPU), ready to time."""
+def torch_step(compare: tuple, mode: str, x: Any, target: Any, channels_last: bool = False) -> Callable[[], None]:
+    """One PyTorch step on the same data (synchronised on a GPU), ready to time. ``channels_last``:
+    on a copy of the model and the input converted to torch's channels_last memory format (NHWC
+    strides), as torch's CPU performance guide advises; the same weights, its own optimizer."""
     torch, tmodel, device, _ = compare
     tx = torch.as_tensor(to_numpy(x), device=device)
     tt = torch.as_tensor(to_numpy(target), device=device)
+    if channels_last:
+        tmodel = copy.deepcopy(tmodel).to(memory_format=torch.channels_last)
+        tx = tx.contiguous(memory_format=torch.channels_last)
     step_once = make_torch_step(torch, tmodel, mode, tx, tt)
 
     def step() -> None:
