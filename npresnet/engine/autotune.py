@@ -14,10 +14,11 @@ Modes (``set_mode`` or ``NPRESNET_AUTOTUNE``, read by ``npresnet.settings``):
 ``"fixed"`` (the library's default, like cudnn.benchmark's False)
     always the ``fixed`` candidate, a deterministic rule: the same algorithm, hence the same bits,
     on every run (at a given thread count: BLAS's own bits, and the batch split's, depend on it).
-    Checkpoint resumes and bitwise-reproducible runs rely on it.
+    Runs that must give the same bits without sharing a checkpoint or a cache rely on it.
 ``"measure"``
-    time the candidates (``python -m npresnet.bench`` uses this by default). Candidates agree to
-    rounding, not bitwise, so two processes may pick differently and differ in the last bits.
+    time the candidates (``python -m npresnet.bench`` and ``python -m npresnet.train`` use this by
+    default). Candidates agree to rounding, not bitwise, so two processes may pick differently and
+    differ in the last bits, unless they share the cache file or replay a checkpoint's choices.
 
 Timing: each candidate runs once untimed (JIT compile, first touch of its memory), then its best
 of up to three timed runs counts (one when a run takes longer than ``LONG_RUN_S``); the timed runs
