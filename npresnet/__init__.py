@@ -7,7 +7,8 @@ Quick start::
     conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     y = conv(x)                              # forward, keeps a cache
-    dx = conv.backward(np.ones_like(y))      # backward, conv.weight.grad now holds dL/dW
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)  # dL/dy
+    dx = conv.backward(dy)                   # backward, conv.weight.grad now holds dL/dW
 """
 
 import importlib.util as _importlib_util
@@ -40,6 +41,10 @@ _API = {
     **dict.fromkeys(["GradcheckError", "GradcheckReport", "NondifferentiableError"], "gradcheck"),
     **dict.fromkeys(["load", "save"], "io"),
 }
+
+#: 0.1's public modules that moved into npresnet.engine: still reachable as attributes this release (each
+#: warns once and is the engine's module itself), never listed in __all__ or dir().
+_DEPRECATED_MODULES = ("autotune", "runtime")
 
 __all__ = [
     "GradcheckError",
@@ -79,6 +84,8 @@ if not TYPE_CHECKING:  # hidden from mypy, which would type what it cannot resol
             globals()[name] = value
             return value
         module = sys.modules.get(f"{__name__}.{name}")
+        if module is None and name in _DEPRECATED_MODULES:  # 0.1's spelling: the alias warns and hands over
+            module = importlib.import_module(f"{__name__}.{name}")
         if module is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         return module

@@ -85,3 +85,18 @@ def test_calling_the_package_is_deprecated_and_gives_the_same_result(rng):
         old_report = npresnet.gradcheck(conv, x, mode="directional")
     new_report = npresnet.gradcheck.gradcheck(conv, x, mode="directional")
     assert str(old_report) == str(new_report)
+
+
+def test_the_moved_modules_of_0_1_resolve_as_attributes_with_a_deprecation_warning():
+    # 0.1 users wrote `import npresnet; npresnet.runtime.set_num_threads(2)` with no import of runtime
+    out = _run(
+        "import warnings, npresnet, npresnet.engine.runtime as r, npresnet.engine.autotune as a\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    same = npresnet.runtime is r and npresnet.autotune is a\n"
+        "print(same, sorted(str(w.message) for w in caught), 'runtime' in dir(npresnet))"
+    )
+    assert out.split()[0] == "True", out
+    assert "npresnet.runtime is deprecated: use npresnet.engine.runtime" in out, out
+    assert "npresnet.autotune is deprecated: use npresnet.engine.autotune" in out, out
+    assert out.split()[-1] == "False", out
