@@ -27,6 +27,7 @@ from typing import Any
 __all__ = [
     "COMMANDS",
     "DEPRECATED",
+    "ExamplesFormatter",
     "PARSERS",
     "get_parser",
     "reference_markdown",
@@ -86,9 +87,10 @@ def deprecation_note(old: str, new: str) -> None:
     print(f"note: {old} is deprecated, use {new} (the old spelling goes in npresnet {REMOVED_IN})", file=sys.stderr)
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter, except that a paragraph with indented lines (examples, exit statuses)
-    keeps its line breaks; other paragraphs are filled as usual."""
+class ExamplesFormatter(argparse.HelpFormatter):
+    """Every npresnet command's help formatter (``python -m npresnet.learn`` too): argparse's, except
+    that a paragraph with indented lines (examples, exit statuses) keeps its line breaks; other
+    paragraphs are filled as usual."""
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         paragraphs = []
@@ -116,7 +118,7 @@ def command_parser(
         + "\n".join(f"  {line}" for line in exit_status)
     )
     return argparse.ArgumentParser(
-        prog=f"python -m {module}", description=description, epilog=epilog, formatter_class=_Formatter
+        prog=f"python -m {module}", description=description, epilog=epilog, formatter_class=ExamplesFormatter
     )
 
 
@@ -214,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=f"commands:\n{listing}\n\nexamples:\n  python -m npresnet demo\n"
         "  python -m npresnet summary --model resnet50\n  python -m npresnet --version\n\n"
         f"exit status:\n  0  the list, or the command's own status\n  {EXIT_OPTIONS}",
-        formatter_class=_Formatter,
+        formatter_class=ExamplesFormatter,
     )
     p.add_argument("--version", action="version", version=f"npresnet {__version__}")
     p.add_argument(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
 from importlib import resources
 
+from ..commands import ExamplesFormatter
 from . import progress
 from .catalogue import BY_NAME, EXERCISES, Exercise, get
 
@@ -56,23 +56,6 @@ def solution(exercise: Exercise) -> str:
     return _text("solutions", exercise)
 
 
-class _Formatter(argparse.HelpFormatter):
-    """Paragraphs are filled to the terminal's width, except those with indented lines (the examples
-    and exit statuses), which keep their line breaks (npresnet's other commands format the same way)."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        paragraphs = []
-        for paragraph in text.split("\n\n"):
-            lines = paragraph.splitlines()
-            if any(line.startswith(" ") for line in lines[1:]):
-                paragraphs.append("\n".join(indent + line for line in lines))
-            else:
-                paragraphs.append(
-                    textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent, subsequent_indent=indent)
-                )
-        return "\n\n".join(paragraphs)
-
-
 def _positive(value: str) -> int:
     """An argparse type: a whole number >= 1."""
     try:
@@ -94,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
             "that trains on the digits with your own layers. docs/learn.md walks through it."
         ),
         epilog=EXAMPLES + "\n\n" + EXIT_STATUS,
-        formatter_class=_Formatter,
+        formatter_class=ExamplesFormatter,
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -104,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
             help=help,
             description=help,
             epilog=EXAMPLES + "\n\n" + EXIT_STATUS,
-            formatter_class=_Formatter,
+            formatter_class=ExamplesFormatter,
         )
         if takes_name:
             sub.add_argument("name", metavar="NAME", choices=list(BY_NAME), help=f"the exercise: one of {names}")
