@@ -40,7 +40,36 @@ tiles, F(4x4, 3x3), have transforms with 1/6 and 1/24 and lose about two digits;
 
 The input gradient of a stride-1 3x3 convolution is a convolution of dy with the flipped,
 transposed filters and padding 2 - P (``conv3x3_cpu`` derives it), so the same three steps compute
-dx, for padding <= 2. The weight gradient stays with the other algorithms.
+dx, for padding <= 2.
+
+The weight gradient, dW[o, c, i, j] = sum over n, y, x of dy[n, o, y, x] * xpad[n, c, y+i, x+j],
+correlates each 4x4 input patch d with the 2x2 tile e of dy at the same place (tiles of dy where
+the forward had tiles of y), a 3x3 result per tile: F(3x3, 2x2) (Lavin and Gray use it for the
+weight gradient). The algorithm used here is the transpose of F(2x2, 3x3): Y = A^T [(G g G^T) *
+(B^T d B)] A is linear in g, and its derivative with respect to g, given dY = e, is::
+
+    dg (3x3) = G^T [ (A e A^T) * (B^T d B) ] G            (* elementwise on 4x4)
+
+    A = [[1,  0],    G^T = [[1, 1/2,  1/2, 0],
+         [1,  1],           [0, 1/2, -1/2, 0],
+         [1, -1],           [0, 1/2,  1/2, 1]]
+         [0, -1]]
+
+Since the 2x2 tile is exactly Y's (each of its four entries a sum of nine products of g and d),
+this is exactly the tile's share of dW. The x tiles are the forward's V, bit for bit; the dy
+transform only adds and subtracts; the halvings come last, once per (o, c), not once per tile.
+(The F(3, 2) of the Toom-Cook points 0, 1, -1, inf with the 1/2 in the dy transform instead is
+the same algorithm up to where the halving and one sign go.) Summing over the tiles and samples
+commutes with G^T .. G, so with E[a, b] = (A e A^T)[a, b] as (O, P) matrices the weight gradient
+is 16 GEMMs with the long dimension P inside::
+
+    E = transform_gradient(dy)              # (4, 4, O, P)
+    V = transform_input(x)                  # (4, 4, C, P)
+    M[a, b] = E[a, b] @ V[a, b]^T           # (O, P) @ (P, C) -> (O, C), for the 16 (a, b)
+    dW = transform_weight_gradient(M)       # G^T M G per (o, c) -> (O, C, 3, 3)
+
+again 16 multiplications per tile and (o, c) instead of 36. Tiles hanging over the edge of dy
+read zeros there, so they add nothing for the missing rows and columns.
 
 This file is the reference (NumPy or CuPy through the array module, whole arrays at a time); on the
 CPU ``npresnet.kernels`` has Numba versions of the two data transforms with the same arithmetic in
@@ -55,7 +84,17 @@ from typing import Any
 
 from ..backend import get_array_module
 
-__all__ = ["G", "conv3x3_winograd", "tiles", "transform_input", "transform_output", "transform_weight"]
+__all__ = [
+    "G",
+    "conv3x3_winograd",
+    "tiles",
+    "transform_gradient",
+    "transform_input",
+    "transform_output",
+    "transform_weight",
+    "transform_weight_gradient",
+    "weight_gradient",
+]
 
 
 def tiles(OH: int, OW: int) -> tuple[int, int]:
@@ -137,3 +176,57 @@ def conv3x3_winograd(x: Any, weight: Any, padding: tuple[int, int]) -> Any:
     V = transform_input(x, padding, (TH, TW)).reshape(16, C, N * TH * TW)
     M = xp.matmul(U, V)  # 16 GEMMs (O, C) @ (C, N*TH*TW)
     return transform_output(M.reshape(4, 4, O, N * TH * TW), N, (OH, OW))
+
+
+def _a(e0: Any, e1: Any) -> tuple[Any, Any, Any, Any]:
+    """A applied along one axis, 2 values to 4: (e0, e0 + e1, e0 - e1, -e1)."""
+    return e0, e0 + e1, e0 - e1, -e1
+
+
+def transform_gradient(dy: Any, tile_counts: tuple[int, int]) -> Any:
+    """E = A e A^T for every output channel and 2x2 tile e of dy: dy (N, O, OH, OW) -> E (4, 4, O,
+    N*TH*TW), tiles in (n, ty, tx) order as in :func:`transform_input`; a tile hanging over the
+    edge reads zeros. Rows first (over rows 2*ty and 2*ty + 1), then columns."""
+    xp = get_array_module(dy)
+    N, O, OH, OW = dy.shape
+    TH, TW = tile_counts
+    padded = xp.zeros((N, O, 2 * TH, 2 * TW), dtype=dy.dtype)
+    padded[:, :, :OH, :OW] = dy
+    E = xp.empty((4, 4, O, N, TH, TW), dtype=dy.dtype)
+    rows = _a(padded[:, :, 0::2, :], padded[:, :, 1::2, :])  # each (N, O, TH, 2*TW)
+    for a, row in enumerate(rows):
+        for b, value in enumerate(_a(row[..., 0::2], row[..., 1::2])):
+            E[a, b] = value.transpose(1, 0, 2, 3)  # (N, O, TH, TW) -> (O, N, TH, TW)
+    return E.reshape(4, 4, O, N * TH * TW)
+
+
+def _gt(m0: Any, m1: Any, m2: Any, m3: Any) -> tuple[Any, Any, Any]:
+    """G^T applied along one axis, 4 values to 3: with h = (m1 + m2) / 2, (m0 + h, (m1 - m2) / 2, h + m3)."""
+    h = (m1 + m2) * 0.5
+    return m0 + h, (m1 - m2) * 0.5, h + m3
+
+
+def transform_weight_gradient(M: Any) -> Any:
+    """dW = G^T M G for every (o, c): M (4, 4, O, C) -> dW (O, C, 3, 3), C-contiguous. Rows
+    first (over a), then columns (over b)."""
+    xp = get_array_module(M)
+    O, C = M.shape[2:]
+    dW = xp.empty((O, C, 3, 3), dtype=M.dtype)
+    rows = _gt(M[0], M[1], M[2], M[3])  # each (4, O, C), indexed by b
+    for i, row in enumerate(rows):
+        for j, value in enumerate(_gt(row[0], row[1], row[2], row[3])):
+            dW[:, :, i, j] = value
+    return dW
+
+
+def weight_gradient(dy: Any, x: Any, padding: tuple[int, int]) -> Any:
+    """dW of y = conv2d(x, weight), stride 1, dilation 1, padding <= 2: dy (N, O, OH, OW), x (N, C,
+    H, W) -> dW (O, C, 3, 3), the whole batch at once (the four lines of the module docstring)."""
+    xp = get_array_module(dy)
+    N, O, OH, OW = dy.shape
+    C = x.shape[1]
+    TH, TW = tiles(OH, OW)
+    E = transform_gradient(dy, (TH, TW)).reshape(16, O, N * TH * TW)
+    V = transform_input(x, padding, (TH, TW)).reshape(16, C, N * TH * TW)
+    M = xp.matmul(E, V.transpose(0, 2, 1))  # 16 GEMMs (O, P) @ (P, C)
+    return transform_weight_gradient(M.reshape(4, 4, O, C))
