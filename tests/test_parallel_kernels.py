@@ -210,6 +210,23 @@ def test_the_winograd_transforms_give_the_same_bits_at_one_and_two_threads():
     )
 
 
+def test_the_winograd_weight_gradient_transform_gives_the_same_bits_at_one_and_two_threads():
+    assert_ok(
+        run_with_two_threads("""
+        from npresnet.functional import winograd
+        from test_winograd_weight import CASES, _case
+        for dtype in (np.float64, np.float32):
+            for case in CASES + [((3, 7, 5, 33, 30), (1, 1)), ((2, 16, 16, 32, 32), (1, 1))]:
+                x, w, padding, dy = _case(case, dtype)
+                tiles = winograd.tiles(*dy.shape[2:])
+                E = serial_and_parallel(lambda: kernels.get("winograd_gradient", dy)(dy, tiles))
+                same_bits(*E, f"winograd gradient {case}")
+                same_bits(E[1], winograd.transform_gradient(dy, tiles), f"winograd gradient {case} vs reference")
+        print("ok")
+        """)
+    )
+
+
 @pytest.mark.parametrize("layer", ["default", "workqueue"])
 def test_a_training_step_gives_the_same_bits_at_one_and_two_threads(layer):
     """End to end: two SGD steps of a CIFAR ResNet (train-mode BatchNorm, the direct 3x3 and im2col

@@ -102,3 +102,16 @@ def test_the_matrices_are_the_transpose_of_f2x2_3x3():
     assert np.allclose(dg, correlation, rtol=0, atol=1e-13)
     forward = AT @ ((G @ g @ G.T) * V) @ AT.T  # the forward's 2x2 tile, linear in g
     assert np.isclose((forward * e).sum(), (dg * g).sum(), rtol=1e-13, atol=0)
+
+
+@numba_only
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_numba_dy_transform_gives_the_reference_bits(dtype):
+    for case in CASES + [((3, 2, 5, 33, 30), (1, 1))]:
+        x, w, padding, dy = _case(case, dtype)
+        tiles = winograd.tiles(*dy.shape[2:])
+        E = kernels.get("winograd_gradient", dy)(dy, tiles)
+        want = winograd.transform_gradient(dy, tiles)
+        assert E.shape == want.shape and E.dtype == want.dtype and np.array_equal(E, want), case
+        strided = np.asfortranarray(dy)  # any layout in, the same values out
+        assert np.array_equal(kernels.get("winograd_gradient", dy)(strided, tiles), want), case
