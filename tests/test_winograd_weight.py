@@ -2,7 +2,10 @@
 ``weight_gradient``, kernels/winograd_weight_cpu.py, the engine's "winograd/<n>" for dW).
 
 The reference equals im2col + GEMM's dW on awkward shapes (H != W, odd output sizes whose last
-tiles hang over the edge of dy, batch 1, one channel, C != O, padding 0, 1, 2 and mixed).
+tiles hang over the edge of dy, batch 1, one channel, C != O, padding 0, 1, 2 and mixed); the Numba
+dy transform gives the reference's bits (at two threads too: tests/test_parallel_kernels.py); the
+engine's chunked "winograd/<n>" and "winograd-split/<n>" equal im2col + GEMM's dW to rounding.
+(The dispatch's candidates and the fixed rule: tests/test_winograd.py, tests/test_autotune.py.)
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ import numpy as np
 import pytest
 
 from npresnet import kernels
+from npresnet.engine.conv import run_gradients, winograd_weight_gradient
 from npresnet.functional import winograd
-from npresnet.functional.conv import conv2d_backward, conv2d_forward
+from npresnet.functional.conv import conv2d_backward, conv2d_forward, im2col_gemm_backward
 
 numba_only = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
 
@@ -115,3 +119,37 @@ def test_the_numba_dy_transform_gives_the_reference_bits(dtype):
         assert E.shape == want.shape and E.dtype == want.dtype and np.array_equal(E, want), case
         strided = np.asfortranarray(dy)  # any layout in, the same values out
         assert np.array_equal(kernels.get("winograd_gradient", dy)(strided, tiles), want), case
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("chunk, split", [(1, False), (2, False), (100, False), (1, True), (2, True)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_the_engine_equals_the_gemm_in_chunks(case, chunk, split, dtype):
+    """The engine's dW by "winograd/<n>" / "winograd-split/<n>" against im2col + GEMM's: each chunk's
+    products add into M in another order than one whole-batch GEMM, still a sum of the same
+    products (float32 bound as in test_float32_agrees_with_the_gemm_to_rounding)."""
+    x, w, padding, dy = _case(case, dtype)
+    with kernels.reference_only():
+        _, cache = conv2d_forward(x, w, None, 1, padding)
+        want = im2col_gemm_backward(dy, x, cache, need_input_grad=False)[1]
+    _, cache = conv2d_forward(x, w, None, 1, padding)
+    name = f"{'winograd-split' if split else 'winograd'}/{chunk}"
+    dx, got = run_gradients(dy, cache, weight_algorithm=name)
+    assert dx is None and got.shape == want.shape and got.dtype == want.dtype
+    bound = 1e-13 if dtype == np.float64 else 1e-5
+    assert _relative_error(got, want) <= bound, (name, _relative_error(got, want))
+    # both gradients by the same name: dx by Winograd F(2x2, 3x3), dW by its transpose
+    dx_want = im2col_gemm_backward(dy, x, cache, need_weight_grad=False)[0]
+    dx, dw = run_gradients(dy, cache, input_algorithm=name, weight_algorithm=name)
+    assert _relative_error(dw, want) <= bound and _relative_error(dx, dx_want) <= bound
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_one_chunk_is_the_reference(dtype):
+    """The whole batch in one chunk: the same transforms (Numba or NumPy: the same bits) and the same
+    16 GEMMs as the reference, then the same output transform."""
+    x, w, padding, dy = _case(((3, 5, 4, 9, 7), (1, 2)), dtype)
+    want = winograd.weight_gradient(dy, x, padding)
+    assert np.array_equal(winograd_weight_gradient(dy, x, padding=padding, samples=3), want)
+    with kernels.reference_only():  # the NumPy transforms
+        assert np.array_equal(winograd_weight_gradient(dy, x, padding=padding, samples=3), want)

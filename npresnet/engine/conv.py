@@ -19,7 +19,8 @@
     has only 16-32 rows and runs far below BLAS's peak): same products, summed in another order.
 ``winograd/<n>``, ``winograd-split/<n>``
     Winograd's F(2x2, 3x3) (``npresnet.functional.winograd`` teaches it) for the forward and dx
-    (a convolution of dy with the flipped filters), in chunks of ``n`` samples, optionally split.
+    (a convolution of dy with the flipped filters), and its transpose for dW
+    (:func:`winograd_weight_gradient`), in chunks of ``n`` samples, optionally split.
 
 The 1x1 convolutions never come here: ``functional.conv`` computes them as one GEMM per sample.
 """
@@ -34,7 +35,16 @@ from ..functional import conv as textbook
 from ..functional import winograd as winograd_math
 from . import batch_threads, conv_dispatch
 
-__all__ = ["Plan", "direct_gradients", "forward", "gradients", "run_forward", "run_gradients", "winograd"]
+__all__ = [
+    "Plan",
+    "direct_gradients",
+    "forward",
+    "gradients",
+    "run_forward",
+    "run_gradients",
+    "winograd",
+    "winograd_weight_gradient",
+]
 
 
 class Plan(NamedTuple):
@@ -142,9 +152,9 @@ def gradients(
         "split_chunks": split_chunks,
     }
     input_algorithm = weight_algorithm = None
+    geometry: dict[str, Any] = {"stride": cache.stride, "padding": cache.padding, "dilation": cache.dilation}
+    winograd_ok = conv_dispatch.winograd_applies(dout, kernel=(KH, KW), groups=cache.groups, **geometry)
     if need_input_grad:
-        geometry: dict[str, Any] = {"stride": cache.stride, "padding": cache.padding, "dilation": cache.dilation}
-        winograd_ok = conv_dispatch.winograd_applies(dout, kernel=(KH, KW), groups=cache.groups, **geometry)
         winograd_chunks, winograd_split = (
             conv_dispatch.winograd_candidates(xp, N=N, channels=O, out=(H, W), itemsize=dout.dtype.itemsize)
             if winograd_ok
@@ -158,8 +168,17 @@ def gradients(
             run=lambda name: run_gradients(dout, cache, input_algorithm=name),
         )
     if need_weight_grad:
+        weight_winograd, weight_winograd_split = (  # a chunk's tiles: of dy (O channels) and of x (C)
+            conv_dispatch.winograd_candidates(xp, N=N, channels=C + O, out=(OH, OW), itemsize=dout.dtype.itemsize)
+            if winograd_ok
+            else ([], [])
+        )
         weight_algorithm = conv_dispatch.choose(
-            "weight grad", **common, run=lambda name: run_gradients(dout, cache, weight_algorithm=name)
+            "weight grad",
+            **common,
+            winograd_chunks=weight_winograd,
+            winograd_split_chunks=weight_winograd_split,
+            run=lambda name: run_gradients(dout, cache, weight_algorithm=name),
         )
     if input_algorithm == weight_algorithm and input_algorithm is not None:  # one pass over the chunks
         return run_gradients(dout, cache, input_algorithm=input_algorithm, weight_algorithm=weight_algorithm)
@@ -171,7 +190,7 @@ def gradients(
 def run_gradients(
     dout: Any, cache: Any, *, input_algorithm: str | None = None, weight_algorithm: str | None = None
 ) -> tuple[Any | None, Any | None]:
-    """(dx, dweight) by the given algorithms (None: skip that one). For dx also "winograd/<n>" and
+    """(dx, dweight) by the given algorithms (None: skip that one). For both also "winograd/<n>" and
     "winograd-split/<n>", for dweight also "direct/dots". Two gemm or split algorithms must be the
     same: they share one loop over the chunks."""
     weight = cache.weight
@@ -189,6 +208,11 @@ def run_gradients(
     if weight_algorithm in ("direct", "direct/dots"):
         name = "conv3x3_backward_weight" if weight_algorithm == "direct" else "conv3x3_backward_weight_dots"
         dweight = kernels.get(name, dout)(dout, cache.x, cache.padding, cache.dilation)
+        weight_algorithm = None
+    if weight_algorithm is not None and weight_algorithm.startswith("winograd"):
+        method, samples = weight_algorithm.split("/")
+        split = method == "winograd-split"
+        dweight = winograd_weight_gradient(dout, cache.x, padding=cache.padding, samples=int(samples), split=split)
         weight_algorithm = None
     if input_algorithm is None and weight_algorithm is None:
         return dx, dweight
@@ -263,3 +287,42 @@ def winograd(x: Any, weight: Any, *, padding: tuple[int, int], samples: int, spl
     else:
         convolve_samples(0, N)
     return y
+
+
+def winograd_weight_gradient(dout: Any, x: Any, *, padding: tuple[int, int], samples: int, split: bool = False) -> Any:
+    """dW (O, C, 3, 3) of y = conv2d(x, weight), stride 1, dilation 1, padding <= 2, by the transpose
+    of Winograd's F(2x2, 3x3) (``npresnet.functional.winograd.weight_gradient``), ``samples``
+    samples at a time: a chunk's dy and x tiles (16 values per tile and channel, 4x the data they
+    stand for) go through the 16 GEMMs (O, P) @ (P, C) while they are still in cache, and the
+    products M (16, O, C) add up over the chunks; G^T M G once at the end. The Numba transforms
+    where they run (the references' bits). ``split``: each thread its own slice of the batch and its
+    own M (one-thread GEMMs, serial kernels: ``batch_threads``), added in slice order."""
+    xp = get_array_module(dout)
+    N, O, OH, OW = dout.shape
+    C = x.shape[1]
+    TH, TW = winograd_math.tiles(OH, OW)
+    dy_tiles = kernels.get("winograd_gradient", dout) or winograd_math.transform_gradient
+    x_tiles = kernels.get("winograd_input", x) or winograd_math.transform_input
+    parts: dict[int, Any] = {}  # slice -> its samples' sum of M
+
+    def accumulate_samples(begin: int, end: int, part: int = 0) -> None:
+        M = product = None
+        for start in range(begin, end, samples):
+            n = min(samples, end - start)
+            E = dy_tiles(dout[start : start + n], (TH, TW)).reshape(16, O, n * TH * TW)
+            V = x_tiles(x[start : start + n], padding, (TH, TW)).reshape(16, C, n * TH * TW)
+            if M is None:
+                M = xp.matmul(E, V.transpose(0, 2, 1))  # 16 GEMMs (O, n*TH*TW) @ (n*TH*TW, C)
+                product = xp.empty_like(M)
+            else:
+                M += xp.matmul(E, V.transpose(0, 2, 1), out=product)
+        parts[part] = M
+
+    if split:
+        batch_threads.run(N, accumulate_samples)
+    else:
+        accumulate_samples(0, N)
+    M = parts[min(parts)]
+    for part in sorted(parts)[1:]:  # in slice order: the same bits on every run
+        M += parts[part]
+    return winograd_math.transform_weight_gradient(M.reshape(4, 4, O, C))

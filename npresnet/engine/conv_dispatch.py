@@ -6,8 +6,9 @@
 ``NPRESNET_BATCH_SPLIT=0``), ``"direct"`` (the direct 3x3 kernels: CPU, stride 1, one group,
 padding <= 2 * dilation, see ``direct_applies``), ``"direct/dots"`` (weight gradient only: the same
 layout, dw as Numba dot products per (o, c), which use every thread where the small BLAS products
-do not), ``"winograd/<n>"`` and ``"winograd-split/<n>"`` (forward and input gradient only, measure
-mode only: F(2x2, 3x3), 2.25x fewer multiplications, where ``winograd_applies``).
+do not), ``"winograd/<n>"`` and ``"winograd-split/<n>"`` (measure mode only: F(2x2, 3x3) for the
+forward and the input gradient, its transpose for the weight gradient, 2.25x fewer multiplications,
+where ``winograd_applies``).
 
 This module lists the candidates for a shape and asks ``autotune`` to pick one. In the ``"fixed"``
 mode (the default) the pick is a rule: the direct kernels for the gradients up to
@@ -94,8 +95,8 @@ def winograd_applies(
     dilation: tuple[int, int],
     groups: int,
 ) -> bool:
-    """Whether Winograd F(2x2, 3x3) is a candidate for this convolution's forward and input
-    gradient (the latter a convolution with padding 2 - P, hence P <= 2)."""
+    """Whether Winograd F(2x2, 3x3) is a candidate for this convolution's forward and gradients
+    (the input gradient is a convolution with padding 2 - P, hence P <= 2)."""
     plain_3x3 = kernel == (3, 3) and stride == (1, 1) and dilation == (1, 1) and groups == 1
     if not plain_3x3 or max(padding) > 2:
         return False
@@ -172,7 +173,7 @@ def choose(
 
     ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``,
     ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` and ``winograd_split_chunks`` from
-    ``winograd_candidates`` (or empty: not a candidate; never for the weight gradient);
+    ``winograd_candidates`` (or empty: not a candidate);
     ``run(name)`` computes the result with algorithm ``name`` (used only for timing).
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
@@ -184,8 +185,7 @@ def choose(
         names.append("direct")
         if what == "weight grad":
             names.append("direct/dots")
-    if what != "weight grad":
-        names += [f"winograd/{n}" for n in winograd_chunks]
-        names += [f"winograd-split/{n}" for n in winograd_split_chunks]
+    names += [f"winograd/{n}" for n in winograd_chunks]
+    names += [f"winograd-split/{n}" for n in winograd_split_chunks]
     candidates = {name: (lambda name=name: run(name)) for name in names}
     return autotune.choose(f"conv2d {what}", key, candidates, fixed)
