@@ -50,7 +50,7 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``conv3x3_backward_weight_dots`` (dout, x, padding, dilation) -> the same dweight by Numba dot products
 ``winograd_input``              (x, padding, (TH, TW)) -> V (4, 4, C, N*TH*TW), Winograd F(2x2, 3x3) tiles
 ``winograd_output``             (M (4, 4, O, N*TH*TW), N, (OH, OW), y=None) -> y (N, O, OH, OW)
-``winograd_gradient``           (dy, (TH, TW)) -> E (4, 4, O, N*TH*TW), the dy tiles of Winograd's dW
+``winograd_gradient``           (dy, (TH, TW)) -> Et (4, 4, N*TH*TW, O), Winograd dW's dy tiles, tiles first
 ==============================  ==========================================================================
 
 The conv3x3 kernels are the one exception to "same result as the reference": they compute a

@@ -293,36 +293,46 @@ def winograd_weight_gradient(dout: Any, x: Any, *, padding: tuple[int, int], sam
     """dW (O, C, 3, 3) of y = conv2d(x, weight), stride 1, dilation 1, padding <= 2, by the transpose
     of Winograd's F(2x2, 3x3) (``npresnet.functional.winograd.weight_gradient``), ``samples``
     samples at a time: a chunk's dy and x tiles (16 values per tile and channel, 4x the data they
-    stand for) go through the 16 GEMMs (O, P) @ (P, C) while they are still in cache, and the
-    products M (16, O, C) add up over the chunks; G^T M G once at the end. The Numba transforms
-    where they run (the references' bits). ``split``: each thread its own slice of the batch and its
+    stand for) go through 16 GEMMs while they are still in cache, and the products add up over the
+    chunks; G^T M G once at the end. The GEMMs compute M^T = V @ E^T, (C, P) @ (P, O), with the dy
+    tiles laid out tiles first by the Numba kernel (``kernels/winograd_weight_cpu.py`` says why);
+    the same products as the reference's E @ V^T, summed in BLAS's order. The Numba transforms where
+    they run (the references' values, bit for bit). ``split``: each thread its own slice of the batch and its
     own M (one-thread GEMMs, serial kernels: ``batch_threads``), added in slice order."""
     xp = get_array_module(dout)
     N, O, OH, OW = dout.shape
     C = x.shape[1]
     TH, TW = winograd_math.tiles(OH, OW)
-    dy_tiles = kernels.get("winograd_gradient", dout) or winograd_math.transform_gradient
     x_tiles = kernels.get("winograd_input", x) or winograd_math.transform_input
-    parts: dict[int, Any] = {}  # slice -> its samples' sum of M
+    dy_kernel = kernels.get("winograd_gradient", dout)  # E tiles first, (4, 4, P, O)
+
+    def dy_tiles(dy: Any) -> Any:
+        """E^T (16, P, O) of the chunk dy, a view of the reference's E where the kernel does not run."""
+        n = dy.shape[0]
+        if dy_kernel is not None:
+            return dy_kernel(dy, (TH, TW)).reshape(16, n * TH * TW, O)
+        return winograd_math.transform_gradient(dy, (TH, TW)).reshape(16, O, n * TH * TW).transpose(0, 2, 1)
+
+    parts: dict[int, Any] = {}  # slice -> its samples' sum of M^T
 
     def accumulate_samples(begin: int, end: int, part: int = 0) -> None:
-        M = product = None
+        Mt = product = None
         for start in range(begin, end, samples):
             n = min(samples, end - start)
-            E = dy_tiles(dout[start : start + n], (TH, TW)).reshape(16, O, n * TH * TW)
             V = x_tiles(x[start : start + n], padding, (TH, TW)).reshape(16, C, n * TH * TW)
-            if M is None:
-                M = xp.matmul(E, V.transpose(0, 2, 1))  # 16 GEMMs (O, n*TH*TW) @ (n*TH*TW, C)
-                product = xp.empty_like(M)
+            Et = dy_tiles(dout[start : start + n])
+            if Mt is None:  # M^T: 16 GEMMs (C, n*TH*TW) @ (n*TH*TW, O)
+                Mt = xp.matmul(V, Et)
+                product = xp.empty_like(Mt)
             else:
-                M += xp.matmul(E, V.transpose(0, 2, 1), out=product)
-        parts[part] = M
+                Mt += xp.matmul(V, Et, out=product)
+        parts[part] = Mt
 
     if split:
         batch_threads.run(N, accumulate_samples)
     else:
         accumulate_samples(0, N)
-    M = parts[min(parts)]
+    Mt = parts[min(parts)]
     for part in sorted(parts)[1:]:  # in slice order: the same bits on every run
-        M += parts[part]
-    return winograd_math.transform_weight_gradient(M.reshape(4, 4, O, C))
+        Mt += parts[part]
+    return winograd_math.transform_weight_gradient(Mt.transpose(0, 2, 1).reshape(4, 4, O, C))
