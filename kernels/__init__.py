@@ -51,6 +51,7 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``winograd_input``              (x, padding, (TH, TW)) -> V (4, 4, C, N*TH*TW), Winograd F(2x2, 3x3) tiles
 ``winograd_output``             (M (4, 4, O, N*TH*TW), N, (OH, OW), y=None) -> y (N, O, OH, OW)
 ``winograd_gradient``           (dy, (TH, TW)) -> Et (4, 4, N*TH*TW, O), Winograd dW's dy tiles, tiles first
+``winograd_input_t``            (x, padding, (TH, TW)) -> Vt (4, 4, N*TH*TW, C): ``winograd_input``, tiles first
 ==============================  ==========================================================================
 
 The conv3x3 kernels are the one exception to "same result as the reference": they compute a
@@ -127,6 +128,7 @@ KERNELS = {
     "winograd_input": ("winograd_cpu", "winograd_input"),
     "winograd_output": ("winograd_cpu", "winograd_output"),
     "winograd_gradient": ("winograd_weight_cpu", "winograd_gradient"),
+    "winograd_input_t": ("winograd_weight_cpu", "winograd_input_t"),
 }
 
 #: kernel name -> (module, function) of the Numba CUDA kernel served for CuPy arrays (no batch norm).

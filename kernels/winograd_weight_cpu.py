@@ -1,22 +1,23 @@
-"""Numba version of the dy transform of Winograd's weight gradient: the values of
-``npresnet.functional.winograd.transform_gradient`` (which has the math and the reference), bit
-for bit, laid out tiles first.
+"""Numba transforms of Winograd's weight gradient: the values of
+``npresnet.functional.winograd.transform_gradient`` and ``transform_input`` (which have the math
+and the references), bit for bit, laid out tiles first.
 
     winograd_gradient:  dy (N, O, OH, OW) -> Et (4, 4, N*TH*TW, O),  Et[a, b, p, o] = E[a, b, o, p]
+    winograd_input_t:   x (N, C, H, W) -> Vt (4, 4, N*TH*TW, C),     Vt[a, b, p, c] = V[a, b, c, p]
 
-Why tiles first: the engine then computes M^T = V[a, b] @ Et[a, b], a (C, P) @ (P, O) product with
-both operands stored row by row and the long dimension P between them, a layout BLAS runs at
-full speed for any width, where (O, P) @ (P, C)^T with two wide operands ran slower; and each tile
-writes runs of O contiguous values. The x tiles are the forward's (``winograd_input`` in
-``winograd_cpu``) and the final G^T M G touches only O*C*16 values, so this is the one transform
-of its own.
+Why tiles first: the engine's GEMMs M = E @ V^T, (O, P) @ (P, C), then read V^T row by row and E
+through its transpose, with the long dimension P between them, a layout BLAS runs at full speed
+for any width, where E @ V^T with V^T a transposed view of (C, P) ran slower on wide layers; and
+each tile writes runs of O or C contiguous values. (The forward keeps ``winograd_cpu``'s layout,
+channel by channel: its GEMMs want V as (C, P).) The final G^T M G touches only O*C*16 values.
 
-A row of tiles (n, ty) reads the two rows of dy it covers from every plane into a small buffer
-that stays in L1, channels last (a transposition, zero past OH and OW as the reference's padded
-copy); the row and column transforms are then loops over o on contiguous values, which the
-compiler turns into vector code. Each value is the same additions and subtractions in the same
-order as the reference, so the results are the same bits. The rows of tiles are independent and
-split over the threads.
+Each kernel first transposes what it reads into a small buffer, channels last (zero where the
+references pad): ``winograd_gradient`` the two rows of dy that a row of tiles covers, a row of
+tiles per work item; ``winograd_input_t`` the whole padded sample, a sample per work item, since
+neighbouring rows of tiles share two rows of x. The row and column transforms are then loops over
+the channels on contiguous values, one output per loop, which the compiler turns into vector code.
+Each value is the same additions and subtractions in the same order as the reference, so the
+results are the same bits. The work items are independent and split over the threads.
 """
 
 from __future__ import annotations
@@ -76,3 +77,57 @@ def winograd_gradient(dy, tile_counts):
     Et = np.empty((4, 4, N * TH * TW, O), dtype=dy.dtype)
     winograd_gradient_kernel(dy, Et, TH, TW)
     return Et
+
+
+@parallel_kernel
+def winograd_input_t_kernel(x, Vt, PH, PW, TH, TW):
+    """Vt (4, 4, N*TH*TW, C) from x (N, C, H, W), zero padding PH on top, PW on the left."""
+    N, C, H, W = x.shape
+    Wp = 2 * TW + 2
+    for n in prange(N):
+        d = np.zeros((2 * TH + 2, Wp, C), dtype=x.dtype)  # the padded sample, channels last
+        r = np.empty((4, Wp, C), dtype=x.dtype)  # a row of tiles after the row transform
+        for c in range(C):
+            for h in range(H):
+                src, dst = x[n, c, h], d[PH + h, PW : PW + W]
+                for k in range(W):
+                    dst[k, c] = src[k]
+        r0, r1, r2, r3 = r[0].ravel(), r[1].ravel(), r[2].ravel(), r[3].ravel()
+        for ty in range(TH):
+            d0, d1, d2, d3 = d[2 * ty].ravel(), d[2 * ty + 1].ravel(), d[2 * ty + 2].ravel(), d[2 * ty + 3].ravel()
+            for q in range(Wp * C):  # rows first: B^T down each column, (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+                r0[q] = d0[q] - d2[q]
+            for q in range(Wp * C):
+                r1[q] = d1[q] + d2[q]
+            for q in range(Wp * C):
+                r2[q] = d2[q] - d1[q]
+            for q in range(Wp * C):
+                r3[q] = d1[q] - d3[q]
+            p0 = (n * TH + ty) * TW
+            for a in range(4):  # then B along each row of each tile
+                for tx in range(TW):
+                    j = 2 * tx
+                    e0, e1, e2, e3 = r[a, j], r[a, j + 1], r[a, j + 2], r[a, j + 3]
+                    out = Vt[a, 0, p0 + tx]
+                    for c in range(C):
+                        out[c] = e0[c] - e2[c]
+                    out = Vt[a, 1, p0 + tx]
+                    for c in range(C):
+                        out[c] = e1[c] + e2[c]
+                    out = Vt[a, 2, p0 + tx]
+                    for c in range(C):
+                        out[c] = e2[c] - e1[c]
+                    out = Vt[a, 3, p0 + tx]
+                    for c in range(C):
+                        out[c] = e1[c] - e3[c]
+
+
+def winograd_input_t(x, padding, tile_counts):
+    """The values of ``npresnet.functional.winograd.transform_input(x, padding, tile_counts)``,
+    tiles first: Vt (4, 4, N*TH*TW, C), C-contiguous (the reference's V is (4, 4, C, N*TH*TW))."""
+    x = np.ascontiguousarray(x)
+    N, C = x.shape[:2]
+    TH, TW = tile_counts
+    Vt = np.empty((4, 4, N * TH * TW, C), dtype=x.dtype)
+    winograd_input_t_kernel(x, Vt, padding[0], padding[1], TH, TW)
+    return Vt

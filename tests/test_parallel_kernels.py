@@ -210,7 +210,7 @@ def test_the_winograd_transforms_give_the_same_bits_at_one_and_two_threads():
     )
 
 
-def test_the_winograd_weight_gradient_transform_gives_the_same_bits_at_one_and_two_threads():
+def test_the_winograd_weight_gradient_transforms_give_the_same_bits_at_one_and_two_threads():
     assert_ok(
         run_with_two_threads("""
         from npresnet.functional import winograd
@@ -223,6 +223,10 @@ def test_the_winograd_weight_gradient_transform_gives_the_same_bits_at_one_and_t
                 same_bits(*E, f"winograd gradient {case}")
                 want = winograd.transform_gradient(dy, tiles).transpose(0, 1, 3, 2)  # tiles first
                 same_bits(E[1], want, f"winograd gradient {case} vs reference")
+                V = serial_and_parallel(lambda: kernels.get("winograd_input_t", x)(x, padding, tiles))
+                same_bits(*V, f"winograd input_t {case}")
+                want = winograd.transform_input(x, padding, tiles).transpose(0, 1, 3, 2)
+                same_bits(V[1], want, f"winograd input_t {case} vs reference")
         print("ok")
         """)
     )

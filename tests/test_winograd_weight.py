@@ -10,6 +10,11 @@ engine's chunked "winograd/<n>" and "winograd-split/<n>" equal im2col + GEMM's d
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -110,7 +115,7 @@ def test_the_matrices_are_the_transpose_of_f2x2_3x3():
 
 @numba_only
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_the_numba_dy_transform_gives_the_reference_bits(dtype):
+def test_the_numba_transforms_give_the_reference_bits(dtype):
     for case in CASES + [((3, 2, 5, 33, 30), (1, 1))]:
         x, w, padding, dy = _case(case, dtype)
         tiles = winograd.tiles(*dy.shape[2:])
@@ -118,8 +123,12 @@ def test_the_numba_dy_transform_gives_the_reference_bits(dtype):
         want = winograd.transform_gradient(dy, tiles).transpose(0, 1, 3, 2)
         assert Et.shape == want.shape and Et.dtype == want.dtype and Et.flags.c_contiguous, case
         assert np.array_equal(Et, want), case
+        Vt = kernels.get("winograd_input_t", x)(x, padding, tiles)
+        want = winograd.transform_input(x, padding, tiles).transpose(0, 1, 3, 2)
+        assert Vt.shape == want.shape and Vt.dtype == want.dtype and Vt.flags.c_contiguous, case
+        assert np.array_equal(Vt, want), case
         strided = np.asfortranarray(dy)  # any layout in, the same values out
-        assert np.array_equal(kernels.get("winograd_gradient", dy)(strided, tiles), want), case
+        assert np.array_equal(kernels.get("winograd_gradient", dy)(strided, tiles), Et), case
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -156,3 +165,37 @@ def test_one_chunk_is_the_reference_to_rounding(dtype):
     assert _relative_error(winograd_weight_gradient(dy, x, padding=padding, samples=3), want) <= bound
     with kernels.reference_only():
         assert _relative_error(winograd_weight_gradient(dy, x, padding=padding, samples=3), want) <= bound
+
+
+@numba_only
+def test_the_split_at_two_threads_equals_the_gemm_and_repeats_its_bits():
+    """ "winograd-split/<n>" at two threads: a slice of the batch per thread, chunks that must stop at
+    the slice's end (N = 5 in slices of 3 and 2, chunks of 2), the slices' M added in slice order."""
+    code = """
+        import numpy as np
+        from npresnet.engine import batch_threads, runtime
+        from npresnet.engine.conv import run_gradients
+        from npresnet.functional.conv import conv2d_forward, im2col_gemm_backward
+        runtime.set_num_threads(2)
+        assert batch_threads.available(np) and batch_threads.threads() == 2
+        rng = np.random.default_rng(0)
+        for N, padding in ((5, (1, 2)), (3, (0, 1)), (8, (1, 1))):
+            x, w = rng.standard_normal((N, 5, 9, 7)), rng.standard_normal((4, 5, 3, 3))
+            y, cache = conv2d_forward(x, w, None, 1, padding)
+            dy = rng.standard_normal(y.shape)
+            want = im2col_gemm_backward(dy, x, cache, need_input_grad=False)[1]
+            for name in ("winograd-split/1", "winograd-split/2", "winograd/2"):
+                runs = [run_gradients(dy, cache, weight_algorithm=name)[1] for _ in range(2)]
+                assert np.array_equal(runs[0], runs[1]), name
+                error = np.abs(runs[0] - want).max() / np.abs(want).max()
+                assert error <= 1e-13, (N, name, error)
+        print("ok")
+    """
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env={**os.environ, "NUMBA_NUM_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]

@@ -293,46 +293,47 @@ def winograd_weight_gradient(dout: Any, x: Any, *, padding: tuple[int, int], sam
     """dW (O, C, 3, 3) of y = conv2d(x, weight), stride 1, dilation 1, padding <= 2, by the transpose
     of Winograd's F(2x2, 3x3) (``npresnet.functional.winograd.weight_gradient``), ``samples``
     samples at a time: a chunk's dy and x tiles (16 values per tile and channel, 4x the data they
-    stand for) go through 16 GEMMs while they are still in cache, and the products add up over the
-    chunks; G^T M G once at the end. The GEMMs compute M^T = V @ E^T, (C, P) @ (P, O), with the dy
-    tiles laid out tiles first by the Numba kernel (``kernels/winograd_weight_cpu.py`` says why);
-    the same products as the reference's E @ V^T, summed in BLAS's order. The Numba transforms where
-    they run (the references' values, bit for bit). ``split``: each thread its own slice of the batch and its
-    own M (one-thread GEMMs, serial kernels: ``batch_threads``), added in slice order."""
+    stand for) go through the 16 GEMMs M = E @ V^T while they are still in cache, and M adds up
+    over the chunks; G^T M G once at the end. The Numba kernels (``kernels/winograd_weight_cpu.py``)
+    lay both sets of tiles out tiles first, (P, O) and (P, C), and the GEMMs read E through its
+    transpose; where they do not run, the references' arrays go in as they are. The same values
+    either way, bit for bit; BLAS sums the products in its own order. ``split``: each thread its
+    own slice of the batch and its own M (one-thread GEMMs, serial kernels: ``batch_threads``),
+    added in slice order."""
     xp = get_array_module(dout)
     N, O, OH, OW = dout.shape
     C = x.shape[1]
     TH, TW = winograd_math.tiles(OH, OW)
-    x_tiles = kernels.get("winograd_input", x) or winograd_math.transform_input
-    dy_kernel = kernels.get("winograd_gradient", dout)  # E tiles first, (4, 4, P, O)
+    dy_kernel, x_kernel = kernels.get("winograd_gradient", dout), kernels.get("winograd_input_t", x)
 
-    def dy_tiles(dy: Any) -> Any:
-        """E^T (16, P, O) of the chunk dy, a view of the reference's E where the kernel does not run."""
-        n = dy.shape[0]
-        if dy_kernel is not None:
-            return dy_kernel(dy, (TH, TW)).reshape(16, n * TH * TW, O)
-        return winograd_math.transform_gradient(dy, (TH, TW)).reshape(16, O, n * TH * TW).transpose(0, 2, 1)
+    def tiles(dy: Any, xs: Any) -> tuple[Any, Any]:
+        """E (16, O, P) and V^T (16, P, C) of a chunk (views of tiles-first arrays from the kernels)."""
+        P = dy.shape[0] * TH * TW
+        if dy_kernel is not None and x_kernel is not None:
+            Et, Vt = dy_kernel(dy, (TH, TW)), x_kernel(xs, padding, (TH, TW))
+            return Et.reshape(16, P, O).transpose(0, 2, 1), Vt.reshape(16, P, C)
+        E = winograd_math.transform_gradient(dy, (TH, TW)).reshape(16, O, P)
+        return E, winograd_math.transform_input(xs, padding, (TH, TW)).reshape(16, C, P).transpose(0, 2, 1)
 
-    parts: dict[int, Any] = {}  # slice -> its samples' sum of M^T
+    parts: dict[int, Any] = {}  # slice -> its samples' sum of M
 
     def accumulate_samples(begin: int, end: int, part: int = 0) -> None:
-        Mt = product = None
+        M = product = None
         for start in range(begin, end, samples):
-            n = min(samples, end - start)
-            V = x_tiles(x[start : start + n], padding, (TH, TW)).reshape(16, C, n * TH * TW)
-            Et = dy_tiles(dout[start : start + n])
-            if Mt is None:  # M^T: 16 GEMMs (C, n*TH*TW) @ (n*TH*TW, O)
-                Mt = xp.matmul(V, Et)
-                product = xp.empty_like(Mt)
+            stop = min(start + samples, end)
+            E, Vt = tiles(dout[start:stop], x[start:stop])
+            if M is None:  # 16 GEMMs (O, n*TH*TW) @ (n*TH*TW, C)
+                M = xp.matmul(E, Vt)
+                product = xp.empty_like(M)
             else:
-                Mt += xp.matmul(V, Et, out=product)
-        parts[part] = Mt
+                M += xp.matmul(E, Vt, out=product)
+        parts[part] = M
 
     if split:
         batch_threads.run(N, accumulate_samples)
     else:
         accumulate_samples(0, N)
-    Mt = parts[min(parts)]
+    M = parts[min(parts)]
     for part in sorted(parts)[1:]:  # in slice order: the same bits on every run
-        Mt += parts[part]
-    return winograd_math.transform_weight_gradient(Mt.transpose(0, 2, 1).reshape(4, 4, O, C))
+        M += parts[part]
+    return winograd_math.transform_weight_gradient(M.reshape(4, 4, O, C))
