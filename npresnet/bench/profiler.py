@@ -46,6 +46,8 @@ KERNEL_KINDS = {
     "conv3x3_backward_weight_dots": "direct3x3",
     "winograd_input": "winograd",
     "winograd_output": "winograd",
+    "winograd_gradient": "winograd",
+    "winograd_input_t": "winograd",
 }
 PROFILE_KINDS = ("im2col", "col2im", "GEMM", "direct3x3", "winograd", "batchnorm", "relu", "pooling", "linear", "other")
 
