@@ -191,9 +191,9 @@ def test_the_winograd_transforms_give_the_same_bits_at_one_and_two_threads():
     assert_ok(
         run_with_two_threads("""
         from npresnet.functional import winograd
-        from test_winograd import CASES, _case
+        from test_winograd import TRANSFORM_CASES, _case
         for dtype in (np.float64, np.float32):
-            for case in CASES + [((3, 7, 5, 33, 30), (1, 1))]:
+            for case in TRANSFORM_CASES + [((3, 7, 5, 33, 30), (1, 1))]:
                 x, w, padding = _case(case, dtype)
                 N, C, H, W = x.shape
                 out = (H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)

@@ -31,6 +31,21 @@ CASES = [
     ((4, 16, 8, 8, 8), (1, 1)),
 ]
 
+# For the Numba transforms' bits, CASES plus shapes that reach their other paths: rows of 16 tiles
+# and more (the SIMD columns step; exactly 16 with padding 0), odd and H != W among them, many
+# channels, and more samples than one work item holds (input: 81 8x8 or 7 32x32 planes; output:
+# 128 8x8 or 8 32x32 planes), so blocks end mid-batch.
+TRANSFORM_CASES = CASES + [
+    ((2, 2, 3, 31, 35), (1, 1)),
+    ((1, 3, 2, 36, 33), (2, 2)),
+    ((5, 2, 1, 9, 40), (0, 1)),
+    ((3, 1, 2, 34, 34), (0, 0)),
+    ((1, 1, 1, 2, 70), (1, 1)),
+    ((2, 70, 3, 5, 6), (1, 1)),
+    ((9, 2, 3, 32, 32), (1, 1)),
+    ((129, 1, 2, 8, 8), (1, 1)),
+]
+
 
 def _case(case, dtype, seed=0):
     (N, C, O, H, W), padding = case
@@ -89,7 +104,7 @@ def test_the_weight_transform_is_g_g_gt():
 @numba_only
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_the_numba_transforms_give_the_reference_bits(dtype):
-    for case in CASES:
+    for case in TRANSFORM_CASES:
         x, w, padding = _case(case, dtype)
         N, C, H, W = x.shape
         out = (H + 2 * padding[0] - 2, W + 2 * padding[1] - 2)
