@@ -10,7 +10,12 @@ What is tested (never a timing: which candidate wins is the machine's business):
   another CPU or other library versions are ignored and kept; an unreadable file is ignored, with
   a warning, and rewritten; on by default in the user's cache directory (a fresh process with a
   warm cache times no candidate), off with NPRESNET_AUTOTUNE_CACHE=off; racing writers never tear it;
-* candidates far slower than the best after the first round are timed no more.
+* candidates far slower than the best after the first round are timed no more; one candidate of
+  each family is timed first, then only the winning family's others; times are compared per unit
+  of work (a candidate timed on a slice of the batch); a shape of a class already decided (the same
+  layer at another batch size) takes that decision's family without timing;
+* the convolution's candidates timed on the batch's first samples (``probe_samples``) still choose
+  an algorithm that equals the reference on the whole batch.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from npresnet.engine.conv import direct_gradients, run_forward, run_gradients
 from npresnet.functional.conv import conv2d_backward, conv2d_forward, output_size
 
 TESTS = Path(__file__).resolve().parent
+numba_only = pytest.mark.skipif(kernels.active() != "numba", reason="Numba kernels not active")
 
 # (N, C, O, H, W), kernel, stride, padding, dilation: H != W, stride 2, dilation, batch 1,
 # 1-3 channels, odd sizes, and thin 3x3 layers where the direct kernels (and Winograd) are candidates.
@@ -160,10 +166,10 @@ def test_a_shape_is_timed_once_per_process(measuring):
     assert set(autotune.choices()) == set(timed)
     winners = autotune.choices().values()
     assert all(winner in ("direct", "direct/dots") or winner.startswith("gemm/") for winner in winners)
-    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))  # another batch size: another shape
-    assert len(autotune.timed_keys()) == 4
+    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))  # another batch size: a similar shape, not timed
+    assert len(autotune.timed_keys()) == 3 and len(autotune.choices()) == 4
     conv2d_forward(x, w, None, 1, (2, 1), (2, 1))
-    assert len(autotune.timed_keys()) == 4
+    assert len(autotune.timed_keys()) == 3
 
 
 def test_measure_mode_keeps_the_fixed_choice_unless_another_is_clearly_faster(measuring):
@@ -395,3 +401,95 @@ def test_fixed_mode_keeps_the_documented_rule():
             assert ("conv3x3_backward_weight" in seen) == direct_grads, (C, seen)
     finally:
         kernels.set_observer(previous)
+
+
+def _counting(runs, seconds):
+    """Candidates that sleep ``seconds[name]`` and count their runs in ``runs``."""
+
+    def candidate(name):
+        def run():
+            runs[name] = runs.get(name, 0) + 1
+            time.sleep(seconds[name])
+
+        return run
+
+    return {name: candidate(name) for name in seconds}
+
+
+def test_one_candidate_per_family_first_then_the_winning_familys_others(measuring):
+    runs: dict[str, int] = {}
+    seconds = {"slow/1": 0.012, "slow/2": 0.001, "fast/1": 0.003, "fast/2": 0.0012, "fast/3": 0.004}
+    assert autotune.choose("test op", "families", _counting(runs, seconds), fixed="slow/1") == "fast/2"
+    assert "slow/2" not in runs  # its family lost in the first stage: never run, though fastest of all
+    assert runs["fast/1"] == 2  # its untimed run, one round (then alone in the race: no second)
+    assert runs["fast/2"] == runs["fast/3"] == 1  # one round, no untimed run: their family has run
+    assert runs["slow/1"] == 2  # the untimed call that pages memory in, one round: over PRUNE_FACTOR x
+
+
+def test_times_are_compared_per_unit_of_work(measuring):
+    """A candidate timed on a quarter of the job at 60% of the other's time is 2.4x slower per unit."""
+    seconds = {"whole/1": 0.010, "slice/1": 0.006}
+    work = {"whole/1": 1.0, "slice/1": 0.25}
+    assert autotune.choose("test op", "work", _counting({}, seconds), fixed="slice/1", work=work) == "whole/1"
+    assert autotune.choose("test op", "no work", _counting({}, seconds), fixed="whole/1") == "slice/1"
+
+
+def test_a_similar_shape_takes_the_decided_family_without_timing(measuring):
+    seconds = {"a/4": 0.006, "b/4": 0.001}
+    assert (
+        autotune.choose("test op", ("batch 8", "layer"), _counting({}, seconds), fixed="a/4", similar="layer") == "b/4"
+    )
+    runs: dict[str, int] = {}
+    later = {"a/2": 0.001, "b/2": 0.006}  # the last, smaller batch: other names, b's family still wins
+    assert (
+        autotune.choose("test op", ("batch 2", "layer"), _counting(runs, later), fixed="a/2", similar="layer") == "b/2"
+    )
+    assert runs == {} and len(autotune.timed_keys()) == 1
+    assert (
+        autotune.choose("test op", ("batch 2", "other"), _counting(runs, later), fixed="a/2", similar="other") == "a/2"
+    )
+    assert len(autotune.timed_keys()) == 2
+
+
+def test_probe_samples_are_whole_rounds_of_the_loop_and_at_most_the_batch():
+    threads = conv_dispatch.batch_threads.threads()
+    flop = conv_dispatch.PROBE_FLOP
+    assert conv_dispatch.probe_samples("gemm/7", N=128, flop_per_sample=flop) == 7  # one chunk holds enough
+    assert conv_dispatch.probe_samples("gemm/7", N=128, flop_per_sample=flop / 10) == 14  # 10 samples: 2 chunks
+    assert conv_dispatch.probe_samples("split/3", N=128, flop_per_sample=flop) == 3 * threads
+    assert conv_dispatch.probe_samples("direct", N=128, flop_per_sample=flop / 5) % threads == 0
+    assert conv_dispatch.probe_samples("winograd/16", N=12, flop_per_sample=1.0) == 12  # never over N
+
+
+@pytest.mark.parametrize(
+    "case", [AWKWARD[1], AWKWARD[5], AWKWARD[6], ((9, 3, 4, 7, 6), (3, 3), (2, 2), (1, 1), (1, 1))]
+)
+def test_candidates_timed_on_the_first_samples_choose_a_correct_algorithm(measuring, monkeypatch, case):
+    """With a tiny PROBE_FLOP every candidate is timed on one round of its loop, a slice of the
+    batch; the algorithm chosen then computes the whole batch equal to the reference."""
+    monkeypatch.setattr(conv_dispatch, "PROBE_FLOP", 1.0)
+    (N, C, O, H, W), k, s, p, d = case
+    x, w = _inputs(case, np.float32)
+    with kernels.reference_only():
+        y_ref, cache_ref = conv2d_forward(x, w, None, s, p, d)
+        dy = np.random.default_rng(1).standard_normal(y_ref.shape).astype(np.float32)
+        dx_ref, dw_ref, _ = conv2d_backward(dy, cache_ref)
+    y, cache = conv2d_forward(x, w, None, s, p, d)
+    dx, dw, _ = conv2d_backward(dy, cache)
+    assert len(autotune.timed_keys()) == 3 or kernels.active() != "numba"  # Numba: direct vs gemm at least
+    for got, want in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * float(np.abs(want).max()))
+
+
+@numba_only
+def test_the_small_blas_products_weight_gradient_is_no_candidate_above_32_channels(measuring):
+    for case in (AWKWARD[5], AWKWARD[6]):  # 16 channels; 40 and 24
+        x, w = _inputs(case, np.float32)
+        y, cache = conv2d_forward(x, w, None, 1, 1)
+        conv2d_backward(np.ones_like(y), cache)
+    weight_entries = [entry for entry in autotune.choices() if entry.startswith("conv2d weight grad")]
+    assert len(weight_entries) == 2
+    thin, wide = sorted(weight_entries, key=lambda entry: "(6, 40" in entry)
+    assert "'direct'" in thin and "'direct/dots'" in thin
+    assert "'direct'" not in wide and "'direct/dots'" in wide

@@ -171,7 +171,14 @@ def test_measure_mode_may_pick_it_and_fixed_mode_never_does():
         ran: list[str] = []
         for what in ("forward", "input grad", "weight grad"):
             name = conv_dispatch.choose(
-                what, key="key", channels=(64, 64), direct_ok=False, chunks=[2], run=ran.append, winograd_chunks=[1, 2]
+                what,
+                key="key",
+                channels=(64, 64),
+                direct_ok=False,
+                chunks=[2],
+                run=lambda name, n: ran.append(name),
+                flop_per_sample=1.0,
+                winograd_chunks=[1, 2],
             )
             assert name == "gemm/2" and ran == []
     finally:

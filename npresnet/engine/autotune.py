@@ -20,18 +20,33 @@ Modes (``set_mode`` or ``NPRESNET_AUTOTUNE``, read by ``npresnet.settings``):
     default). Candidates agree to rounding, not bitwise, so two processes may pick differently and
     differ in the last bits, unless they share the cache file or replay a checkpoint's choices.
 
-Timing: each candidate runs once untimed (JIT compile, first touch of its memory), then its best
-of up to three timed runs counts (one when a run takes longer than ``LONG_RUN_S``); the timed runs
-go round the candidates in turn, so a slow spell of the machine does not hit one candidate only.
-The fixed rule's candidate wins unless another one is faster by more than ``KEEP_FIXED_WITHIN``
-(15%). On a small shared VM the candidates of a layer often lie within 10-20% of each other, and
-then the isolated timing names a different winner in each process and does not carry over to the
-model (the whole forward was no faster, and varied more, with the plain fastest: the figures are
-in docs/performance.md); clear wins (Winograd on ResNet-50's 3x3 layers) still count.
+Timing is kept short, so that a first step costs little more than the next (the bench prints the
+seconds spent choosing apart from the step):
 
-Fewer, shorter rounds where the candidates are far apart: after the first timed round, a
-candidate slower than ``PRUNE_FACTOR`` times the best one leaves the race (timing noise on a
-shared VM is tens of percent, not 2x), and the rounds stop as soon as one candidate is left.
+* **Families first.** A candidate's name is ``method/parameter`` ("gemm/7": im2col + GEMM in chunks
+  of 7 samples), and the caller may group methods into families (``conv_dispatch``: im2col + GEMM
+  whole or split over threads; the direct kernels; Winograd whole or split). The first stage times
+  one candidate per family, the first one listed (the caller lists its rule's first); a second stage
+  times the winning family's others once each against it. A conv at two threads with three families
+  of up to eight candidates each times ten candidates, not twenty.
+* **On a slice of the batch.** ``work`` says how much of the whole job each candidate's timed call
+  does (the caller runs it on a slice of the batch: ``conv_dispatch`` takes a few chunks per thread,
+  at least ``PROBE_FLOP`` of arithmetic); times are compared per unit of work.
+* **Few rounds.** Each candidate runs untimed only when its method has not yet run for this
+  operation in this process (Numba compiles once per method, not per shape), after one untimed call
+  of the fixed rule's candidate that pages the slice's memory in. After the first timed round a
+  candidate slower than ``PRUNE_FACTOR`` times the best leaves the race (timing noise on a shared VM
+  is tens of percent), and at most ``TIMED_ROUNDS`` rounds count, each a candidate's best.
+* **Similar shapes.** ``similar`` names a shape class (a convolution's key without its batch size):
+  a new shape of a class already decided in this process (the last, smaller batch of an epoch) takes
+  the method of that decision without timing anything.
+
+The rounds go round the candidates in turn, so a slow spell of the machine does not hit one
+candidate only. The fixed rule's candidate wins unless another one is faster by more than
+``KEEP_FIXED_WITHIN`` (15%). On a small shared VM the candidates of a layer often lie within 10-20% of
+each other, and then the isolated timing names a different winner in each process and does not carry
+over to the model (the whole forward was no faster, and varied more, with the plain fastest: the
+figures are in docs/performance.md); clear wins (Winograd on ResNet-50's 3x3 layers) still count.
 
 On-disk cache (on by default; ``NPRESNET_AUTOTUNE_CACHE`` or ``set_cache_file``: ``"default"``,
 ``None`` for off, or a file path). The winners are written to a JSON file, in a section keyed by
@@ -91,8 +106,8 @@ __all__ = [
 
 MODES = ("fixed", "measure")
 FORMAT = "npresnet-autotune/1"
-#: Timed runs of each candidate (interleaved: see ``_best_times``); its best counts.
-TIMED_ROUNDS = 3
+#: Timed runs of each candidate at most (interleaved: see ``_best_times``); its best counts.
+TIMED_ROUNDS = 2
 #: A candidate whose run takes longer than this is timed once (not ``TIMED_ROUNDS`` times).
 LONG_RUN_S = 0.05
 #: The fixed rule's candidate is kept unless another one's best time is shorter by more than this
@@ -100,7 +115,7 @@ LONG_RUN_S = 0.05
 #: process, and the isolated timing does not carry over to the model (see the module docstring).
 KEEP_FIXED_WITHIN = 0.15
 #: After the first timed round, a candidate slower than this many times the best one is timed no more.
-PRUNE_FACTOR = 2.0
+PRUNE_FACTOR = 1.3
 
 _mode = settings.AUTOTUNE
 _cache_setting: str | None = None if settings.AUTOTUNE_CACHE == "off" else settings.AUTOTUNE_CACHE
@@ -112,6 +127,8 @@ _leads = True
 _agreed: set[str] = set()  # entries agreed on with the other processes
 _timed: list[str] = []  # entry keys timed in this process, in order
 _disk: dict[str, str] | None = None  # this machine's section of the cache file, once read
+_similar: dict[str, str] = {}  # shape class (op, similar, threads) -> the winner decided for one of its shapes
+_warm: set[tuple[str, str]] = set()  # (op, method) that have run in this process: compiled, no untimed run
 _machine: dict[str, Any] | None = None
 
 
@@ -161,6 +178,8 @@ def clear() -> None:
     _choices.clear()
     _timed.clear()
     _agreed.clear()
+    _similar.clear()
+    _warm.clear()
     _disk = None
     _choosing_s = 0.0
 
@@ -201,58 +220,140 @@ def timed_keys() -> list[str]:
     return list(_timed)
 
 
-def choose(op: str, key: Any, candidates: Mapping[str, Callable[[], Any]], fixed: str) -> str:
+def choose(
+    op: str,
+    key: Any,
+    candidates: Mapping[str, Callable[[], Any]],
+    fixed: str,
+    *,
+    work: Mapping[str, float] | None = None,
+    similar: Any = None,
+    families: Mapping[str, str] | None = None,
+) -> str:
     """The name of the candidate to run for ``op`` on ``key`` (a repr-able description of the
-    shape): ``fixed`` in fixed mode or when there is nothing to choose, else the measured winner."""
+    shape): ``fixed`` in fixed mode or when there is nothing to choose, else the measured winner.
+
+    ``candidates`` maps ``method/parameter`` names to zero-argument callables; ``families`` groups
+    them (name -> family; default: the method), each family's first name timed first; ``work`` the
+    share of the whole job each callable does (default 1: the whole job); ``similar`` a repr-able
+    shape class whose decided winner a new key of the class reuses."""
     if fixed not in candidates:
         raise ValueError(f"autotune: the fixed choice {fixed!r} is not a candidate of {op} ({sorted(candidates)})")
     if _mode == "fixed" or len(candidates) == 1:
         return fixed
-    entry = f"{op} | {key!r} | threads {_thread_counts()} | candidates {sorted(candidates)}"
+    threads = _thread_counts()
+    entry = f"{op} | {key!r} | threads {threads} | candidates {sorted(candidates)}"
+    shape_class = None if similar is None else f"{op} | {similar!r} | threads {threads}"
     if _share is not None and entry not in _agreed:
-        winner = _share(_winner(entry, candidates, fixed) if _leads else None)
+        winner = _share(_winner(entry, shape_class, candidates, fixed, work, families) if _leads else None)
         if winner not in candidates:  # another thread count here: other candidates; the bits differ anyway
             winner = fixed
         _agreed.add(entry)
         _choices[entry] = winner
         return winner
-    return _winner(entry, candidates, fixed)
+    return _winner(entry, shape_class, candidates, fixed, work, families)
 
 
-def _winner(entry: str, candidates: Mapping[str, Callable[[], Any]], fixed: str) -> str:
-    """This process's winner of ``entry``: remembered, read from the cache file, or timed now."""
+def _method(name: str) -> str:
+    return name.split("/", 1)[0]
+
+
+def _winner(
+    entry: str,
+    shape_class: str | None,
+    candidates: Mapping[str, Callable[[], Any]],
+    fixed: str,
+    work: Mapping[str, float] | None,
+    families: Mapping[str, str] | None,
+) -> str:
+    """This process's winner of ``entry``: remembered, read from the cache file, taken from a similar
+    shape's decision, or timed now."""
     winner = _choices.get(entry) or _read_disk().get(entry)
     if winner is None or winner not in candidates:
+        winner = _from_similar(shape_class, candidates)
+    if winner is None:
         global _choosing_s
+        op = entry.split(" | ", 1)[0]
         start = time.perf_counter()
-        best = _best_times(candidates)
+        best = _time_by_family(op, candidates, fixed, work or {}, families or {})
         _choosing_s += time.perf_counter() - start
         winner = min(best, key=best.__getitem__)
-        if best[fixed] <= (1 + KEEP_FIXED_WITHIN) * best[winner]:
+        if best.get(fixed, float("inf")) <= (1 + KEEP_FIXED_WITHIN) * best[winner]:
             winner = fixed  # not clearly faster: keep the rule's choice
         _timed.append(entry)
         _write_disk(entry, winner)
     _choices[entry] = winner
+    if shape_class is not None:
+        _similar.setdefault(shape_class, winner)
     return winner
 
 
-def _best_times(candidates: Mapping[str, Callable[[], Any]]) -> dict[str, float]:
-    """Each candidate's best time (seconds) over ``TIMED_ROUNDS`` rounds, each round running every
-    candidate once in turn: a slow spell of a shared machine (seconds, on a VM) then hits all
-    candidates alike instead of all runs of one. A candidate slower than ``LONG_RUN_S`` stays out
-    of further rounds, and so does one slower than ``PRUNE_FACTOR`` times the best of the round
-    before (its time stays as measured, so it cannot win)."""
-    for run in candidates.values():
-        run()  # untimed: compiles, pages memory in
+def _from_similar(shape_class: str | None, candidates: Mapping[str, Callable[[], Any]]) -> str | None:
+    """The candidate of the method that won for another shape of this class (the same name if it is
+    a candidate here, else the method's first), or None where there is none."""
+    decided = _similar.get(shape_class) if shape_class is not None else None
+    if decided is None:
+        return None
+    if decided in candidates:
+        return decided
+    return next((name for name in candidates if _method(name) == _method(decided)), None)
+
+
+def _time_by_family(
+    op: str,
+    candidates: Mapping[str, Callable[[], Any]],
+    fixed: str,
+    work: Mapping[str, float],
+    families: Mapping[str, str],
+) -> dict[str, float]:
+    """Best time per unit of work of the candidates timed: first each family's first candidate
+    (the fixed one for its own family), then the winning family's others against its winner."""
+
+    def family(name: str) -> str:
+        return families.get(name, _method(name))
+
+    firsts: dict[str, str] = {}
+    for name in candidates:
+        firsts.setdefault(family(name), name)
+    firsts[family(fixed)] = fixed
+    candidates[fixed]()  # untimed: pages the slice's memory in (and compiles the rule's kernels)
+    _warm.add((op, _method(fixed)))
+    best = _best_times(op, {name: candidates[name] for name in firsts.values()}, work)
+    leader = min(best, key=best.__getitem__)
+    rest = [name for name in candidates if family(name) == family(leader) and name not in best]
+    if rest:
+        race = {name: candidates[name] for name in [leader, *rest]}
+        best.update(_best_times(op, race, work, known={leader: best[leader]}, rounds=1))
+    return best
+
+
+def _best_times(
+    op: str,
+    candidates: Mapping[str, Callable[[], Any]],
+    work: Mapping[str, float],
+    known: Mapping[str, float] | None = None,
+    rounds: int = TIMED_ROUNDS,
+) -> dict[str, float]:
+    """Each candidate's best time (seconds per unit of ``work``) over up to ``TIMED_ROUNDS`` rounds,
+    each round running every candidate once in turn: a slow spell of a shared machine (seconds, on
+    a VM) then hits all candidates alike instead of all runs of one. A candidate slower than
+    ``LONG_RUN_S`` stays out of further rounds, and so does one slower than ``PRUNE_FACTOR`` times
+    the best of the round before (its time stays as measured, so it cannot win). ``known``: times
+    already measured of candidates that are not run again."""
     best = dict.fromkeys(candidates, float("inf"))
-    racing = list(candidates)
-    for _ in range(TIMED_ROUNDS):
+    best.update(known or {})
+    for name, run in candidates.items():
+        if (op, _method(name)) not in _warm:
+            run()  # untimed: compiles this method's kernels
+            _warm.add((op, _method(name)))
+    racing = [name for name in candidates if name not in (known or {})]
+    for _ in range(rounds if racing else 0):
         for name in racing:
             start = time.perf_counter()
             candidates[name]()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], (time.perf_counter() - start) / work.get(name, 1.0))
         fastest = min(best[name] for name in racing)
-        racing = [n for n in racing if best[n] <= LONG_RUN_S and best[n] <= PRUNE_FACTOR * fastest]
+        racing = [n for n in racing if best[n] * work.get(n, 1.0) <= LONG_RUN_S and best[n] <= PRUNE_FACTOR * fastest]
         if len(racing) < 2:
             break
     return best

@@ -90,7 +90,8 @@ def forward(
         split_chunks=conv_dispatch.split_candidates(xp, N=N, column_bytes_per_sample=column_bytes),
         winograd_chunks=winograd_chunks,
         winograd_split_chunks=winograd_split,
-        run=lambda name: run_forward(name, x, weight, **geometry),
+        run=lambda name, n: run_forward(name, x[:n], weight, **geometry),
+        flop_per_sample=2 * O * Cg * KH * KW * OH * OW,
     )
     return run_forward(algorithm, x, weight, **geometry), plan
 
@@ -150,6 +151,7 @@ def gradients(
         "direct_ok": direct_ok,
         "chunks": chunks,
         "split_chunks": split_chunks,
+        "flop_per_sample": 2 * O * Cg * KH * KW * OH * OW,
     }
     input_algorithm = weight_algorithm = None
     geometry: dict[str, Any] = {"stride": cache.stride, "padding": cache.padding, "dilation": cache.dilation}
@@ -165,7 +167,7 @@ def gradients(
             **common,
             winograd_chunks=winograd_chunks,
             winograd_split_chunks=winograd_split,
-            run=lambda name: run_gradients(dout, cache, input_algorithm=name),
+            run=lambda name, n: run_gradients(dout[:n], _first_samples(cache, n), input_algorithm=name),
         )
     if need_weight_grad:
         weight_winograd, weight_winograd_split = (  # a chunk's tiles: of dy (O channels) and of x (C)
@@ -178,7 +180,7 @@ def gradients(
             **common,
             winograd_chunks=weight_winograd,
             winograd_split_chunks=weight_winograd_split,
-            run=lambda name: run_gradients(dout, cache, weight_algorithm=name),
+            run=lambda name, n: run_gradients(dout[:n], _first_samples(cache, n), weight_algorithm=name),
         )
     if input_algorithm == weight_algorithm and input_algorithm is not None:  # one pass over the chunks
         return run_gradients(dout, cache, input_algorithm=input_algorithm, weight_algorithm=weight_algorithm)
@@ -248,6 +250,13 @@ def run_gradients(
         for part in parts[1:]:  # in slice order: the same bits on every run
             dweight += part
     return (dx if dx_all is None else dx_all), dweight
+
+
+def _first_samples(cache: Any, n: int) -> Any:
+    """The cache of the same conv on the batch's first n samples (for timing a candidate on them)."""
+    if n == cache.x_shape[0]:
+        return cache
+    return cache._replace(x=cache.x[:n], x_shape=(n, *cache.x_shape[1:]))
 
 
 def direct_gradients(cache: Any) -> bool:

@@ -18,13 +18,17 @@ than one thread run as "split" (a slice of the batch per thread: one hand-off pe
 two per chunk; docs/performance.md has the measurements). The bits then depend on the thread count
 (as OpenBLAS's do), not on the run.
 
-In the ``"measure"`` mode every candidate is timed on the first call with a new shape: the chunk
-sizes around ``CHUNK_BYTES`` (a quarter, one, four times, and the whole batch up to
+In the ``"measure"`` mode the candidates are timed on the first call with a new shape: the chunk
+sizes around ``CHUNK_BYTES`` (one, a quarter, four times, and the whole batch up to
 ``WHOLE_BATCH_MAX_BYTES``), at more than one thread the same for "split/<n>" on a slice,
 "winograd/<n>" where it applies, and the direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS``
 channels (wider, they lose by far: timing them would only slow the first step down), "direct/dots"
-among them for the weight gradient. The fixed rule never picks "direct/dots" or "winograd": they
-were measured on few CPUs, and the fixed rule's bits stay those of the releases before them.
+among them for the weight gradient (and "direct" there only up to ``DIRECT_MAX_CHANNELS``: its
+small BLAS products fall far behind above). They form three families (im2col + GEMM, direct,
+Winograd); ``autotune`` times one of each on a slice of the batch (``probe_samples``), then the
+winning family's others, so that choosing costs a fraction of a step. The fixed rule never picks
+"direct/dots" or "winograd": they were measured on few CPUs, and the fixed rule's bits stay those
+of the releases before them.
 Outside the Numba kernels (CuPy, ``NPRESNET_KERNELS=numpy``, ``kernels.reference_only()``) there
 is one candidate and nothing is timed.
 """
@@ -43,6 +47,7 @@ __all__ = [
     "choose",
     "chunk_candidates",
     "direct_applies",
+    "probe_samples",
     "samples_per_chunk",
     "split_candidates",
     "winograd_applies",
@@ -63,6 +68,9 @@ CHUNK_BYTES = 1 << 20
 #: that picked the whole batch there (within timing noise of one sample per chunk) raised the
 #: step's peak memory by a quarter; below the cap the dispatch may still take the whole batch.
 WHOLE_BATCH_MAX_BYTES = 64 * CHUNK_BYTES
+#: Measure mode: each candidate is timed on a slice of the batch holding at least this much
+#: arithmetic (FLOP), about a millisecond's: enough to time, a fraction of the layer's cost.
+PROBE_FLOP = 3e7
 
 
 def direct_applies(
@@ -164,7 +172,8 @@ def choose(
     channels: tuple[int, int],
     direct_ok: bool,
     chunks: list[int],
-    run: Callable[[str], Any],
+    run: Callable[[str, int], Any],
+    flop_per_sample: float,
     split_chunks: Sequence[int] = (),
     winograd_chunks: Sequence[int] = (),
     winograd_split_chunks: Sequence[int] = (),
@@ -173,19 +182,53 @@ def choose(
 
     ``channels`` = (C, O); ``direct_ok`` from ``direct_applies``; ``chunks`` from ``chunk_candidates``,
     ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` and ``winograd_split_chunks`` from
-    ``winograd_candidates`` (or empty: not a candidate);
-    ``run(name)`` computes the result with algorithm ``name`` (used only for timing).
+    ``winograd_candidates`` (or empty: not a candidate), each list's
+    rule size first; ``run(name, n)`` computes the result with algorithm ``name`` on the batch's
+    first ``n`` samples (used only for timing); ``flop_per_sample`` the conv's arithmetic per sample.
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
     fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
     if fixed != "direct" and split_chunks:  # more than one thread: the same chunks, a slice per thread
         fixed = f"split/{split_chunks[0]}"
-    names = [f"gemm/{n}" for n in chunks] + [f"split/{n}" for n in split_chunks]
+    # Three families, each listed from the rule's (or the most likely) member: autotune times one
+    # per family first, then the winning family's others (see its docstring).
+    families = dict.fromkeys([f"split/{n}" for n in split_chunks] + [f"gemm/{n}" for n in chunks], "im2col")
     if direct_ok and max(channels) <= max(DIRECT_CANDIDATE_MAX_CHANNELS, limit):
-        names.append("direct")
-        if what == "weight grad":
-            names.append("direct/dots")
-    names += [f"winograd/{n}" for n in winograd_chunks]
-    names += [f"winograd-split/{n}" for n in winograd_split_chunks]
-    candidates = {name: (lambda name=name: run(name)) for name in names}
-    return autotune.choose(f"conv2d {what}", key, candidates, fixed)
+        if what != "weight grad":
+            families["direct"] = "direct"
+        else:  # the BLAS small products get slower than im2col's GEMM by far above DIRECT_MAX_CHANNELS
+            families["direct/dots"] = "direct"
+            if max(channels) <= DIRECT_MAX_CHANNELS:
+                families["direct"] = "direct"
+    for n in winograd_split_chunks:
+        families[f"winograd-split/{n}"] = "winograd"
+    for n in winograd_chunks:
+        families[f"winograd/{n}"] = "winograd"
+    names = list(families)
+    op = f"conv2d {what}"
+    if autotune.mode() == "fixed" or len(names) == 1:  # nothing to time
+        return autotune.choose(op, key, dict.fromkeys(names, _not_timed), fixed)
+    N = key[0][0]
+    samples = {name: probe_samples(name, N=N, flop_per_sample=flop_per_sample) for name in names}
+    candidates = {name: (lambda name=name: run(name, samples[name])) for name in names}
+    work = {name: samples[name] / N for name in names}
+    similar = (key[0][1:], *key[1:])  # the same layer at another batch size
+    return autotune.choose(op, key, candidates, fixed, work=work, similar=similar, families=families)
+
+
+def _not_timed() -> None:
+    raise AssertionError("conv_dispatch: a candidate was timed in fixed mode")
+
+
+def probe_samples(name: str, *, N: int, flop_per_sample: float) -> int:
+    """How many of the batch's N samples the measured dispatch times ``name`` on: whole rounds of
+    its loop (a chunk, or a chunk per thread where it splits the batch; a sample per thread for the
+    direct kernels), enough of them for ``PROBE_FLOP`` of arithmetic, at most N."""
+    method, _, size = name.partition("/")
+    threads = batch_threads.threads()
+    if method == "direct":
+        unit = threads
+    else:
+        unit = int(size) * (threads if method.endswith("split") else 1)
+    rounds = max(1, -(-int(PROBE_FLOP) // max(int(flop_per_sample * unit), 1)))
+    return min(N, unit * rounds)
