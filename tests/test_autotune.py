@@ -493,3 +493,20 @@ def test_the_small_blas_products_weight_gradient_is_no_candidate_above_32_channe
     thin, wide = sorted(weight_entries, key=lambda entry: "(6, 40" in entry)
     assert "'direct'" in thin and "'direct/dots'" in thin
     assert "'direct'" not in wide and "'direct/dots'" in wide
+
+
+def test_each_family_is_first_timed_at_its_likeliest_chunk_size():
+    """The smallest chunk whose GEMMs are wide enough (MIN_GEMM_COLUMNS), else the widest."""
+    assert conv_dispatch.MIN_GEMM_COLUMNS == 256
+    assert conv_dispatch._likeliest_first([1, 4, 16], 49) == [16, 1, 4]  # 7x7: 784 columns at 16 samples
+    assert conv_dispatch._likeliest_first([2, 1, 8], 3136) == [1, 2, 8]  # 56x56: one sample is wide
+    assert conv_dispatch._likeliest_first([7, 1, 28, 64], 64) == [7, 1, 28, 64]
+    assert conv_dispatch._likeliest_first([1, 2], 16) == [2, 1]  # never wide: the widest
+    assert conv_dispatch._likeliest_first([], 16) == []
+
+
+def test_the_fixed_candidate_is_timed_in_the_first_stage_beside_its_familys_first(measuring):
+    runs: dict[str, int] = {}
+    seconds = {"a/4": 0.001, "a/1": 0.005, "b/1": 0.003}  # a/1, the rule, is not its family's first
+    assert autotune.choose("test op", "fixed", _counting(runs, seconds), fixed="a/1") == "a/4"
+    assert runs["a/1"] >= 2 and runs["a/4"] >= 1 and runs["b/1"] >= 1

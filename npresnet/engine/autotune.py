@@ -26,9 +26,9 @@ seconds spent choosing apart from the step):
 * **Families first.** A candidate's name is ``method/parameter`` ("gemm/7": im2col + GEMM in chunks
   of 7 samples), and the caller may group methods into families (``conv_dispatch``: im2col + GEMM
   whole or split over threads; the direct kernels; Winograd whole or split). The first stage times
-  one candidate per family, the first one listed (the caller lists its rule's first); a second stage
-  times the winning family's others once each against it. A conv at two threads with three families
-  of up to eight candidates each times ten candidates, not twenty.
+  one candidate per family, the first one listed (the caller lists its likeliest first), and the fixed
+  rule's; a second stage times the winning family's others once each against its best. A conv at two
+  threads with three families of up to eight candidates each times about ten candidates, not twenty.
 * **On a slice of the batch.** ``work`` says how much of the whole job each candidate's timed call
   does (the caller runs it on a slice of the batch: ``conv_dispatch`` takes a few chunks per thread,
   at least ``PROBE_FLOP`` of arithmetic); times are compared per unit of work.
@@ -307,7 +307,7 @@ def _time_by_family(
     families: Mapping[str, str],
 ) -> dict[str, float]:
     """Best time per unit of work of the candidates timed: first each family's first candidate
-    (the fixed one for its own family), then the winning family's others against its winner."""
+    and the fixed one, then the winning family's others against its winner."""
 
     def family(name: str) -> str:
         return families.get(name, _method(name))
@@ -315,10 +315,10 @@ def _time_by_family(
     firsts: dict[str, str] = {}
     for name in candidates:
         firsts.setdefault(family(name), name)
-    firsts[family(fixed)] = fixed
     candidates[fixed]()  # untimed: pages the slice's memory in (and compiles the rule's kernels)
     _warm.add((op, _method(fixed)))
-    best = _best_times(op, {name: candidates[name] for name in firsts.values()}, work)
+    first_stage = dict.fromkeys([fixed, *firsts.values()])
+    best = _best_times(op, {name: candidates[name] for name in first_stage}, work)
     leader = min(best, key=best.__getitem__)
     rest = [name for name in candidates if family(name) == family(leader) and name not in best]
     if rest:

@@ -92,6 +92,7 @@ def forward(
         winograd_split_chunks=winograd_split,
         run=lambda name, n: run_forward(name, x[:n], weight, **geometry),
         flop_per_sample=2 * O * Cg * KH * KW * OH * OW,
+        pixels=OH * OW,
     )
     return run_forward(algorithm, x, weight, **geometry), plan
 
@@ -152,6 +153,7 @@ def gradients(
         "chunks": chunks,
         "split_chunks": split_chunks,
         "flop_per_sample": 2 * O * Cg * KH * KW * OH * OW,
+        "pixels": OH * OW,  # the columns per sample of dcols = W^T dY and of dW = dY cols^T
     }
     input_algorithm = weight_algorithm = None
     geometry: dict[str, Any] = {"stride": cache.stride, "padding": cache.padding, "dilation": cache.dilation}

@@ -71,6 +71,8 @@ WHOLE_BATCH_MAX_BYTES = 64 * CHUNK_BYTES
 #: Measure mode: each candidate is timed on a slice of the batch holding at least this much
 #: arithmetic (FLOP), about a millisecond's: enough to time, a fraction of the layer's cost.
 PROBE_FLOP = 3e7
+#: Measure mode: each family is first timed at its smallest chunk whose GEMMs have this many columns.
+MIN_GEMM_COLUMNS = 256
 
 
 def direct_applies(
@@ -174,6 +176,7 @@ def choose(
     chunks: list[int],
     run: Callable[[str, int], Any],
     flop_per_sample: float,
+    pixels: int = 1,
     split_chunks: Sequence[int] = (),
     winograd_chunks: Sequence[int] = (),
     winograd_split_chunks: Sequence[int] = (),
@@ -184,15 +187,18 @@ def choose(
     ``split_chunks`` from ``split_candidates``, ``winograd_chunks`` and ``winograd_split_chunks`` from
     ``winograd_candidates`` (or empty: not a candidate), each list's
     rule size first; ``run(name, n)`` computes the result with algorithm ``name`` on the batch's
-    first ``n`` samples (used only for timing); ``flop_per_sample`` the conv's arithmetic per sample.
+    first ``n`` samples (used only for timing); ``flop_per_sample`` the conv's arithmetic per sample,
+    ``pixels`` the output pixels per sample of its GEMMs (OH * OW; for dx, H * W).
     """
     limit = DIRECT_FORWARD_MAX_CHANNELS if what == "forward" else DIRECT_MAX_CHANNELS
     fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
     if fixed != "direct" and split_chunks:  # more than one thread: the same chunks, a slice per thread
         fixed = f"split/{split_chunks[0]}"
-    # Three families, each listed from the rule's (or the most likely) member: autotune times one
-    # per family first, then the winning family's others (see its docstring).
-    families = dict.fromkeys([f"split/{n}" for n in split_chunks] + [f"gemm/{n}" for n in chunks], "im2col")
+    # Three families, each listed from its likeliest member: autotune times one per family (and
+    # the fixed rule's) first, then the winning family's others (see its docstring).
+    im2col_names = [f"split/{n}" for n in _likeliest_first(split_chunks, pixels)]
+    im2col_names += [f"gemm/{n}" for n in _likeliest_first(chunks, pixels)]
+    families = dict.fromkeys(im2col_names, "im2col")
     if direct_ok and max(channels) <= max(DIRECT_CANDIDATE_MAX_CHANNELS, limit):
         if what != "weight grad":
             families["direct"] = "direct"
@@ -200,9 +206,9 @@ def choose(
             families["direct/dots"] = "direct"
             if max(channels) <= DIRECT_MAX_CHANNELS:
                 families["direct"] = "direct"
-    for n in winograd_split_chunks:
+    for n in _likeliest_first(winograd_split_chunks, -(-pixels // 4)):  # a 2x2 output tile per 4 pixels
         families[f"winograd-split/{n}"] = "winograd"
-    for n in winograd_chunks:
+    for n in _likeliest_first(winograd_chunks, -(-pixels // 4)):
         families[f"winograd/{n}"] = "winograd"
     names = list(families)
     op = f"conv2d {what}"
@@ -214,6 +220,17 @@ def choose(
     work = {name: samples[name] / N for name in names}
     similar = (key[0][1:], *key[1:])  # the same layer at another batch size
     return autotune.choose(op, key, candidates, fixed, work=work, similar=similar, families=families)
+
+
+def _likeliest_first(sizes: Sequence[int], columns_per_sample: int) -> list[int]:
+    """The chunk sizes, the likeliest fastest first: the smallest whose GEMMs have at least
+    ``MIN_GEMM_COLUMNS`` columns (BLAS runs far below its peak on narrower products: ResNet-50's
+    7x7 layers have 49 pixels per sample), else the largest."""
+    wide = [n for n in sizes if n * columns_per_sample >= MIN_GEMM_COLUMNS]
+    if not sizes:
+        return []
+    lead = min(wide) if wide else max(sizes)
+    return [lead, *(n for n in sizes if n != lead)]
 
 
 def _not_timed() -> None:
