@@ -101,6 +101,20 @@ def test_forward_macs_match_the_summary_figure():
     assert round(macs / 2 / 1e6, 2) == 40.55
 
 
+def test_counting_macs_decides_no_algorithm():
+    """The count runs one sample; in measure mode its winners would stand for the real batch too."""
+    from npresnet.engine import autotune
+
+    previous = autotune.set_mode("measure")
+    autotune.clear()
+    try:
+        bench.forward_macs(models.resnet20(seed=0), (64, 3, 32, 32), np.float32)
+        assert autotune.choices() == {} and autotune.mode() == "measure"
+    finally:
+        autotune.set_mode(previous)
+        autotune.clear()
+
+
 def test_bench_rejects_an_unknown_model():
     with pytest.raises(SystemExit, match="unknown model"):
         bench.build_npresnet("resnet19", "float32", "numpy")

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import models, nn, no_grad
 from ..backend import get_array_module
+from ..engine import autotune
 from ..models import model_names, unknown_model_message
 from ..optim import SGD
 
@@ -89,8 +90,14 @@ def forward_macs(model: nn.Module, input_shape: tuple[int, ...], dtype: Any) -> 
     was_training = model.training
     model.eval()
     xp = get_array_module(next(iter(model.parameters())).data)
-    with no_grad():
-        model(xp.zeros((1, *input_shape[1:]), dtype=dtype))
+    # One sample, by the fixed rule: in measure mode its layers' winners would be the batch-1
+    # winners, which autotune reuses for the same layers at the real batch size (its similar shapes).
+    previous = autotune.set_mode("fixed")
+    try:
+        with no_grad():
+            model(xp.zeros((1, *input_shape[1:]), dtype=dtype))
+    finally:
+        autotune.set_mode(previous)
     model.train(was_training)
     for h in handles:
         h.remove()
