@@ -166,7 +166,7 @@ def test_a_shape_is_timed_once_per_process(measuring):
     assert set(autotune.choices()) == set(timed)
     winners = autotune.choices().values()
     assert all(winner in ("direct", "direct/dots") or winner.startswith("gemm/") for winner in winners)
-    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))  # another batch size: a similar shape, not timed
+    conv2d_forward(x[:2], w, None, 1, (2, 1), (2, 1))  # a smaller batch of the same layer: not timed
     assert len(autotune.timed_keys()) == 3 and len(autotune.choices()) == 4
     conv2d_forward(x, w, None, 1, (2, 1), (2, 1))
     assert len(autotune.timed_keys()) == 3
@@ -421,9 +421,9 @@ def test_one_candidate_per_family_first_then_the_winning_familys_others(measurin
     seconds = {"slow/1": 0.012, "slow/2": 0.001, "fast/1": 0.003, "fast/2": 0.0012, "fast/3": 0.004}
     assert autotune.choose("test op", "families", _counting(runs, seconds), fixed="slow/1") == "fast/2"
     assert "slow/2" not in runs  # its family lost in the first stage: never run, though fastest of all
-    assert runs["fast/1"] == 2  # its untimed run, one round (then alone in the race: no second)
+    assert runs["fast/1"] == 3  # its untimed run, two rounds
     assert runs["fast/2"] == runs["fast/3"] == 1  # one round, no untimed run: their family has run
-    assert runs["slow/1"] == 2  # the untimed call that pages memory in, one round: over PRUNE_FACTOR x
+    assert runs["slow/1"] == 3  # the untimed call that pages memory in, two rounds: the rule is never pruned
 
 
 def test_times_are_compared_per_unit_of_work(measuring):
@@ -434,20 +434,29 @@ def test_times_are_compared_per_unit_of_work(measuring):
     assert autotune.choose("test op", "no work", _counting({}, seconds), fixed="whole/1") == "slice/1"
 
 
-def test_a_similar_shape_takes_the_decided_family_without_timing(measuring):
-    seconds = {"a/4": 0.006, "b/4": 0.001}
-    assert (
-        autotune.choose("test op", ("batch 8", "layer"), _counting({}, seconds), fixed="a/4", similar="layer") == "b/4"
-    )
+def test_a_smaller_batch_of_a_decided_layer_takes_its_method_without_timing(measuring):
+    def choose(batch, layer, seconds, runs=None):
+        candidates = _counting({} if runs is None else runs, seconds)
+        return autotune.choose("test op", (batch, layer), candidates, fixed=next(iter(seconds)), similar=(layer, batch))
+
+    assert choose(8, "layer", {"a/4": 0.006, "b/4": 0.001}) == "b/4"
     runs: dict[str, int] = {}
-    later = {"a/2": 0.001, "b/2": 0.006}  # the last, smaller batch: other names, b's family still wins
-    assert (
-        autotune.choose("test op", ("batch 2", "layer"), _counting(runs, later), fixed="a/2", similar="layer") == "b/2"
-    )
+    later = {"a/2": 0.001, "b/2": 0.006}  # the last, smaller batch: other names, b's method still wins
+    assert choose(2, "layer", later, runs) == "b/2"
     assert runs == {} and len(autotune.timed_keys()) == 1
-    assert (
-        autotune.choose("test op", ("batch 2", "other"), _counting(runs, later), fixed="a/2", similar="other") == "a/2"
-    )
+    assert choose(2, "other", later) == "a/2"  # another layer: timed
+    assert len(autotune.timed_keys()) == 2
+
+
+def test_a_larger_batch_than_any_decided_is_timed(measuring):
+    """A batch-1 call (a summary, a smoke test) must not choose for the training batch."""
+    seconds = {"a/1": 0.001, "b/1": 0.006}
+    assert autotune.choose("test op", (1, "layer"), _counting({}, seconds), fixed="a/1", similar=("layer", 1)) == "a/1"
+    later = {"a/8": 0.006, "b/8": 0.001}
+    assert autotune.choose("test op", (8, "layer"), _counting({}, later), fixed="a/8", similar=("layer", 8)) == "b/8"
+    assert len(autotune.timed_keys()) == 2
+    smaller = {"a/4": 0.001, "b/4": 0.006}  # now the batch-8 decision stands for the smaller batches
+    assert autotune.choose("test op", (4, "layer"), _counting({}, smaller), fixed="a/4", similar=("layer", 4)) == "b/4"
     assert len(autotune.timed_keys()) == 2
 
 

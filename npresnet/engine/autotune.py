@@ -37,9 +37,10 @@ seconds spent choosing apart from the step):
   of the fixed rule's candidate that pages the slice's memory in. After the first timed round a
   candidate slower than ``PRUNE_FACTOR`` times the best leaves the race (timing noise on a shared VM
   is tens of percent), and at most ``TIMED_ROUNDS`` rounds count, each a candidate's best.
-* **Similar shapes.** ``similar`` names a shape class (a convolution's key without its batch size):
-  a new shape of a class already decided in this process (the last, smaller batch of an epoch) takes
-  the method of that decision without timing anything.
+* **Similar shapes.** ``similar`` names a shape class (a convolution's key without its batch size)
+  and the batch size: a smaller batch of a class already decided in this process (an epoch's last
+  batch) takes the method of that decision without timing anything. A larger one is timed: a
+  batch-1 call (a summary, a smoke test) must not choose for the training batch.
 
 The rounds go round the candidates in turn, so a slow spell of the machine does not hit one
 candidate only. The fixed rule's candidate wins unless another one is faster by more than
@@ -127,7 +128,9 @@ _leads = True
 _agreed: set[str] = set()  # entries agreed on with the other processes
 _timed: list[str] = []  # entry keys timed in this process, in order
 _disk: dict[str, str] | None = None  # this machine's section of the cache file, once read
-_similar: dict[str, str] = {}  # shape class (op, similar, threads) -> the winner decided for one of its shapes
+_similar: dict[
+    str, tuple[str, int]
+] = {}  # shape class (op, class, threads) -> (winner, batch) of its largest decided batch
 _warm: set[tuple[str, str]] = set()  # (op, method) that have run in this process: compiled, no untimed run
 _machine: dict[str, Any] | None = None
 
@@ -227,7 +230,7 @@ def choose(
     fixed: str,
     *,
     work: Mapping[str, float] | None = None,
-    similar: Any = None,
+    similar: tuple[Any, int] | None = None,
     families: Mapping[str, str] | None = None,
 ) -> str:
     """The name of the candidate to run for ``op`` on ``key`` (a repr-able description of the
@@ -235,15 +238,16 @@ def choose(
 
     ``candidates`` maps ``method/parameter`` names to zero-argument callables; ``families`` groups
     them (name -> family; default: the method), each family's first name timed first; ``work`` the
-    share of the whole job each callable does (default 1: the whole job); ``similar`` a repr-able
-    shape class whose decided winner a new key of the class reuses."""
+    share of the whole job each callable does (default 1: the whole job); ``similar`` (a repr-able
+    shape class, a batch size): a key of the class with a batch no larger than one decided reuses
+    that decision's method."""
     if fixed not in candidates:
         raise ValueError(f"autotune: the fixed choice {fixed!r} is not a candidate of {op} ({sorted(candidates)})")
     if _mode == "fixed" or len(candidates) == 1:
         return fixed
     threads = _thread_counts()
     entry = f"{op} | {key!r} | threads {threads} | candidates {sorted(candidates)}"
-    shape_class = None if similar is None else f"{op} | {similar!r} | threads {threads}"
+    shape_class = None if similar is None else (f"{op} | {similar[0]!r} | threads {threads}", int(similar[1]))
     if _share is not None and entry not in _agreed:
         winner = _share(_winner(entry, shape_class, candidates, fixed, work, families) if _leads else None)
         if winner not in candidates:  # another thread count here: other candidates; the bits differ anyway
@@ -260,7 +264,7 @@ def _method(name: str) -> str:
 
 def _winner(
     entry: str,
-    shape_class: str | None,
+    shape_class: tuple[str, int] | None,
     candidates: Mapping[str, Callable[[], Any]],
     fixed: str,
     work: Mapping[str, float] | None,
@@ -284,15 +288,19 @@ def _winner(
         _write_disk(entry, winner)
     _choices[entry] = winner
     if shape_class is not None:
-        _similar.setdefault(shape_class, winner)
+        name, batch = shape_class
+        if batch >= _similar.get(name, ("", 0))[1]:  # the largest batch decided stands for the class
+            _similar[name] = (winner, batch)
     return winner
 
 
-def _from_similar(shape_class: str | None, candidates: Mapping[str, Callable[[], Any]]) -> str | None:
+def _from_similar(shape_class: tuple[str, int] | None, candidates: Mapping[str, Callable[[], Any]]) -> str | None:
     """The candidate of the method that won for another shape of this class (the same name if it is
     a candidate here, else the method's first), or None where there is none."""
-    decided = _similar.get(shape_class) if shape_class is not None else None
-    if decided is None:
+    if shape_class is None or shape_class[0] not in _similar:
+        return None
+    decided, batch = _similar[shape_class[0]]
+    if shape_class[1] > batch:  # a larger batch than any decided: time it
         return None
     if decided in candidates:
         return decided
@@ -318,7 +326,7 @@ def _time_by_family(
     candidates[fixed]()  # untimed: pages the slice's memory in (and compiles the rule's kernels)
     _warm.add((op, _method(fixed)))
     first_stage = dict.fromkeys([fixed, *firsts.values()])
-    best = _best_times(op, {name: candidates[name] for name in first_stage}, work)
+    best = _best_times(op, {name: candidates[name] for name in first_stage}, work, keep=fixed)
     leader = min(best, key=best.__getitem__)
     rest = [name for name in candidates if family(name) == family(leader) and name not in best]
     if rest:
@@ -333,13 +341,15 @@ def _best_times(
     work: Mapping[str, float],
     known: Mapping[str, float] | None = None,
     rounds: int = TIMED_ROUNDS,
+    keep: str | None = None,
 ) -> dict[str, float]:
     """Each candidate's best time (seconds per unit of ``work``) over up to ``TIMED_ROUNDS`` rounds,
     each round running every candidate once in turn: a slow spell of a shared machine (seconds, on
     a VM) then hits all candidates alike instead of all runs of one. A candidate slower than
     ``LONG_RUN_S`` stays out of further rounds, and so does one slower than ``PRUNE_FACTOR`` times
-    the best of the round before (its time stays as measured, so it cannot win). ``known``: times
-    already measured of candidates that are not run again."""
+    the best of the round before (its time stays as measured, so it cannot win), except ``keep``
+    (the fixed rule's: the margin it keeps needs its best time). ``known``: times already measured
+    of candidates that are not run again."""
     best = dict.fromkeys(candidates, float("inf"))
     best.update(known or {})
     for name, run in candidates.items():
@@ -353,7 +363,11 @@ def _best_times(
             candidates[name]()
             best[name] = min(best[name], (time.perf_counter() - start) / work.get(name, 1.0))
         fastest = min(best[name] for name in racing)
-        racing = [n for n in racing if best[n] * work.get(n, 1.0) <= LONG_RUN_S and best[n] <= PRUNE_FACTOR * fastest]
+        racing = [
+            n
+            for n in racing
+            if best[n] * work.get(n, 1.0) <= LONG_RUN_S and (n == keep or best[n] <= PRUNE_FACTOR * fastest)
+        ]
         if len(racing) < 2:
             break
     return best

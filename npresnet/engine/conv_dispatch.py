@@ -218,7 +218,7 @@ def choose(
     samples = {name: probe_samples(name, N=N, flop_per_sample=flop_per_sample) for name in names}
     candidates = {name: (lambda name=name: run(name, samples[name])) for name in names}
     work = {name: samples[name] / N for name in names}
-    similar = (key[0][1:], *key[1:])  # the same layer at another batch size
+    similar = ((key[0][1:], *key[1:]), N)  # the same layer at another batch size
     return autotune.choose(op, key, candidates, fixed, work=work, similar=similar, families=families)
 
 
