@@ -115,6 +115,26 @@ def test_counting_macs_decides_no_algorithm():
         autotune.clear()
 
 
+def test_checking_the_logits_decides_no_algorithm():
+    """The torch comparison's logits check runs before the timing; the first timed step chooses."""
+    import torch
+
+    from npresnet.bench.compare import check_same_logits, torch_setup
+    from npresnet.engine import autotune
+
+    model = bench.build_npresnet("resnet20", "float32", "numpy")
+    previous, torch_threads = autotune.set_mode("measure"), torch.get_num_threads()
+    autotune.clear()
+    try:
+        torch, tmodel, device, _ = torch_setup("resnet20", model, "float32", torch_threads, "numpy")
+        x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+        assert check_same_logits(model, tmodel, torch, x, device, "float32") < 1e-3
+        assert autotune.choices() == {} and autotune.mode() == "measure"
+    finally:
+        autotune.set_mode(previous)
+        autotune.clear()
+
+
 def test_bench_rejects_an_unknown_model():
     with pytest.raises(SystemExit, match="unknown model"):
         bench.build_npresnet("resnet19", "float32", "numpy")
