@@ -29,9 +29,9 @@ inputs V[a, b] = (B^T d B)[a, b] as (C, P) matrices, the whole layer is 16 GEMMs
 Why: a direct 3x3 convolution (or im2col + GEMM) spends 36 multiplications on a 2x2 output tile,
 this spends 16, so the GEMMs do 2.25x fewer flops; the transforms are additions only, reading and
 writing each value a few times. On the CPU it pays where the GEMMs dominate (ResNet-50's 3x3 layers
-of 64-512 channels); thin layers lose to the direct kernels. ``npresnet.engine`` runs it (in chunks
-of samples, with the Numba transforms: ``npresnet.engine.conv.winograd``) as a measured candidate,
-never as the fixed rule's choice.
+of 64-512 channels, ResNet-20's of 32 and 64); at 16 channels it ties with the direct kernels.
+``npresnet.engine`` runs it (in chunks of samples, with the Numba transforms:
+``npresnet.engine.conv.winograd``) as a measured candidate, never as the fixed rule's choice.
 
 Accuracy: the transforms only add, subtract and halve (exact), and each output sums the same C*9
 products in a different grouping, so results agree with im2col + GEMM to rounding: float32 max
