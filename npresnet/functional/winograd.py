@@ -73,9 +73,12 @@ read zeros there, so they add nothing for the missing rows and columns.
 
 This file is the reference (NumPy or CuPy through the array module, whole arrays at a time); on the
 CPU ``npresnet.kernels`` has Numba versions of the two data transforms with the same arithmetic in
-the same order, hence the same bits (tested), that sweep the data once instead of once per step.
-Nothing in the library calls :func:`conv3x3_winograd` itself: it is the page to read, and the
-engine's chunked version is tested against it.
+the same order, hence the same bits (tested), that sweep the data once instead of once per step
+(and, for the weight gradient, versions of E and V laid out tiles first, which its GEMMs read
+faster: ``kernels/winograd_weight_cpu.py``). Nothing in the library calls :func:`conv3x3_winograd`
+or :func:`weight_gradient` itself: they are the page to read, and the engine's chunked versions
+(``npresnet.engine.conv.winograd`` and ``winograd_weight_gradient``, measured candidates) are
+tested against them.
 """
 
 from __future__ import annotations
