@@ -119,14 +119,19 @@ def winograd_candidates(
     """Samples per chunk worth timing for "winograd/<n>" and for "winograd-split/<n>" (each thread
     its own slice of the batch, as "split"; none where ``batch_threads`` would not split): the
     transformed tiles of a chunk (16 values per 2x2 output tile and input channel: 4x the input)
-    in a quarter, one or four times ``CHUNK_BYTES``. Never the whole batch regardless of size: on
+    in a quarter, a half, one or four times ``CHUNK_BYTES`` (the half: on ResNet-20's 32- and
+    64-channel layers it beat both neighbours). Never the whole batch regardless of size: on
     ResNet-50's first stage that would be tens of MB of tiles and as much of products, for no
     gain measured."""
     TH, TW = tiles(*out)
     tile_bytes = 16 * channels * TH * TW * itemsize  # per sample
-    whole = list(dict.fromkeys(_budget_sizes(xp, N, tile_bytes)))
+
+    def sizes(n: int) -> list[int]:
+        half = samples_per_chunk(xp, N=n, column_bytes_per_sample=tile_bytes, chunk_bytes=CHUNK_BYTES // 2)
+        return list(dict.fromkeys([*_budget_sizes(xp, n, tile_bytes), half]))
+
     samples = _slice_samples(xp, N)
-    return whole, [] if samples is None else list(dict.fromkeys(_budget_sizes(xp, samples, tile_bytes)))
+    return sizes(N), [] if samples is None else sizes(samples)
 
 
 def samples_per_chunk(xp: Any, *, N: int, column_bytes_per_sample: int, chunk_bytes: int = CHUNK_BYTES) -> int:
