@@ -50,8 +50,8 @@ Kernels (same arguments and results as the reference, unless noted; outputs are 
 ``conv3x3_backward_weight_dots`` (dout, x, padding, dilation) -> the same dweight by Numba dot products
 ``winograd_input``              (x, padding, (TH, TW)) -> V (4, 4, C, N*TH*TW), Winograd F(2x2, 3x3) tiles
 ``winograd_output``             (M (4, 4, O, N*TH*TW), N, (OH, OW), y=None) -> y (N, O, OH, OW)
-``winograd_gradient``           (dy, (TH, TW)) -> Et (4, 4, N*TH*TW, O), Winograd dW's dy tiles, tiles first
-``winograd_input_t``            (x, padding, (TH, TW)) -> Vt (4, 4, N*TH*TW, C): ``winograd_input``, tiles first
+``winograd_gradient``           (dy, (TH, TW), out=None) -> Et (4, 4, N*TH*TW, O): dW's dy tiles, tiles first
+``winograd_input_t``            (x, padding, (TH, TW), out=None) -> Vt (4, 4, N*TH*TW, C): V, tiles first
 ==============================  ==========================================================================
 
 The conv3x3 kernels are the one exception to "same result as the reference": they compute a

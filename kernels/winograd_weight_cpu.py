@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba import copy_row, parallel_kernel, prange
+from ._numba import copy_row, parallel_kernel, prange, require_same_dtype, require_shape
 
 
 @parallel_kernel
@@ -68,15 +68,27 @@ def winograd_gradient_kernel(dy, Et, TH, TW):
                     out[o] = -f[o]
 
 
-def winograd_gradient(dy, tile_counts):
+def winograd_gradient(dy, tile_counts, out=None):
     """The values of ``npresnet.functional.winograd.transform_gradient(dy, tile_counts)``, tiles
-    first: Et (4, 4, N*TH*TW, O), C-contiguous (the reference's E is (4, 4, O, N*TH*TW))."""
+    first: Et (4, 4, N*TH*TW, O), C-contiguous (the reference's E is (4, 4, O, N*TH*TW)); written
+    into ``out`` if given (the caller's buffer, reused from chunk to chunk)."""
     dy = np.ascontiguousarray(dy)
     N, O = dy.shape[:2]
     TH, TW = tile_counts
-    Et = np.empty((4, 4, N * TH * TW, O), dtype=dy.dtype)
+    Et = _output("winograd_gradient", out, (4, 4, N * TH * TW, O), dy)
     winograd_gradient_kernel(dy, Et, TH, TW)
     return Et
+
+
+def _output(name, out, shape, like):
+    """``out`` checked (shape, dtype, C-contiguous: the kernels index it without checks), or a new array."""
+    if out is None:
+        return np.empty(shape, dtype=like.dtype)
+    require_shape(f"{name} out", out, shape)
+    require_same_dtype(f"{name} input and out", like, out)
+    if not out.flags.c_contiguous:
+        raise ValueError(f"npresnet.kernels: {name} writes into a C-contiguous out only")
+    return out
 
 
 @parallel_kernel
@@ -122,12 +134,13 @@ def winograd_input_t_kernel(x, Vt, PH, PW, TH, TW):
                         out[c] = e1[c] - e3[c]
 
 
-def winograd_input_t(x, padding, tile_counts):
+def winograd_input_t(x, padding, tile_counts, out=None):
     """The values of ``npresnet.functional.winograd.transform_input(x, padding, tile_counts)``,
-    tiles first: Vt (4, 4, N*TH*TW, C), C-contiguous (the reference's V is (4, 4, C, N*TH*TW))."""
+    tiles first: Vt (4, 4, N*TH*TW, C), C-contiguous (the reference's V is (4, 4, C, N*TH*TW));
+    written into ``out`` if given."""
     x = np.ascontiguousarray(x)
     N, C = x.shape[:2]
     TH, TW = tile_counts
-    Vt = np.empty((4, 4, N * TH * TW, C), dtype=x.dtype)
+    Vt = _output("winograd_input_t", out, (4, 4, N * TH * TW, C), x)
     winograd_input_t_kernel(x, Vt, padding[0], padding[1], TH, TW)
     return Vt

@@ -127,8 +127,22 @@ def test_the_numba_transforms_give_the_reference_bits(dtype):
         want = winograd.transform_input(x, padding, tiles).transpose(0, 1, 3, 2)
         assert Vt.shape == want.shape and Vt.dtype == want.dtype and Vt.flags.c_contiguous, case
         assert np.array_equal(Vt, want), case
+        # into the caller's buffer (the engine reuses one from chunk to chunk)
+        buffer = np.full(Et.size + 3, 7.0, dtype)
+        assert kernels.get("winograd_gradient", dy)(dy, tiles, buffer[: Et.size].reshape(Et.shape)) is not None
+        assert np.array_equal(buffer[: Et.size].reshape(Et.shape), Et) and (buffer[Et.size :] == 7).all(), case
+        buffer = np.full(Vt.size, 7.0, dtype).reshape(Vt.shape)
+        assert (
+            np.array_equal(kernels.get("winograd_input_t", x)(x, padding, tiles, buffer), Vt) and (buffer == Vt).all()
+        )
         strided = np.asfortranarray(dy)  # any layout in, the same values out
         assert np.array_equal(kernels.get("winograd_gradient", dy)(strided, tiles), Et), case
+    with pytest.raises(ValueError, match=r"winograd_gradient out must have shape"):
+        kernels.get("winograd_gradient", dy)(dy, tiles, np.empty((4, 4, 1, 1), dtype))
+    with pytest.raises(TypeError, match=r"winograd_input_t input and out must share a dtype"):
+        kernels.get("winograd_input_t", x)(x, padding, tiles, np.empty(Vt.shape, np.float16))
+    with pytest.raises(ValueError, match=r"C-contiguous out only"):
+        kernels.get("winograd_gradient", dy)(dy, tiles, np.empty(Et.shape[::-1], dtype).T)
 
 
 @pytest.mark.parametrize("case", CASES)

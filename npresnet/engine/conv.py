@@ -317,11 +317,17 @@ def winograd_weight_gradient(dout: Any, x: Any, *, padding: tuple[int, int], sam
     TH, TW = winograd_math.tiles(OH, OW)
     dy_kernel, x_kernel = kernels.get("winograd_gradient", dout), kernels.get("winograd_input_t", x)
 
-    def tiles(dy: Any, xs: Any) -> tuple[Any, Any]:
-        """E (16, O, P) and V^T (16, P, C) of a chunk (views of tiles-first arrays from the kernels)."""
+    def tiles(dy: Any, xs: Any, buffers: list[Any]) -> tuple[Any, Any]:
+        """E (16, O, P) and V^T (16, P, C) of a chunk: views of tiles-first arrays that the kernels
+        write into ``buffers`` (allocated at a slice's first chunk, its largest, and reused: a fresh
+        megabyte or more per chunk made the allocator hand memory back and fault it in again, chunk
+        after chunk)."""
         P = dy.shape[0] * TH * TW
         if dy_kernel is not None and x_kernel is not None:
-            Et, Vt = dy_kernel(dy, (TH, TW)), x_kernel(xs, padding, (TH, TW))
+            if not buffers:
+                buffers += [xp.empty(16 * P * O, dout.dtype), xp.empty(16 * P * C, x.dtype)]
+            Et = dy_kernel(dy, (TH, TW), buffers[0][: 16 * P * O].reshape(4, 4, P, O))
+            Vt = x_kernel(xs, padding, (TH, TW), buffers[1][: 16 * P * C].reshape(4, 4, P, C))
             return Et.reshape(16, P, O).transpose(0, 2, 1), Vt.reshape(16, P, C)
         E = winograd_math.transform_gradient(dy, (TH, TW)).reshape(16, O, P)
         return E, winograd_math.transform_input(xs, padding, (TH, TW)).reshape(16, C, P).transpose(0, 2, 1)
@@ -330,9 +336,10 @@ def winograd_weight_gradient(dout: Any, x: Any, *, padding: tuple[int, int], sam
 
     def accumulate_samples(begin: int, end: int, part: int = 0) -> None:
         M = product = None
+        buffers: list[Any] = []  # this slice's tile buffers
         for start in range(begin, end, samples):
             stop = min(start + samples, end)
-            E, Vt = tiles(dout[start:stop], x[start:stop])
+            E, Vt = tiles(dout[start:stop], x[start:stop], buffers)
             if M is None:  # 16 GEMMs (O, n*TH*TW) @ (n*TH*TW, C)
                 M = xp.matmul(E, Vt)
                 product = xp.empty_like(M)
