@@ -211,9 +211,12 @@ def choose(
             families["direct/dots"] = "direct"
             if max(channels) <= DIRECT_MAX_CHANNELS:
                 families["direct"] = "direct"
-    for n in _likeliest_first(winograd_split_chunks, -(-pixels // 4)):  # a 2x2 output tile per 4 pixels
+    # Winograd's forward and dx GEMMs have a 2x2 output tile per 4 pixels as columns; its dW GEMMs
+    # sum over the tiles, wide at any chunk: there the rule's chunk (the budget's) comes first.
+    wide_first = (lambda sizes: _likeliest_first(sizes, -(-pixels // 4))) if what != "weight grad" else list
+    for n in wide_first(winograd_split_chunks):
         families[f"winograd-split/{n}"] = "winograd"
-    for n in _likeliest_first(winograd_chunks, -(-pixels // 4)):
+    for n in wide_first(winograd_chunks):
         families[f"winograd/{n}"] = "winograd"
     names = list(families)
     op = f"conv2d {what}"
