@@ -32,9 +32,9 @@ seconds spent choosing apart from the step):
 * **On a slice of the batch.** ``work`` says how much of the whole job each candidate's timed call
   does (the caller runs it on a slice of the batch: ``conv_dispatch`` takes a few chunks per thread,
   at least ``PROBE_FLOP`` of arithmetic); times are compared per unit of work.
-* **Few rounds.** Each candidate runs untimed only when its method has not yet run for this
-  operation in this process (Numba compiles once per method, not per shape), after one untimed call
-  of the fixed rule's candidate that pages the slice's memory in. After the first timed round a
+* **Few rounds.** A candidate runs untimed only when its method has not yet run for this operation
+  in this process (Numba compiles once per method, not per shape; the rule's method first, which
+  also pages in the memory that later calls reuse). After the first timed round a
   candidate slower than ``PRUNE_FACTOR`` times the best leaves the race (timing noise on a shared VM
   is tens of percent), and at most ``TIMED_ROUNDS`` rounds count, each a candidate's best.
 * **Similar shapes.** ``similar`` names a shape class (a convolution's key without its batch size)
@@ -323,8 +323,9 @@ def _time_by_family(
     firsts: dict[str, str] = {}
     for name in candidates:
         firsts.setdefault(family(name), name)
-    candidates[fixed]()  # untimed: pages the slice's memory in (and compiles the rule's kernels)
-    _warm.add((op, _method(fixed)))
+    if (op, _method(fixed)) not in _warm:
+        candidates[fixed]()  # untimed: compiles the rule's kernels, pages the process's first buffers in
+        _warm.add((op, _method(fixed)))
     first_stage = dict.fromkeys([fixed, *firsts.values()])
     best = _best_times(op, {name: candidates[name] for name in first_stage}, work, keep=fixed)
     leader = min(best, key=best.__getitem__)
