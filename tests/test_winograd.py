@@ -152,8 +152,9 @@ def test_the_chunk_candidates_never_take_the_whole_of_a_large_batch():
     assert conv_dispatch.winograd_candidates(np, N=1, channels=64, out=(56, 56), itemsize=4)[1] == []  # no split
     # its 7x7 stem: 7.4 MB of columns per sample, 118 MB for the batch
     assert 16 not in conv_dispatch.chunk_candidates(np, N=16, column_bytes_per_sample=147 * 112 * 112 * 4)
-    # its 128-channel 3x3: 58 MB
-    assert 16 in conv_dispatch.chunk_candidates(np, N=16, column_bytes_per_sample=1152 * 28 * 28 * 4)
+    # its 128-channel 3x3: 58 MB, over WHOLE_BATCH_MAX_BYTES; its 512-channel 7x7 at batch 4: 3.5 MB
+    assert 16 not in conv_dispatch.chunk_candidates(np, N=16, column_bytes_per_sample=1152 * 28 * 28 * 4)
+    assert 4 in conv_dispatch.chunk_candidates(np, N=4, column_bytes_per_sample=4608 * 7 * 7 * 4)
 
 
 @numba_only

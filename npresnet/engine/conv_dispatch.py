@@ -20,7 +20,8 @@ two per chunk; docs/performance.md has the measurements). The bits then depend o
 
 In the ``"measure"`` mode the candidates are timed on the first call with a new shape: the chunk
 sizes around ``CHUNK_BYTES`` (one, a quarter, four times, and the whole batch up to
-``WHOLE_BATCH_MAX_BYTES``), at more than one thread the same for "split/<n>" on a slice,
+``WHOLE_BATCH_MAX_BYTES``; for Winograd one, a quarter, a half), at more than one thread the same
+for "split/<n>" on a slice,
 "winograd/<n>" where it applies, and the direct kernels up to ``DIRECT_CANDIDATE_MAX_CHANNELS``
 channels (wider, they lose by far: timing them would only slow the first step down), "direct/dots"
 among them for the weight gradient (and "direct" there only up to ``DIRECT_MAX_CHANNELS``: its
@@ -64,10 +65,12 @@ DIRECT_CANDIDATE_MAX_CHANNELS = 64
 #: Target size of one chunk's columns on the CPU (bytes): about a core's L2 cache (fixed rule).
 CHUNK_BYTES = 1 << 20
 #: Measure mode on the CPU: the whole batch is a chunk candidate only up to this many bytes of
-#: columns. ResNet-50's 7x7 stem at batch 16 has over a hundred MB of columns, and a measured run
-#: that picked the whole batch there (within timing noise of one sample per chunk) raised the
-#: step's peak memory by a quarter; below the cap the dispatch may still take the whole batch.
-WHOLE_BATCH_MAX_BYTES = 64 * CHUNK_BYTES
+#: columns (no more than the largest budget chunk). ResNet-50's 7x7 stem at batch 16 has over a
+#: hundred MB of columns, and a measured run that picked the whole batch there (within timing noise
+#: of one sample per chunk) raised the step's peak memory by a quarter; and a family's members are
+#: timed on the same slice of the batch (``choose``), which the whole batch would make the whole
+#: layer, for every member.
+WHOLE_BATCH_MAX_BYTES = 4 * CHUNK_BYTES
 #: Measure mode: each candidate is timed on a slice of the batch holding at least this much
 #: arithmetic (FLOP), about a millisecond's: enough to time, a fraction of the layer's cost.
 PROBE_FLOP = 3e7
@@ -119,16 +122,20 @@ def winograd_candidates(
     """Samples per chunk worth timing for "winograd/<n>" and for "winograd-split/<n>" (each thread
     its own slice of the batch, as "split"; none where ``batch_threads`` would not split): the
     transformed tiles of a chunk (16 values per 2x2 output tile and input channel: 4x the input)
-    in a quarter, a half, one or four times ``CHUNK_BYTES`` (the half: on ResNet-20's 32- and
-    64-channel layers it beat both neighbours). Never the whole batch regardless of size: on
-    ResNet-50's first stage that would be tens of MB of tiles and as much of products, for no
-    gain measured."""
+    in a quarter, a half or one ``CHUNK_BYTES`` (the half: on ResNet-20's 32- and 64-channel
+    layers it beat both neighbours; four times lost to it there once timed on the same samples).
+    Never the whole batch regardless of size: on ResNet-50's first stage that would be tens of MB
+    of tiles and as much of products, for no gain measured."""
     TH, TW = tiles(*out)
     tile_bytes = 16 * channels * TH * TW * itemsize  # per sample
 
     def sizes(n: int) -> list[int]:
-        half = samples_per_chunk(xp, N=n, column_bytes_per_sample=tile_bytes, chunk_bytes=CHUNK_BYTES // 2)
-        return list(dict.fromkeys([*_budget_sizes(xp, n, tile_bytes), half]))
+        budgets = (CHUNK_BYTES, CHUNK_BYTES // 4, CHUNK_BYTES // 2)
+        return list(
+            dict.fromkeys(
+                samples_per_chunk(xp, N=n, column_bytes_per_sample=tile_bytes, chunk_bytes=b) for b in budgets
+            )
+        )
 
     samples = _slice_samples(xp, N)
     return sizes(N), [] if samples is None else sizes(samples)
@@ -224,6 +231,13 @@ def choose(
         return autotune.choose(op, key, dict.fromkeys(names, _not_timed), fixed)
     N = key[0][0]
     samples = {name: probe_samples(name, N=N, flop_per_sample=flop_per_sample) for name in names}
+    # The members of a family are compared on the same samples: a call's fixed costs (the filter
+    # transform, the hand-off to the threads) weigh more on a smaller slice, which made the largest
+    # chunks win the second stage although smaller ones ran the whole batch faster.
+    widest = {family: 0 for family in families.values()}
+    for name in names:
+        widest[families[name]] = max(widest[families[name]], samples[name])
+    samples = {name: widest[families[name]] for name in names}
     candidates = {name: (lambda name=name: run(name, samples[name])) for name in names}
     work = {name: samples[name] / N for name in names}
     similar = ((key[0][1:], *key[1:]), N)  # the same layer at another batch size
