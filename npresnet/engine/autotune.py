@@ -323,10 +323,7 @@ def _time_by_family(
     firsts: dict[str, str] = {}
     for name in candidates:
         firsts.setdefault(family(name), name)
-    if (op, _method(fixed)) not in _warm:
-        candidates[fixed]()  # untimed: compiles the rule's kernels, pages the process's first buffers in
-        _warm.add((op, _method(fixed)))
-    first_stage = dict.fromkeys([fixed, *firsts.values()])
+    first_stage = dict.fromkeys([fixed, *firsts.values()])  # the rule's first: its untimed run comes first
     best = _best_times(op, {name: candidates[name] for name in first_stage}, work, keep=fixed)
     leader = min(best, key=best.__getitem__)
     rest = [name for name in candidates if family(name) == family(leader) and name not in best]

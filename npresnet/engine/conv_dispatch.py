@@ -206,6 +206,8 @@ def choose(
     fixed = "direct" if direct_ok and max(channels) <= limit else f"gemm/{chunks[0]}"
     if fixed != "direct" and split_chunks:  # more than one thread: the same chunks, a slice per thread
         fixed = f"split/{split_chunks[0]}"
+    if autotune.mode() == "fixed":  # the library's default, on every call: nothing more to build
+        return fixed
     # Three families, each listed from its likeliest member: autotune times one per family (and
     # the fixed rule's) first, then the winning family's others (see its docstring).
     im2col_names = [f"split/{n}" for n in _likeliest_first(split_chunks, pixels)]
@@ -227,8 +229,8 @@ def choose(
         families[f"winograd/{n}"] = "winograd"
     names = list(families)
     op = f"conv2d {what}"
-    if autotune.mode() == "fixed" or len(names) == 1:  # nothing to time
-        return autotune.choose(op, key, dict.fromkeys(names, _not_timed), fixed)
+    if len(names) == 1:  # nothing to time
+        return fixed
     N = key[0][0]
     samples = {name: probe_samples(name, N=N, flop_per_sample=flop_per_sample) for name in names}
     # The members of a family are compared on the same samples: a call's fixed costs (the filter
@@ -248,15 +250,11 @@ def _likeliest_first(sizes: Sequence[int], columns_per_sample: int) -> list[int]
     """The chunk sizes, the likeliest fastest first: the smallest whose GEMMs have at least
     ``MIN_GEMM_COLUMNS`` columns (BLAS runs far below its peak on narrower products: ResNet-50's
     7x7 layers have 49 pixels per sample), else the largest."""
-    wide = [n for n in sizes if n * columns_per_sample >= MIN_GEMM_COLUMNS]
     if not sizes:
         return []
+    wide = [n for n in sizes if n * columns_per_sample >= MIN_GEMM_COLUMNS]
     lead = min(wide) if wide else max(sizes)
     return [lead, *(n for n in sizes if n != lead)]
-
-
-def _not_timed() -> None:
-    raise AssertionError("conv_dispatch: a candidate was timed in fixed mode")
 
 
 def probe_samples(name: str, *, N: int, flop_per_sample: float) -> int:
