@@ -178,8 +178,10 @@ def test_every_kernel_gives_the_same_bits_at_one_and_two_threads():
                  if isinstance(kernel, _numba.ParallelKernel)]
         assert len(built) == 17, [b[:2] for b in built]
         from npresnet.kernels import _tbb  # TBB where its library loads (test_an_installed_tbb_...)
-        default_layer = "tbb" if _tbb.load() is not None else "workqueue"
-        assert numba.threading_layer() == default_layer, (numba.threading_layer(), _tbb.reason(default_layer))
+        # Without the tbb package Numba may still find a libtbb on the interpreter's own library path
+        # (a base Python with tbb installed, seen from a venv): TBB or the workqueue, never omp.
+        default_layers = ("tbb",) if _tbb.load() is not None else ("tbb", "workqueue")
+        assert numba.threading_layer() in default_layers, (numba.threading_layer(), _tbb.reason(default_layers[-1]))
         for module, name, kernel in built:
             assert kernel.serial.signatures and kernel.parallel.signatures, (module, name)
         print("ok")
